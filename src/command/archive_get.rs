@@ -1,0 +1,75 @@
+//! archive-get WAL_NAME DEST_PATH: PostgreSQL's restore_command.
+//!
+//! Exit 1 means exactly one thing: no archive id of the stanza holds the file. Everything
+//! else that goes wrong (no archive.info, SSH down, a checksum mismatch, a truncated stored
+//! file, an unwritable destination) is a hard error, because PostgreSQL takes exit 1 as the
+//! end of the archive and would stop recovery early, silently. The destination appears only
+//! complete and verified: temp file in its directory, fsync, rename, fsync.
+
+use std::path::Path;
+
+use super::archive_push::missing_stanza;
+use super::Outcome;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::info::archive::ArchiveInfo;
+use crate::pg::wal::WalName;
+use crate::pipeline::{self, Ends};
+use crate::repo::{RepoLayout, StoredWal};
+use crate::storage::posix::PosixStorage;
+use crate::storage::{self, Storage};
+
+pub fn run(cfg: &Config) -> Result<Outcome> {
+    let stanza = cfg.stanza_required()?;
+    let wal = WalName::parse(&cfg.args[0])?;
+    let dest = super::pg_relative_path(cfg, &cfg.args[1]);
+    let (dest_dir, dest_name) = split_dest(&dest)?;
+
+    let repo = storage::repo(cfg)?;
+    let layout = RepoLayout::new(stanza);
+    let info = ArchiveInfo::load(repo.as_ref(), &layout)?.ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+
+    for archive_id in info.archive_ids_newest_first() {
+        let dir = layout.wal_dir(&archive_id, &wal);
+        let found = StoredWal::find(&wal, &repo.list(&dir)?);
+        let stored = match found.as_slice() {
+            [] => continue,
+            [one] => one,
+            _ => {
+                return Err(Error::integrity(format!(
+                    "WAL file '{}' is archived more than once in '{}' with different contents",
+                    wal.name,
+                    repo.describe(&dir)
+                ))
+                .with_hint("find out which copy is right before removing the other"))
+            }
+        };
+        copy_out(repo.as_ref(), &format!("{dir}/{}", stored.file_name), stored, dest_dir, dest_name)?;
+        crate::info!("found WAL file '{}' in the archive ({archive_id})", wal.name);
+        return Ok(Outcome::Done);
+    }
+    crate::info!("WAL file '{}' is not in the archive", wal.name);
+    Ok(Outcome::NotFound)
+}
+
+fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
+    let name = dest.file_name().and_then(|n| n.to_str());
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match name {
+        Some(n) => Ok((dir, n)),
+        None => Err(Error::config(format!("destination '{}' is not a file path", dest.display()))),
+    }
+}
+
+fn copy_out(repo: &dyn Storage, path: &str, stored: &StoredWal, dest_dir: &Path, dest_name: &str) -> Result<()> {
+    let source = repo.describe(path);
+    let mut reader = repo
+        .open_read(path)?
+        .ok_or_else(|| Error::integrity(format!("'{source}' disappeared while being read")))?;
+    let target = PosixStorage::new(dest_dir);
+    let mut writer = target.open_write("")?;
+    let dest = dest_dir.join(dest_name).display().to_string();
+    pipeline::restore(&mut reader, &mut writer, stored.compressed, stored.sha1.as_deref(), &Ends { source: &source, dest: &dest })?;
+    drop(reader);
+    writer.commit(dest_name)
+}

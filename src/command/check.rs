@@ -1,0 +1,104 @@
+//! check: proves the whole archiving path works for this stanza: the configuration, the
+//! database connection, the repository's info files against the cluster, PostgreSQL's
+//! archive settings, and finally a real WAL switch whose segment must reach the repository
+//! within archive-timeout.
+
+use std::time::{Duration, Instant};
+
+use super::archive_push::missing_stanza;
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::info::archive::ArchiveInfo;
+use crate::info::backup::BackupInfo;
+use crate::pg::db::{self, Db};
+use crate::pg::wal::WalName;
+use crate::repo::{RepoLayout, StoredWal};
+use crate::storage;
+
+pub fn run(cfg: &Config) -> Result<()> {
+    let stanza = cfg.stanza_required()?;
+    let pg_path = cfg.required_path("pg1-path")?;
+    let db = Db::connect(cfg)?;
+    let facts = db.cluster_facts()?;
+    db::check_data_directory(&facts, &pg_path)?;
+    if db.in_recovery()? {
+        return Err(Error::new(Kind::Database, format!(
+            "the cluster at '{}' is a standby; check runs against the primary",
+            pg_path.display()
+        )));
+    }
+
+    let repo = storage::repo(cfg)?;
+    let layout = RepoLayout::new(stanza);
+    let archive = ArchiveInfo::load(repo.as_ref(), &layout)?.ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let what = format!("the cluster at '{}'", pg_path.display());
+    archive.db.check_cluster(facts.system_id, &facts.version, &what)?;
+    if let Some(backup) = BackupInfo::load(repo.as_ref(), &layout)? {
+        backup.db.check_cluster(facts.system_id, &facts.version, &what)?;
+    }
+
+    let mode = db.setting("archive_mode")?;
+    if mode == "off" {
+        return Err(Error::config("archive_mode is off in PostgreSQL")
+            .with_hint("set archive_mode = on in postgresql.conf and restart PostgreSQL"));
+    }
+    let command = db.setting("archive_command")?;
+    if !archive_command_ok(&command, stanza) {
+        return Err(Error::config(format!(
+            "archive_command '{command}' does not call pg_backrest archive-push for stanza '{stanza}'"
+        ))
+        .with_hint(format!("set archive_command = 'pg_backrest --stanza={stanza} archive-push %p'")));
+    }
+
+    let segment = db.switch_wal()?;
+    let wal = WalName::parse(&segment)?;
+    let dir = layout.wal_dir(&archive.db.current.archive_id(), &wal);
+    let timeout = cfg.seconds("archive-timeout");
+    let start = Instant::now();
+    loop {
+        if !StoredWal::find(&wal, &repo.list(&dir)?).is_empty() {
+            break;
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::new(
+                Kind::Timeout,
+                format!(
+                    "WAL segment '{segment}' did not reach the archive at '{}' within archive-timeout ({}s)",
+                    repo.describe(&dir),
+                    timeout.as_secs()
+                ),
+            )
+            .with_hint("check PostgreSQL's log for archive_command failures"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let msg = format!("WAL segment '{segment}' successfully archived to '{}'", repo.describe(&dir));
+    crate::info!("{msg}");
+    println!("{msg}");
+    Ok(())
+}
+
+/// Whether archive_command runs pg_backrest's archive-push for this stanza.
+fn archive_command_ok(command: &str, stanza: &str) -> bool {
+    let words: Vec<&str> = command.split_whitespace().map(|w| w.trim_matches(|c| c == '\'' || c == '"')).collect();
+    let calls_us = words.iter().any(|w| w.ends_with("pg_backrest"));
+    let pushes = words.contains(&"archive-push");
+    let names_stanza = words.windows(2).any(|w| {
+        w[0] == format!("--stanza={stanza}") || (w[0] == "--stanza" && w[1] == stanza)
+    }) || words.last() == Some(&format!("--stanza={stanza}").as_str());
+    calls_us && pushes && names_stanza
+}
+
+#[cfg(test)]
+mod tests {
+    use super::archive_command_ok;
+
+    #[test]
+    fn recognizes_archive_commands() {
+        assert!(archive_command_ok("pg_backrest --stanza=main archive-push %p", "main"));
+        assert!(archive_command_ok("/usr/bin/pg_backrest --config=/x --stanza main archive-push \"%p\"", "main"));
+        assert!(!archive_command_ok("pg_backrest --stanza=other archive-push %p", "main"));
+        assert!(!archive_command_ok("cp %p /archive/%f", "main"));
+        assert!(!archive_command_ok("pg_backrest --stanza=main archive-get %f %p", "main"));
+    }
+}

@@ -1,0 +1,231 @@
+//! The command table: every command pg_backrest knows, declared once, with the lock it
+//! takes, whether it needs a stanza, its positional arguments and its help text. The
+//! dispatcher, the parser and `help` all read this table; nothing else lists commands.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cmd {
+    StanzaCreate,
+    Check,
+    ArchivePush,
+    ArchiveGet,
+    Backup,
+    Expire,
+    Restore,
+    Info,
+    Verify,
+    Version,
+    Help,
+    /// Hidden: the server side of the SSH protocol, started by a remote client.
+    Remote,
+}
+
+/// Which per-stanza lock file a command holds while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockType {
+    None,
+    Archive,
+    Backup,
+}
+
+pub struct CmdDef {
+    pub cmd: Cmd,
+    pub name: &'static str,
+    pub lock: LockType,
+    pub needs_stanza: bool,
+    /// Positional arguments, by name, all required.
+    pub args: &'static [&'static str],
+    /// False for commands of the contract that this build does not have yet.
+    pub implemented: bool,
+    pub hidden: bool,
+    pub summary: &'static str,
+    pub help: &'static str,
+}
+
+pub const COMMANDS: &[CmdDef] = &[
+    CmdDef {
+        cmd: Cmd::StanzaCreate,
+        name: "stanza-create",
+        lock: LockType::Backup,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "create the stanza's archive.info and backup.info in the repository",
+        help: "Connects to the cluster, reads its system identifier and version, checks that \
+               pg1-path is the running cluster's data directory, and writes archive.info and \
+               backup.info (each with a .copy). Running it again is harmless; it refuses a \
+               repository that belongs to another cluster.",
+    },
+    CmdDef {
+        cmd: Cmd::Check,
+        name: "check",
+        lock: LockType::None,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "check the configuration, the database and that WAL reaches the repository",
+        help: "Checks the configuration and the database connection, that archive_mode is on \
+               and archive_command calls pg_backrest for this stanza, then forces a WAL switch \
+               and waits up to archive-timeout seconds for that segment to reach the repository.",
+    },
+    CmdDef {
+        cmd: Cmd::ArchivePush,
+        name: "archive-push",
+        lock: LockType::Archive,
+        needs_stanza: true,
+        args: &["WAL_PATH"],
+        implemented: true,
+        hidden: false,
+        summary: "push a WAL segment to the archive (archive_command)",
+        help: "Validates the WAL file's name and page header against archive.info, then streams \
+               it through SHA-1 and gzip into the repository atomically. Pushing a segment that \
+               is already archived with the same content succeeds; different content is refused.",
+    },
+    CmdDef {
+        cmd: Cmd::ArchiveGet,
+        name: "archive-get",
+        lock: LockType::None,
+        needs_stanza: true,
+        args: &["WAL_NAME", "DEST_PATH"],
+        implemented: true,
+        hidden: false,
+        summary: "get a WAL segment from the archive (restore_command)",
+        help: "Finds the segment (newest archive id first), decompresses it, verifies its SHA-1 \
+               and writes it atomically to DEST_PATH. Exits 1 only when the segment is not in the \
+               archive; every other failure is a hard error.",
+    },
+    CmdDef {
+        cmd: Cmd::Backup,
+        name: "backup",
+        lock: LockType::Backup,
+        needs_stanza: true,
+        args: &[],
+        implemented: false,
+        hidden: false,
+        summary: "take a full, differential or incremental backup",
+        help: "Not available in this version yet.",
+    },
+    CmdDef {
+        cmd: Cmd::Expire,
+        name: "expire",
+        lock: LockType::Backup,
+        needs_stanza: true,
+        args: &[],
+        implemented: false,
+        hidden: false,
+        summary: "remove backups and WAL beyond the retention settings",
+        help: "Not available in this version yet.",
+    },
+    CmdDef {
+        cmd: Cmd::Restore,
+        name: "restore",
+        lock: LockType::None,
+        needs_stanza: true,
+        args: &[],
+        implemented: false,
+        hidden: false,
+        summary: "restore a backup into pg1-path",
+        help: "Not available in this version yet.",
+    },
+    CmdDef {
+        cmd: Cmd::Info,
+        name: "info",
+        lock: LockType::None,
+        needs_stanza: false,
+        args: &[],
+        implemented: false,
+        hidden: false,
+        summary: "show the repository's stanzas, backups and WAL range",
+        help: "Not available in this version yet.",
+    },
+    CmdDef {
+        cmd: Cmd::Verify,
+        name: "verify",
+        lock: LockType::None,
+        needs_stanza: true,
+        args: &[],
+        implemented: false,
+        hidden: false,
+        summary: "verify every backup file and WAL segment against its checksum",
+        help: "Not available in this version yet.",
+    },
+    CmdDef {
+        cmd: Cmd::Version,
+        name: "version",
+        lock: LockType::None,
+        needs_stanza: false,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "print the version",
+        help: "Prints the version, read from the VERSION file at build time.",
+    },
+    CmdDef {
+        cmd: Cmd::Help,
+        name: "help",
+        lock: LockType::None,
+        needs_stanza: false,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "show help, for one command with `help COMMAND`",
+        help: "Without an argument lists the commands; `help COMMAND` describes the command and \
+               every option it accepts, with its default.",
+    },
+    CmdDef {
+        cmd: Cmd::Remote,
+        name: "remote",
+        lock: LockType::None,
+        needs_stanza: false,
+        args: &[],
+        implemented: true,
+        hidden: true,
+        summary: "serve the remote protocol on stdin/stdout (started over SSH)",
+        help: "Internal: started by another pg_backrest over SSH. Speaks the framed protocol \
+               described in docs/protocol.md on stdin/stdout.",
+    },
+];
+
+impl Cmd {
+    pub fn def(self) -> &'static CmdDef {
+        // The table covers every variant; a unit test proves it, so the fallback is unreachable.
+        COMMANDS.iter().find(|d| d.cmd == self).unwrap_or(&COMMANDS[0])
+    }
+
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Cmd> {
+        COMMANDS.iter().find(|d| d.name == name).map(|d| d.cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_in_the_table_once() {
+        let all = [
+            Cmd::StanzaCreate,
+            Cmd::Check,
+            Cmd::ArchivePush,
+            Cmd::ArchiveGet,
+            Cmd::Backup,
+            Cmd::Expire,
+            Cmd::Restore,
+            Cmd::Info,
+            Cmd::Verify,
+            Cmd::Version,
+            Cmd::Help,
+            Cmd::Remote,
+        ];
+        assert_eq!(all.len(), COMMANDS.len());
+        for c in all {
+            assert_eq!(COMMANDS.iter().filter(|d| d.cmd == c).count(), 1, "{c:?}");
+            assert_eq!(Cmd::from_name(c.name()), Some(c));
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `help` and `help COMMAND`, generated from the command and option tables so they can never
+//! disagree with what the parser accepts.
+
+use super::commands::{Cmd, COMMANDS};
+use super::options::{OptKind, OPTIONS};
+
+/// The general help: usage and the list of commands.
+pub fn general(version: &str) -> String {
+    let mut out = format!(
+        "pg_backrest {version} - PostgreSQL WAL archiving and backup\n\n\
+         Usage:\n    pg_backrest [OPTIONS] COMMAND [ARGS]\n\nCommands:\n"
+    );
+    for def in COMMANDS.iter().filter(|d| !d.hidden) {
+        let args = def.args.join(" ");
+        let name = if args.is_empty() { def.name.to_string() } else { format!("{} {args}", def.name) };
+        let note = if def.implemented { "" } else { " (not available yet)" };
+        out.push_str(&format!("    {name:<34} {}{note}\n", def.summary));
+    }
+    out.push_str(
+        "\nOptions come from the command line (--name=value, --name, --no-name), the environment \
+         (PG_BACKREST_NAME) or the config file (/etc/pg_backrest/pg_backrest.conf).\n\
+         Use 'pg_backrest help COMMAND' for a command's options.\n",
+    );
+    out
+}
+
+/// Help for one command: what it does and every option that applies to it.
+pub fn command(cmd: Cmd) -> String {
+    let def = cmd.def();
+    let args = def.args.join(" ");
+    let mut out = format!(
+        "pg_backrest {} {args}\n\n{}\n\n{}\n\nOptions:\n",
+        def.name, def.summary, def.help
+    );
+    for opt in OPTIONS.iter().filter(|o| o.applies_to(cmd) || o.name == "config") {
+        let value = match opt.kind {
+            OptKind::Bool => String::new(),
+            OptKind::Int { min, max } => format!("=<{min}..{max}>"),
+            OptKind::Enum(vals) => format!("=<{}>", vals.join("|")),
+            OptKind::Path => "=<path>".to_string(),
+            OptKind::Str => "=<value>".to_string(),
+        };
+        let default = match opt.default {
+            Some(d) => format!(" [default: {d}]"),
+            None => String::new(),
+        };
+        out.push_str(&format!("    --{}{value}\n        {}{default}\n", opt.name, opt.help));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_visible_command_and_its_options() {
+        let g = general("1.2.3");
+        for def in COMMANDS {
+            assert_eq!(g.contains(&format!("    {}", def.name)), !def.hidden, "{}", def.name);
+        }
+        let push = command(Cmd::ArchivePush);
+        assert!(push.contains("--compress-level=<0..9>"));
+        assert!(push.contains("[default: 6]"));
+        assert!(!push.contains("--start-fast"));
+    }
+}

@@ -1,0 +1,287 @@
+//! The option table: every option pg_backrest accepts, declared once with its type,
+//! default, where it may be set, the commands it applies to and its help text. Parsing,
+//! validation, `help` and the sample-config test all read this table.
+//!
+//! Adding an option is one row here plus a test that uses it.
+
+use super::commands::Cmd;
+
+/// The value type of an option, which decides how a string from any source is validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptKind {
+    Str,
+    /// A path; must be absolute.
+    Path,
+    Int { min: i64, max: i64 },
+    /// `y`/`n` in config files and the environment, `--name`/`--no-name` on the command line.
+    Bool,
+    Enum(&'static [&'static str]),
+}
+
+/// Where an option may be set. The command line and the environment can always carry an
+/// option; the scope limits config-file sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Command line and environment only (per-invocation choices such as the stanza).
+    CommandLine,
+    /// Any config section.
+    Global,
+    /// Only stanza sections: it describes one cluster, so `[global]` cannot hold it.
+    Stanza,
+}
+
+pub struct OptDef {
+    pub name: &'static str,
+    pub kind: OptKind,
+    pub default: Option<&'static str>,
+    pub scope: Scope,
+    /// `None`: every command except version/help.
+    pub commands: Option<&'static [Cmd]>,
+    /// Never written to logs or echoed back.
+    pub secret: bool,
+    pub help: &'static str,
+}
+
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "detail", "debug", "trace"];
+
+const REPO_CMDS: &[Cmd] = &[
+    Cmd::StanzaCreate,
+    Cmd::Check,
+    Cmd::ArchivePush,
+    Cmd::ArchiveGet,
+    Cmd::Backup,
+    Cmd::Expire,
+    Cmd::Restore,
+    Cmd::Info,
+    Cmd::Verify,
+    Cmd::Remote,
+];
+const PG_CMDS: &[Cmd] = &[
+    Cmd::StanzaCreate,
+    Cmd::Check,
+    Cmd::ArchivePush,
+    Cmd::ArchiveGet,
+    Cmd::Backup,
+    Cmd::Restore,
+];
+const DB_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup];
+const PUSH_BACKUP: &[Cmd] = &[Cmd::ArchivePush, Cmd::Backup];
+const BACKUP: &[Cmd] = &[Cmd::Backup];
+const BACKUP_EXPIRE: &[Cmd] = &[Cmd::Backup, Cmd::Expire];
+const RESTORE: &[Cmd] = &[Cmd::Restore];
+const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
+const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify];
+const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info];
+const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
+const DELTA_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
+
+macro_rules! opt {
+    ($name:expr, $kind:expr, $default:expr, $scope:expr, $cmds:expr, $help:expr) => {
+        OptDef {
+            name: $name,
+            kind: $kind,
+            default: $default,
+            scope: $scope,
+            commands: $cmds,
+            secret: false,
+            help: $help,
+        }
+    };
+}
+
+const SECONDS: OptKind = OptKind::Int { min: 1, max: 7 * 86400 };
+
+pub const OPTIONS: &[OptDef] = &[
+    opt!("config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"), Scope::CommandLine,
+        None, "config file; a missing default file is fine, a missing --config is an error"),
+    opt!("stanza", OptKind::Str, None, Scope::CommandLine, None,
+        "name of the cluster's configuration section"),
+    // The database.
+    opt!("pg1-path", OptKind::Path, None, Scope::Stanza, Some(PG_CMDS),
+        "PostgreSQL data directory"),
+    opt!("pg1-port", OptKind::Int { min: 1, max: 65535 }, Some("5432"), Scope::Stanza,
+        Some(DB_CMDS), "PostgreSQL port"),
+    opt!("pg1-socket-path", OptKind::Path, Some("/var/run/postgresql"), Scope::Stanza,
+        Some(DB_CMDS), "directory of PostgreSQL's unix socket"),
+    opt!("pg1-user", OptKind::Str, None, Scope::Stanza, Some(DB_CMDS),
+        "database user (default: the current OS user)"),
+    opt!("pg1-database", OptKind::Str, Some("postgres"), Scope::Stanza, Some(DB_CMDS),
+        "database to connect to"),
+    opt!("pg1-host", OptKind::Str, None, Scope::Stanza, Some(BACKUP),
+        "the database is on this host, reached over SSH"),
+    opt!("pg1-host-user", OptKind::Str, Some("postgres"), Scope::Stanza, Some(BACKUP),
+        "SSH user on pg1-host"),
+    opt!("pg1-host-port", OptKind::Int { min: 1, max: 65535 }, Some("22"), Scope::Stanza,
+        Some(BACKUP), "SSH port of pg1-host"),
+    opt!("pg1-host-config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"),
+        Scope::Stanza, Some(BACKUP), "config file pg_backrest reads on pg1-host"),
+    opt!("pg1-host-cmd", OptKind::Str, Some("pg_backrest"), Scope::Stanza, Some(BACKUP),
+        "pg_backrest binary on pg1-host"),
+    // The repository.
+    opt!("repo1-path", OptKind::Path, Some("/var/lib/pg_backrest"), Scope::Global,
+        Some(REPO_CMDS), "repository root"),
+    opt!("repo1-host", OptKind::Str, None, Scope::Global, Some(REPO_CMDS),
+        "the repository is on this host, reached over SSH"),
+    opt!("repo1-host-user", OptKind::Str, Some("postgres"), Scope::Global, Some(REPO_CMDS),
+        "SSH user on repo1-host"),
+    opt!("repo1-host-port", OptKind::Int { min: 1, max: 65535 }, Some("22"), Scope::Global,
+        Some(REPO_CMDS), "SSH port of repo1-host"),
+    opt!("repo1-host-config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"),
+        Scope::Global, Some(REPO_CMDS), "config file pg_backrest reads on repo1-host"),
+    opt!("repo1-host-cmd", OptKind::Str, Some("pg_backrest"), Scope::Global, Some(REPO_CMDS),
+        "pg_backrest binary on repo1-host"),
+    opt!("ssh-config", OptKind::Path, None, Scope::Global, Some(REPO_CMDS),
+        "ssh_config file for connections to other hosts (ssh -F; default: ssh's own)"),
+    opt!("ssh-persist", OptKind::Int { min: 0, max: 3600 }, Some("30"), Scope::Global,
+        Some(REPO_CMDS),
+        "seconds an idle SSH master connection stays open for the next command (0: close at exit)"),
+    opt!("repo1-retention-full", OptKind::Int { min: 1, max: 9_999_999 }, None, Scope::Global,
+        Some(BACKUP_EXPIRE), "number of full backups to keep"),
+    opt!("repo1-retention-diff", OptKind::Int { min: 1, max: 9_999_999 }, None, Scope::Global,
+        Some(BACKUP_EXPIRE), "number of differential backups to keep"),
+    opt!("repo1-retention-archive", OptKind::Int { min: 1, max: 9_999_999 }, None,
+        Scope::Global, Some(BACKUP_EXPIRE), "number of backups whose WAL is kept"),
+    opt!("repo1-retention-archive-type", OptKind::Enum(&["full", "diff", "incr"]), Some("full"),
+        Scope::Global, Some(BACKUP_EXPIRE), "backup type that repo1-retention-archive counts"),
+    // Per-invocation choices.
+    opt!("type", OptKind::Str, None, Scope::CommandLine, Some(TYPE_CMDS),
+        "backup: full, diff, incr; restore: recovery target type"),
+    opt!("set", OptKind::Str, Some("latest"), Scope::CommandLine, Some(SET_CMDS),
+        "backup label"),
+    opt!("target", OptKind::Str, None, Scope::CommandLine, Some(RESTORE), "recovery target"),
+    opt!("target-action", OptKind::Enum(&["pause", "promote", "shutdown"]), Some("pause"),
+        Scope::Global, Some(RESTORE), "what recovery does at the target"),
+    opt!("target-exclusive", OptKind::Bool, Some("n"), Scope::CommandLine, Some(RESTORE),
+        "stop just before the target"),
+    opt!("target-timeline", OptKind::Str, None, Scope::CommandLine, Some(RESTORE),
+        "timeline to recover along (default latest)"),
+    // Copying.
+    opt!("process-max", OptKind::Int { min: 1, max: 999 }, Some("1"), Scope::Global,
+        Some(PARALLEL), "parallel copy and compress workers"),
+    opt!("compress-type", OptKind::Enum(&["gz", "none"]), Some("gz"), Scope::Global,
+        Some(PUSH_BACKUP), "compression of files in the repository"),
+    opt!("compress-level", OptKind::Int { min: 0, max: 9 }, Some("6"), Scope::Global,
+        Some(PUSH_BACKUP), "gzip level"),
+    opt!("start-fast", OptKind::Bool, Some("n"), Scope::Global, Some(BACKUP),
+        "ask PostgreSQL for an immediate checkpoint at backup start"),
+    opt!("archive-timeout", SECONDS, Some("60"), Scope::Global, Some(TIMEOUT_ARCHIVE),
+        "seconds to wait for WAL to reach the repository"),
+    opt!("archive-check", OptKind::Bool, Some("y"), Scope::Global, Some(BACKUP),
+        "backup waits for and checks the WAL it needs"),
+    opt!("resume", OptKind::Bool, Some("y"), Scope::Global, Some(BACKUP),
+        "resume an interrupted backup"),
+    opt!("delta", OptKind::Bool, Some("n"), Scope::Global, Some(DELTA_CMDS),
+        "compare files by checksum instead of copying everything"),
+    // Locks, logs, timeouts.
+    opt!("lock-path", OptKind::Path, Some("/tmp/pg_backrest"), Scope::Global, None,
+        "directory of lock files and SSH control sockets"),
+    opt!("lock-timeout", OptKind::Int { min: 0, max: 86400 }, Some("0"), Scope::Global, None,
+        "seconds to wait for a held lock before failing"),
+    opt!("log-path", OptKind::Path, Some("/var/log/pg_backrest"), Scope::Global, None,
+        "directory of log files, one per stanza and command"),
+    opt!("log-level-console", OptKind::Enum(LOG_LEVELS), Some("warn"), Scope::Global, None,
+        "level of messages on stdout"),
+    opt!("log-level-file", OptKind::Enum(LOG_LEVELS), Some("info"), Scope::Global, None,
+        "level of messages in the log file"),
+    opt!("log-level-stderr", OptKind::Enum(LOG_LEVELS), Some("off"), Scope::Global, None,
+        "level of messages on stderr (the final ERROR line is always there)"),
+    opt!("io-timeout", SECONDS, Some("60"), Scope::Global, None,
+        "seconds a silent SSH peer may take before the command fails"),
+    opt!("protocol-timeout", SECONDS, Some("1830"), Scope::Global, None,
+        "seconds a remote operation may take in all"),
+    opt!("db-timeout", SECONDS, Some("1800"), Scope::Global, Some(DB_CMDS),
+        "seconds a database query may take"),
+];
+
+impl OptDef {
+    pub fn find(name: &str) -> Option<&'static OptDef> {
+        OPTIONS.iter().find(|o| o.name == name)
+    }
+
+    pub fn applies_to(&self, cmd: Cmd) -> bool {
+        match self.commands {
+            Some(cmds) => cmds.contains(&cmd),
+            None => !matches!(cmd, Cmd::Version | Cmd::Help),
+        }
+    }
+
+    /// The environment variable that can carry this option.
+    pub fn env_name(&self) -> String {
+        format!("PG_BACKREST_{}", self.name.to_uppercase().replace('-', "_"))
+    }
+
+    /// Checks `value` against the option's type and returns it normalized (booleans as y/n).
+    pub fn validate(&self, value: &str) -> Result<String, String> {
+        match self.kind {
+            OptKind::Str => {
+                if value.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(value.to_string())
+                }
+            }
+            OptKind::Path => {
+                if value.starts_with('/') {
+                    Ok(value.trim_end_matches('/').to_string()).map(|v| {
+                        if v.is_empty() {
+                            "/".to_string()
+                        } else {
+                            v
+                        }
+                    })
+                } else {
+                    Err("must be an absolute path".into())
+                }
+            }
+            OptKind::Int { min, max } => match value.parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
+                Ok(_) => Err(format!("must be between {min} and {max}")),
+                Err(_) => Err("must be an integer".into()),
+            },
+            OptKind::Bool => match value {
+                "y" | "yes" | "true" | "on" | "1" => Ok("y".into()),
+                "n" | "no" | "false" | "off" | "0" => Ok("n".into()),
+                _ => Err("must be y or n".into()),
+            },
+            OptKind::Enum(values) => {
+                if values.contains(&value) {
+                    Ok(value.to_string())
+                } else {
+                    Err(format!("must be one of: {}", values.join(", ")))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_defaults_valid() {
+        for (i, o) in OPTIONS.iter().enumerate() {
+            assert!(OPTIONS[i + 1..].iter().all(|p| p.name != o.name), "{} twice", o.name);
+            if let Some(d) = o.default {
+                assert!(o.validate(d).is_ok(), "default of {} is invalid", o.name);
+            }
+            assert!(!o.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn validation_by_kind() {
+        let port = OptDef::find("pg1-port").unwrap();
+        assert_eq!(port.validate("5433").unwrap(), "5433");
+        assert_eq!(port.validate("0").unwrap_err(), "must be between 1 and 65535");
+        assert_eq!(port.validate("x").unwrap_err(), "must be an integer");
+        let fast = OptDef::find("start-fast").unwrap();
+        assert_eq!(fast.validate("yes").unwrap(), "y");
+        assert!(fast.validate("maybe").is_err());
+        let path = OptDef::find("repo1-path").unwrap();
+        assert_eq!(path.validate("/var/lib/x/").unwrap(), "/var/lib/x");
+        assert!(path.validate("relative").is_err());
+        let ct = OptDef::find("compress-type").unwrap();
+        assert_eq!(ct.validate("zstd").unwrap_err(), "must be one of: gz, none");
+    }
+}

@@ -1,0 +1,93 @@
+//! pg_backrest: PostgreSQL WAL archiving and base backups, in the style of pgBackRest.
+//!
+//! Layout (each module's own docs say what it owns):
+//! - [`config`]: the option and command tables and their resolution from CLI, env and INI
+//! - [`command`]: the dispatcher and one file per command
+//! - [`storage`]: one interface, posix and remote drivers
+//! - [`protocol`]: the framed protocol over SSH that the remote driver speaks
+//! - [`pipeline`]: the one copy pipeline (read, SHA-1, gzip, write)
+//! - [`info`], [`repo`]: the repository's info files and its path layout
+//! - [`pg`]: WAL names and headers, the database connection
+//! - [`lock`], [`log`], [`error`]: locks, logging, the error type and exit codes
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod info;
+pub mod lock;
+pub mod log;
+pub mod pg;
+pub mod pipeline;
+pub mod protocol;
+pub mod repo;
+pub mod storage;
+
+use command::Outcome;
+use config::{Cmd, Config};
+
+/// The version, from the VERSION file.
+pub const VERSION: &str = env!("PG_BACKREST_VERSION");
+
+/// Runs one invocation and returns the process exit status.
+pub fn main_exit_code() -> i32 {
+    let cfg = match Config::from_process() {
+        Ok(c) => c,
+        Err(e) => {
+            log::final_error(&e.render());
+            return e.exit_code();
+        }
+    };
+    init_logging(&cfg);
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    let name = cfg.command.name();
+    if log::enabled(log::Level::Info) {
+        let opts: Vec<String> =
+            cfg.non_default_options().iter().map(|(k, v)| format!("--{k}={v}")).collect();
+        info!("{name} command begin {VERSION}: {} {}", cfg.args.join(" "), opts.join(" "));
+    }
+    match command::run(&cfg) {
+        Ok(Outcome::Done) => {
+            info!("{name} command end: completed successfully");
+            0
+        }
+        Ok(Outcome::NotFound) => {
+            info!("{name} command end: not found (exit 1)");
+            1
+        }
+        Err(e) => {
+            log::final_error(&e.render());
+            e.exit_code()
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let level = |name: &str| log::Level::parse(cfg.str(name).unwrap_or("off"));
+    let quiet = matches!(cfg.command, Cmd::Version | Cmd::Help);
+    let stem = match cfg.stanza() {
+        Some(s) => format!("{s}-{}", cfg.command.name()),
+        None => format!("all-{}", cfg.command.name()),
+    };
+    let log_path = cfg.path("log-path").unwrap_or_default();
+    log::init(&log::Settings {
+        // stdout of the remote command is the protocol channel: nothing else may go there.
+        console: if cfg.command == Cmd::Remote { log::Level::Off } else { level("log-level-console") },
+        stderr: level("log-level-stderr"),
+        file: if quiet { log::Level::Off } else { level("log-level-file") },
+        log_path: &log_path,
+        file_stem: stem,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cargo_version_matches_the_version_file() {
+        let file = include_str!("../VERSION").trim();
+        assert_eq!(super::VERSION, file);
+        assert_eq!(env!("CARGO_PKG_VERSION"), file, "update Cargo.toml's version to VERSION");
+    }
+}

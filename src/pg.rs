@@ -1,0 +1,5 @@
+//! Knowledge of PostgreSQL itself: WAL file names and page headers ([`wal`]), and the
+//! database connection with the queries commands need ([`db`]).
+
+pub mod db;
+pub mod wal;

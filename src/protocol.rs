@@ -1,0 +1,18 @@
+//! The remote protocol: how pg_backrest on one host uses storage on another. The client
+//! starts `pg_backrest ... remote` on the other host through SSH ([`ssh`]) and speaks
+//! length-prefixed frames ([`frame`]) over that process's stdin/stdout: JSON requests and
+//! replies, and data frames for file contents, so files stream in both directions without
+//! ever being held whole. docs/protocol.md describes the wire format.
+//!
+//! The server ([`server`]) is synchronous and serves one request at a time against a local
+//! [`crate::storage::Storage`]; the client ([`client`]) wraps the async SSH streams in a
+//! synchronous API with io-timeout on every wait, so a peer that stops answering fails the
+//! command instead of hanging it.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+pub mod ssh;
+
+/// Bumped on any incompatible change of the wire format.
+pub const PROTOCOL_VERSION: u64 = 1;

@@ -1,0 +1,235 @@
+//! The client side: a synchronous API over the async streams of a remote `pg_backrest
+//! remote` process. Every wait is bounded by io-timeout; after a timeout or a broken stream
+//! the client is marked broken and refuses further use, so no half-understood exchange can
+//! be mistaken for success.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::runtime::Runtime;
+
+use super::frame::{self, Frame};
+use super::PROTOCOL_VERSION;
+use crate::error::{Error, Kind, Result};
+
+type Reader = BufReader<Pin<Box<dyn AsyncRead + Send>>>;
+type Writer = BufWriter<Pin<Box<dyn AsyncWrite + Send>>>;
+
+pub struct Client {
+    reader: Reader,
+    writer: Writer,
+    stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    io_timeout: Duration,
+    /// For messages: "repo1-host 'backup.example.com'".
+    peer: String,
+    broken: bool,
+    /// Called once when the connection breaks (e.g. to retire a wedged SSH master).
+    on_broken: Option<Box<dyn FnOnce() + Send>>,
+    /// Whatever must outlive the streams (the SSH child and session).
+    keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    // Dropped last: the streams above belong to this runtime.
+    rt: Runtime,
+}
+
+pub fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("unable to start runtime: {e}")))
+}
+
+impl Client {
+    /// Wraps connected streams and reads the server's greeting.
+    pub fn new(
+        rt: Runtime,
+        reader: Pin<Box<dyn AsyncRead + Send>>,
+        writer: Pin<Box<dyn AsyncWrite + Send>>,
+        stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+        io_timeout: Duration,
+        peer: String,
+    ) -> Result<Client> {
+        let mut c = Client {
+            reader: BufReader::with_capacity(256 * 1024, reader),
+            writer: BufWriter::with_capacity(256 * 1024, writer),
+            stderr,
+            io_timeout,
+            peer,
+            broken: false,
+            on_broken: None,
+            keep_alive: Vec::new(),
+            rt,
+        };
+        let hello = match c.recv()? {
+            Frame::Json(v) => v,
+            other => return Err(c.fail(Error::remote(format!("unexpected greeting {other:?}")))),
+        };
+        let protocol = hello.get("protocol").and_then(Value::as_u64);
+        if hello.get("hello").and_then(Value::as_str) != Some("pg_backrest") || protocol != Some(PROTOCOL_VERSION) {
+            let e = Error::remote(format!(
+                "{} answered with an unexpected greeting {hello}",
+                c.peer
+            ))
+            .with_hint("repo1-host-cmd must run a pg_backrest of a compatible version");
+            return Err(c.fail(e));
+        }
+        Ok(c)
+    }
+
+    pub fn keep_alive(&mut self, thing: Box<dyn std::any::Any + Send>) {
+        self.keep_alive.push(thing);
+    }
+
+    pub fn on_broken(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.on_broken = Some(f);
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.broken = true;
+        if let Some(f) = self.on_broken.take() {
+            f();
+        }
+        e
+    }
+
+    /// Runs one I/O step under io-timeout.
+    fn step<T, F>(rt: &Runtime, io_timeout: Duration, fut: F) -> std::result::Result<io::Result<T>, ()>
+    where
+        F: Future<Output = io::Result<T>>,
+    {
+        rt.block_on(async { tokio::time::timeout(io_timeout, fut).await }).map_err(|_| ())
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::remote(format!(
+            "{} did not answer within io-timeout ({}s)",
+            self.peer,
+            self.io_timeout.as_secs()
+        ))
+        .with_hint("check the network and the remote host; nothing was committed by this operation")
+    }
+
+    /// Reads what the remote process said on stderr, for the error message.
+    fn remote_stderr(&mut self) -> String {
+        let Some(mut err) = self.stderr.take() else { return String::new() };
+        let mut buf = Vec::new();
+        let _ = Client::step(&self.rt, Duration::from_secs(2), async {
+            err.read_to_end(&mut buf).await
+        });
+        let text = String::from_utf8_lossy(&buf);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!(": remote said '{last}'")
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.broken {
+            return Err(Error::remote(format!("connection to {} is broken", self.peer)));
+        }
+        Ok(())
+    }
+
+    pub fn recv(&mut self) -> Result<Frame> {
+        self.check_usable()?;
+        match Client::step(&self.rt, self.io_timeout, frame::read_frame_async(&mut self.reader)) {
+            Err(()) => {
+                let e = self.timeout_error();
+                Err(self.fail(e))
+            }
+            Ok(Ok(Some(f))) => Ok(f),
+            Ok(Ok(None)) => {
+                let said = self.remote_stderr();
+                let e = Error::remote(format!("{} closed the connection{said}", self.peer));
+                Err(self.fail(e))
+            }
+            Ok(Err(e)) => {
+                let said = self.remote_stderr();
+                let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    fn send_raw(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        match Client::step(&self.rt, self.io_timeout, frame::write_frame_async(&mut self.writer, tag, payload)) {
+            Ok(Ok(())) => Ok(()),
+            Err(()) => {
+                let e = self.timeout_error();
+                Err(self.fail(e))
+            }
+            Ok(Err(e)) => {
+                let said = self.remote_stderr();
+                let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    pub fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.send_raw(b'J', v.to_string().as_bytes())
+    }
+
+    pub fn send_data(&mut self, data: &[u8]) -> Result<()> {
+        self.send_raw(b'D', data)
+    }
+
+    pub fn send_abort(&mut self) -> Result<()> {
+        self.send_raw(b'A', &[])
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        match Client::step(&self.rt, self.io_timeout, self.writer.flush()) {
+            Ok(Ok(())) => Ok(()),
+            Err(()) => {
+                let e = self.timeout_error();
+                Err(self.fail(e))
+            }
+            Ok(Err(e)) => {
+                let said = self.remote_stderr();
+                let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// Reads a reply frame and unpacks `ok` or re-raises `error` with its original kind.
+    pub fn reply(&mut self) -> Result<Value> {
+        match self.recv()? {
+            Frame::Json(v) => reply_value(v),
+            other => {
+                let e = Error::remote(format!("{} sent {other:?} where a reply was expected", self.peer));
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// One request, one reply.
+    pub fn call(&mut self, request: &Value) -> Result<Value> {
+        self.send_json(request)?;
+        self.flush()?;
+        self.reply()
+    }
+}
+
+/// Unpacks a reply: `{ok: ...}` or `{error: {kind, message, hint}}`.
+pub fn reply_value(v: Value) -> Result<Value> {
+    if let Some(e) = v.get("error") {
+        let kind = Kind::from_wire_name(e.get("kind").and_then(Value::as_str).unwrap_or(""));
+        let message = e.get("message").and_then(Value::as_str).unwrap_or("remote error").to_string();
+        let hint = e.get("hint").and_then(Value::as_str).map(String::from);
+        return Err(Error { kind, message, hint });
+    }
+    v.get("ok").cloned().ok_or_else(|| Error::remote(format!("malformed reply {v}")))
+}

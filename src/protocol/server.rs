@@ -1,0 +1,118 @@
+//! The server side: runs on the host that owns the storage (started over SSH as the hidden
+//! `remote` command) and answers one request at a time.
+//!
+//! Requests (`J` frames, field `op`) and what follows them:
+//! - `list {path}` → `{ok: {names}}`
+//! - `read {path}` → `{ok: {found}}`, then, when found, `D`* and `E` (or an error `J` frame
+//!   if reading fails midway)
+//! - `write {dir}`, then `D`* from the client, then `{commit: name}` or `A` (abandon) →
+//!   one reply after the commit. The reply comes only at the end so that a write costs a
+//!   single round trip; if opening or writing fails, the rest of the stream is discarded and
+//!   the error is the reply.
+//! - `remove {path}` → `{ok: {}}`
+//!
+//! Failures are replies `{error: {kind, message, hint}}` carrying the [`Kind`] across hosts.
+
+use std::io::{Read, Write};
+
+use serde_json::{json, Value};
+
+use super::frame::{self, Frame};
+use super::PROTOCOL_VERSION;
+use crate::error::{Error, Kind, Result};
+use crate::pipeline::CHUNK;
+use crate::storage::{AtomicWrite, Storage};
+
+pub fn error_value(e: &Error) -> Value {
+    json!({"error": {"kind": e.kind.wire_name(), "message": e.message, "hint": e.hint}})
+}
+
+fn ok(v: Value) -> Value {
+    json!({ "ok": v })
+}
+
+fn wire(e: std::io::Error) -> Error {
+    Error::remote(format!("protocol stream failed: {e}"))
+}
+
+/// Serves requests until the client closes the stream.
+pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write) -> Result<()> {
+    let hello = json!({"hello": "pg_backrest", "version": crate::VERSION, "protocol": PROTOCOL_VERSION});
+    frame::write_json(output, &hello).and_then(|_| output.flush()).map_err(wire)?;
+    loop {
+        let request = match frame::read_frame(input).map_err(wire)? {
+            None => return Ok(()),
+            Some(Frame::Json(v)) => v,
+            Some(other) => return Err(Error::remote(format!("unexpected frame {other:?} between requests"))),
+        };
+        let path = |k: &str| request.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let op = request.get("op").and_then(Value::as_str).unwrap_or("");
+        let reply = match op {
+            "list" => storage.list(&path("path")).map(|names| ok(json!({ "names": names }))),
+            "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
+            "read" => {
+                serve_read(storage, &path("path"), output)?;
+                continue;
+            }
+            "write" => match receive_write(storage, &path("dir"), input) {
+                // Abandoned by the client: it expects no reply.
+                Ok(None) => continue,
+                Ok(Some(v)) => Ok(v),
+                Err(e) => Err(e),
+            },
+            _ => Err(Error::remote(format!("unknown request '{op}'"))),
+        };
+        let reply = reply.unwrap_or_else(|e| error_value(&e));
+        frame::write_json(output, &reply).and_then(|_| output.flush()).map_err(wire)?;
+    }
+}
+
+fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Result<()> {
+    let mut reader = match storage.open_read(path) {
+        Ok(Some(r)) => r,
+        Ok(None) => return frame::write_json(output, &ok(json!({"found": false}))).and_then(|_| output.flush()).map_err(wire),
+        Err(e) => return frame::write_json(output, &error_value(&e)).and_then(|_| output.flush()).map_err(wire),
+    };
+    frame::write_json(output, &ok(json!({"found": true}))).map_err(wire)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => frame::write_data(output, &buf[..n]).map_err(wire)?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let e = crate::pipeline::io_error("read", &storage.describe(path), e);
+                return frame::write_json(output, &error_value(&e)).and_then(|_| output.flush()).map_err(wire);
+            }
+        }
+    }
+    frame::write_empty(output, b'E').and_then(|_| output.flush()).map_err(wire)
+}
+
+/// Receives a write stream and returns the reply, or `None` when the client abandoned it.
+fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Result<Option<Value>> {
+    let mut writer: std::result::Result<Box<dyn AtomicWrite + '_>, Error> = storage.open_write(dir);
+    loop {
+        match frame::read_frame(input).map_err(wire)? {
+            Some(Frame::Data(d)) => {
+                if let Ok(w) = writer.as_mut() {
+                    if let Err(e) = w.write_all(&d) {
+                        writer = Err(crate::pipeline::io_error("write", &storage.describe(dir), e));
+                    }
+                }
+            }
+            Some(Frame::Abort) => return Ok(None),
+            Some(Frame::Json(v)) => {
+                let name = v.get("commit").and_then(Value::as_str).unwrap_or("").to_string();
+                if name.is_empty() || name.contains('/') {
+                    return Err(Error::remote("write stream ended without a valid commit"));
+                }
+                return match writer {
+                    Ok(w) => w.commit(&name).map(|_| Some(ok(json!({})))),
+                    Err(e) => Err(e),
+                };
+            }
+            Some(Frame::End) | None => return Err(Error::new(Kind::Remote, "write stream ended early")),
+        }
+    }
+}

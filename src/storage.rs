@@ -1,0 +1,76 @@
+//! Storage: one interface over "a tree of files somewhere", with a posix driver for local
+//! directories and a remote driver that forwards every call over the SSH protocol. Commands
+//! ask [`repo`] for the repository and never know whether it is local or remote.
+//!
+//! Paths are relative to the storage's root, `/`-separated, and may not contain `..`: the
+//! remote driver receives them from another host, so the posix driver refuses any path that
+//! could leave its root.
+//!
+//! Every write is atomic and durable: data goes to a temp file in the target directory, and
+//! only [`AtomicWrite::commit`] fsyncs it, renames it to its final name and fsyncs the
+//! directory. A writer dropped without commit (an error, a panic) removes its temp file; a
+//! process killed mid-write leaves only a temp name ([`TEMP_PREFIX`]), never a final name.
+
+pub mod posix;
+pub mod remote;
+
+use std::io::{Read, Write};
+
+use crate::config::Config;
+use crate::error::Result;
+
+/// Temp files start with this, so no listing ever mistakes one for a finished file.
+pub const TEMP_PREFIX: &str = ".pgbr-tmp.";
+
+pub trait Storage: Send + Sync {
+    /// Entry names in `dir` (files and directories, temp files excluded), sorted; empty when
+    /// `dir` does not exist.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+
+    /// Opens `path` for streaming; `None` when it does not exist.
+    fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>>;
+
+    /// Starts an atomic write of a new file in `dir` (created, with parents, when missing).
+    fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>>;
+
+    /// Removes a file; a missing file is not an error.
+    fn remove(&self, path: &str) -> Result<()>;
+
+    /// Human-readable location for messages: a local path or `host:path`.
+    fn describe(&self, path: &str) -> String;
+}
+
+/// A file being written; invisible until committed.
+pub trait AtomicWrite: Write + Send {
+    /// Makes the data durable and visible as `name` in the writer's directory, replacing any
+    /// file of that name.
+    fn commit(self: Box<Self>, name: &str) -> Result<()>;
+}
+
+/// Reads a whole small file (info files); `None` when missing.
+pub fn read_small(storage: &dyn Storage, path: &str) -> Result<Option<Vec<u8>>> {
+    let Some(mut r) = storage.open_read(path)? else { return Ok(None) };
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).map_err(|e| crate::pipeline::io_error("read", &storage.describe(path), e))?;
+    Ok(Some(buf))
+}
+
+/// Writes a whole small file atomically.
+pub fn write_small(storage: &dyn Storage, path: &str, data: &[u8]) -> Result<()> {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", path),
+    };
+    let mut w = storage.open_write(dir)?;
+    w.write_all(data).map_err(|e| crate::pipeline::io_error("write", &storage.describe(path), e))?;
+    w.commit(name)
+}
+
+/// The repository for this command: remote when repo1-host is set, else repo1-path.
+pub fn repo(cfg: &Config) -> Result<Box<dyn Storage>> {
+    if cfg.str("repo1-host").is_some() {
+        Ok(Box::new(remote::RemoteStorage::connect_repo(cfg)?))
+    } else {
+        Ok(Box::new(posix::PosixStorage::new(cfg.required_path("repo1-path")?)))
+    }
+}

@@ -1,0 +1,219 @@
+//! The posix storage driver: a directory tree on a local file system.
+//!
+//! Durability: a new file is fsynced before its rename and its directory after; a new
+//! directory is fsynced into its parent. Modes are set explicitly (files 0640, directories
+//! 0750) so a permissive umask cannot widen them.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{AtomicWrite, Storage, TEMP_PREFIX};
+use crate::error::{Error, Kind, Result};
+
+pub const FILE_MODE: u32 = 0o640;
+pub const DIR_MODE: u32 = 0o750;
+
+pub struct PosixStorage {
+    root: PathBuf,
+}
+
+impl PosixStorage {
+    pub fn new(root: impl Into<PathBuf>) -> PosixStorage {
+        PosixStorage { root: root.into() }
+    }
+
+    /// Maps a storage path to a local one, refusing anything that could leave the root.
+    fn resolve(&self, path: &str) -> Result<PathBuf> {
+        let rel = Path::new(path);
+        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(Error::new(
+                Kind::Internal,
+                format!("storage path '{path}' is not a plain relative path"),
+            ));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+impl Storage for PosixStorage {
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.resolve(dir)?;
+        let entries = match fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &path, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &path, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(TEMP_PREFIX) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        let path = self.resolve(path)?;
+        match File::open(&path) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("open", &path, e)),
+        }
+    }
+
+    fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
+        let dir = self.resolve(dir)?;
+        create_dir_durable(&dir)?;
+        Ok(Box::new(PosixWriter::create(dir)?))
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        let path = self.resolve(path)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        }
+    }
+
+    fn describe(&self, path: &str) -> String {
+        self.root.join(path).display().to_string()
+    }
+}
+
+/// Creates `dir` and any missing parents, each with [`DIR_MODE`], fsyncing each new entry
+/// into its parent so the directory survives a power loss together with the file in it.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+                .map_err(|e| Error::io("set mode of", dir, e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }
+        // Another process made it first: fine.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(Error::io("create directory", dir, e)),
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// An atomic write into a local directory; see the module docs of [`crate::storage`].
+pub struct PosixWriter {
+    dir: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl PosixWriter {
+    pub fn create(dir: PathBuf) -> Result<PosixWriter> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temp)
+            .map_err(|e| Error::io("create", &temp, e))?;
+        file.set_permissions(Permissions::from_mode(FILE_MODE))
+            .map_err(|e| Error::io("set mode of", &temp, e))?;
+        Ok(PosixWriter { dir, temp, file: Some(file) })
+    }
+}
+
+impl Write for PosixWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("write after commit")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AtomicWrite for PosixWriter {
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        let Some(file) = self.file.take() else {
+            return Err(Error::internal("commit called twice"));
+        };
+        file.sync_all().map_err(|e| Error::io("sync", &self.temp, e))?;
+        drop(file);
+        let target = self.dir.join(name);
+        fs::rename(&self.temp, &target).map_err(|e| Error::io("rename temp file to", &target, e))?;
+        // Renamed: nothing left for Drop to remove.
+        self.temp = PathBuf::new();
+        sync_dir(&self.dir)
+    }
+}
+
+impl Drop for PosixWriter {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn write_is_invisible_until_commit_and_has_repository_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        let mut w = s.open_write("a/b").unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(s.list("a/b").unwrap().is_empty(), "temp files are not listed");
+        w.commit("f").unwrap();
+        assert_eq!(s.list("a/b").unwrap(), vec!["f"]);
+        assert_eq!(fs::read(tmp.path().join("a/b/f")).unwrap(), b"hello");
+        assert_eq!(fs::metadata(tmp.path().join("a/b/f")).unwrap().mode() & 0o777, FILE_MODE);
+        assert_eq!(fs::metadata(tmp.path().join("a")).unwrap().mode() & 0o777, DIR_MODE);
+        assert_eq!(fs::metadata(tmp.path().join("a/b")).unwrap().mode() & 0o777, DIR_MODE);
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        let mut w = s.open_write("d").unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(tmp.path().join("d")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn paths_cannot_escape_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        assert!(s.open_read("../etc/passwd").is_err());
+        assert!(s.open_read("/etc/passwd").is_err());
+        assert!(s.list("a/../../x").is_err());
+        assert!(s.open_read("missing").unwrap().is_none());
+        assert!(s.list("missing").unwrap().is_empty());
+    }
+}

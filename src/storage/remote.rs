@@ -1,0 +1,193 @@
+//! The remote storage driver: the [`Storage`] interface forwarded over the protocol to a
+//! `pg_backrest remote` on another host, whose own config names the storage root.
+//!
+//! One connection carries one operation at a time; a reader or writer holds the connection
+//! for the length of its stream, and any other call meanwhile is refused as a bug rather
+//! than interleaved on the wire.
+
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use super::{AtomicWrite, Storage};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pipeline::CHUNK;
+use crate::protocol::client::Client;
+use crate::protocol::frame::Frame;
+use crate::protocol::ssh::{self, SshTarget};
+
+pub struct RemoteStorage {
+    client: Mutex<Client>,
+    host: String,
+}
+
+impl RemoteStorage {
+    /// Connects to repo1-host and starts the remote side with repo1-host-config.
+    pub fn connect_repo(cfg: &Config) -> Result<RemoteStorage> {
+        let host = cfg.str("repo1-host").unwrap_or_default().to_string();
+        let target = SshTarget {
+            role: "repo1-host",
+            host: host.clone(),
+            user: cfg.str("repo1-host-user").unwrap_or("postgres").to_string(),
+            port: cfg.int("repo1-host-port").unwrap_or(22) as u16,
+            ssh_config: cfg.path("ssh-config"),
+            persist: cfg.int("ssh-persist").unwrap_or(0) as u64,
+            control_root: cfg.required_path("lock-path")?,
+            io_timeout: cfg.seconds("io-timeout"),
+        };
+        let mut args = vec![format!("--config={}", cfg.str("repo1-host-config").unwrap_or_default())];
+        if let Some(s) = cfg.stanza() {
+            args.push(format!("--stanza={s}"));
+        }
+        args.push("remote".to_string());
+        let program = cfg.str("repo1-host-cmd").unwrap_or("pg_backrest");
+        let client = ssh::spawn_remote(&target, program, &args)?;
+        Ok(RemoteStorage::from_client(client, host))
+    }
+
+    pub fn from_client(client: Client, host: String) -> RemoteStorage {
+        RemoteStorage { client: Mutex::new(client), host }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Client>> {
+        self.client.lock().map_err(|_| Error::internal("remote client lock poisoned"))
+    }
+}
+
+fn smuggle(e: Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl Storage for RemoteStorage {
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let reply = self.lock()?.call(&json!({"op": "list", "path": dir}))?;
+        Ok(reply
+            .get("names")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .unwrap_or_default())
+    }
+
+    fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        let reply = self.lock()?.call(&json!({"op": "read", "path": path}))?;
+        if reply.get("found").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(RemoteReader { storage: self, buf: Vec::new(), pos: 0, done: false })))
+    }
+
+    fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
+        // No reply yet: the server answers once, after the commit, to save a round trip.
+        self.lock()?.send_json(&json!({"op": "write", "dir": dir}))?;
+        Ok(Box::new(RemoteWriter { storage: self, buf: Vec::with_capacity(CHUNK), finished: false }))
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        self.lock()?.call(&json!({"op": "remove", "path": path})).map(|_| ())
+    }
+
+    fn describe(&self, path: &str) -> String {
+        format!("{}:{path}", self.host)
+    }
+}
+
+struct RemoteReader<'a> {
+    storage: &'a RemoteStorage,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for RemoteReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() && !self.done {
+            let frame = self.storage.lock().and_then(|mut c| c.recv()).map_err(smuggle)?;
+            match frame {
+                Frame::Data(d) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Frame::End => self.done = true,
+                Frame::Json(v) => {
+                    self.done = true;
+                    let e = crate::protocol::client::reply_value(v)
+                        .err()
+                        .unwrap_or_else(|| Error::remote("unexpected reply inside a data stream"));
+                    return Err(smuggle(e));
+                }
+                Frame::Abort => return Err(smuggle(Error::remote("remote abandoned the data stream"))),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for RemoteReader<'_> {
+    fn drop(&mut self) {
+        // Drain the rest of the stream so the connection is ready for the next request.
+        while !self.done {
+            match self.storage.lock().and_then(|mut c| c.recv()) {
+                Ok(Frame::Data(_)) => {}
+                _ => self.done = true,
+            }
+        }
+    }
+}
+
+struct RemoteWriter<'a> {
+    storage: &'a RemoteStorage,
+    buf: Vec<u8>,
+    finished: bool,
+}
+
+impl RemoteWriter<'_> {
+    fn send_buffer(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.storage.lock()?.send_data(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for RemoteWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send_buffer().map_err(smuggle)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AtomicWrite for RemoteWriter<'_> {
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        self.send_buffer()?;
+        self.finished = true;
+        let mut c = self.storage.lock()?;
+        c.send_json(&json!({ "commit": name }))?;
+        c.flush()?;
+        c.reply().map(|_| ())
+    }
+}
+
+impl Drop for RemoteWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Tell the server to discard its temp file. If the connection is gone, the
+            // server's writer is dropped with it and removes the temp file itself.
+            if let Ok(mut c) = self.storage.lock() {
+                let _ = c.send_abort().and_then(|_| c.flush());
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Idempotent test-machine setup for a fresh Debian 12, run as root: installs (only when
+# missing) PostgreSQL 15, the OpenSSH server and client, and python3, and checks for cargo.
+# Starts no system services: the tests run their own PostgreSQL clusters and sshd.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: must run as root (installs packages; tests use runuser and sshd)" >&2
+    exit 1
+fi
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# A real (not purely virtual) package in the apt lists? On Debian 12, postgresql-contrib-15 is
+# only a name provided by postgresql-15.
+real_package() {
+    apt-cache show --no-all-versions "$1" 2>/dev/null | grep -q "^Package: $1\$"
+}
+
+wanted=(postgresql-15 openssh-server openssh-client python3)
+missing=()
+for pkg in "${wanted[@]}"; do
+    if installed "$pkg"; then
+        echo "setup.sh: $pkg already installed"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+updated=no
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup.sh: apt-get update"
+    apt-get update -q
+    updated=yes
+fi
+if ! installed postgresql-contrib-15; then
+    if real_package postgresql-contrib-15; then
+        missing+=(postgresql-contrib-15)
+    else
+        echo "setup.sh: postgresql-contrib-15 is not a separate package here (contrib is in postgresql-15)"
+    fi
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$updated" = no ]; then
+        echo "setup.sh: apt-get update"
+        apt-get update -q
+    fi
+    # Keep package scripts from starting postgresql/sshd services during the install.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=no
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 0755 "$policy"
+        own_policy=yes
+        trap 'rm -f "$policy"' EXIT
+    fi
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ "$own_policy" = yes ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+fi
+
+for tool in /usr/lib/postgresql/15/bin/initdb /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen; do
+    if [ ! -x "$tool" ]; then
+        echo "setup.sh: $tool is missing after installation" >&2
+        exit 1
+    fi
+done
+if ! id postgres >/dev/null 2>&1; then
+    echo "setup.sh: OS user postgres is missing (normally created by postgresql-common)" >&2
+    exit 1
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup.sh: cargo not found. Install Rust with rustup (https://rustup.rs):" >&2
+    echo "    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh" >&2
+    exit 1
+fi
+echo "setup.sh: cargo found: $(cargo --version)"
+echo "setup.sh: done"
