@@ -26,7 +26,11 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     if !def.implemented {
         return Err(Error::new(
             Kind::NotImplemented,
-            format!("command '{}' is not available in pg_backrest {} yet", def.name, crate::VERSION),
+            format!(
+                "command '{}' is not available in pg_backrest {} yet",
+                def.name,
+                crate::VERSION
+            ),
         ));
     }
     let _lock = match (def.lock, cfg.stanza()) {
@@ -52,17 +56,21 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         Cmd::Help => {
             let text = match cfg.args.first() {
                 None => help::general(crate::VERSION),
-                Some(name) => help::command(Cmd::from_name(name).filter(|c| !c.def().hidden).ok_or_else(
-                    || Error::config(format!("invalid command '{name}'"))
-                        .with_hint("see 'pg_backrest help' for the list of commands"),
-                )?),
+                Some(name) => help::command(
+                    Cmd::from_name(name)
+                        .filter(|c| !c.def().hidden)
+                        .ok_or_else(|| {
+                            Error::config(format!("invalid command '{name}'"))
+                                .with_hint("see 'pg_backrest help' for the list of commands")
+                        })?,
+                ),
             };
             print!("{text}");
             Ok(Outcome::Done)
         }
-        Cmd::Backup | Cmd::Expire | Cmd::Restore | Cmd::Info | Cmd::Verify => {
-            Err(Error::internal("unimplemented command passed the table check"))
-        }
+        Cmd::Backup | Cmd::Expire | Cmd::Restore | Cmd::Info | Cmd::Verify => Err(Error::internal(
+            "unimplemented command passed the table check",
+        )),
     }
 }
 

@@ -43,7 +43,10 @@ impl Config {
     pub fn from_process() -> Result<Config> {
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let env: Vec<(String, String)> = std::env::vars().collect();
-        Config::resolve(&Sources { argv: &argv, env: &env })
+        Config::resolve(&Sources {
+            argv: &argv,
+            env: &env,
+        })
     }
 
     pub fn resolve(src: &Sources<'_>) -> Result<Config> {
@@ -55,7 +58,11 @@ impl Config {
         let def = command.def();
 
         // Which file to read is itself an option: command line, then environment.
-        let explicit_config = cli.values.get("config").or_else(|| env.get("config")).cloned();
+        let explicit_config = cli
+            .values
+            .get("config")
+            .or_else(|| env.get("config"))
+            .cloned();
         let config_path = PathBuf::from(
             explicit_config
                 .clone()
@@ -64,19 +71,29 @@ impl Config {
         );
         let file = load_config_file(&config_path, explicit_config.is_some())?;
 
-        let stanza = cli.values.get("stanza").or_else(|| env.get("stanza")).cloned();
+        let stanza = cli
+            .values
+            .get("stanza")
+            .or_else(|| env.get("stanza"))
+            .cloned();
         if let Some(s) = &stanza {
             validate_stanza_name(s)?;
         }
 
         let mut values = BTreeMap::new();
-        for opt in OPTIONS {
+        for opt in OPTIONS
+            .iter()
+            .filter(|o| o.applies_to(command) || o.name == "config" || o.name == "stanza")
+        {
             let value = cli
                 .values
                 .get(opt.name)
                 .or_else(|| env.get(opt.name))
                 .cloned()
-                .or_else(|| file.as_ref().and_then(|f| f.lookup(opt, stanza.as_deref(), command)))
+                .or_else(|| {
+                    file.as_ref()
+                        .and_then(|f| f.lookup(opt, stanza.as_deref(), command))
+                })
                 .or_else(|| opt.default.map(String::from));
             if let Some(v) = value {
                 values.insert(opt.name, v);
@@ -133,7 +150,8 @@ impl Config {
 
     /// The stanza, for commands whose table row says they need one (checked at resolve time).
     pub fn stanza_required(&self) -> Result<&str> {
-        self.stanza().ok_or_else(|| Error::config("option 'stanza' is required"))
+        self.stanza()
+            .ok_or_else(|| Error::config("option 'stanza' is required"))
     }
 
     pub fn str(&self, name: &str) -> Option<&str> {
@@ -146,7 +164,10 @@ impl Config {
 
     pub fn required_path(&self, name: &str) -> Result<PathBuf> {
         self.path(name).ok_or_else(|| {
-            Error::config(format!("option '{name}' is required for command '{}'", self.command.name()))
+            Error::config(format!(
+                "option '{name}' is required for command '{}'",
+                self.command.name()
+            ))
         })
     }
 
@@ -172,7 +193,14 @@ impl Config {
                 if o.default == Some(v.as_str()) {
                     return None;
                 }
-                Some((o.name, if o.secret { "<redacted>".to_string() } else { v.clone() }))
+                Some((
+                    o.name,
+                    if o.secret {
+                        "<redacted>".to_string()
+                    } else {
+                        v.clone()
+                    },
+                ))
             })
             .collect()
     }
@@ -192,7 +220,11 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
         .disable_help_flag(true)
         .disable_version_flag(true)
         .arg(Arg::new("words").num_args(0..).action(ArgAction::Append))
-        .arg(Arg::new("help-flag").long("help").action(ArgAction::SetTrue));
+        .arg(
+            Arg::new("help-flag")
+                .long("help")
+                .action(ArgAction::SetTrue),
+        );
     for opt in OPTIONS {
         if opt.kind == OptKind::Bool {
             app = app
@@ -222,33 +254,50 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
 
     let matches = app.try_get_matches_from(argv).map_err(|e| {
         let text = e.to_string();
-        let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_string();
         Error::config(format!("invalid command line: {first}"))
             .with_hint("see 'pg_backrest help' for commands and options")
     })?;
 
     let mut values = BTreeMap::new();
     for opt in OPTIONS {
-        let given: Vec<&String> =
-            matches.get_many::<String>(opt.name).map(|v| v.collect()).unwrap_or_default();
-        let negated = opt.kind == OptKind::Bool && matches.get_count(&format!("no-{}", opt.name)) > 0;
+        let given: Vec<&String> = matches
+            .get_many::<String>(opt.name)
+            .map(|v| v.collect())
+            .unwrap_or_default();
+        let negated =
+            opt.kind == OptKind::Bool && matches.get_count(&format!("no-{}", opt.name)) > 0;
         if given.len() + usize::from(negated) > 1 {
             return Err(Error::config(format!(
                 "option '{}' is given more than once on the command line",
                 opt.name
             )));
         }
-        let raw = if negated { Some("n".to_string()) } else { given.first().map(|s| s.to_string()) };
+        let raw = if negated {
+            Some("n".to_string())
+        } else {
+            given.first().map(|s| s.to_string())
+        };
         if let Some(raw) = raw {
             let v = opt.validate(&raw).map_err(|why| {
-                Error::config(format!("invalid value '{raw}' for option '--{}': {why}", opt.name))
+                Error::config(format!(
+                    "invalid value '{raw}' for option '--{}': {why}",
+                    opt.name
+                ))
             })?;
             values.insert(opt.name, v);
         }
     }
 
-    let mut words: Vec<String> =
-        matches.get_many::<String>("words").map(|v| v.cloned().collect()).unwrap_or_default();
+    let mut words: Vec<String> = matches
+        .get_many::<String>("words")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
     if words.is_empty() {
         words.push("help".into());
     }
@@ -279,7 +328,11 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             }
         }
     }
-    Ok(CommandLine { command, args, values })
+    Ok(CommandLine {
+        command,
+        args,
+        values,
+    })
 }
 
 fn parse_environment(
@@ -288,14 +341,18 @@ fn parse_environment(
 ) -> Result<BTreeMap<&'static str, String>> {
     let mut values = BTreeMap::new();
     for (key, raw) in env {
-        let Some(rest) = key.strip_prefix("PG_BACKREST_") else { continue };
+        let Some(rest) = key.strip_prefix("PG_BACKREST_") else {
+            continue;
+        };
         let name = rest.to_lowercase().replace('_', "-");
         let Some(opt) = OptDef::find(&name) else {
             warnings.push(format!("environment contains unknown option '{key}'"));
             continue;
         };
         let v = opt.validate(raw).map_err(|why| {
-            Error::config(format!("invalid value '{raw}' in environment variable '{key}': {why}"))
+            Error::config(format!(
+                "invalid value '{raw}' in environment variable '{key}': {why}"
+            ))
         })?;
         values.insert(opt.name, v);
     }
@@ -305,7 +362,9 @@ fn parse_environment(
 fn validate_stanza_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name != "global"
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -352,8 +411,11 @@ fn load_config_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
         Err(e) => {
-            return Err(Error::config(format!("unable to read config file '{}': {e}", path.display()))
-                .with_hint("check the path given by --config and its permissions"))
+            return Err(Error::config(format!(
+                "unable to read config file '{}': {e}",
+                path.display()
+            ))
+            .with_hint("check the path given by --config and its permissions"))
         }
     };
     parse_config_text(path, &text).map(Some)
@@ -361,7 +423,11 @@ fn load_config_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>> {
 
 fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
     let file = path.display();
-    let opt = ini::ParseOption { enabled_quote: false, enabled_escape: false, ..Default::default() };
+    let opt = ini::ParseOption {
+        enabled_quote: false,
+        enabled_escape: false,
+        ..Default::default()
+    };
     let ini = ini::Ini::load_from_str_opt(text, opt)
         .map_err(|e| Error::config(format!("unable to parse config file '{file}': {e}")))?;
 
@@ -380,12 +446,17 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             Some((b, c)) => (b, Some(c)),
             None => (name, None),
         };
-        let command = match cmd_name {
-            None => None,
-            Some(c) => Some(Cmd::from_name(c).filter(|c| !c.def().hidden).ok_or_else(|| {
-                Error::config(format!("section '[{name}]' in '{file}' names unknown command '{c}'"))
-            })?),
-        };
+        let command =
+            match cmd_name {
+                None => None,
+                Some(c) => Some(Cmd::from_name(c).filter(|c| !c.def().hidden).ok_or_else(
+                    || {
+                        Error::config(format!(
+                            "section '[{name}]' in '{file}' names unknown command '{c}'"
+                        ))
+                    },
+                )?),
+            };
         let stanza = if base == "global" {
             None
         } else {
@@ -393,8 +464,13 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 .map_err(|e| e.context(format!("section '[{name}]' in '{file}'")))?;
             Some(base.to_string())
         };
-        if sections.iter().any(|s| s.stanza == stanza && s.command == command) {
-            return Err(Error::config(format!("section '[{name}]' appears twice in '{file}'")));
+        if sections
+            .iter()
+            .any(|s| s.stanza == stanza && s.command == command)
+        {
+            return Err(Error::config(format!(
+                "section '[{name}]' appears twice in '{file}'"
+            )));
         }
 
         let mut values = BTreeMap::new();
@@ -414,7 +490,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 return Err(Error::config(format!(
                     "option '{key}' {where_} cannot apply there: it describes one cluster"
                 ))
-                .with_hint(format!("move '{key}' to the stanza's own section, e.g. [main]")));
+                .with_hint(format!(
+                    "move '{key}' to the stanza's own section, e.g. [main]"
+                )));
             }
             if let Some(c) = command {
                 if !opt.applies_to(c) {
@@ -425,16 +503,27 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 }
             }
             if values.contains_key(opt.name) {
-                return Err(Error::config(format!("option '{key}' is set twice {where_}")));
+                return Err(Error::config(format!(
+                    "option '{key}' is set twice {where_}"
+                )));
             }
             let v = opt.validate(raw).map_err(|why| {
-                Error::config(format!("invalid value '{raw}' for option '{key}' {where_}: {why}"))
+                Error::config(format!(
+                    "invalid value '{raw}' for option '{key}' {where_}: {why}"
+                ))
             })?;
             values.insert(opt.name, v);
         }
-        sections.push(Section { stanza, command, values });
+        sections.push(Section {
+            stanza,
+            command,
+            values,
+        });
     }
-    Ok(ConfigFile { path: path.to_path_buf(), sections })
+    Ok(ConfigFile {
+        path: path.to_path_buf(),
+        sections,
+    })
 }
 
 #[cfg(test)]
@@ -453,9 +542,14 @@ mod tests {
             argv.push(format!("--config={}", conf.display()));
             std::fs::write(&conf, "").unwrap();
         }
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::resolve(&Sources { argv: &argv, env: &env })
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&Sources {
+            argv: &argv,
+            env: &env,
+        })
     }
 
     const FILE: &str = "[global]\nrepo1-path=/g\ncompress-level=3\n\
@@ -471,14 +565,29 @@ mod tests {
         assert_eq!(c.str("pg1-path"), Some("/data"));
         let c = resolve_with(&["--stanza=main", "archive-get", "a", "b"], &[], Some(FILE)).unwrap();
         assert_eq!(c.str("repo1-path"), Some("/s"));
-        let c = resolve_with(&["--stanza=other", "archive-get", "a", "b"], &[], Some(FILE)).unwrap();
+        let c = resolve_with(
+            &["--stanza=other", "archive-get", "a", "b"],
+            &[],
+            Some(FILE),
+        )
+        .unwrap();
         assert_eq!(c.str("repo1-path"), Some("/g"));
         assert_eq!(c.str("pg1-path"), None);
         let env = [("PG_BACKREST_REPO1_PATH", "/env")];
         let c = resolve_with(&["--stanza=main", "archive-push", "/x"], &env, Some(FILE)).unwrap();
         assert_eq!(c.str("repo1-path"), Some("/env"));
-        let c = resolve_with(&["archive-push", "--stanza", "main", "/x", "--repo1-path=/cli"], &env,
-            Some(FILE)).unwrap();
+        let c = resolve_with(
+            &[
+                "archive-push",
+                "--stanza",
+                "main",
+                "/x",
+                "--repo1-path=/cli",
+            ],
+            &env,
+            Some(FILE),
+        )
+        .unwrap();
         assert_eq!(c.str("repo1-path"), Some("/cli"));
         assert_eq!(c.args, vec!["/x".to_string()]);
         // Defaults fill the rest.
@@ -487,8 +596,15 @@ mod tests {
 
     #[test]
     fn booleans_on_the_command_line() {
-        let c = resolve_with(&["--stanza=main", "--no-delta", "archive-get", "a", "b"], &[], None);
-        assert_eq!(c.unwrap_err().message, "option '--delta' is not valid for command 'archive-get'");
+        let c = resolve_with(
+            &["--stanza=main", "--no-delta", "archive-get", "a", "b"],
+            &[],
+            None,
+        );
+        assert_eq!(
+            c.unwrap_err().message,
+            "option '--delta' is not valid for command 'archive-get'"
+        );
         let f = "[main]\npg1-path=/d\n";
         let c = resolve_with(&["--stanza=main", "check"], &[], Some(f)).unwrap();
         assert!(!c.bool("start-fast"));
@@ -511,42 +627,103 @@ mod tests {
             .contains("invalid value '11' for option 'compress-level' in section '[global]'"));
         assert!(err(&push, &[], Some("[global]\npg1-path=/d\n"))
             .contains("option 'pg1-path' in section '[global]' of '/"));
-        assert!(err(&push, &[], Some("[main:archive-get]\ncompress-level=1\n"))
-            .contains("cannot apply to command 'archive-get'"));
-        assert!(err(&push, &[], Some("[main]\nstanza=x\n")).contains("cannot be set in a config file"));
+        assert!(
+            err(&push, &[], Some("[main:archive-get]\ncompress-level=1\n"))
+                .contains("cannot apply to command 'archive-get'")
+        );
+        assert!(
+            err(&push, &[], Some("[main]\nstanza=x\n")).contains("cannot be set in a config file")
+        );
         assert!(err(&push, &[], Some("repo1-path=/x\n")).contains("is outside any section"));
-        assert!(err(&push, &[], Some("[main]\nrepo1-path=/a\nrepo1-path=/b\n")).contains("set twice"));
+        assert!(
+            err(&push, &[], Some("[main]\nrepo1-path=/a\nrepo1-path=/b\n")).contains("set twice")
+        );
         assert!(err(&push, &[], Some("[main\n")).contains("unable to parse config file"));
         assert_eq!(
             err(&["archive-push", "/x"], &[], None),
             "option 'stanza' is required for command 'archive-push'"
         );
-        assert!(err(&["--stanza=main", "check"], &[], None).starts_with("option 'pg1-path' is required"));
+        assert!(err(&["--stanza=main", "check"], &[], None)
+            .starts_with("option 'pg1-path' is required"));
         assert!(err(&["--stanza=main", "archive-push"], &[], None)
             .starts_with("command 'archive-push' requires WAL_PATH"));
-        assert!(err(&["--stanza=main", "--bogus", "archive-push", "/x"], &[], None)
-            .starts_with("invalid command line: unexpected argument '--bogus'"));
-        assert!(err(&["--stanza=main", "--compress-level=x", "archive-push", "/x"], &[], None)
-            .contains("'--compress-level': must be an integer"));
+        assert!(err(
+            &["--stanza=main", "--bogus", "archive-push", "/x"],
+            &[],
+            None
+        )
+        .starts_with("invalid command line: unexpected argument '--bogus'"));
+        assert!(err(
+            &["--stanza=main", "--compress-level=x", "archive-push", "/x"],
+            &[],
+            None
+        )
+        .contains("'--compress-level': must be an integer"));
         assert!(err(&push, &[("PG_BACKREST_COMPRESS_TYPE", "xz")], None)
             .contains("environment variable 'PG_BACKREST_COMPRESS_TYPE'"));
         assert!(err(&["frobnicate"], &[], None).starts_with("invalid command 'frobnicate'"));
-        assert!(err(&["--stanza=a:b", "archive-push", "/x"], &[], None).contains("invalid stanza name"));
+        assert!(
+            err(&["--stanza=a:b", "archive-push", "/x"], &[], None).contains("invalid stanza name")
+        );
     }
 
     #[test]
     fn missing_explicit_config_is_an_error_but_missing_default_is_not() {
-        let argv = vec!["--config=/nonexistent/x.conf".to_string(), "version".to_string()];
-        let e = Config::resolve(&Sources { argv: &argv, env: &[] }).unwrap_err();
-        assert!(e.message.starts_with("unable to read config file '/nonexistent/x.conf'"));
-        let env = vec![("PG_BACKREST_CONFIG".to_string(), "/nonexistent/y.conf".to_string())];
+        let argv = vec![
+            "--config=/nonexistent/x.conf".to_string(),
+            "version".to_string(),
+        ];
+        let e = Config::resolve(&Sources {
+            argv: &argv,
+            env: &[],
+        })
+        .unwrap_err();
+        assert!(e
+            .message
+            .starts_with("unable to read config file '/nonexistent/x.conf'"));
+        let env = vec![(
+            "PG_BACKREST_CONFIG".to_string(),
+            "/nonexistent/y.conf".to_string(),
+        )];
         let argv = vec!["version".to_string()];
-        assert!(Config::resolve(&Sources { argv: &argv, env: &env }).is_err());
+        assert!(Config::resolve(&Sources {
+            argv: &argv,
+            env: &env
+        })
+        .is_err());
     }
 
     #[test]
     fn unknown_environment_option_is_a_warning() {
         let c = resolve_with(&["version"], &[("PG_BACKREST_NOPE", "1")], None).unwrap();
-        assert_eq!(c.warnings, vec!["environment contains unknown option 'PG_BACKREST_NOPE'"]);
+        assert_eq!(
+            c.warnings,
+            vec!["environment contains unknown option 'PG_BACKREST_NOPE'"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// The shipped sample configs parse: every uncommented option exists, is allowed in its
+    /// section and has a valid value.
+    #[test]
+    fn sample_configs_are_valid() {
+        for (name, text) in [
+            ("pg_backrest.conf", include_str!("../conf/pg_backrest.conf")),
+            (
+                "pg_backrest-db-host.conf",
+                include_str!("../conf/pg_backrest-db-host.conf"),
+            ),
+            (
+                "pg_backrest-repo-host.conf",
+                include_str!("../conf/pg_backrest-repo-host.conf"),
+            ),
+        ] {
+            let parsed = parse_config_text(Path::new(name), text);
+            assert!(parsed.is_ok(), "conf/{name}: {:?}", parsed.err());
+        }
     }
 }

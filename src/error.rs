@@ -45,6 +45,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Config,
+        Kind::LockHeld,
+        Kind::HookAborted,
+        Kind::Remote,
+        Kind::Database,
+        Kind::Integrity,
+        Kind::RepoMissing,
+        Kind::FileIo,
+        Kind::WalFormat,
+        Kind::Timeout,
+        Kind::NotImplemented,
+        Kind::Internal,
+    ];
+
     /// The process exit status. Documented in docs/exit-codes.md; never reuse a number.
     pub fn exit_code(self) -> i32 {
         match self {
@@ -82,21 +97,8 @@ impl Kind {
     }
 
     pub fn from_wire_name(name: &str) -> Kind {
-        const ALL: [Kind; 12] = [
-            Kind::Config,
-            Kind::LockHeld,
-            Kind::HookAborted,
-            Kind::Remote,
-            Kind::Database,
-            Kind::Integrity,
-            Kind::RepoMissing,
-            Kind::FileIo,
-            Kind::WalFormat,
-            Kind::Timeout,
-            Kind::NotImplemented,
-            Kind::Internal,
-        ];
-        ALL.into_iter()
+        Kind::ALL
+            .into_iter()
             .find(|k| k.wire_name() == name)
             .unwrap_or(Kind::Remote)
     }
@@ -113,7 +115,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), hint: None }
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn config(message: impl Into<String>) -> Error {
@@ -134,7 +140,10 @@ impl Error {
 
     /// A file-system failure on `path`, phrased as "unable to <action> '<path>': <os error>".
     pub fn io(action: &str, path: &Path, err: std::io::Error) -> Error {
-        Error::new(Kind::FileIo, format!("unable to {action} '{}': {err}", path.display()))
+        Error::new(
+            Kind::FileIo,
+            format!("unable to {action} '{}': {err}", path.display()),
+        )
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
@@ -156,7 +165,7 @@ impl Error {
     pub fn render(&self) -> String {
         let mut line = format!("ERROR: [{:03}]: {}", self.exit_code(), self.message);
         if let Some(hint) = &self.hint {
-            line.push_str("\nHINT: ");
+            line.push_str(" HINT: ");
             line.push_str(hint);
         }
         line
@@ -177,20 +186,7 @@ mod tests {
 
     #[test]
     fn exit_codes_are_distinct_and_never_one() {
-        let kinds = [
-            Kind::Config,
-            Kind::LockHeld,
-            Kind::HookAborted,
-            Kind::Remote,
-            Kind::Database,
-            Kind::Integrity,
-            Kind::RepoMissing,
-            Kind::FileIo,
-            Kind::WalFormat,
-            Kind::Timeout,
-            Kind::NotImplemented,
-            Kind::Internal,
-        ];
+        let kinds = Kind::ALL;
         let mut codes: Vec<i32> = kinds.iter().map(|k| k.exit_code()).collect();
         codes.sort();
         codes.dedup();
@@ -204,6 +200,6 @@ mod tests {
     #[test]
     fn render_is_one_error_line_with_optional_hint() {
         let e = Error::config("option 'x' is bad").with_hint("fix it");
-        assert_eq!(e.render(), "ERROR: [031]: option 'x' is bad\nHINT: fix it");
+        assert_eq!(e.render(), "ERROR: [031]: option 'x' is bad HINT: fix it");
     }
 }

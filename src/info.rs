@@ -29,7 +29,10 @@ pub struct IniDoc {
 
 impl IniDoc {
     pub fn set(&mut self, section: &str, key: &str, value: &Value) {
-        self.sections.entry(section.to_string()).or_default().insert(key.to_string(), value.to_string());
+        self.sections
+            .entry(section.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
     }
 
     pub fn get(&self, section: &str, key: &str) -> Option<Value> {
@@ -60,8 +63,13 @@ impl IniDoc {
     }
 
     fn parse(text: &str) -> std::result::Result<IniDoc, String> {
-        let opt = ini::ParseOption { enabled_quote: false, enabled_escape: false, ..Default::default() };
-        let ini = ini::Ini::load_from_str_opt(text, opt).map_err(|e| format!("not an INI file: {e}"))?;
+        let opt = ini::ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            ..Default::default()
+        };
+        let ini =
+            ini::Ini::load_from_str_opt(text, opt).map_err(|e| format!("not an INI file: {e}"))?;
         let mut doc = IniDoc::default();
         for (name, props) in ini.iter() {
             let Some(name) = name else {
@@ -81,7 +89,9 @@ impl IniDoc {
     /// Parses and checks the embedded checksum.
     fn parse_verified(text: &str) -> std::result::Result<IniDoc, String> {
         let doc = IniDoc::parse(text)?;
-        let stored = doc.get(BACKREST, CHECKSUM_KEY).and_then(|v| v.as_str().map(String::from));
+        let stored = doc
+            .get(BACKREST, CHECKSUM_KEY)
+            .and_then(|v| v.as_str().map(String::from));
         match stored {
             None => Err("it has no checksum".into()),
             Some(s) if s != doc.checksum() => Err("its checksum does not match its content".into()),
@@ -103,14 +113,19 @@ pub struct Loaded {
 pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
     let copy_path = format!("{path}{COPY_SUFFIX}");
     let attempt = |p: &str| -> Result<Option<std::result::Result<IniDoc, String>>> {
-        Ok(storage::read_small(storage, p)?.map(|bytes| match String::from_utf8(bytes) {
-            Ok(text) => IniDoc::parse_verified(&text),
-            Err(_) => Err("it is not text".into()),
-        }))
+        Ok(
+            storage::read_small(storage, p)?.map(|bytes| match String::from_utf8(bytes) {
+                Ok(text) => IniDoc::parse_verified(&text),
+                Err(_) => Err("it is not text".into()),
+            }),
+        )
     };
     let main = attempt(path)?;
     if let Some(Ok(doc)) = main {
-        return Ok(Some(Loaded { doc, from_copy: false }));
+        return Ok(Some(Loaded {
+            doc,
+            from_copy: false,
+        }));
     }
     let copy = attempt(&copy_path)?;
     let why = |r: &Option<std::result::Result<IniDoc, String>>| match r {
@@ -127,7 +142,10 @@ pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
                 why(&main),
                 storage.describe(&copy_path)
             );
-            Ok(Some(Loaded { doc, from_copy: true }))
+            Ok(Some(Loaded {
+                doc,
+                from_copy: true,
+            }))
         }
         (main, copy) => Err(Error::integrity(format!(
             "'{}' is unusable ({}) and so is '{}' ({})",
@@ -180,7 +198,10 @@ pub struct DbInfo {
 
 impl DbInfo {
     pub fn new(first: DbEntry) -> DbInfo {
-        DbInfo { history: vec![first.clone()], current: first }
+        DbInfo {
+            history: vec![first.clone()],
+            current: first,
+        }
     }
 
     fn write_to(&self, doc: &mut IniDoc, with_catalog: bool) {
@@ -189,14 +210,28 @@ impl DbInfo {
         doc.set("db", "db-system-id", &Value::from(c.system_id));
         doc.set("db", "db-version", &Value::from(c.version.clone()));
         if with_catalog {
-            doc.set("db", "db-catalog-version", &Value::from(c.catalog_version.unwrap_or(0)));
-            doc.set("db", "db-control-version", &Value::from(c.control_version.unwrap_or(0)));
+            doc.set(
+                "db",
+                "db-catalog-version",
+                &Value::from(c.catalog_version.unwrap_or(0)),
+            );
+            doc.set(
+                "db",
+                "db-control-version",
+                &Value::from(c.control_version.unwrap_or(0)),
+            );
         }
         for h in &self.history {
             let mut v = serde_json::Map::new();
             if with_catalog {
-                v.insert("db-catalog-version".into(), h.catalog_version.unwrap_or(0).into());
-                v.insert("db-control-version".into(), h.control_version.unwrap_or(0).into());
+                v.insert(
+                    "db-catalog-version".into(),
+                    h.catalog_version.unwrap_or(0).into(),
+                );
+                v.insert(
+                    "db-control-version".into(),
+                    h.control_version.unwrap_or(0).into(),
+                );
                 v.insert("db-system-id".into(), h.system_id.into());
             } else {
                 // pgBackRest's archive.info names the system id "db-id" in its history.
@@ -223,13 +258,27 @@ impl DbInfo {
             history.push(DbEntry {
                 id: hid,
                 system_id,
-                version: v.get("db-version").and_then(Value::as_str).ok_or_else(|| bad("db-version"))?.into(),
-                catalog_version: v.get("db-catalog-version").and_then(Value::as_u64).map(|n| n as u32),
-                control_version: v.get("db-control-version").and_then(Value::as_u64).map(|n| n as u32),
+                version: v
+                    .get("db-version")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("db-version"))?
+                    .into(),
+                catalog_version: v
+                    .get("db-catalog-version")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as u32),
+                control_version: v
+                    .get("db-control-version")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as u32),
             });
         }
         history.sort_by_key(|h| h.id);
-        let current = history.iter().find(|h| h.id == id).cloned().ok_or_else(|| bad("current db entry"))?;
+        let current = history
+            .iter()
+            .find(|h| h.id == id)
+            .cloned()
+            .ok_or_else(|| bad("current db entry"))?;
         Ok(DbInfo { current, history })
     }
 
@@ -242,7 +291,9 @@ impl DbInfo {
                  repository belongs to PostgreSQL {} system-id {}",
                 c.version, c.system_id
             ))
-            .with_hint("check that --stanza and pg1-path name the same cluster as the repository"));
+            .with_hint(
+                "check that --stanza and pg1-path name the same cluster as the repository",
+            ));
         }
         Ok(())
     }
@@ -274,14 +325,22 @@ mod tests {
         let mut doc = sample();
         save(&s, "a/x.info", &mut doc).unwrap();
         let l = load(&s, "a/x.info").unwrap().unwrap();
-        assert_eq!(l, Loaded { doc: doc.clone(), from_copy: false });
+        assert_eq!(
+            l,
+            Loaded {
+                doc: doc.clone(),
+                from_copy: false
+            }
+        );
         let info = DbInfo::read_from(&l.doc, "x").unwrap();
         assert_eq!(info.current.archive_id(), "15-1");
         assert_eq!(info.current.system_id, 7_300_000_000_000_000_001);
 
         // Damage the main file: the copy is used.
         let main = tmp.path().join("a/x.info");
-        let text = std::fs::read_to_string(&main).unwrap().replace("\"15\"", "\"16\"");
+        let text = std::fs::read_to_string(&main)
+            .unwrap()
+            .replace("\"15\"", "\"16\"");
         std::fs::write(&main, text).unwrap();
         let l = load(&s, "a/x.info").unwrap().unwrap();
         assert!(l.from_copy);
@@ -291,7 +350,11 @@ mod tests {
         std::fs::write(tmp.path().join("a/x.info.copy"), "garbage").unwrap();
         let e = load(&s, "a/x.info").unwrap_err();
         assert_eq!(e.kind, crate::error::Kind::Integrity);
-        assert!(e.message.contains("checksum does not match"), "{}", e.message);
+        assert!(
+            e.message.contains("checksum does not match"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -300,6 +363,7 @@ mod tests {
         doc.set(BACKREST, CHECKSUM_KEY, &Value::from("x"));
         let text = doc.render();
         assert!(text.starts_with("[backrest]\nbackrest-checksum=\"x\"\n\n[db]\ndb-id=1\n"));
-        assert!(text.contains("[db:history]\n1={\"db-id\":7300000000000000001,\"db-version\":\"15\"}\n"));
+        assert!(text
+            .contains("[db:history]\n1={\"db-id\":7300000000000000001,\"db-version\":\"15\"}\n"));
     }
 }

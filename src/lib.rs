@@ -27,7 +27,7 @@ use command::Outcome;
 use config::{Cmd, Config};
 
 /// The version, from the VERSION file.
-pub const VERSION: &str = env!("PG_BACKREST_VERSION");
+pub const VERSION: &str = env!("PGBR_BUILD_VERSION");
 
 /// Runs one invocation and returns the process exit status.
 pub fn main_exit_code() -> i32 {
@@ -44,9 +44,18 @@ pub fn main_exit_code() -> i32 {
     }
     let name = cfg.command.name();
     if log::enabled(log::Level::Info) {
-        let opts: Vec<String> =
-            cfg.non_default_options().iter().map(|(k, v)| format!("--{k}={v}")).collect();
-        info!("{name} command begin {VERSION}: {} {}", cfg.args.join(" "), opts.join(" "));
+        let opts: Vec<String> = cfg
+            .non_default_options()
+            .iter()
+            .map(|(k, v)| format!("--{k}={v}"))
+            .collect();
+        let words: Vec<&str> = cfg
+            .args
+            .iter()
+            .map(String::as_str)
+            .chain(opts.iter().map(String::as_str))
+            .collect();
+        info!("{name} command begin {VERSION}: {}", words.join(" "));
     }
     match command::run(&cfg) {
         Ok(Outcome::Done) => {
@@ -74,9 +83,17 @@ fn init_logging(cfg: &Config) {
     let log_path = cfg.path("log-path").unwrap_or_default();
     log::init(&log::Settings {
         // stdout of the remote command is the protocol channel: nothing else may go there.
-        console: if cfg.command == Cmd::Remote { log::Level::Off } else { level("log-level-console") },
+        console: if cfg.command == Cmd::Remote {
+            log::Level::Off
+        } else {
+            level("log-level-console")
+        },
         stderr: level("log-level-stderr"),
-        file: if quiet { log::Level::Off } else { level("log-level-file") },
+        file: if quiet {
+            log::Level::Off
+        } else {
+            level("log-level-file")
+        },
         log_path: &log_path,
         file_stem: stem,
     });
@@ -88,6 +105,10 @@ mod tests {
     fn cargo_version_matches_the_version_file() {
         let file = include_str!("../VERSION").trim();
         assert_eq!(super::VERSION, file);
-        assert_eq!(env!("CARGO_PKG_VERSION"), file, "update Cargo.toml's version to VERSION");
+        assert_eq!(
+            env!("CARGO_PKG_VERSION"),
+            file,
+            "update Cargo.toml's version to VERSION"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub fn acquire(
     command: &str,
     timeout: Duration,
 ) -> Result<Option<Lock>> {
-    let Some(path) = lock_file_path(lock_path, stanza, lock) else { return Ok(None) };
+    let Some(path) = lock_file_path(lock_path, stanza, lock) else {
+        return Ok(None);
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o770)
@@ -84,13 +86,19 @@ pub fn acquire(
 
 fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
     let mut text = String::new();
-    let _ = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut text));
+    let _ = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_string(&mut text));
     let field = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
             .unwrap_or_else(|| "unknown".into())
     };
-    let waited = if waited.is_zero() { String::new() } else { format!(" after waiting {}s", waited.as_secs()) };
+    let waited = if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" after waiting {}s", waited.as_secs())
+    };
     Error::new(
         Kind::LockHeld,
         format!(
@@ -111,16 +119,46 @@ mod tests {
     #[test]
     fn second_holder_is_refused_with_the_first_ones_identity_and_lock_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let first = acquire(dir.path(), "main", LockType::Backup, "backup", Duration::ZERO)
-            .unwrap()
-            .unwrap();
-        let e = acquire(dir.path(), "main", LockType::Backup, "expire", Duration::ZERO).unwrap_err();
+        let first = acquire(
+            dir.path(),
+            "main",
+            LockType::Backup,
+            "backup",
+            Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
+        let e = acquire(
+            dir.path(),
+            "main",
+            LockType::Backup,
+            "expire",
+            Duration::ZERO,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::LockHeld);
-        assert!(e.message.contains(&format!("held by pid {} (backup, started ", std::process::id())));
+        assert!(e.message.contains(&format!(
+            "held by pid {} (backup, started ",
+            std::process::id()
+        )));
         // Archiving has its own lock.
-        assert!(acquire(dir.path(), "main", LockType::Archive, "archive-push", Duration::ZERO).is_ok());
+        assert!(acquire(
+            dir.path(),
+            "main",
+            LockType::Archive,
+            "archive-push",
+            Duration::ZERO
+        )
+        .is_ok());
         drop(first);
-        assert!(acquire(dir.path(), "main", LockType::Backup, "expire", Duration::ZERO).is_ok());
+        assert!(acquire(
+            dir.path(),
+            "main",
+            LockType::Backup,
+            "expire",
+            Duration::ZERO
+        )
+        .is_ok());
     }
 
     #[test]
@@ -129,7 +167,14 @@ mod tests {
         let first = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap();
         let path = dir.path().to_path_buf();
         let t = std::thread::spawn(move || {
-            acquire(&path, "s", LockType::Backup, "expire", Duration::from_secs(10)).map(|l| l.is_some())
+            acquire(
+                &path,
+                "s",
+                LockType::Backup,
+                "expire",
+                Duration::from_secs(10),
+            )
+            .map(|l| l.is_some())
         });
         std::thread::sleep(Duration::from_millis(300));
         drop(first);

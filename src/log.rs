@@ -91,7 +91,11 @@ pub fn init(settings: &Settings<'_>) {
     if let Ok(mut l) = LOGGER.lock() {
         l.console = settings.console;
         l.stderr = settings.stderr;
-        l.file_level = if file.is_some() { settings.file } else { Level::Off };
+        l.file_level = if file.is_some() {
+            settings.file
+        } else {
+            Level::Off
+        };
         l.file = file;
     }
     if let Some(w) = warning {
@@ -148,7 +152,11 @@ pub fn final_error(rendered: &str) {
     let _ = writeln!(std::io::stderr(), "{rendered}");
     if let Ok(mut l) = LOGGER.lock() {
         if l.file_level >= Level::Error {
-            write_file_line(&mut l, Level::Error, format_args!("{}", rendered.trim_start_matches("ERROR: ")));
+            write_file_line(
+                &mut l,
+                Level::Error,
+                format_args!("{}", rendered.trim_start_matches("ERROR: ")),
+            );
         }
     }
 }

@@ -55,17 +55,26 @@ pub struct Ends<'a> {
 }
 
 /// Copies original content from `src` into storage format on `dst`.
-pub fn store(src: &mut dyn Read, dst: &mut dyn Write, compress: Compress, ends: &Ends) -> Result<CopyResult> {
-    let mut counted = CountingWriter { inner: dst, count: 0 };
+pub fn store(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    compress: Compress,
+    ends: &Ends,
+) -> Result<CopyResult> {
+    let mut counted = CountingWriter {
+        inner: dst,
+        count: 0,
+    };
     let mut sha = Sha1::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
     {
         let mut sink = match compress {
             Compress::None => Sink::Plain(&mut counted),
-            Compress::Gz(level) => {
-                Sink::Gz(GzEncoder::new(&mut counted, flate2::Compression::new(level)))
-            }
+            Compress::Gz(level) => Sink::Gz(Box::new(GzEncoder::new(
+                &mut counted,
+                flate2::Compression::new(level),
+            ))),
         };
         loop {
             let n = read_some(src, &mut buf).map_err(|e| io_error("read", ends.source, e))?;
@@ -82,10 +91,15 @@ pub fn store(src: &mut dyn Read, dst: &mut dyn Write, compress: Compress, ends: 
         }
         // The gzip trailer is written here; dropping the encoder would hide its errors.
         if let Sink::Gz(mut gz) = sink {
-            gz.try_finish().map_err(|e| io_error("write", ends.dest, e))?;
+            gz.try_finish()
+                .map_err(|e| io_error("write", ends.dest, e))?;
         }
     }
-    Ok(CopyResult { size, sha1: hex::encode(sha.finalize()), stored_size: counted.count })
+    Ok(CopyResult {
+        size,
+        sha1: hex::encode(sha.finalize()),
+        stored_size: counted.count,
+    })
 }
 
 /// Copies stored content from `src` back to original content on `dst`, checking that it
@@ -97,7 +111,11 @@ pub fn restore(
     expect_sha1: Option<&str>,
     ends: &Ends,
 ) -> Result<CopyResult> {
-    let mut counted = CountingReader { inner: src, count: 0, failed: None };
+    let mut counted = CountingReader {
+        inner: src,
+        count: 0,
+        failed: None,
+    };
     let mut sha = Sha1::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -120,7 +138,9 @@ pub fn restore(
                             "stored file '{}' is damaged: {e}",
                             ends.source
                         ))
-                        .with_hint("the repository copy is corrupt; run verify and take a new backup"),
+                        .with_hint(
+                            "the repository copy is corrupt; run verify and take a new backup",
+                        ),
                     });
                 }
             };
@@ -129,7 +149,8 @@ pub fn restore(
             }
             sha.update(&buf[..n]);
             size += n as u64;
-            dst.write_all(&buf[..n]).map_err(|e| io_error("write", ends.dest, e))?;
+            dst.write_all(&buf[..n])
+                .map_err(|e| io_error("write", ends.dest, e))?;
         }
     }
     let sha1 = hex::encode(sha.finalize());
@@ -142,12 +163,24 @@ pub fn restore(
             .with_hint("the repository copy is corrupt; do not use it"));
         }
     }
-    Ok(CopyResult { size, sha1, stored_size: counted.count })
+    Ok(CopyResult {
+        size,
+        sha1,
+        stored_size: counted.count,
+    })
 }
 
 /// SHA-1 and size of a stream, without storing it.
 pub fn digest(src: &mut dyn Read, source: &str) -> Result<CopyResult> {
-    store(src, &mut io::sink(), Compress::None, &Ends { source, dest: "checksum" })
+    store(
+        src,
+        &mut io::sink(),
+        Compress::None,
+        &Ends {
+            source,
+            dest: "checksum",
+        },
+    )
 }
 
 /// Turns an I/O error from a pipeline end into an [`Error`]. A remote stream smuggles its
@@ -176,7 +209,8 @@ fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 enum Sink<'a, 'b> {
     Plain(&'a mut CountingWriter<'b>),
-    Gz(GzEncoder<&'a mut CountingWriter<'b>>),
+    // Boxed: the encoder's state is large and the plain variant is a pointer.
+    Gz(Box<GzEncoder<&'a mut CountingWriter<'b>>>),
 }
 
 struct CountingWriter<'a> {
@@ -223,7 +257,10 @@ impl Read for CountingReader<'_> {
 mod tests {
     use super::*;
 
-    const ENDS: Ends = Ends { source: "src", dest: "dst" };
+    const ENDS: Ends = Ends {
+        source: "src",
+        dest: "dst",
+    };
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| ((i * 7919) % 251) as u8).collect()
@@ -252,12 +289,26 @@ mod tests {
         let mut stored = Vec::new();
         let r = store(&mut &data[..], &mut stored, Compress::Gz(6), &ENDS).unwrap();
         let truncated = &stored[..stored.len() / 2];
-        let e = restore(&mut &truncated[..], &mut Vec::new(), true, Some(&r.sha1), &ENDS).unwrap_err();
+        let e = restore(
+            &mut &truncated[..],
+            &mut Vec::new(),
+            true,
+            Some(&r.sha1),
+            &ENDS,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::Integrity, "{e:?}");
         let mut flipped = stored.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0xff;
-        let e = restore(&mut &flipped[..], &mut Vec::new(), true, Some(&r.sha1), &ENDS).unwrap_err();
+        let e = restore(
+            &mut &flipped[..],
+            &mut Vec::new(),
+            true,
+            Some(&r.sha1),
+            &ENDS,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::Integrity, "{e:?}");
         let e = restore(&mut &stored[..], &mut Vec::new(), true, Some("00"), &ENDS).unwrap_err();
         assert!(e.message.starts_with("checksum mismatch for 'src'"));

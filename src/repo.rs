@@ -20,7 +20,9 @@ pub struct RepoLayout {
 
 impl RepoLayout {
     pub fn new(stanza: &str) -> RepoLayout {
-        RepoLayout { stanza: stanza.to_string() }
+        RepoLayout {
+            stanza: stanza.to_string(),
+        }
     }
 
     pub fn archive_info(&self) -> String {
@@ -54,7 +56,11 @@ impl StoredWal {
     /// name, uncompressed, as the contract's layout has them.
     pub fn new(wal: &WalName, sha1: &str, compress: Compress) -> StoredWal {
         if wal.kind == WalKind::History {
-            return StoredWal { file_name: wal.name.clone(), sha1: None, compressed: false };
+            return StoredWal {
+                file_name: wal.name.clone(),
+                sha1: None,
+                compressed: false,
+            };
         }
         StoredWal {
             file_name: format!("{}-{sha1}{}", wal.name, compress.extension()),
@@ -65,13 +71,19 @@ impl StoredWal {
 
     /// Recognizes the stored copies of `wal` among directory entries.
     pub fn find(wal: &WalName, entries: &[String]) -> Vec<StoredWal> {
-        entries.iter().filter_map(|e| StoredWal::parse(wal, e)).collect()
+        entries
+            .iter()
+            .filter_map(|e| StoredWal::parse(wal, e))
+            .collect()
     }
 
     fn parse(wal: &WalName, entry: &str) -> Option<StoredWal> {
         if wal.kind == WalKind::History {
-            return (entry == wal.name)
-                .then(|| StoredWal { file_name: entry.to_string(), sha1: None, compressed: false });
+            return (entry == wal.name).then(|| StoredWal {
+                file_name: entry.to_string(),
+                sha1: None,
+                compressed: false,
+            });
         }
         let rest = entry.strip_prefix(&wal.name)?.strip_prefix('-')?;
         let (sha1, compressed) = match rest.strip_suffix(".gz") {
@@ -97,13 +109,19 @@ mod tests {
         let seg = WalName::parse("000000010000000100000023").unwrap();
         assert_eq!(l.archive_info(), "archive/main/archive.info");
         assert_eq!(l.backup_info(), "backup/main/backup.info");
-        assert_eq!(l.wal_dir("15-1", &seg), "archive/main/15-1/0000000100000001");
+        assert_eq!(
+            l.wal_dir("15-1", &seg),
+            "archive/main/15-1/0000000100000001"
+        );
         let hist = WalName::parse("00000002.history").unwrap();
         assert_eq!(l.wal_dir("15-1", &hist), "archive/main/15-1");
         let sha = "a".repeat(40);
         let s = StoredWal::new(&seg, &sha, Compress::Gz(6));
         assert_eq!(s.file_name, format!("000000010000000100000023-{sha}.gz"));
-        assert_eq!(StoredWal::new(&hist, &sha, Compress::Gz(6)).file_name, "00000002.history");
+        assert_eq!(
+            StoredWal::new(&hist, &sha, Compress::Gz(6)).file_name,
+            "00000002.history"
+        );
     }
 
     #[test]

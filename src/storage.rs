@@ -49,9 +49,12 @@ pub trait AtomicWrite: Write + Send {
 
 /// Reads a whole small file (info files); `None` when missing.
 pub fn read_small(storage: &dyn Storage, path: &str) -> Result<Option<Vec<u8>>> {
-    let Some(mut r) = storage.open_read(path)? else { return Ok(None) };
+    let Some(mut r) = storage.open_read(path)? else {
+        return Ok(None);
+    };
     let mut buf = Vec::new();
-    r.read_to_end(&mut buf).map_err(|e| crate::pipeline::io_error("read", &storage.describe(path), e))?;
+    r.read_to_end(&mut buf)
+        .map_err(|e| crate::pipeline::io_error("read", &storage.describe(path), e))?;
     Ok(Some(buf))
 }
 
@@ -62,7 +65,8 @@ pub fn write_small(storage: &dyn Storage, path: &str, data: &[u8]) -> Result<()>
         None => ("", path),
     };
     let mut w = storage.open_write(dir)?;
-    w.write_all(data).map_err(|e| crate::pipeline::io_error("write", &storage.describe(path), e))?;
+    w.write_all(data)
+        .map_err(|e| crate::pipeline::io_error("write", &storage.describe(path), e))?;
     w.commit(name)
 }
 
@@ -71,6 +75,8 @@ pub fn repo(cfg: &Config) -> Result<Box<dyn Storage>> {
     if cfg.str("repo1-host").is_some() {
         Ok(Box::new(remote::RemoteStorage::connect_repo(cfg)?))
     } else {
-        Ok(Box::new(posix::PosixStorage::new(cfg.required_path("repo1-path")?)))
+        Ok(Box::new(posix::PosixStorage::new(
+            cfg.required_path("repo1-path")?,
+        )))
     }
 }

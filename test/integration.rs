@@ -1,6 +1,12 @@
 //! Integration tests for pg_backrest: run the real binary as `postgres` against real
 //! PostgreSQL 15 clusters and a real OpenSSH server. Must run as root; see `bash test/run.sh`.
-//! Fixtures live in `harness`; `harness_smoke` proves the fixtures themselves work.
+//! Fixtures live in `harness` (servers, processes) and `fixture` (a ready stanza);
+//! `harness_smoke` proves the fixtures themselves work.
 
+mod archive;
+mod config_errors;
+mod fixture;
 mod harness;
 mod harness_smoke;
+mod remote;
+mod stanza;

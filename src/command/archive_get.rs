@@ -11,7 +11,7 @@ use std::path::Path;
 use super::archive_push::missing_stanza;
 use super::Outcome;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
 use crate::pipeline::{self, Ends};
@@ -27,7 +27,8 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)?.ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let info = ArchiveInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
 
     for archive_id in info.archive_ids_newest_first() {
         let dir = layout.wal_dir(&archive_id, &wal);
@@ -44,8 +45,17 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
                 .with_hint("find out which copy is right before removing the other"))
             }
         };
-        copy_out(repo.as_ref(), &format!("{dir}/{}", stored.file_name), stored, dest_dir, dest_name)?;
-        crate::info!("found WAL file '{}' in the archive ({archive_id})", wal.name);
+        copy_out(
+            repo.as_ref(),
+            &format!("{dir}/{}", stored.file_name),
+            stored,
+            dest_dir,
+            dest_name,
+        )?;
+        crate::info!(
+            "found WAL file '{}' in the archive ({archive_id})",
+            wal.name
+        );
         return Ok(Outcome::Done);
     }
     crate::info!("WAL file '{}' is not in the archive", wal.name);
@@ -54,14 +64,36 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
 
 fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
     let name = dest.file_name().and_then(|n| n.to_str());
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match name {
         Some(n) => Ok((dir, n)),
-        None => Err(Error::config(format!("destination '{}' is not a file path", dest.display()))),
+        None => Err(Error::config(format!(
+            "destination '{}' is not a file path",
+            dest.display()
+        ))),
     }
 }
 
-fn copy_out(repo: &dyn Storage, path: &str, stored: &StoredWal, dest_dir: &Path, dest_name: &str) -> Result<()> {
+fn copy_out(
+    repo: &dyn Storage,
+    path: &str,
+    stored: &StoredWal,
+    dest_dir: &Path,
+    dest_name: &str,
+) -> Result<()> {
+    if !dest_dir.is_dir() {
+        // PostgreSQL's pg_wal always exists; creating a directory here would hide a typo.
+        return Err(Error::new(
+            Kind::FileIo,
+            format!(
+                "destination directory '{}' does not exist",
+                dest_dir.display()
+            ),
+        ));
+    }
     let source = repo.describe(path);
     let mut reader = repo
         .open_read(path)?
@@ -69,7 +101,16 @@ fn copy_out(repo: &dyn Storage, path: &str, stored: &StoredWal, dest_dir: &Path,
     let target = PosixStorage::new(dest_dir);
     let mut writer = target.open_write("")?;
     let dest = dest_dir.join(dest_name).display().to_string();
-    pipeline::restore(&mut reader, &mut writer, stored.compressed, stored.sha1.as_deref(), &Ends { source: &source, dest: &dest })?;
+    pipeline::restore(
+        &mut reader,
+        &mut writer,
+        stored.compressed,
+        stored.sha1.as_deref(),
+        &Ends {
+            source: &source,
+            dest: &dest,
+        },
+    )?;
     drop(reader);
     writer.commit(dest_name)
 }

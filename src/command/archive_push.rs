@@ -21,7 +21,10 @@ use crate::storage::{self, Storage};
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let wal_path = super::pg_relative_path(cfg, &cfg.args[0]);
-    let file_name = wal_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = wal_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let wal = WalName::parse(&file_name)?;
     let source = wal_path.display().to_string();
     let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
@@ -30,14 +33,19 @@ pub fn run(cfg: &Config) -> Result<()> {
     // page cache after a seek, and a foreign segment never touches the repository.
     let header = if wal.has_page_header() {
         let mut page = [0u8; LONG_HEADER_SIZE];
-        file.read_exact(&mut page).map_err(|e| Error::io("read WAL header of", &wal_path, e))?;
-        file.seek(SeekFrom::Start(0)).map_err(|e| Error::io("seek", &wal_path, e))?;
+        file.read_exact(&mut page)
+            .map_err(|e| Error::io("read WAL header of", &wal_path, e))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("seek", &wal_path, e))?;
         Some(WalHeader::parse(&page, &source)?)
     } else {
         None
     };
     if let (Some(h), WalKind::Segment) = (&header, wal.kind) {
-        let size = file.metadata().map_err(|e| Error::io("stat", &wal_path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &wal_path, e))?
+            .len();
         if size != u64::from(h.segment_size) {
             return Err(Error::new(
                 Kind::WalFormat,
@@ -49,9 +57,11 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)?.ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let info = ArchiveInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
     if let Some(h) = &header {
-        info.db.check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))?;
+        info.db
+            .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))?;
     }
 
     let archive_id = info.db.current.archive_id();
@@ -67,7 +77,15 @@ pub fn run(cfg: &Config) -> Result<()> {
     };
     let mut writer = repo.open_write(&dir)?;
     let dest = repo.describe(&dir);
-    let copied = pipeline::store(&mut file, &mut writer, compress, &Ends { source: &source, dest: &dest })?;
+    let copied = pipeline::store(
+        &mut file,
+        &mut writer,
+        compress,
+        &Ends {
+            source: &source,
+            dest: &dest,
+        },
+    )?;
     let stored = StoredWal::new(&wal, &copied.sha1, compress);
     writer.commit(&stored.file_name)?;
     crate::info!(
@@ -83,7 +101,10 @@ pub fn run(cfg: &Config) -> Result<()> {
 pub fn missing_stanza(stanza: &str, repo: &dyn Storage, layout: &RepoLayout) -> Error {
     Error::new(
         Kind::RepoMissing,
-        format!("stanza '{stanza}' has no archive.info at '{}'", repo.describe(&layout.archive_info())),
+        format!(
+            "stanza '{stanza}' has no archive.info at '{}'",
+            repo.describe(&layout.archive_info())
+        ),
     )
     .with_hint("run 'pg_backrest --stanza=NAME stanza-create' first, and check repo1-path")
 }
@@ -103,12 +124,17 @@ fn compare_with_archived(
         // History files carry no checksum in their name: hash the stored copy.
         None => {
             let path = format!("{dir}/{}", stored.file_name);
-            let mut r = repo.open_read(&path)?.ok_or_else(|| Error::integrity(format!("'{}' vanished", repo.describe(&path))))?;
+            let mut r = repo
+                .open_read(&path)?
+                .ok_or_else(|| Error::integrity(format!("'{}' vanished", repo.describe(&path))))?;
             pipeline::digest(&mut r, &repo.describe(&path))?.sha1
         }
     };
     if local == archived {
-        crate::warn!("WAL file '{}' already exists in the archive with the same checksum", wal.name);
+        crate::warn!(
+            "WAL file '{}' already exists in the archive with the same checksum",
+            wal.name
+        );
         return Ok(());
     }
     Err(Error::integrity(format!(

@@ -22,19 +22,27 @@ pub fn run(cfg: &Config) -> Result<()> {
     let facts = db.cluster_facts()?;
     db::check_data_directory(&facts, &pg_path)?;
     if db.in_recovery()? {
-        return Err(Error::new(Kind::Database, format!(
-            "the cluster at '{}' is a standby; check runs against the primary",
-            pg_path.display()
-        )));
+        return Err(Error::new(
+            Kind::Database,
+            format!(
+                "the cluster at '{}' is a standby; check runs against the primary",
+                pg_path.display()
+            ),
+        ));
     }
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
-    let archive = ArchiveInfo::load(repo.as_ref(), &layout)?.ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
     let what = format!("the cluster at '{}'", pg_path.display());
-    archive.db.check_cluster(facts.system_id, &facts.version, &what)?;
+    archive
+        .db
+        .check_cluster(facts.system_id, &facts.version, &what)?;
     if let Some(backup) = BackupInfo::load(repo.as_ref(), &layout)? {
-        backup.db.check_cluster(facts.system_id, &facts.version, &what)?;
+        backup
+            .db
+            .check_cluster(facts.system_id, &facts.version, &what)?;
     }
 
     let mode = db.setting("archive_mode")?;
@@ -72,7 +80,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let msg = format!("WAL segment '{segment}' successfully archived to '{}'", repo.describe(&dir));
+    let msg = format!(
+        "WAL segment '{segment}' successfully archived to '{}'",
+        repo.describe(&dir)
+    );
     crate::info!("{msg}");
     println!("{msg}");
     Ok(())
@@ -80,12 +91,16 @@ pub fn run(cfg: &Config) -> Result<()> {
 
 /// Whether archive_command runs pg_backrest's archive-push for this stanza.
 fn archive_command_ok(command: &str, stanza: &str) -> bool {
-    let words: Vec<&str> = command.split_whitespace().map(|w| w.trim_matches(|c| c == '\'' || c == '"')).collect();
+    let words: Vec<&str> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '"'))
+        .collect();
     let calls_us = words.iter().any(|w| w.ends_with("pg_backrest"));
     let pushes = words.contains(&"archive-push");
-    let names_stanza = words.windows(2).any(|w| {
-        w[0] == format!("--stanza={stanza}") || (w[0] == "--stanza" && w[1] == stanza)
-    }) || words.last() == Some(&format!("--stanza={stanza}").as_str());
+    let names_stanza = words
+        .windows(2)
+        .any(|w| w[0] == format!("--stanza={stanza}") || (w[0] == "--stanza" && w[1] == stanza))
+        || words.last() == Some(&format!("--stanza={stanza}").as_str());
     calls_us && pushes && names_stanza
 }
 
@@ -95,10 +110,22 @@ mod tests {
 
     #[test]
     fn recognizes_archive_commands() {
-        assert!(archive_command_ok("pg_backrest --stanza=main archive-push %p", "main"));
-        assert!(archive_command_ok("/usr/bin/pg_backrest --config=/x --stanza main archive-push \"%p\"", "main"));
-        assert!(!archive_command_ok("pg_backrest --stanza=other archive-push %p", "main"));
+        assert!(archive_command_ok(
+            "pg_backrest --stanza=main archive-push %p",
+            "main"
+        ));
+        assert!(archive_command_ok(
+            "/usr/bin/pg_backrest --config=/x --stanza main archive-push \"%p\"",
+            "main"
+        ));
+        assert!(!archive_command_ok(
+            "pg_backrest --stanza=other archive-push %p",
+            "main"
+        ));
         assert!(!archive_command_ok("cp %p /archive/%f", "main"));
-        assert!(!archive_command_ok("pg_backrest --stanza=main archive-get %f %p", "main"));
+        assert!(!archive_command_ok(
+            "pg_backrest --stanza=main archive-get %f %p",
+            "main"
+        ));
     }
 }

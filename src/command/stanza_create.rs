@@ -25,10 +25,21 @@ pub fn run(cfg: &Config) -> Result<()> {
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?;
     let backup = BackupInfo::load(repo.as_ref(), &layout)?;
     let what = format!("cluster at '{}'", pg_path.display());
-    for db in [archive.as_ref().map(|a| &a.db), backup.as_ref().map(|b| &b.db)].into_iter().flatten() {
-        db.check_cluster(facts.system_id, &facts.version, &what).map_err(|e| {
-            Error { message: format!("stanza '{stanza}' already exists for another cluster: {}", e.message), ..e }
-        })?;
+    for db in [
+        archive.as_ref().map(|a| &a.db),
+        backup.as_ref().map(|b| &b.db),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        db.check_cluster(facts.system_id, &facts.version, &what)
+            .map_err(|e| Error {
+                message: format!(
+                    "stanza '{stanza}' already exists for another cluster: {}",
+                    e.message
+                ),
+                ..e
+            })?;
     }
 
     let entry = |with_catalog: bool| DbEntry {
@@ -38,35 +49,32 @@ pub fn run(cfg: &Config) -> Result<()> {
         catalog_version: with_catalog.then_some(facts.catalog_version),
         control_version: with_catalog.then_some(facts.control_version),
     };
+    // Write what is missing, and rewrite what was recovered from its copy.
     let mut changed = false;
-    match archive {
-        Some(a) if !a.from_copy => {}
-        Some(a) => {
-            a.save(repo.as_ref(), &layout)?;
-            changed = true;
+    if archive.as_ref().is_none_or(|a| a.from_copy) {
+        let db = archive.map_or_else(|| DbInfo::new(entry(false)), |a| a.db);
+        ArchiveInfo {
+            db,
+            from_copy: false,
         }
-        None => {
-            ArchiveInfo { db: DbInfo::new(entry(false)), from_copy: false }.save(repo.as_ref(), &layout)?;
-            changed = true;
-        }
+        .save(repo.as_ref(), &layout)?;
+        changed = true;
     }
-    match backup {
-        Some(b) if !b.from_copy => {}
-        Some(b) => {
-            b.save(repo.as_ref(), &layout)?;
-            changed = true;
+    if backup.as_ref().is_none_or(|b| b.from_copy) {
+        let db = backup.map_or_else(|| DbInfo::new(entry(true)), |b| b.db);
+        BackupInfo {
+            db,
+            from_copy: false,
         }
-        None => {
-            BackupInfo { db: DbInfo::new(entry(true)), from_copy: false }.save(repo.as_ref(), &layout)?;
-            changed = true;
-        }
+        .save(repo.as_ref(), &layout)?;
+        changed = true;
     }
     if changed {
         crate::info!(
-            "stanza '{stanza}' created for PostgreSQL {} system-id {} in '{}'",
+            "stanza '{stanza}' created for PostgreSQL {} system-id {} ('{}')",
             facts.version,
             facts.system_id,
-            repo.describe("")
+            repo.describe(&layout.archive_info())
         );
     } else {
         crate::info!("stanza '{stanza}' already exists and matches the cluster; nothing to do");

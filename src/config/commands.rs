@@ -190,7 +190,10 @@ pub const COMMANDS: &[CmdDef] = &[
 impl Cmd {
     pub fn def(self) -> &'static CmdDef {
         // The table covers every variant; a unit test proves it, so the fallback is unreachable.
-        COMMANDS.iter().find(|d| d.cmd == self).unwrap_or(&COMMANDS[0])
+        COMMANDS
+            .iter()
+            .find(|d| d.cmd == self)
+            .unwrap_or(&COMMANDS[0])
     }
 
     pub fn name(self) -> &'static str {

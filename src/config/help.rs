@@ -12,8 +12,16 @@ pub fn general(version: &str) -> String {
     );
     for def in COMMANDS.iter().filter(|d| !d.hidden) {
         let args = def.args.join(" ");
-        let name = if args.is_empty() { def.name.to_string() } else { format!("{} {args}", def.name) };
-        let note = if def.implemented { "" } else { " (not available yet)" };
+        let name = if args.is_empty() {
+            def.name.to_string()
+        } else {
+            format!("{} {args}", def.name)
+        };
+        let note = if def.implemented {
+            ""
+        } else {
+            " (not available yet)"
+        };
         out.push_str(&format!("    {name:<34} {}{note}\n", def.summary));
     }
     out.push_str(
@@ -32,7 +40,10 @@ pub fn command(cmd: Cmd) -> String {
         "pg_backrest {} {args}\n\n{}\n\n{}\n\nOptions:\n",
         def.name, def.summary, def.help
     );
-    for opt in OPTIONS.iter().filter(|o| o.applies_to(cmd) || o.name == "config") {
+    for opt in OPTIONS
+        .iter()
+        .filter(|o| o.applies_to(cmd) || o.name == "config")
+    {
         let value = match opt.kind {
             OptKind::Bool => String::new(),
             OptKind::Int { min, max } => format!("=<{min}..{max}>"),
@@ -44,7 +55,10 @@ pub fn command(cmd: Cmd) -> String {
             Some(d) => format!(" [default: {d}]"),
             None => String::new(),
         };
-        out.push_str(&format!("    --{}{value}\n        {}{default}\n", opt.name, opt.help));
+        out.push_str(&format!(
+            "    --{}{value}\n        {}{default}\n",
+            opt.name, opt.help
+        ));
     }
     out
 }
@@ -57,7 +71,12 @@ mod tests {
     fn help_lists_every_visible_command_and_its_options() {
         let g = general("1.2.3");
         for def in COMMANDS {
-            assert_eq!(g.contains(&format!("    {}", def.name)), !def.hidden, "{}", def.name);
+            assert_eq!(
+                g.contains(&format!("    {}", def.name)),
+                !def.hidden,
+                "{}",
+                def.name
+            );
         }
         let push = command(Cmd::ArchivePush);
         assert!(push.contains("--compress-level=<0..9>"));

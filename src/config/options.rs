@@ -12,7 +12,10 @@ pub enum OptKind {
     Str,
     /// A path; must be absolute.
     Path,
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// `y`/`n` in config files and the environment, `--name`/`--no-name` on the command line.
     Bool,
     Enum(&'static [&'static str]),
@@ -89,109 +92,399 @@ macro_rules! opt {
     };
 }
 
-const SECONDS: OptKind = OptKind::Int { min: 1, max: 7 * 86400 };
+const SECONDS: OptKind = OptKind::Int {
+    min: 1,
+    max: 7 * 86400,
+};
 
-pub const OPTIONS: &[OptDef] = &[
-    opt!("config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"), Scope::CommandLine,
-        None, "config file; a missing default file is fine, a missing --config is an error"),
-    opt!("stanza", OptKind::Str, None, Scope::CommandLine, None,
-        "name of the cluster's configuration section"),
-    // The database.
-    opt!("pg1-path", OptKind::Path, None, Scope::Stanza, Some(PG_CMDS),
-        "PostgreSQL data directory"),
-    opt!("pg1-port", OptKind::Int { min: 1, max: 65535 }, Some("5432"), Scope::Stanza,
-        Some(DB_CMDS), "PostgreSQL port"),
-    opt!("pg1-socket-path", OptKind::Path, Some("/var/run/postgresql"), Scope::Stanza,
-        Some(DB_CMDS), "directory of PostgreSQL's unix socket"),
-    opt!("pg1-user", OptKind::Str, None, Scope::Stanza, Some(DB_CMDS),
-        "database user (default: the current OS user)"),
-    opt!("pg1-database", OptKind::Str, Some("postgres"), Scope::Stanza, Some(DB_CMDS),
-        "database to connect to"),
-    opt!("pg1-host", OptKind::Str, None, Scope::Stanza, Some(BACKUP),
-        "the database is on this host, reached over SSH"),
-    opt!("pg1-host-user", OptKind::Str, Some("postgres"), Scope::Stanza, Some(BACKUP),
-        "SSH user on pg1-host"),
-    opt!("pg1-host-port", OptKind::Int { min: 1, max: 65535 }, Some("22"), Scope::Stanza,
-        Some(BACKUP), "SSH port of pg1-host"),
-    opt!("pg1-host-config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"),
-        Scope::Stanza, Some(BACKUP), "config file pg_backrest reads on pg1-host"),
-    opt!("pg1-host-cmd", OptKind::Str, Some("pg_backrest"), Scope::Stanza, Some(BACKUP),
-        "pg_backrest binary on pg1-host"),
-    // The repository.
-    opt!("repo1-path", OptKind::Path, Some("/var/lib/pg_backrest"), Scope::Global,
-        Some(REPO_CMDS), "repository root"),
-    opt!("repo1-host", OptKind::Str, None, Scope::Global, Some(REPO_CMDS),
-        "the repository is on this host, reached over SSH"),
-    opt!("repo1-host-user", OptKind::Str, Some("postgres"), Scope::Global, Some(REPO_CMDS),
-        "SSH user on repo1-host"),
-    opt!("repo1-host-port", OptKind::Int { min: 1, max: 65535 }, Some("22"), Scope::Global,
-        Some(REPO_CMDS), "SSH port of repo1-host"),
-    opt!("repo1-host-config", OptKind::Path, Some("/etc/pg_backrest/pg_backrest.conf"),
-        Scope::Global, Some(REPO_CMDS), "config file pg_backrest reads on repo1-host"),
-    opt!("repo1-host-cmd", OptKind::Str, Some("pg_backrest"), Scope::Global, Some(REPO_CMDS),
-        "pg_backrest binary on repo1-host"),
-    opt!("ssh-config", OptKind::Path, None, Scope::Global, Some(REPO_CMDS),
-        "ssh_config file for connections to other hosts (ssh -F; default: ssh's own)"),
-    opt!("ssh-persist", OptKind::Int { min: 0, max: 3600 }, Some("30"), Scope::Global,
+pub const OPTIONS: &[OptDef] =
+    &[
+        opt!(
+            "config",
+            OptKind::Path,
+            Some("/etc/pg_backrest/pg_backrest.conf"),
+            Scope::CommandLine,
+            None,
+            "config file; a missing default file is fine, a missing --config is an error"
+        ),
+        opt!(
+            "stanza",
+            OptKind::Str,
+            None,
+            Scope::CommandLine,
+            None,
+            "name of the cluster's configuration section"
+        ),
+        // The database.
+        opt!(
+            "pg1-path",
+            OptKind::Path,
+            None,
+            Scope::Stanza,
+            Some(PG_CMDS),
+            "PostgreSQL data directory"
+        ),
+        opt!(
+            "pg1-port",
+            OptKind::Int { min: 1, max: 65535 },
+            Some("5432"),
+            Scope::Stanza,
+            Some(DB_CMDS),
+            "PostgreSQL port"
+        ),
+        opt!(
+            "pg1-socket-path",
+            OptKind::Path,
+            Some("/var/run/postgresql"),
+            Scope::Stanza,
+            Some(DB_CMDS),
+            "directory of PostgreSQL's unix socket"
+        ),
+        opt!(
+            "pg1-user",
+            OptKind::Str,
+            None,
+            Scope::Stanza,
+            Some(DB_CMDS),
+            "database user (default: the current OS user)"
+        ),
+        opt!(
+            "pg1-database",
+            OptKind::Str,
+            Some("postgres"),
+            Scope::Stanza,
+            Some(DB_CMDS),
+            "database to connect to"
+        ),
+        opt!(
+            "pg1-host",
+            OptKind::Str,
+            None,
+            Scope::Stanza,
+            Some(BACKUP),
+            "the database is on this host, reached over SSH"
+        ),
+        opt!(
+            "pg1-host-user",
+            OptKind::Str,
+            Some("postgres"),
+            Scope::Stanza,
+            Some(BACKUP),
+            "SSH user on pg1-host"
+        ),
+        opt!(
+            "pg1-host-port",
+            OptKind::Int { min: 1, max: 65535 },
+            Some("22"),
+            Scope::Stanza,
+            Some(BACKUP),
+            "SSH port of pg1-host"
+        ),
+        opt!(
+            "pg1-host-config",
+            OptKind::Path,
+            Some("/etc/pg_backrest/pg_backrest.conf"),
+            Scope::Stanza,
+            Some(BACKUP),
+            "config file pg_backrest reads on pg1-host"
+        ),
+        opt!(
+            "pg1-host-cmd",
+            OptKind::Str,
+            Some("pg_backrest"),
+            Scope::Stanza,
+            Some(BACKUP),
+            "pg_backrest binary on pg1-host"
+        ),
+        // The repository.
+        opt!(
+            "repo1-path",
+            OptKind::Path,
+            Some("/var/lib/pg_backrest"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "repository root"
+        ),
+        opt!(
+            "repo1-host",
+            OptKind::Str,
+            None,
+            Scope::Global,
+            Some(REPO_CMDS),
+            "the repository is on this host, reached over SSH"
+        ),
+        opt!(
+            "repo1-host-user",
+            OptKind::Str,
+            Some("postgres"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "SSH user on repo1-host"
+        ),
+        opt!(
+            "repo1-host-port",
+            OptKind::Int { min: 1, max: 65535 },
+            Some("22"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "SSH port of repo1-host"
+        ),
+        opt!(
+            "repo1-host-config",
+            OptKind::Path,
+            Some("/etc/pg_backrest/pg_backrest.conf"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "config file pg_backrest reads on repo1-host"
+        ),
+        opt!(
+            "repo1-host-cmd",
+            OptKind::Str,
+            Some("pg_backrest"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "pg_backrest binary on repo1-host"
+        ),
+        opt!(
+            "ssh-config",
+            OptKind::Path,
+            None,
+            Scope::Global,
+            Some(REPO_CMDS),
+            "ssh_config file for connections to other hosts (ssh -F; default: ssh's own)"
+        ),
+        opt!("ssh-persist", OptKind::Int { min: 0, max: 3600 }, Some("30"), Scope::Global,
         Some(REPO_CMDS),
         "seconds an idle SSH master connection stays open for the next command (0: close at exit)"),
-    opt!("repo1-retention-full", OptKind::Int { min: 1, max: 9_999_999 }, None, Scope::Global,
-        Some(BACKUP_EXPIRE), "number of full backups to keep"),
-    opt!("repo1-retention-diff", OptKind::Int { min: 1, max: 9_999_999 }, None, Scope::Global,
-        Some(BACKUP_EXPIRE), "number of differential backups to keep"),
-    opt!("repo1-retention-archive", OptKind::Int { min: 1, max: 9_999_999 }, None,
-        Scope::Global, Some(BACKUP_EXPIRE), "number of backups whose WAL is kept"),
-    opt!("repo1-retention-archive-type", OptKind::Enum(&["full", "diff", "incr"]), Some("full"),
-        Scope::Global, Some(BACKUP_EXPIRE), "backup type that repo1-retention-archive counts"),
-    // Per-invocation choices.
-    opt!("type", OptKind::Str, None, Scope::CommandLine, Some(TYPE_CMDS),
-        "backup: full, diff, incr; restore: recovery target type"),
-    opt!("set", OptKind::Str, Some("latest"), Scope::CommandLine, Some(SET_CMDS),
-        "backup label"),
-    opt!("target", OptKind::Str, None, Scope::CommandLine, Some(RESTORE), "recovery target"),
-    opt!("target-action", OptKind::Enum(&["pause", "promote", "shutdown"]), Some("pause"),
-        Scope::Global, Some(RESTORE), "what recovery does at the target"),
-    opt!("target-exclusive", OptKind::Bool, Some("n"), Scope::CommandLine, Some(RESTORE),
-        "stop just before the target"),
-    opt!("target-timeline", OptKind::Str, None, Scope::CommandLine, Some(RESTORE),
-        "timeline to recover along (default latest)"),
-    // Copying.
-    opt!("process-max", OptKind::Int { min: 1, max: 999 }, Some("1"), Scope::Global,
-        Some(PARALLEL), "parallel copy and compress workers"),
-    opt!("compress-type", OptKind::Enum(&["gz", "none"]), Some("gz"), Scope::Global,
-        Some(PUSH_BACKUP), "compression of files in the repository"),
-    opt!("compress-level", OptKind::Int { min: 0, max: 9 }, Some("6"), Scope::Global,
-        Some(PUSH_BACKUP), "gzip level"),
-    opt!("start-fast", OptKind::Bool, Some("n"), Scope::Global, Some(BACKUP),
-        "ask PostgreSQL for an immediate checkpoint at backup start"),
-    opt!("archive-timeout", SECONDS, Some("60"), Scope::Global, Some(TIMEOUT_ARCHIVE),
-        "seconds to wait for WAL to reach the repository"),
-    opt!("archive-check", OptKind::Bool, Some("y"), Scope::Global, Some(BACKUP),
-        "backup waits for and checks the WAL it needs"),
-    opt!("resume", OptKind::Bool, Some("y"), Scope::Global, Some(BACKUP),
-        "resume an interrupted backup"),
-    opt!("delta", OptKind::Bool, Some("n"), Scope::Global, Some(DELTA_CMDS),
-        "compare files by checksum instead of copying everything"),
-    // Locks, logs, timeouts.
-    opt!("lock-path", OptKind::Path, Some("/tmp/pg_backrest"), Scope::Global, None,
-        "directory of lock files and SSH control sockets"),
-    opt!("lock-timeout", OptKind::Int { min: 0, max: 86400 }, Some("0"), Scope::Global, None,
-        "seconds to wait for a held lock before failing"),
-    opt!("log-path", OptKind::Path, Some("/var/log/pg_backrest"), Scope::Global, None,
-        "directory of log files, one per stanza and command"),
-    opt!("log-level-console", OptKind::Enum(LOG_LEVELS), Some("warn"), Scope::Global, None,
-        "level of messages on stdout"),
-    opt!("log-level-file", OptKind::Enum(LOG_LEVELS), Some("info"), Scope::Global, None,
-        "level of messages in the log file"),
-    opt!("log-level-stderr", OptKind::Enum(LOG_LEVELS), Some("off"), Scope::Global, None,
-        "level of messages on stderr (the final ERROR line is always there)"),
-    opt!("io-timeout", SECONDS, Some("60"), Scope::Global, None,
-        "seconds a silent SSH peer may take before the command fails"),
-    opt!("protocol-timeout", SECONDS, Some("1830"), Scope::Global, None,
-        "seconds a remote operation may take in all"),
-    opt!("db-timeout", SECONDS, Some("1800"), Scope::Global, Some(DB_CMDS),
-        "seconds a database query may take"),
-];
+        opt!(
+            "repo1-retention-full",
+            OptKind::Int {
+                min: 1,
+                max: 9_999_999
+            },
+            None,
+            Scope::Global,
+            Some(BACKUP_EXPIRE),
+            "number of full backups to keep"
+        ),
+        opt!(
+            "repo1-retention-diff",
+            OptKind::Int {
+                min: 1,
+                max: 9_999_999
+            },
+            None,
+            Scope::Global,
+            Some(BACKUP_EXPIRE),
+            "number of differential backups to keep"
+        ),
+        opt!(
+            "repo1-retention-archive",
+            OptKind::Int {
+                min: 1,
+                max: 9_999_999
+            },
+            None,
+            Scope::Global,
+            Some(BACKUP_EXPIRE),
+            "number of backups whose WAL is kept"
+        ),
+        opt!(
+            "repo1-retention-archive-type",
+            OptKind::Enum(&["full", "diff", "incr"]),
+            Some("full"),
+            Scope::Global,
+            Some(BACKUP_EXPIRE),
+            "backup type that repo1-retention-archive counts"
+        ),
+        // Per-invocation choices.
+        opt!(
+            "type",
+            OptKind::Str,
+            None,
+            Scope::CommandLine,
+            Some(TYPE_CMDS),
+            "backup: full, diff, incr; restore: recovery target type"
+        ),
+        opt!(
+            "set",
+            OptKind::Str,
+            Some("latest"),
+            Scope::CommandLine,
+            Some(SET_CMDS),
+            "backup label"
+        ),
+        opt!(
+            "target",
+            OptKind::Str,
+            None,
+            Scope::CommandLine,
+            Some(RESTORE),
+            "recovery target"
+        ),
+        opt!(
+            "target-action",
+            OptKind::Enum(&["pause", "promote", "shutdown"]),
+            Some("pause"),
+            Scope::Global,
+            Some(RESTORE),
+            "what recovery does at the target"
+        ),
+        opt!(
+            "target-exclusive",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(RESTORE),
+            "stop just before the target"
+        ),
+        opt!(
+            "target-timeline",
+            OptKind::Str,
+            None,
+            Scope::CommandLine,
+            Some(RESTORE),
+            "timeline to recover along (default latest)"
+        ),
+        // Copying.
+        opt!(
+            "process-max",
+            OptKind::Int { min: 1, max: 999 },
+            Some("1"),
+            Scope::Global,
+            Some(PARALLEL),
+            "parallel copy and compress workers"
+        ),
+        opt!(
+            "compress-type",
+            OptKind::Enum(&["gz", "none"]),
+            Some("gz"),
+            Scope::Global,
+            Some(PUSH_BACKUP),
+            "compression of files in the repository"
+        ),
+        opt!(
+            "compress-level",
+            OptKind::Int { min: 0, max: 9 },
+            Some("6"),
+            Scope::Global,
+            Some(PUSH_BACKUP),
+            "gzip level"
+        ),
+        opt!(
+            "start-fast",
+            OptKind::Bool,
+            Some("n"),
+            Scope::Global,
+            Some(BACKUP),
+            "ask PostgreSQL for an immediate checkpoint at backup start"
+        ),
+        opt!(
+            "archive-timeout",
+            SECONDS,
+            Some("60"),
+            Scope::Global,
+            Some(TIMEOUT_ARCHIVE),
+            "seconds to wait for WAL to reach the repository"
+        ),
+        opt!(
+            "archive-check",
+            OptKind::Bool,
+            Some("y"),
+            Scope::Global,
+            Some(BACKUP),
+            "backup waits for and checks the WAL it needs"
+        ),
+        opt!(
+            "resume",
+            OptKind::Bool,
+            Some("y"),
+            Scope::Global,
+            Some(BACKUP),
+            "resume an interrupted backup"
+        ),
+        opt!(
+            "delta",
+            OptKind::Bool,
+            Some("n"),
+            Scope::Global,
+            Some(DELTA_CMDS),
+            "compare files by checksum instead of copying everything"
+        ),
+        // Locks, logs, timeouts.
+        opt!(
+            "lock-path",
+            OptKind::Path,
+            Some("/tmp/pg_backrest"),
+            Scope::Global,
+            None,
+            "directory of lock files and SSH control sockets"
+        ),
+        opt!(
+            "lock-timeout",
+            OptKind::Int { min: 0, max: 86400 },
+            Some("0"),
+            Scope::Global,
+            None,
+            "seconds to wait for a held lock before failing"
+        ),
+        opt!(
+            "log-path",
+            OptKind::Path,
+            Some("/var/log/pg_backrest"),
+            Scope::Global,
+            None,
+            "directory of log files, one per stanza and command"
+        ),
+        opt!(
+            "log-level-console",
+            OptKind::Enum(LOG_LEVELS),
+            Some("warn"),
+            Scope::Global,
+            None,
+            "level of messages on stdout"
+        ),
+        opt!(
+            "log-level-file",
+            OptKind::Enum(LOG_LEVELS),
+            Some("info"),
+            Scope::Global,
+            None,
+            "level of messages in the log file"
+        ),
+        opt!(
+            "log-level-stderr",
+            OptKind::Enum(LOG_LEVELS),
+            Some("off"),
+            Scope::Global,
+            None,
+            "level of messages on stderr (the final ERROR line is always there)"
+        ),
+        opt!(
+            "io-timeout",
+            SECONDS,
+            Some("60"),
+            Scope::Global,
+            None,
+            "seconds a silent SSH peer may take before the command fails"
+        ),
+        opt!(
+            "protocol-timeout",
+            SECONDS,
+            Some("1830"),
+            Scope::Global,
+            None,
+            "seconds one remote operation (request to final reply, streams included) may take"
+        ),
+        opt!(
+            "db-timeout",
+            SECONDS,
+            Some("1800"),
+            Scope::Global,
+            Some(DB_CMDS),
+            "seconds a database query may take"
+        ),
+    ];
 
 impl OptDef {
     pub fn find(name: &str) -> Option<&'static OptDef> {
@@ -261,7 +554,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_defaults_valid() {
         for (i, o) in OPTIONS.iter().enumerate() {
-            assert!(OPTIONS[i + 1..].iter().all(|p| p.name != o.name), "{} twice", o.name);
+            assert!(
+                OPTIONS[i + 1..].iter().all(|p| p.name != o.name),
+                "{} twice",
+                o.name
+            );
             if let Some(d) = o.default {
                 assert!(o.validate(d).is_ok(), "default of {} is invalid", o.name);
             }
@@ -273,7 +570,10 @@ mod tests {
     fn validation_by_kind() {
         let port = OptDef::find("pg1-port").unwrap();
         assert_eq!(port.validate("5433").unwrap(), "5433");
-        assert_eq!(port.validate("0").unwrap_err(), "must be between 1 and 65535");
+        assert_eq!(
+            port.validate("0").unwrap_err(),
+            "must be between 1 and 65535"
+        );
         assert_eq!(port.validate("x").unwrap_err(), "must be an integer");
         let fast = OptDef::find("start-fast").unwrap();
         assert_eq!(fast.validate("yes").unwrap(), "y");
@@ -283,5 +583,35 @@ mod tests {
         assert!(path.validate("relative").is_err());
         let ct = OptDef::find("compress-type").unwrap();
         assert_eq!(ct.validate("zstd").unwrap_err(), "must be one of: gz, none");
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// docs/configuration.md documents every option of the table, and nothing else.
+    #[test]
+    fn configuration_doc_lists_exactly_the_options_of_the_table() {
+        let doc = include_str!("../../docs/configuration.md");
+        let documented: Vec<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| !name.starts_with('['))
+            .collect();
+        for o in OPTIONS {
+            assert!(
+                documented.contains(&o.name),
+                "docs/configuration.md lacks option '{}'",
+                o.name
+            );
+        }
+        for name in documented {
+            assert!(
+                OptDef::find(name).is_some(),
+                "docs/configuration.md documents unknown option '{name}'"
+            );
+        }
     }
 }

@@ -16,9 +16,14 @@ pub struct ArchiveInfo {
 impl ArchiveInfo {
     pub fn load(storage: &dyn Storage, layout: &RepoLayout) -> Result<Option<ArchiveInfo>> {
         let path = layout.archive_info();
-        let Some(loaded) = super::load(storage, &path)? else { return Ok(None) };
+        let Some(loaded) = super::load(storage, &path)? else {
+            return Ok(None);
+        };
         let db = DbInfo::read_from(&loaded.doc, &storage.describe(&path))?;
-        Ok(Some(ArchiveInfo { db, from_copy: loaded.from_copy }))
+        Ok(Some(ArchiveInfo {
+            db,
+            from_copy: loaded.from_copy,
+        }))
     }
 
     pub fn save(&self, storage: &dyn Storage, layout: &RepoLayout) -> Result<()> {
@@ -29,6 +34,11 @@ impl ArchiveInfo {
 
     /// Archive ids to search for a WAL file, newest cluster first.
     pub fn archive_ids_newest_first(&self) -> Vec<String> {
-        self.db.history.iter().rev().map(|h| h.archive_id()).collect()
+        self.db
+            .history
+            .iter()
+            .rev()
+            .map(|h| h.archive_id())
+            .collect()
     }
 }

@@ -15,9 +15,14 @@ pub struct BackupInfo {
 impl BackupInfo {
     pub fn load(storage: &dyn Storage, layout: &RepoLayout) -> Result<Option<BackupInfo>> {
         let path = layout.backup_info();
-        let Some(loaded) = super::load(storage, &path)? else { return Ok(None) };
+        let Some(loaded) = super::load(storage, &path)? else {
+            return Ok(None);
+        };
         let db = DbInfo::read_from(&loaded.doc, &storage.describe(&path))?;
-        Ok(Some(BackupInfo { db, from_copy: loaded.from_copy }))
+        Ok(Some(BackupInfo {
+            db,
+            from_copy: loaded.from_copy,
+        }))
     }
 
     pub fn save(&self, storage: &dyn Storage, layout: &RepoLayout) -> Result<()> {

@@ -30,12 +30,30 @@ pub struct Db {
 }
 
 fn db_error(what: &str, target: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(Kind::Database, format!("{what} on {target}: {e}"))
+    Error::new(Kind::Database, format!("{what} {target}: {e}"))
+}
+
+/// tokio-postgres puts the useful part ("No such file or directory", the server's message)
+/// in the error's source chain; show all of it.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl Db {
     pub fn connect(cfg: &Config) -> Result<Db> {
-        let socket = cfg.path("pg1-socket-path").unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+        let socket = cfg
+            .path("pg1-socket-path")
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
         let port = cfg.int("pg1-port").unwrap_or(5432) as u16;
         let user = match cfg.str("pg1-user") {
             Some(u) => u.to_string(),
@@ -61,29 +79,54 @@ impl Db {
             .connect_timeout(timeout);
         let (client, connection) = rt
             .block_on(async { tokio::time::timeout(timeout, pg.connect(NoTls)).await })
-            .map_err(|_| db_error("timed out connecting", &target, "db-timeout reached"))?
+            .map_err(|_| db_error("timed out connecting to", &target, "db-timeout reached"))?
             .map_err(|e| {
-                db_error("unable to connect", &target, e).with_hint(
+                db_error("unable to connect to", &target, pg_error(&e)).with_hint(
                     "check that PostgreSQL is running and pg1-socket-path, pg1-port and pg1-user are right",
                 )
             })?;
         rt.spawn(connection);
-        Ok(Db { rt, client, timeout, target })
+        Ok(Db {
+            rt,
+            client,
+            timeout,
+            target,
+        })
     }
 
     /// Runs a query returning one row of text columns.
     pub fn query_row(&self, sql: &str) -> Result<Vec<Option<String>>> {
         let rows = self
             .rt
-            .block_on(async { tokio::time::timeout(self.timeout, self.client.simple_query(sql)).await })
-            .map_err(|_| db_error("query timed out (db-timeout)", &self.target, sql))?
-            .map_err(|e| db_error(&format!("query '{sql}' failed"), &self.target, e))?;
+            .block_on(async {
+                tokio::time::timeout(self.timeout, self.client.simple_query(sql)).await
+            })
+            .map_err(|_| {
+                db_error(
+                    &format!("query '{sql}' timed out (db-timeout) on"),
+                    &self.target,
+                    "no answer",
+                )
+            })?
+            .map_err(|e| {
+                db_error(
+                    &format!("query '{sql}' failed on"),
+                    &self.target,
+                    pg_error(&e),
+                )
+            })?;
         for msg in rows {
             if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                return Ok((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+                return Ok((0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect());
             }
         }
-        Err(db_error(&format!("query '{sql}' returned no row"), &self.target, "empty result"))
+        Err(db_error(
+            &format!("query '{sql}' returned no row on"),
+            &self.target,
+            "empty result",
+        ))
     }
 
     fn query_value(&self, sql: &str) -> Result<String> {
@@ -91,7 +134,13 @@ impl Db {
             .into_iter()
             .next()
             .flatten()
-            .ok_or_else(|| db_error(&format!("query '{sql}' returned NULL"), &self.target, "null"))
+            .ok_or_else(|| {
+                db_error(
+                    &format!("query '{sql}' returned NULL on"),
+                    &self.target,
+                    "null",
+                )
+            })
     }
 
     pub fn cluster_facts(&self) -> Result<ClusterFacts> {
@@ -101,7 +150,7 @@ impl Db {
              from pg_control_system()",
         )?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-        let bad = |what: &str| db_error(&format!("unexpected {what}"), &self.target, field(0));
+        let bad = |what: &str| db_error(&format!("unexpected {what} from"), &self.target, field(0));
         let version_num: u32 = field(3).parse().map_err(|_| bad("server_version_num"))?;
         Ok(ClusterFacts {
             system_id: field(0).parse().map_err(|_| bad("system identifier"))?,
@@ -113,7 +162,10 @@ impl Db {
     }
 
     pub fn setting(&self, name: &str) -> Result<String> {
-        self.query_value(&format!("select current_setting('{}')", name.replace('\'', "''")))
+        self.query_value(&format!(
+            "select current_setting('{}')",
+            name.replace('\'', "''")
+        ))
     }
 
     pub fn in_recovery(&self) -> Result<bool> {
@@ -134,7 +186,11 @@ pub fn current_os_user() -> Result<String> {
         .ok()
         .flatten()
         .map(|u| u.name)
-        .ok_or_else(|| Error::config(format!("unable to find the name of OS user {uid}; set pg1-user")))
+        .ok_or_else(|| {
+            Error::config(format!(
+                "unable to find the name of OS user {uid}; set pg1-user"
+            ))
+        })
 }
 
 /// Checks that `pg1-path` is the data directory of the cluster we are connected to.
@@ -146,7 +202,9 @@ pub fn check_data_directory(facts: &ClusterFacts, pg1_path: &std::path::Path) ->
             pg1_path.display(),
             facts.data_directory.display()
         ))
-        .with_hint("set pg1-path to the cluster's data_directory, or connect to the right cluster"));
+        .with_hint(
+            "set pg1-path to the cluster's data_directory, or connect to the right cluster",
+        ));
     }
     Ok(())
 }

@@ -27,7 +27,9 @@ pub struct WalName {
 }
 
 fn is_upper_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 impl WalName {
@@ -49,7 +51,10 @@ impl WalName {
             None
         };
         match kind {
-            Some(kind) => Ok(WalName { name: name.to_string(), kind }),
+            Some(kind) => Ok(WalName {
+                name: name.to_string(),
+                kind,
+            }),
             None => Err(Error::new(
                 Kind::WalFormat,
                 format!("'{name}' is not a WAL segment, partial, backup or history file name"),
@@ -101,13 +106,17 @@ impl WalHeader {
     /// Parses the long header of a segment's first page.
     pub fn parse(page: &[u8], file: &str) -> Result<WalHeader> {
         let bad = |why: &str| {
-            Error::new(Kind::WalFormat, format!("'{file}' is not a valid WAL segment: {why}"))
+            Error::new(
+                Kind::WalFormat,
+                format!("'{file}' is not a valid WAL segment: {why}"),
+            )
         };
         if page.len() < LONG_HEADER_SIZE {
             return Err(bad("shorter than a WAL page header"));
         }
         let u16_at = |o: usize| u16::from_le_bytes([page[o], page[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([page[o], page[o + 1], page[o + 2], page[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([page[o], page[o + 1], page[o + 2], page[o + 3]]);
         let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
         let magic = u16_at(0);
         let info = u16_at(2);
@@ -149,20 +158,46 @@ pub mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(WalName::parse("000000010000000100000023").unwrap().kind, WalKind::Segment);
-        assert_eq!(WalName::parse("000000010000000100000023.partial").unwrap().kind, WalKind::Partial);
         assert_eq!(
-            WalName::parse("000000010000000100000023.00000028.backup").unwrap().kind,
+            WalName::parse("000000010000000100000023").unwrap().kind,
+            WalKind::Segment
+        );
+        assert_eq!(
+            WalName::parse("000000010000000100000023.partial")
+                .unwrap()
+                .kind,
+            WalKind::Partial
+        );
+        assert_eq!(
+            WalName::parse("000000010000000100000023.00000028.backup")
+                .unwrap()
+                .kind,
             WalKind::Backup
         );
-        assert_eq!(WalName::parse("0000000A.history").unwrap().kind, WalKind::History);
-        for bad in ["00000001000000010000002", "000000010000000100000023x", "0000000a.history",
-            "RECOVERYXLOG", "../000000010000000100000023", "000000010000000100000023.0000002.backup"] {
-            assert_eq!(WalName::parse(bad).unwrap_err().kind, Kind::WalFormat, "{bad}");
+        assert_eq!(
+            WalName::parse("0000000A.history").unwrap().kind,
+            WalKind::History
+        );
+        for bad in [
+            "00000001000000010000002",
+            "000000010000000100000023x",
+            "0000000a.history",
+            "RECOVERYXLOG",
+            "../000000010000000100000023",
+            "000000010000000100000023.0000002.backup",
+        ] {
+            assert_eq!(
+                WalName::parse(bad).unwrap_err().kind,
+                Kind::WalFormat,
+                "{bad}"
+            );
         }
         let n = WalName::parse("000000010000000100000023").unwrap();
         assert_eq!(n.archive_subdir(), Some("0000000100000001"));
-        assert_eq!(WalName::parse("00000002.history").unwrap().archive_subdir(), None);
+        assert_eq!(
+            WalName::parse("00000002.history").unwrap().archive_subdir(),
+            None
+        );
     }
 
     #[test]
@@ -172,7 +207,10 @@ pub mod tests {
         assert_eq!(h.system_id, 7_000_000_000_000_000_001);
         assert_eq!(h.segment_size, 16 << 20);
         assert_eq!(h.timeline, 1);
-        assert!(WalHeader::parse(&page(1, 0x1234), "f").unwrap_err().message.contains("magic 0x1234"));
+        assert!(WalHeader::parse(&page(1, 0x1234), "f")
+            .unwrap_err()
+            .message
+            .contains("magic 0x1234"));
         assert!(WalHeader::parse(&[0u8; 10], "f").is_err());
     }
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -24,10 +24,13 @@ pub struct Client {
     writer: Writer,
     stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
     io_timeout: Duration,
+    /// Bound on one whole operation (request to final reply, streams included).
+    protocol_timeout: Duration,
+    op_deadline: Option<Instant>,
     /// For messages: "repo1-host 'backup.example.com'".
     peer: String,
     broken: bool,
-    /// Called once when the connection breaks (e.g. to retire a wedged SSH master).
+    /// Called once when the peer stops answering (to retire a wedged SSH master).
     on_broken: Option<Box<dyn FnOnce() + Send>>,
     /// Whatever must outlive the streams (the SSH child and session).
     keep_alive: Vec<Box<dyn std::any::Any + Send>>,
@@ -50,6 +53,7 @@ impl Client {
         writer: Pin<Box<dyn AsyncWrite + Send>>,
         stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
         io_timeout: Duration,
+        protocol_timeout: Duration,
         peer: String,
     ) -> Result<Client> {
         let mut c = Client {
@@ -57,6 +61,8 @@ impl Client {
             writer: BufWriter::with_capacity(256 * 1024, writer),
             stderr,
             io_timeout,
+            protocol_timeout,
+            op_deadline: None,
             peer,
             broken: false,
             on_broken: None,
@@ -65,16 +71,23 @@ impl Client {
         };
         let hello = match c.recv()? {
             Frame::Json(v) => v,
-            other => return Err(c.fail(Error::remote(format!("unexpected greeting {other:?}")))),
+            other => {
+                return Err(c.fail(
+                    Error::remote(format!("unexpected greeting {other:?}")),
+                    false,
+                ))
+            }
         };
         let protocol = hello.get("protocol").and_then(Value::as_u64);
-        if hello.get("hello").and_then(Value::as_str) != Some("pg_backrest") || protocol != Some(PROTOCOL_VERSION) {
+        if hello.get("hello").and_then(Value::as_str) != Some("pg_backrest")
+            || protocol != Some(PROTOCOL_VERSION)
+        {
             let e = Error::remote(format!(
                 "{} answered with an unexpected greeting {hello}",
                 c.peer
             ))
             .with_hint("repo1-host-cmd must run a pg_backrest of a compatible version");
-            return Err(c.fail(e));
+            return Err(c.fail(e, false));
         }
         Ok(c)
     }
@@ -91,40 +104,74 @@ impl Client {
         &self.peer
     }
 
-    fn fail(&mut self, e: Error) -> Error {
+    fn fail(&mut self, e: Error, peer_silent: bool) -> Error {
         self.broken = true;
-        if let Some(f) = self.on_broken.take() {
-            f();
+        if peer_silent {
+            if let Some(f) = self.on_broken.take() {
+                f();
+            }
         }
         e
     }
 
     /// Runs one I/O step under io-timeout.
-    fn step<T, F>(rt: &Runtime, io_timeout: Duration, fut: F) -> std::result::Result<io::Result<T>, ()>
+    fn step<T, F>(rt: &Runtime, limit: Duration, fut: F) -> std::result::Result<io::Result<T>, ()>
     where
         F: Future<Output = io::Result<T>>,
     {
-        rt.block_on(async { tokio::time::timeout(io_timeout, fut).await }).map_err(|_| ())
+        rt.block_on(async { tokio::time::timeout(limit, fut).await })
+            .map_err(|_| ())
+    }
+
+    /// How long the next I/O step may wait: io-timeout, or less if the operation's
+    /// protocol-timeout runs out first.
+    fn step_limit(&self) -> Duration {
+        match self.op_deadline {
+            Some(d) => self
+                .io_timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            None => self.io_timeout,
+        }
     }
 
     fn timeout_error(&self) -> Error {
-        Error::remote(format!(
-            "{} did not answer within io-timeout ({}s)",
-            self.peer,
-            self.io_timeout.as_secs()
-        ))
-        .with_hint("check the network and the remote host; nothing was committed by this operation")
+        let overall = self.op_deadline.is_some_and(|d| Instant::now() >= d);
+        let (what, secs) = if overall {
+            (
+                "finish the operation within protocol-timeout",
+                self.protocol_timeout.as_secs(),
+            )
+        } else {
+            ("answer within io-timeout", self.io_timeout.as_secs())
+        };
+        Error::remote(format!("{} did not {what} ({secs}s)", self.peer)).with_hint(
+            "check the network and the remote host; nothing was committed by this operation",
+        )
     }
 
     /// Reads what the remote process said on stderr, for the error message.
     fn remote_stderr(&mut self) -> String {
-        let Some(mut err) = self.stderr.take() else { return String::new() };
+        let Some(mut err) = self.stderr.take() else {
+            return String::new();
+        };
         let mut buf = Vec::new();
         let _ = Client::step(&self.rt, Duration::from_secs(2), async {
             err.read_to_end(&mut buf).await
         });
         let text = String::from_utf8_lossy(&buf);
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        // The remote's own error line says most; a HINT line may follow it.
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("ERROR:"))
+            .or(lines.last())
+            .copied()
+            .unwrap_or("");
         if last.is_empty() {
             String::new()
         } else {
@@ -134,49 +181,65 @@ impl Client {
 
     fn check_usable(&self) -> Result<()> {
         if self.broken {
-            return Err(Error::remote(format!("connection to {} is broken", self.peer)));
+            return Err(Error::remote(format!(
+                "connection to {} is broken",
+                self.peer
+            )));
         }
         Ok(())
     }
 
     pub fn recv(&mut self) -> Result<Frame> {
         self.check_usable()?;
-        match Client::step(&self.rt, self.io_timeout, frame::read_frame_async(&mut self.reader)) {
+        let limit = self.step_limit();
+        match Client::step(&self.rt, limit, frame::read_frame_async(&mut self.reader)) {
             Err(()) => {
                 let e = self.timeout_error();
-                Err(self.fail(e))
+                Err(self.fail(e, true))
             }
             Ok(Ok(Some(f))) => Ok(f),
             Ok(Ok(None)) => {
                 let said = self.remote_stderr();
                 let e = Error::remote(format!("{} closed the connection{said}", self.peer));
-                Err(self.fail(e))
+                Err(self.fail(e, false))
             }
             Ok(Err(e)) => {
                 let said = self.remote_stderr();
                 let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
-                Err(self.fail(e))
+                Err(self.fail(e, false))
             }
         }
     }
 
     fn send_raw(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
         self.check_usable()?;
-        match Client::step(&self.rt, self.io_timeout, frame::write_frame_async(&mut self.writer, tag, payload)) {
+        let limit = self.step_limit();
+        let sent = Client::step(
+            &self.rt,
+            limit,
+            frame::write_frame_async(&mut self.writer, tag, payload),
+        );
+        self.finish_write(sent)
+    }
+
+    fn finish_write(&mut self, result: std::result::Result<io::Result<()>, ()>) -> Result<()> {
+        match result {
             Ok(Ok(())) => Ok(()),
             Err(()) => {
                 let e = self.timeout_error();
-                Err(self.fail(e))
+                Err(self.fail(e, true))
             }
             Ok(Err(e)) => {
                 let said = self.remote_stderr();
                 let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
-                Err(self.fail(e))
+                Err(self.fail(e, false))
             }
         }
     }
 
+    /// Sends a request (or a commit); the operation's protocol-timeout starts here.
     pub fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.op_deadline = Some(Instant::now() + self.protocol_timeout);
         self.send_raw(b'J', v.to_string().as_bytes())
     }
 
@@ -190,18 +253,9 @@ impl Client {
 
     pub fn flush(&mut self) -> Result<()> {
         self.check_usable()?;
-        match Client::step(&self.rt, self.io_timeout, self.writer.flush()) {
-            Ok(Ok(())) => Ok(()),
-            Err(()) => {
-                let e = self.timeout_error();
-                Err(self.fail(e))
-            }
-            Ok(Err(e)) => {
-                let said = self.remote_stderr();
-                let e = Error::remote(format!("lost connection to {}: {e}{said}", self.peer));
-                Err(self.fail(e))
-            }
-        }
+        let limit = self.step_limit();
+        let flushed = Client::step(&self.rt, limit, self.writer.flush());
+        self.finish_write(flushed)
     }
 
     /// Reads a reply frame and unpacks `ok` or re-raises `error` with its original kind.
@@ -209,8 +263,11 @@ impl Client {
         match self.recv()? {
             Frame::Json(v) => reply_value(v),
             other => {
-                let e = Error::remote(format!("{} sent {other:?} where a reply was expected", self.peer));
-                Err(self.fail(e))
+                let e = Error::remote(format!(
+                    "{} sent {other:?} where a reply was expected",
+                    self.peer
+                ));
+                Err(self.fail(e, false))
             }
         }
     }
@@ -227,9 +284,19 @@ impl Client {
 pub fn reply_value(v: Value) -> Result<Value> {
     if let Some(e) = v.get("error") {
         let kind = Kind::from_wire_name(e.get("kind").and_then(Value::as_str).unwrap_or(""));
-        let message = e.get("message").and_then(Value::as_str).unwrap_or("remote error").to_string();
+        let message = e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("remote error")
+            .to_string();
         let hint = e.get("hint").and_then(Value::as_str).map(String::from);
-        return Err(Error { kind, message, hint });
+        return Err(Error {
+            kind,
+            message,
+            hint,
+        });
     }
-    v.get("ok").cloned().ok_or_else(|| Error::remote(format!("malformed reply {v}")))
+    v.get("ok")
+        .cloned()
+        .ok_or_else(|| Error::remote(format!("malformed reply {v}")))
 }

@@ -51,7 +51,9 @@ pub fn write_empty(w: &mut dyn Write, tag: u8) -> io::Result<()> {
 fn decode(tag: u8, payload: Vec<u8>) -> io::Result<Frame> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     match tag {
-        b'J' => serde_json::from_slice(&payload).map(Frame::Json).map_err(|_| bad("invalid JSON frame")),
+        b'J' => serde_json::from_slice(&payload)
+            .map(Frame::Json)
+            .map_err(|_| bad("invalid JSON frame")),
         b'D' => Ok(Frame::Data(payload)),
         b'E' => Ok(Frame::End),
         b'A' => Ok(Frame::Abort),
@@ -61,7 +63,10 @@ fn decode(tag: u8, payload: Vec<u8>) -> io::Result<Frame> {
 
 fn check_len(len: usize) -> io::Result<()> {
     if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is too large"),
+        ));
     }
     Ok(())
 }
@@ -86,7 +91,9 @@ pub fn read_frame(r: &mut dyn Read) -> io::Result<Option<Frame>> {
     decode(h[0], payload).map(Some)
 }
 
-pub async fn read_frame_async<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<Option<Frame>> {
+pub async fn read_frame_async<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+) -> io::Result<Option<Frame>> {
     let mut h = [0u8; 5];
     let n = r.read(&mut h[..1]).await?;
     if n == 0 {
@@ -100,7 +107,11 @@ pub async fn read_frame_async<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::R
     decode(h[0], payload).map(Some)
 }
 
-pub async fn write_frame_async<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, tag: u8, payload: &[u8]) -> io::Result<()> {
+pub async fn write_frame_async<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    tag: u8,
+    payload: &[u8],
+) -> io::Result<()> {
     w.write_all(&header(tag, payload.len())).await?;
     w.write_all(payload).await
 }
@@ -116,8 +127,14 @@ mod tests {
         write_data(&mut buf, b"abc").unwrap();
         write_empty(&mut buf, b'E').unwrap();
         let mut r = &buf[..];
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Json(serde_json::json!({"op": "list"}))));
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Data(b"abc".to_vec())));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Json(serde_json::json!({"op": "list"})))
+        );
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Data(b"abc".to_vec()))
+        );
         assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
         assert_eq!(read_frame(&mut r).unwrap(), None);
         let huge = header(b'D', MAX_FRAME + 1);

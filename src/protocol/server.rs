@@ -37,18 +37,33 @@ fn wire(e: std::io::Error) -> Error {
 
 /// Serves requests until the client closes the stream.
 pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write) -> Result<()> {
-    let hello = json!({"hello": "pg_backrest", "version": crate::VERSION, "protocol": PROTOCOL_VERSION});
-    frame::write_json(output, &hello).and_then(|_| output.flush()).map_err(wire)?;
+    let hello =
+        json!({"hello": "pg_backrest", "version": crate::VERSION, "protocol": PROTOCOL_VERSION});
+    frame::write_json(output, &hello)
+        .and_then(|_| output.flush())
+        .map_err(wire)?;
     loop {
         let request = match frame::read_frame(input).map_err(wire)? {
             None => return Ok(()),
             Some(Frame::Json(v)) => v,
-            Some(other) => return Err(Error::remote(format!("unexpected frame {other:?} between requests"))),
+            Some(other) => {
+                return Err(Error::remote(format!(
+                    "unexpected frame {other:?} between requests"
+                )))
+            }
         };
-        let path = |k: &str| request.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let path = |k: &str| {
+            request
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         let op = request.get("op").and_then(Value::as_str).unwrap_or("");
         let reply = match op {
-            "list" => storage.list(&path("path")).map(|names| ok(json!({ "names": names }))),
+            "list" => storage
+                .list(&path("path"))
+                .map(|names| ok(json!({ "names": names }))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
             "read" => {
                 serve_read(storage, &path("path"), output)?;
@@ -63,15 +78,25 @@ pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write
             _ => Err(Error::remote(format!("unknown request '{op}'"))),
         };
         let reply = reply.unwrap_or_else(|e| error_value(&e));
-        frame::write_json(output, &reply).and_then(|_| output.flush()).map_err(wire)?;
+        frame::write_json(output, &reply)
+            .and_then(|_| output.flush())
+            .map_err(wire)?;
     }
 }
 
 fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Result<()> {
     let mut reader = match storage.open_read(path) {
         Ok(Some(r)) => r,
-        Ok(None) => return frame::write_json(output, &ok(json!({"found": false}))).and_then(|_| output.flush()).map_err(wire),
-        Err(e) => return frame::write_json(output, &error_value(&e)).and_then(|_| output.flush()).map_err(wire),
+        Ok(None) => {
+            return frame::write_json(output, &ok(json!({"found": false})))
+                .and_then(|_| output.flush())
+                .map_err(wire)
+        }
+        Err(e) => {
+            return frame::write_json(output, &error_value(&e))
+                .and_then(|_| output.flush())
+                .map_err(wire)
+        }
     };
     frame::write_json(output, &ok(json!({"found": true}))).map_err(wire)?;
     let mut buf = vec![0u8; CHUNK];
@@ -82,11 +107,15 @@ fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Resu
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 let e = crate::pipeline::io_error("read", &storage.describe(path), e);
-                return frame::write_json(output, &error_value(&e)).and_then(|_| output.flush()).map_err(wire);
+                return frame::write_json(output, &error_value(&e))
+                    .and_then(|_| output.flush())
+                    .map_err(wire);
             }
         }
     }
-    frame::write_empty(output, b'E').and_then(|_| output.flush()).map_err(wire)
+    frame::write_empty(output, b'E')
+        .and_then(|_| output.flush())
+        .map_err(wire)
 }
 
 /// Receives a write stream and returns the reply, or `None` when the client abandoned it.
@@ -97,13 +126,21 @@ fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Resu
             Some(Frame::Data(d)) => {
                 if let Ok(w) = writer.as_mut() {
                     if let Err(e) = w.write_all(&d) {
-                        writer = Err(crate::pipeline::io_error("write", &storage.describe(dir), e));
+                        writer = Err(crate::pipeline::io_error(
+                            "write",
+                            &storage.describe(dir),
+                            e,
+                        ));
                     }
                 }
             }
             Some(Frame::Abort) => return Ok(None),
             Some(Frame::Json(v)) => {
-                let name = v.get("commit").and_then(Value::as_str).unwrap_or("").to_string();
+                let name = v
+                    .get("commit")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if name.is_empty() || name.contains('/') {
                     return Err(Error::remote("write stream ended without a valid commit"));
                 }
@@ -112,7 +149,9 @@ fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Resu
                     Err(e) => Err(e),
                 };
             }
-            Some(Frame::End) | None => return Err(Error::new(Kind::Remote, "write stream ended early")),
+            Some(Frame::End) | None => {
+                return Err(Error::new(Kind::Remote, "write stream ended early"))
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct SshTarget {
     /// Control sockets go under this directory (lock-path).
     pub control_root: PathBuf,
     pub io_timeout: Duration,
+    pub protocol_timeout: Duration,
 }
 
 impl SshTarget {
@@ -40,10 +41,14 @@ impl SshTarget {
     }
 
     fn control_dir(&self) -> PathBuf {
-        let key = format!("{}@{}:{}:{:?}", self.user, self.host, self.port, self.ssh_config);
+        let key = format!(
+            "{}@{}:{}:{:?}",
+            self.user, self.host, self.port, self.ssh_config
+        );
         let hash = hex::encode(Sha1::digest(key.as_bytes()));
         // Short: unix socket paths are limited to 107 bytes.
-        self.control_root.join(format!("ssh-{}-{}", nix::unistd::geteuid(), &hash[..12]))
+        self.control_root
+            .join(format!("ssh-{}-{}", nix::unistd::geteuid(), &hash[..12]))
     }
 
     fn builder(&self) -> SessionBuilder {
@@ -61,8 +66,15 @@ impl SshTarget {
 }
 
 fn connect_error(t: &SshTarget, e: openssh::Error) -> Error {
-    Error::remote(format!("unable to connect to {} over SSH as '{}' port {}: {e}", t.peer(), t.user, t.port))
-        .with_hint("check that 'ssh -p PORT USER@HOST' works for this OS user without a password prompt")
+    Error::remote(format!(
+        "unable to connect to {} over SSH as '{}' port {}: {e}",
+        t.peer(),
+        t.user,
+        t.port
+    ))
+    .with_hint(
+        "check that 'ssh -p PORT USER@HOST' works for this OS user without a password prompt",
+    )
 }
 
 /// A master connection that another command left running, if it still answers.
@@ -70,12 +82,19 @@ async fn reuse_master(t: &SshTarget, dir: &Path) -> Option<Session> {
     let entries = std::fs::read_dir(dir).ok()?;
     for entry in entries.flatten() {
         let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with(".ssh-connection") {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".ssh-connection")
+        {
             continue;
         }
         let ctl = path.join("master");
         if ctl.exists() {
-            let session = Session::resume_mux(ctl.into_boxed_path(), Some(path.join("log").into_boxed_path()));
+            let session = Session::resume_mux(
+                ctl.into_boxed_path(),
+                Some(path.join("log").into_boxed_path()),
+            );
             if let Ok(Ok(())) = tokio::time::timeout(t.io_timeout, session.check()).await {
                 return Some(session);
             }
@@ -101,24 +120,40 @@ fn older_than(path: &Path, age: Duration) -> bool {
 async fn session(t: &SshTarget) -> Result<Session> {
     let builder = t.builder();
     let Some(persist) = NonZeroUsize::new(t.persist as usize) else {
-        return builder.connect_mux(&t.host).await.map_err(|e| connect_error(t, e));
+        return builder
+            .connect_mux(&t.host)
+            .await
+            .map_err(|e| connect_error(t, e));
     };
     let dir = t.control_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
+        .mode(0o770)
+        .create(&t.control_root)
+        .map_err(|e| Error::io("create lock path", &t.control_root, e))?;
+    std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
+        .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
         .map_err(|e| Error::io("create SSH control directory", &dir, e))?;
     if let Some(s) = reuse_master(t, &dir).await {
         crate::debug!("reusing SSH master connection to {}", t.peer());
         return Ok(s);
     }
     let mut builder = builder;
-    builder.control_directory(&dir).control_persist(ControlPersist::IdleFor(persist));
-    let master = builder.launch_master(&t.host).await.map_err(|e| connect_error(t, e))?;
+    builder
+        .control_directory(&dir)
+        .control_persist(ControlPersist::IdleFor(persist));
+    let master = builder
+        .launch_master(&t.host)
+        .await
+        .map_err(|e| connect_error(t, e))?;
     // The master must outlive this process; it removes itself after `persist` idle seconds.
     let master = master.keep();
-    Ok(Session::resume_mux(master.join("master").into_boxed_path(), Some(master.join("log").into_boxed_path())))
+    Ok(Session::resume_mux(
+        master.join("master").into_boxed_path(),
+        Some(master.join("log").into_boxed_path()),
+    ))
 }
 
 /// Starts `program args...` on the target host and returns a protocol client talking to it.
@@ -126,15 +161,20 @@ pub fn spawn_remote(t: &SshTarget, program: &str, args: &[String]) -> Result<Cli
     let rt = client::runtime()?;
     let io = t.io_timeout;
     let setup = rt.block_on(async {
-        let session = Arc::new(tokio::time::timeout(io * 2, session(t)).await.map_err(|_| {
-            Error::remote(format!("timed out connecting to {} over SSH", t.peer()))
-        })??);
+        let session = Arc::new(tokio::time::timeout(io * 2, session(t)).await.map_err(
+            |_| Error::remote(format!("timed out connecting to {} over SSH", t.peer())),
+        )??);
         let mut cmd = Session::to_command(session.clone(), program.to_string());
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = tokio::time::timeout(io, cmd.spawn())
             .await
             .map_err(|_| Error::remote(format!("timed out starting '{program}' on {}", t.peer())))?
-            .map_err(|e| Error::remote(format!("unable to start '{program}' on {}: {e}", t.peer())))?;
+            .map_err(|e| {
+                Error::remote(format!("unable to start '{program}' on {}: {e}", t.peer()))
+            })?;
         let stdin = child.stdin().take();
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
@@ -152,11 +192,21 @@ pub fn spawn_remote(t: &SshTarget, program: &str, args: &[String]) -> Result<Cli
         Box::pin(stdin),
         stderr.map(|s| Box::pin(s) as _),
         io,
+        t.protocol_timeout,
         t.peer(),
     )?;
     if persistent {
-        // A wedged master would make every later command wait io-timeout: retire it.
+        // A master whose peer went silent would make every later command wait io-timeout:
+        // stop it (the local control socket still answers) and forget its socket.
         c.on_broken(Box::new(move || {
+            let _ = std::process::Command::new("ssh")
+                .arg("-o")
+                .arg(format!("ControlPath={}", ctl.display()))
+                .args(["-O", "exit", "retired-master"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
             if let Some(dir) = ctl.parent() {
                 let _ = std::fs::remove_dir_all(dir);
             }

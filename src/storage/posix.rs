@@ -28,10 +28,14 @@ impl PosixStorage {
     /// Maps a storage path to a local one, refusing anything that could leave the root.
     fn resolve(&self, path: &str) -> Result<PathBuf> {
         let rel = Path::new(path);
-        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            // Only a broken or hostile peer of the remote protocol sends such a path.
             return Err(Error::new(
-                Kind::Internal,
-                format!("storage path '{path}' is not a plain relative path"),
+                Kind::Remote,
+                format!("refused storage path '{path}': not a plain relative path"),
             ));
         }
         Ok(self.root.join(rel))
@@ -112,7 +116,9 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -136,7 +142,11 @@ impl PosixWriter {
             .map_err(|e| Error::io("create", &temp, e))?;
         file.set_permissions(Permissions::from_mode(FILE_MODE))
             .map_err(|e| Error::io("set mode of", &temp, e))?;
-        Ok(PosixWriter { dir, temp, file: Some(file) })
+        Ok(PosixWriter {
+            dir,
+            temp,
+            file: Some(file),
+        })
     }
 }
 
@@ -158,10 +168,12 @@ impl AtomicWrite for PosixWriter {
         let Some(file) = self.file.take() else {
             return Err(Error::internal("commit called twice"));
         };
-        file.sync_all().map_err(|e| Error::io("sync", &self.temp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("sync", &self.temp, e))?;
         drop(file);
         let target = self.dir.join(name);
-        fs::rename(&self.temp, &target).map_err(|e| Error::io("rename temp file to", &target, e))?;
+        fs::rename(&self.temp, &target)
+            .map_err(|e| Error::io("rename temp file to", &target, e))?;
         // Renamed: nothing left for Drop to remove.
         self.temp = PathBuf::new();
         sync_dir(&self.dir)
@@ -187,13 +199,25 @@ mod tests {
         let s = PosixStorage::new(tmp.path());
         let mut w = s.open_write("a/b").unwrap();
         w.write_all(b"hello").unwrap();
-        assert!(s.list("a/b").unwrap().is_empty(), "temp files are not listed");
+        assert!(
+            s.list("a/b").unwrap().is_empty(),
+            "temp files are not listed"
+        );
         w.commit("f").unwrap();
         assert_eq!(s.list("a/b").unwrap(), vec!["f"]);
         assert_eq!(fs::read(tmp.path().join("a/b/f")).unwrap(), b"hello");
-        assert_eq!(fs::metadata(tmp.path().join("a/b/f")).unwrap().mode() & 0o777, FILE_MODE);
-        assert_eq!(fs::metadata(tmp.path().join("a")).unwrap().mode() & 0o777, DIR_MODE);
-        assert_eq!(fs::metadata(tmp.path().join("a/b")).unwrap().mode() & 0o777, DIR_MODE);
+        assert_eq!(
+            fs::metadata(tmp.path().join("a/b/f")).unwrap().mode() & 0o777,
+            FILE_MODE
+        );
+        assert_eq!(
+            fs::metadata(tmp.path().join("a")).unwrap().mode() & 0o777,
+            DIR_MODE
+        );
+        assert_eq!(
+            fs::metadata(tmp.path().join("a/b")).unwrap().mode() & 0o777,
+            DIR_MODE
+        );
     }
 
     #[test]

@@ -36,8 +36,12 @@ impl RemoteStorage {
             persist: cfg.int("ssh-persist").unwrap_or(0) as u64,
             control_root: cfg.required_path("lock-path")?,
             io_timeout: cfg.seconds("io-timeout"),
+            protocol_timeout: cfg.seconds("protocol-timeout"),
         };
-        let mut args = vec![format!("--config={}", cfg.str("repo1-host-config").unwrap_or_default())];
+        let mut args = vec![format!(
+            "--config={}",
+            cfg.str("repo1-host-config").unwrap_or_default()
+        )];
         if let Some(s) = cfg.stanza() {
             args.push(format!("--stanza={s}"));
         }
@@ -48,11 +52,16 @@ impl RemoteStorage {
     }
 
     pub fn from_client(client: Client, host: String) -> RemoteStorage {
-        RemoteStorage { client: Mutex::new(client), host }
+        RemoteStorage {
+            client: Mutex::new(client),
+            host,
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Client>> {
-        self.client.lock().map_err(|_| Error::internal("remote client lock poisoned"))
+        self.client
+            .lock()
+            .map_err(|_| Error::internal("remote client lock poisoned"))
     }
 }
 
@@ -66,7 +75,11 @@ impl Storage for RemoteStorage {
         Ok(reply
             .get("names")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -75,17 +88,29 @@ impl Storage for RemoteStorage {
         if reply.get("found").and_then(Value::as_bool) != Some(true) {
             return Ok(None);
         }
-        Ok(Some(Box::new(RemoteReader { storage: self, buf: Vec::new(), pos: 0, done: false })))
+        Ok(Some(Box::new(RemoteReader {
+            storage: self,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        })))
     }
 
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
         // No reply yet: the server answers once, after the commit, to save a round trip.
-        self.lock()?.send_json(&json!({"op": "write", "dir": dir}))?;
-        Ok(Box::new(RemoteWriter { storage: self, buf: Vec::with_capacity(CHUNK), finished: false }))
+        self.lock()?
+            .send_json(&json!({"op": "write", "dir": dir}))?;
+        Ok(Box::new(RemoteWriter {
+            storage: self,
+            buf: Vec::with_capacity(CHUNK),
+            finished: false,
+        }))
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        self.lock()?.call(&json!({"op": "remove", "path": path})).map(|_| ())
+        self.lock()?
+            .call(&json!({"op": "remove", "path": path}))
+            .map(|_| ())
     }
 
     fn describe(&self, path: &str) -> String {
@@ -103,7 +128,11 @@ struct RemoteReader<'a> {
 impl Read for RemoteReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() && !self.done {
-            let frame = self.storage.lock().and_then(|mut c| c.recv()).map_err(smuggle)?;
+            let frame = self
+                .storage
+                .lock()
+                .and_then(|mut c| c.recv())
+                .map_err(smuggle)?;
             match frame {
                 Frame::Data(d) => {
                     self.buf = d;
@@ -117,7 +146,9 @@ impl Read for RemoteReader<'_> {
                         .unwrap_or_else(|| Error::remote("unexpected reply inside a data stream"));
                     return Err(smuggle(e));
                 }
-                Frame::Abort => return Err(smuggle(Error::remote("remote abandoned the data stream"))),
+                Frame::Abort => {
+                    return Err(smuggle(Error::remote("remote abandoned the data stream")))
+                }
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -189,5 +220,148 @@ impl Drop for RemoteWriter<'_> {
                 let _ = c.send_abort().and_then(|_| c.flush());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Kind;
+    use crate::protocol::client;
+    use crate::storage::posix::PosixStorage;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    /// A protocol client over our end of a socket pair.
+    fn client_over(ours: UnixStream, io_timeout: Duration, peer: &str) -> Result<Client> {
+        let rt = client::runtime().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let stream = rt
+            .block_on(async { tokio::net::UnixStream::from_std(ours) })
+            .unwrap();
+        let (r, w) = stream.into_split();
+        let protocol_timeout = Duration::from_secs(60);
+        Client::new(
+            rt,
+            Box::pin(r),
+            Box::pin(w),
+            None,
+            io_timeout,
+            protocol_timeout,
+            peer.into(),
+        )
+    }
+
+    /// A server thread over one end of a socket pair, a client over the other.
+    fn pair(
+        root: &std::path::Path,
+        io_timeout: Duration,
+    ) -> (RemoteStorage, std::thread::JoinHandle<Result<()>>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let root = root.to_path_buf();
+        let server = std::thread::spawn(move || {
+            let storage = PosixStorage::new(root);
+            let mut input = theirs.try_clone().unwrap();
+            let mut output = theirs;
+            crate::protocol::server::serve(&storage, &mut input, &mut output)
+        });
+        let c = client_over(ours, io_timeout, "test peer").unwrap();
+        (RemoteStorage::from_client(c, "peer".into()), server)
+    }
+
+    #[test]
+    fn every_storage_call_works_over_the_protocol() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (remote, server) = pair(tmp.path(), Duration::from_secs(10));
+        assert!(remote.list("a").unwrap().is_empty());
+        assert!(remote.open_read("a/missing").unwrap().is_none());
+
+        // A file larger than one frame streams both ways.
+        let data: Vec<u8> = (0..(3 * CHUNK + 5)).map(|i| (i % 253) as u8).collect();
+        let mut w = remote.open_write("a/b").unwrap();
+        w.write_all(&data).unwrap();
+        w.commit("f").unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("a/b/f")).unwrap(), data);
+        assert_eq!(remote.list("a/b").unwrap(), vec!["f"]);
+        let mut back = Vec::new();
+        remote
+            .open_read("a/b/f")
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+
+        // An abandoned write leaves nothing, and the connection stays usable.
+        let mut w = remote.open_write("a/b").unwrap();
+        w.write_all(&data).unwrap();
+        drop(w);
+        assert_eq!(remote.list("a/b").unwrap(), vec!["f"]);
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("a/b")).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+
+        // A reader dropped midway is drained; the next call works.
+        let mut r = remote.open_read("a/b/f").unwrap().unwrap();
+        let mut first = [0u8; 10];
+        r.read_exact(&mut first).unwrap();
+        drop(r);
+        remote.remove("a/b/f").unwrap();
+        assert!(remote.list("a/b").unwrap().is_empty());
+
+        // Errors keep their kind across the wire; a hostile path is refused.
+        let e = remote.list("../etc").unwrap_err();
+        assert_eq!(e.kind, Kind::Remote);
+        assert!(e.message.contains("refused storage path '../etc'"), "{e:?}");
+        let e = remote.open_write("../x").unwrap().commit("f").unwrap_err();
+        assert!(e.message.contains("refused storage path"), "{e:?}");
+        std::fs::write(tmp.path().join("file"), b"x").unwrap();
+        let e = remote
+            .open_write("file/sub")
+            .unwrap()
+            .commit("f")
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::FileIo, "{e:?}");
+
+        drop(remote);
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_fails_with_the_remote_kind_after_io_timeout() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // Greets, then never answers.
+        let mut greeter = theirs.try_clone().unwrap();
+        crate::protocol::frame::write_json(
+            &mut greeter,
+            &serde_json::json!({"hello": "pg_backrest", "protocol": 1}),
+        )
+        .unwrap();
+        let c = client_over(ours, Duration::from_millis(300), "silent").unwrap();
+        let remote = RemoteStorage::from_client(c, "silent".into());
+        let e = remote.list("x").unwrap_err();
+        assert_eq!(e.kind, Kind::Remote);
+        assert!(
+            e.message.contains("did not answer within io-timeout"),
+            "{e:?}"
+        );
+        // Broken stays broken: no half-understood exchange afterwards.
+        assert!(remote.list("x").unwrap_err().message.contains("is broken"));
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_peer_that_is_not_pg_backrest_is_refused() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut t = theirs.try_clone().unwrap();
+        crate::protocol::frame::write_json(&mut t, &serde_json::json!({"motd": "welcome"}))
+            .unwrap();
+        let e = client_over(ours, Duration::from_secs(5), "x")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("unexpected greeting"), "{e:?}");
+        drop(theirs);
     }
 }

@@ -1,0 +1,269 @@
+//! `Site`: one stanza ready for archiving tests: a running PostgreSQL 15 cluster whose
+//! archive_command is the built binary, a pg_backrest config, and a repository that is either
+//! a local directory or on "another host" reached through the harness's real sshd.
+//!
+//! archive_command also copies each segment it archived to `originals/`, so tests can compare
+//! what archive-get returns with exactly what PostgreSQL handed over.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::{self, bin, pgbr, run, write_postgres, Out, PgCluster, Sshd, TestDir};
+
+pub const STANZA: &str = "main";
+
+pub struct Site {
+    pub cluster: PgCluster,
+    pub sshd: Option<Sshd>,
+    /// The config the database side uses (archive_command, tests).
+    pub conf: PathBuf,
+    /// The repository host's own config (remote sites only).
+    pub repo_conf: PathBuf,
+    pub repo: PathBuf,
+    pub originals: PathBuf,
+    // Last: removed after the servers above are stopped.
+    pub dir: TestDir,
+}
+
+#[derive(Default)]
+pub struct Options<'a> {
+    pub remote: bool,
+    /// Extra lines for the database side's `[global]`.
+    pub global: &'a str,
+    /// Extra postgresql.conf settings.
+    pub pg_settings: &'a [(&'a str, &'a str)],
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+impl Site {
+    pub fn local() -> Site {
+        Site::new(Options::default())
+    }
+
+    pub fn remote() -> Site {
+        Site::new(Options {
+            remote: true,
+            ..Options::default()
+        })
+    }
+
+    /// Builds the site and runs stanza-create.
+    pub fn new(opts: Options<'_>) -> Site {
+        harness::require_root();
+        let dir = TestDir::new();
+        let conf = dir.join("pg_backrest.conf");
+        let repo_conf = dir.join("repo-host.conf");
+        let repo = dir.join("repo");
+        let originals = dir.mkdir("originals");
+        let archive_command = format!(
+            "{} --config={} --stanza={STANZA} archive-push %p && cp %p {}/%f",
+            p(&bin()),
+            p(&conf),
+            p(&originals)
+        );
+        let mut settings = vec![
+            ("archive_mode", "on"),
+            ("archive_command", archive_command.as_str()),
+        ];
+        settings.extend_from_slice(opts.pg_settings);
+        let cluster = PgCluster::init(&dir.join("pg"), &settings);
+
+        let sshd = opts.remote.then(|| Sshd::start(dir.path()));
+        let common = format!(
+            "lock-path={}\nlog-path={}\n",
+            p(&dir.join("lock")),
+            p(&dir.join("log"))
+        );
+        let global = match &sshd {
+            None => format!("repo1-path={}\n{common}", p(&repo)),
+            Some(s) => {
+                let repo_side = format!(
+                    "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\n",
+                    p(&repo),
+                    p(&dir.join("repo-lock")),
+                    p(&dir.join("repo-log"))
+                );
+                write_postgres(&repo_conf, &repo_side, 0o640);
+                format!(
+                    "repo1-host=127.0.0.1\nrepo1-host-port={}\nrepo1-host-user=postgres\n\
+                     repo1-host-config={}\nrepo1-host-cmd={}\nssh-config={}\n{common}",
+                    s.port(),
+                    p(&repo_conf),
+                    p(&bin()),
+                    p(&s.ssh_config_path())
+                )
+            }
+        };
+        let text = format!(
+            "[global]\n{global}{}\n\n[{STANZA}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
+            opts.global,
+            p(&cluster.data_dir()),
+            p(&cluster.socket_dir()),
+            cluster.port()
+        );
+        write_postgres(&conf, &text, 0o640);
+        cluster.start();
+        let site = Site {
+            cluster,
+            sshd,
+            conf,
+            repo_conf,
+            repo,
+            originals,
+            dir,
+        };
+        site.pgbr(&["stanza-create"]).expect_ok("stanza-create");
+        site
+    }
+
+    /// Runs pg_backrest as postgres with this site's config and stanza.
+    pub fn pgbr(&self, args: &[&str]) -> Out {
+        let config = format!("--config={}", p(&self.conf));
+        let stanza = format!("--stanza={STANZA}");
+        let mut all = vec![config.as_str(), stanza.as_str()];
+        all.extend_from_slice(args);
+        run(pgbr(&all))
+    }
+
+    /// The directory of archive id 15-1.
+    pub fn archive_id_dir(&self) -> PathBuf {
+        self.repo.join("archive").join(STANZA).join("15-1")
+    }
+
+    /// Stored files of `segment` (any checksum, any compression), including temp files in
+    /// its directory when `temps` is set.
+    pub fn stored(&self, segment: &str) -> Vec<PathBuf> {
+        let dir = self.archive_id_dir().join(&segment[..16]);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.retain(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{segment}-")))
+        });
+        found.sort();
+        found
+    }
+
+    /// Temp files left anywhere under the archive id directory.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.archive_id_dir()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if e.file_name().to_string_lossy().starts_with(".pgbr-tmp.") {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    /// Drives WAL with pgbench (plus bulk inserts, so the test takes seconds, not minutes)
+    /// until PostgreSQL has archived at least `segments` segments.
+    pub fn archive_under_load(&self, segments: u64) {
+        self.cluster.pgbench(&["-i", "-q", "-s", "10"]);
+        self.cluster.psql("create table filler(id int, pad text)");
+        let archived = || -> u64 {
+            self.cluster
+                .psql("select archived_count from pg_stat_archiver")
+                .parse()
+                .unwrap_or(0)
+        };
+        let mut rounds = 0;
+        while archived() < segments {
+            rounds += 1;
+            assert!(
+                rounds < 60,
+                "no {segments} archived segments after {rounds} rounds:\n{}",
+                harness::tail(&self.cluster.log(), 30)
+            );
+            self.cluster
+                .pgbench(&["-n", "-c", "2", "-j", "2", "-T", "2"]);
+            self.cluster.psql("insert into filler select g, md5(g::text) || repeat('x', 900) from generate_series(1, 20000) g");
+            let failed = self
+                .cluster
+                .psql("select failed_count from pg_stat_archiver");
+            assert_eq!(
+                failed,
+                "0",
+                "archive_command failed:\n{}",
+                harness::tail(&self.cluster.log(), 30)
+            );
+        }
+        wait_until_archived(self);
+    }
+
+    /// Writes a little, switches WAL and waits until PostgreSQL archived that segment.
+    pub fn one_segment(&self) -> String {
+        self.cluster.psql(
+            "create table if not exists t(x int); insert into t select generate_series(1, 1000)",
+        );
+        let seg = self.cluster.psql("select pg_walfile_name(pg_switch_wal())");
+        harness::wait_until(
+            "segment archived",
+            std::time::Duration::from_secs(60),
+            || self.originals.join(&seg).exists(),
+        );
+        seg
+    }
+
+    /// Names of the segments archive_command completed (copied to originals/).
+    pub fn original_segments(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.originals)
+            .expect("originals dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Asserts a failed command printed one `ERROR: [code]:` line first on stderr.
+pub fn assert_error(out: &Out, code: i32, contains: &str) {
+    assert_eq!(out.status, code, "expected exit {code}:\n{out}");
+    let first = out.stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!("ERROR: [{code:03}]: ")),
+        "first stderr line is not the error line:\n{out}"
+    );
+    assert!(
+        first.contains(contains),
+        "error line lacks {contains:?}:\n{out}"
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("ERROR:"))
+            .count(),
+        1,
+        "one ERROR line:\n{out}"
+    );
+}
+
+/// Waits until the archiver has nothing left to do (no .ready files).
+fn wait_until_archived(site: &Site) {
+    let status = site.cluster.data_dir().join("pg_wal/archive_status");
+    harness::wait_until(
+        "archiver to catch up",
+        std::time::Duration::from_secs(120),
+        || {
+            std::fs::read_dir(&status)
+                .map(|rd| {
+                    !rd.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                })
+                .unwrap_or(false)
+        },
+    );
+}

@@ -1,0 +1,132 @@
+//! stanza-create and check against real clusters: idempotence, refusal of another cluster,
+//! recovery of damaged info files from their copies, PostgreSQL settings, and the lock.
+
+use std::fs;
+
+use crate::fixture::{assert_error, Site};
+use crate::harness::{self, run, PgCluster};
+
+#[test]
+fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
+    let site = Site::local();
+    let info = site.repo.join("archive/main/archive.info");
+    let before = fs::read(&info).unwrap();
+    site.pgbr(&["stanza-create"])
+        .expect_ok("second stanza-create");
+    assert_eq!(fs::read(&info).unwrap(), before, "rerun changes nothing");
+
+    // Damaged main file: recovered from the copy, and rewritten by stanza-create.
+    fs::write(&info, "[db]\ndb-id=1\n").unwrap();
+    let check_dest = site.dir.join("x");
+    let out = site.pgbr(&[
+        "archive-get",
+        "000000010000000000000001",
+        check_dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status, 1, "still usable from the copy:\n{out}");
+    site.pgbr(&["stanza-create"]).expect_ok("repair");
+    assert_eq!(fs::read(&info).unwrap(), before, "main file repaired");
+
+    // Both damaged: a clear integrity error, not "segment missing".
+    fs::write(&info, "garbage").unwrap();
+    fs::write(site.repo.join("archive/main/archive.info.copy"), "garbage").unwrap();
+    let out = site.pgbr(&[
+        "archive-get",
+        "000000010000000000000001",
+        check_dest.to_str().unwrap(),
+    ]);
+    assert_error(&out, 44, "and so is");
+    fs::write(&info, &before).unwrap();
+
+    // Another cluster pointed at the same stanza and repository is refused.
+    let other = PgCluster::init(&site.dir.join("other"), &[]);
+    other.start();
+    let out = site.pgbr(&[
+        &format!("--pg1-path={}", other.data_dir().display()),
+        &format!("--pg1-socket-path={}", other.socket_dir().display()),
+        &format!("--pg1-port={}", other.port()),
+        "stanza-create",
+    ]);
+    assert_error(&out, 44, "already exists for another cluster");
+    assert_eq!(fs::read(&info).unwrap(), before);
+
+    // pg1-path that is not the connected cluster's data directory.
+    let out = site.pgbr(&[
+        &format!("--pg1-path={}", other.data_dir().display()),
+        "stanza-create",
+    ]);
+    assert_error(&out, 31, "is not the data directory of the running cluster");
+}
+
+#[test]
+fn check_proves_archiving_and_reports_each_misconfiguration() {
+    let site = Site::local();
+    let out = site.pgbr(&["check"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(out.stdout.contains("successfully archived to"), "{out}");
+
+    site.cluster
+        .set_settings(&[("archive_command", "/bin/true")]);
+    site.cluster.reload();
+    harness::wait_until(
+        "archive_command reloaded",
+        std::time::Duration::from_secs(10),
+        || site.cluster.psql("show archive_command") == "/bin/true",
+    );
+    assert_error(
+        &site.pgbr(&["check"]),
+        31,
+        "does not call pg_backrest archive-push for stanza 'main'",
+    );
+
+    // archive_command that "succeeds" without archiving: check times out waiting for the WAL.
+    let fake = format!(
+        "{} --stanza=main archive-push %p || true",
+        "/bin/echo pg_backrest"
+    );
+    site.cluster.set_settings(&[("archive_command", &fake)]);
+    site.cluster.reload();
+    harness::wait_until(
+        "archive_command reloaded",
+        std::time::Duration::from_secs(10),
+        || site.cluster.psql("show archive_command") == fake,
+    );
+    assert_error(
+        &site.pgbr(&["--archive-timeout=2", "check"]),
+        82,
+        "did not reach the archive",
+    );
+
+    site.cluster.stop();
+    assert_error(&site.pgbr(&["check"]), 56, "unable to connect to database");
+}
+
+#[test]
+fn a_held_lock_refuses_stanza_create_with_the_lock_code_but_never_blocks_archive_get() {
+    let site = Site::local();
+    let lock = site.dir.join("lock/main-backup.lock");
+    let mut holder = harness::postgres_command("flock", &[lock.to_str().unwrap(), "sleep", "30"])
+        .spawn()
+        .unwrap();
+    harness::wait_until("lock file held", std::time::Duration::from_secs(10), || {
+        run(harness::postgres_command(
+            "flock",
+            &["-n", lock.to_str().unwrap(), "true"],
+        ))
+        .status
+            != 0
+    });
+    assert_error(&site.pgbr(&["stanza-create"]), 50, "unable to acquire lock");
+    let out = site.pgbr(&[
+        "archive-get",
+        "000000010000000000000001",
+        site.dir.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status, 1, "{out}");
+    let mut tree = harness::descendants(holder.id());
+    tree.push(holder.id());
+    harness::signal(&tree, "KILL");
+    let _ = holder.wait();
+    site.pgbr(&["stanza-create"])
+        .expect_ok("lock released with its holder");
+}
