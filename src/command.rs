@@ -3,8 +3,11 @@
 
 pub mod archive_get;
 pub mod archive_push;
+pub mod backup;
 pub mod check;
+pub mod info;
 pub mod remote;
+pub mod restore;
 pub mod stanza_create;
 
 use std::path::{Path, PathBuf};
@@ -68,21 +71,26 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             print!("{text}");
             Ok(Outcome::Done)
         }
-        Cmd::Backup | Cmd::Expire | Cmd::Restore | Cmd::Info | Cmd::Verify => Err(Error::internal(
+        Cmd::Backup => backup::run(cfg).map(|_| Outcome::Done),
+        Cmd::Restore => restore::run(cfg).map(|_| Outcome::Done),
+        Cmd::Info => info::run(cfg).map(|_| Outcome::Done),
+        Cmd::Expire | Cmd::Verify => Err(Error::internal(
             "unimplemented command passed the table check",
         )),
     }
 }
 
-/// A path argument from PostgreSQL (%p): relative paths are relative to pg1-path when set,
-/// which is PostgreSQL's working directory when it runs archive/restore_command.
-pub fn pg_relative_path(cfg: &Config, arg: &str) -> PathBuf {
+/// A path argument from PostgreSQL (%p). Relative paths are relative to the working
+/// directory, which PostgreSQL sets to the data directory of the cluster running the command.
+/// That is not pg1-path when a restored copy recovers through a config written for the
+/// original cluster, so pg1-path must never be used here.
+pub fn pg_relative_path(arg: &str) -> PathBuf {
     let p = Path::new(arg);
     if p.is_absolute() {
         return p.to_path_buf();
     }
-    match cfg.path("pg1-path") {
-        Some(base) => base.join(p),
-        None => p.to_path_buf(),
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p),
+        Err(_) => p.to_path_buf(),
     }
 }

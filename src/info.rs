@@ -160,14 +160,31 @@ pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
 
 /// Stamps format, version and checksum, then writes the file and its copy atomically.
 pub fn save(storage: &dyn Storage, path: &str, doc: &mut IniDoc) -> Result<()> {
+    save_one(storage, path, doc)?;
+    save_one(storage, &format!("{path}{COPY_SUFFIX}"), doc)
+}
+
+/// Stamps format, version and checksum, then writes one file atomically.
+pub fn save_one(storage: &dyn Storage, path: &str, doc: &mut IniDoc) -> Result<()> {
     doc.set(BACKREST, "backrest-format", &Value::from(FORMAT));
     doc.set(BACKREST, "backrest-version", &Value::from(crate::VERSION));
     doc.set(BACKREST, CHECKSUM_KEY, &Value::from(""));
     let sum = doc.checksum();
     doc.set(BACKREST, CHECKSUM_KEY, &Value::from(sum));
-    let text = doc.render();
-    storage::write_small(storage, path, text.as_bytes())?;
-    storage::write_small(storage, &format!("{path}{COPY_SUFFIX}"), text.as_bytes())
+    storage::write_small(storage, path, doc.render().as_bytes())
+}
+
+/// Loads one file without falling back to a copy; `None` when missing, an integrity error
+/// when damaged.
+pub fn load_one(storage: &dyn Storage, path: &str) -> Result<Option<IniDoc>> {
+    let Some(bytes) = storage::read_small(storage, path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::integrity(format!("'{}' is not text", storage.describe(path))))?;
+    IniDoc::parse_verified(&text)
+        .map(Some)
+        .map_err(|why| Error::integrity(format!("'{}' is unusable: {why}", storage.describe(path))))
 }
 
 /// The `[db]` and `[db:history]` sections both info files share: which cluster the stanza

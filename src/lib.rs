@@ -17,6 +17,7 @@ pub mod error;
 pub mod info;
 pub mod lock;
 pub mod log;
+pub mod manifest;
 pub mod pg;
 pub mod pipeline;
 pub mod protocol;

@@ -2,4 +2,5 @@
 //! database connection with the queries commands need ([`db`]).
 
 pub mod db;
+pub mod page;
 pub mod wal;

@@ -6,6 +6,8 @@
 //! archive/STANZA/ARCHIVE_ID/TIMELINE.history
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
 //! backup/STANZA/backup.info (+ .copy)
+//! backup/STANZA/LABEL/backup.manifest (+ .copy)
+//! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
 //! ```
 
 use crate::pg::wal::{WalKind, WalName};
@@ -31,6 +33,29 @@ impl RepoLayout {
 
     pub fn backup_info(&self) -> String {
         format!("backup/{}/backup.info", self.stanza)
+    }
+
+    /// Where the stanza's backups live.
+    pub fn backup_root(&self) -> String {
+        format!("backup/{}", self.stanza)
+    }
+
+    /// One backup's directory.
+    pub fn backup_path(&self, label: &str) -> String {
+        format!("backup/{}/{label}", self.stanza)
+    }
+
+    pub fn manifest(&self, label: &str) -> String {
+        format!(
+            "backup/{}/{label}/{}",
+            self.stanza,
+            crate::manifest::MANIFEST_FILE
+        )
+    }
+
+    /// A stored file of a backup (`stored_name` from the manifest, e.g. `pg_data/PG_VERSION.gz`).
+    pub fn backup_file(&self, label: &str, stored_name: &str) -> String {
+        format!("backup/{}/{label}/{stored_name}", self.stanza)
     }
 
     /// The directory a WAL file of this archive id lives in.

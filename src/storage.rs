@@ -36,6 +36,9 @@ pub trait Storage: Send + Sync {
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &str) -> Result<()>;
 
+    /// Removes a directory and everything in it; a missing directory is not an error.
+    fn remove_tree(&self, path: &str) -> Result<()>;
+
     /// Human-readable location for messages: a local path or `host:path`.
     fn describe(&self, path: &str) -> String;
 }

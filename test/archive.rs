@@ -350,21 +350,47 @@ fn history_partial_and_backup_files_round_trip() {
 }
 
 #[test]
-fn relative_wal_path_is_relative_to_pg1_path() {
+fn relative_paths_are_relative_to_the_working_directory_never_pg1_path() {
     let site = Site::local();
     let seg = site.one_segment();
-    // PostgreSQL passes pg_wal/NAME; the archiver already pushed it, so this is a re-push.
+    let bin = crate::harness::bin();
+    // PostgreSQL runs the commands in the data directory and passes pg_wal/NAME.
+    let pgdata = site.cluster.data_dir();
     let out = run_as_postgres(
         "sh",
         &[
             "-c",
             &format!(
-                "cd / && {} --config={} --stanza=main archive-push pg_wal/{seg}",
-                crate::harness::bin().display(),
+                "cd {} && {} --config={} --stanza=main archive-push pg_wal/{seg}",
+                pgdata.display(),
+                bin.display(),
                 site.conf.display()
             ),
         ],
     );
     assert_eq!(out.status, 0, "{out}");
     assert!(out.stdout.contains("same checksum"), "{out}");
+    // A restored copy recovering with the original's config: the segment lands in the copy's
+    // pg_wal (the working directory), never in pg1-path's.
+    let copy = site.dir.mkdir("copy");
+    std::fs::create_dir_all(copy.join("pg_wal")).unwrap();
+    chown_postgres(&copy.join("pg_wal"));
+    let out = run_as_postgres(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "cd {} && {} --config={} --stanza=main archive-get {seg} pg_wal/RECOVERYXLOG",
+                copy.display(),
+                bin.display(),
+                site.conf.display()
+            ),
+        ],
+    );
+    assert_eq!(out.status, 0, "{out}");
+    assert!(copy.join("pg_wal/RECOVERYXLOG").is_file());
+    assert!(
+        !pgdata.join("pg_wal/RECOVERYXLOG").exists(),
+        "wrote into pg1-path's pg_wal"
+    );
 }

@@ -33,6 +33,9 @@ pub struct Options<'a> {
     pub global: &'a str,
     /// Extra postgresql.conf settings.
     pub pg_settings: &'a [(&'a str, &'a str)],
+    /// With `remote`: the repository host's config also reaches the database through
+    /// pg1-host, so backups run there (the two-host layout).
+    pub pg_host: bool,
 }
 
 fn p(path: &Path) -> &str {
@@ -81,12 +84,23 @@ impl Site {
         let global = match &sshd {
             None => format!("repo1-path={}\n{common}", p(&repo)),
             Some(s) => {
-                let repo_side = format!(
-                    "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\n",
+                let mut repo_side = format!(
+                    "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nssh-config={}\n",
                     p(&repo),
                     p(&dir.join("repo-lock")),
-                    p(&dir.join("repo-log"))
+                    p(&dir.join("repo-log")),
+                    p(&s.ssh_config_path())
                 );
+                if opts.pg_host {
+                    repo_side.push_str(&format!(
+                        "\n[{STANZA}]\npg1-host=127.0.0.1\npg1-host-port={}\npg1-host-user=postgres\n\
+                         pg1-host-config={}\npg1-host-cmd={}\npg1-path={}\n",
+                        s.port(),
+                        p(&conf),
+                        p(&bin()),
+                        p(&cluster.data_dir())
+                    ));
+                }
                 write_postgres(&repo_conf, &repo_side, 0o640);
                 format!(
                     "repo1-host=127.0.0.1\nrepo1-host-port={}\nrepo1-host-user=postgres\n\
@@ -118,6 +132,15 @@ impl Site {
         };
         site.pgbr(&["stanza-create"]).expect_ok("stanza-create");
         site
+    }
+
+    /// Runs pg_backrest as postgres with the repository host's config (remote sites).
+    pub fn pgbr_repo_host(&self, args: &[&str]) -> Out {
+        let config = format!("--config={}", p(&self.repo_conf));
+        let stanza = format!("--stanza={STANZA}");
+        let mut all = vec![config.as_str(), stanza.as_str()];
+        all.extend_from_slice(args);
+        run(pgbr(&all))
     }
 
     /// Runs pg_backrest as postgres with this site's config and stanza.

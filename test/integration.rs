@@ -4,6 +4,8 @@
 //! `harness_smoke` proves the fixtures themselves work.
 
 mod archive;
+mod backup;
+mod backup_ssh;
 mod config_errors;
 mod fixture;
 mod harness;

@@ -147,6 +147,14 @@ fn unreachable_host_bad_remote_command_and_bad_remote_config_are_remote_errors()
 #[test]
 fn errors_keep_their_kind_across_hosts_and_the_ssh_master_persists() {
     let site = Site::remote();
+    // check works through the remote repository as it does locally.
+    let out = site.pgbr(&["check"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("successfully archived to '127.0.0.1:archive/main/15-1/"),
+        "{out}"
+    );
     let seg = site.one_segment();
     assert_eq!(
         control_sockets(&site).len(),

@@ -22,7 +22,7 @@ use crate::storage::{self, Storage};
 pub fn run(cfg: &Config) -> Result<Outcome> {
     let stanza = cfg.stanza_required()?;
     let wal = WalName::parse(&cfg.args[0])?;
-    let dest = super::pg_relative_path(cfg, &cfg.args[1]);
+    let dest = super::pg_relative_path(&cfg.args[1]);
     let (dest_dir, dest_name) = split_dest(&dest)?;
 
     let repo = storage::repo(cfg)?;

@@ -20,7 +20,7 @@ use crate::storage::{self, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
-    let wal_path = super::pg_relative_path(cfg, &cfg.args[0]);
+    let wal_path = super::pg_relative_path(&cfg.args[0]);
     let file_name = wal_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -61,12 +61,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         changed = true;
     }
     if backup.as_ref().is_none_or(|b| b.from_copy) {
-        let db = backup.map_or_else(|| DbInfo::new(entry(true)), |b| b.db);
-        BackupInfo {
-            db,
+        let info = backup.unwrap_or_else(|| BackupInfo {
+            db: DbInfo::new(entry(true)),
+            backups: Default::default(),
             from_copy: false,
-        }
-        .save(repo.as_ref(), &layout)?;
+        });
+        info.save(repo.as_ref(), &layout)?;
         changed = true;
     }
     if changed {

@@ -101,10 +101,14 @@ pub const COMMANDS: &[CmdDef] = &[
         lock: LockType::Backup,
         needs_stanza: true,
         args: &[],
-        implemented: false,
+        implemented: true,
         hidden: false,
         summary: "take a full, differential or incremental backup",
-        help: "Not available in this version yet.",
+        help: "Takes a consistent, compressed, checksummed backup of the running cluster: \
+               pg_backup_start, a parallel copy of every file PostgreSQL's base-backup rules \
+               include (diff and incr store only files changed since their prior), \
+               pg_backup_stop, then a wait until every WAL segment the backup needs is archived. \
+               An interrupted backup is resumed by the next one of the same type and prior.",
     },
     CmdDef {
         cmd: Cmd::Expire,
@@ -123,10 +127,12 @@ pub const COMMANDS: &[CmdDef] = &[
         lock: LockType::None,
         needs_stanza: true,
         args: &[],
-        implemented: false,
+        implemented: true,
         hidden: false,
         summary: "restore a backup into pg1-path",
-        help: "Not available in this version yet.",
+        help: "Restores a backup (the latest, or --set=LABEL) into an empty or absent pg1-path, \
+               verifying every file's SHA-1, and writes restore_command and recovery.signal so \
+               that starting PostgreSQL recovers to the end of the archive.",
     },
     CmdDef {
         cmd: Cmd::Info,
@@ -134,10 +140,11 @@ pub const COMMANDS: &[CmdDef] = &[
         lock: LockType::None,
         needs_stanza: false,
         args: &[],
-        implemented: false,
+        implemented: true,
         hidden: false,
         summary: "show the repository's stanzas, backups and WAL range",
-        help: "Not available in this version yet.",
+        help: "Shows, per stanza, its cluster, the archived WAL range and every backup with \
+               its type, prior, times, LSNs, WAL range and sizes. --output=json for scripts.",
     },
     CmdDef {
         cmd: Cmd::Verify,

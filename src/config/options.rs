@@ -66,15 +66,18 @@ const PG_CMDS: &[Cmd] = &[
     Cmd::ArchiveGet,
     Cmd::Backup,
     Cmd::Restore,
+    Cmd::Remote,
 ];
-const DB_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup];
+const DB_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup, Cmd::Remote];
 const PUSH_BACKUP: &[Cmd] = &[Cmd::ArchivePush, Cmd::Backup];
 const BACKUP: &[Cmd] = &[Cmd::Backup];
+const PG_HOST_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup];
 const BACKUP_EXPIRE: &[Cmd] = &[Cmd::Backup, Cmd::Expire];
 const RESTORE: &[Cmd] = &[Cmd::Restore];
 const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
 const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify];
 const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info];
+const OUTPUT_CMDS: &[Cmd] = &[Cmd::Info, Cmd::Verify];
 const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
 const DELTA_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
 
@@ -161,7 +164,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Str,
             None,
             Scope::Stanza,
-            Some(BACKUP),
+            Some(PG_HOST_CMDS),
             "the database is on this host, reached over SSH"
         ),
         opt!(
@@ -169,7 +172,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Str,
             Some("postgres"),
             Scope::Stanza,
-            Some(BACKUP),
+            Some(PG_HOST_CMDS),
             "SSH user on pg1-host"
         ),
         opt!(
@@ -177,7 +180,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Int { min: 1, max: 65535 },
             Some("22"),
             Scope::Stanza,
-            Some(BACKUP),
+            Some(PG_HOST_CMDS),
             "SSH port of pg1-host"
         ),
         opt!(
@@ -185,7 +188,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Path,
             Some("/etc/pg_backrest/pg_backrest.conf"),
             Scope::Stanza,
-            Some(BACKUP),
+            Some(PG_HOST_CMDS),
             "config file pg_backrest reads on pg1-host"
         ),
         opt!(
@@ -193,7 +196,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Str,
             Some("pg_backrest"),
             Scope::Stanza,
-            Some(BACKUP),
+            Some(PG_HOST_CMDS),
             "pg_backrest binary on pg1-host"
         ),
         // The repository.
@@ -345,6 +348,14 @@ pub const OPTIONS: &[OptDef] =
             Scope::CommandLine,
             Some(RESTORE),
             "timeline to recover along (default latest)"
+        ),
+        opt!(
+            "output",
+            OptKind::Enum(&["text", "json"]),
+            Some("text"),
+            Scope::CommandLine,
+            Some(OUTPUT_CMDS),
+            "output format"
         ),
         // Copying.
         opt!(

@@ -22,11 +22,38 @@ pub struct ClusterFacts {
     pub data_directory: PathBuf,
 }
 
+#[derive(Debug, Clone)]
+pub struct BackupStart {
+    pub lsn: String,
+    pub wal_file: String,
+    pub timeline: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    pub lsn: String,
+    pub wal_file: String,
+    pub label_file: String,
+    pub tablespace_map: String,
+}
+
+/// Parses `0/2000028` into a 64-bit LSN.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
 pub struct Db {
-    rt: Runtime,
-    client: Client,
+    conn: Conn,
     timeout: Duration,
     target: String,
+}
+
+/// The session itself: on this host, or in `pg_backrest remote` on pg1-host, which holds the
+/// session for as long as our protocol connection lives.
+enum Conn {
+    Local { rt: Runtime, client: Client },
+    Remote(std::sync::Mutex<crate::protocol::client::Client>),
 }
 
 fn db_error(what: &str, target: &str, e: impl std::fmt::Display) -> Error {
@@ -50,7 +77,26 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
 }
 
 impl Db {
+    /// Connects to the cluster: through pg1-host over SSH when it is set, else locally.
     pub fn connect(cfg: &Config) -> Result<Db> {
+        match cfg.str("pg1-host") {
+            Some(host) if cfg.command != crate::config::Cmd::Remote => {
+                let client = crate::protocol::ssh::spawn_remote(
+                    &crate::protocol::ssh::SshTarget::pg_host(cfg)?,
+                    cfg.str("pg1-host-cmd").unwrap_or("pg_backrest"),
+                    &crate::protocol::ssh::remote_args(cfg, "pg1-host-config"),
+                )?;
+                Ok(Db {
+                    conn: Conn::Remote(std::sync::Mutex::new(client)),
+                    timeout: cfg.seconds("db-timeout"),
+                    target: format!("the database on pg1-host '{host}'"),
+                })
+            }
+            _ => Db::connect_local(cfg),
+        }
+    }
+
+    fn connect_local(cfg: &Config) -> Result<Db> {
         let socket = cfg
             .path("pg1-socket-path")
             .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
@@ -87,46 +133,30 @@ impl Db {
             })?;
         rt.spawn(connection);
         Ok(Db {
-            rt,
-            client,
+            conn: Conn::Local { rt, client },
             timeout,
             target,
         })
     }
 
+    /// The protocol connection to pg1-host when the database is there: the backup asks the
+    /// same remote process for its file list.
+    pub fn remote(&self) -> Option<&std::sync::Mutex<crate::protocol::client::Client>> {
+        match &self.conn {
+            Conn::Remote(c) => Some(c),
+            Conn::Local { .. } => None,
+        }
+    }
+
     /// Runs a query returning one row of text columns.
     pub fn query_row(&self, sql: &str) -> Result<Vec<Option<String>>> {
-        let rows = self
-            .rt
-            .block_on(async {
-                tokio::time::timeout(self.timeout, self.client.simple_query(sql)).await
-            })
-            .map_err(|_| {
-                db_error(
-                    &format!("query '{sql}' timed out (db-timeout) on"),
-                    &self.target,
-                    "no answer",
-                )
-            })?
-            .map_err(|e| {
-                db_error(
-                    &format!("query '{sql}' failed on"),
-                    &self.target,
-                    pg_error(&e),
-                )
-            })?;
-        for msg in rows {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                return Ok((0..row.len())
-                    .map(|i| row.get(i).map(str::to_string))
-                    .collect());
-            }
-        }
-        Err(db_error(
-            &format!("query '{sql}' returned no row on"),
-            &self.target,
-            "empty result",
-        ))
+        self.query_rows(sql)?.into_iter().next().ok_or_else(|| {
+            db_error(
+                &format!("query '{sql}' returned no row on"),
+                &self.target,
+                "empty result",
+            )
+        })
     }
 
     fn query_value(&self, sql: &str) -> Result<String> {
@@ -159,6 +189,99 @@ impl Db {
             catalog_version: field(2).parse().map_err(|_| bad("catalog version"))?,
             data_directory: PathBuf::from(field(4)),
         })
+    }
+
+    /// Runs a query returning any number of rows of text columns.
+    pub fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let (rt, client) = match &self.conn {
+            Conn::Local { rt, client } => (rt, client),
+            Conn::Remote(c) => {
+                let mut c = c
+                    .lock()
+                    .map_err(|_| Error::internal("database client lock poisoned"))?;
+                let reply = c.call_waiting(
+                    &serde_json::json!({"op": "db-query", "sql": sql}),
+                    self.timeout,
+                )?;
+                return serde_json::from_value(reply.get("rows").cloned().unwrap_or_default())
+                    .map_err(|e| {
+                        db_error(
+                            &format!("query '{sql}' returned malformed rows from"),
+                            &self.target,
+                            e,
+                        )
+                    });
+            }
+        };
+        let msgs = rt
+            .block_on(async { tokio::time::timeout(self.timeout, client.simple_query(sql)).await })
+            .map_err(|_| {
+                db_error(
+                    &format!("query '{sql}' timed out (db-timeout) on"),
+                    &self.target,
+                    "no answer",
+                )
+            })?
+            .map_err(|e| {
+                db_error(
+                    &format!("query '{sql}' failed on"),
+                    &self.target,
+                    pg_error(&e),
+                )
+            })?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Starts a non-exclusive backup on this connection, which must stay open until
+    /// [`Db::backup_stop`]: PostgreSQL aborts the backup when its session ends.
+    pub fn backup_start(&self, label: &str, fast: bool) -> Result<BackupStart> {
+        let row = self.query_row(&format!(
+            "select lsn::text, pg_walfile_name(lsn), (select timeline_id from pg_control_checkpoint()) \
+             from pg_backup_start('{}', {fast}) as lsn",
+            label.replace('\'', "")
+        ))?;
+        let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        Ok(BackupStart {
+            lsn: field(0),
+            wal_file: field(1),
+            timeline: field(2).parse().unwrap_or(1),
+        })
+    }
+
+    /// Ends the backup started on this connection; returns the stop LSN and segment and the
+    /// backup_label / tablespace_map contents that belong in the backup.
+    pub fn backup_stop(&self) -> Result<BackupStop> {
+        let row = self.query_row("select lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) from pg_backup_stop(false)")
+            .map_err(|e| e.context("unable to stop the backup (if the connection was lost, PostgreSQL aborted the backup)"))?;
+        let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        Ok(BackupStop {
+            lsn: field(0),
+            label_file: field(1),
+            tablespace_map: field(2),
+            wal_file: field(3),
+        })
+    }
+
+    /// User tablespaces: oid, name, location.
+    pub fn tablespaces(&self) -> Result<Vec<(String, String, String)>> {
+        Ok(self
+            .query_rows("select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace where spcname not in ('pg_default', 'pg_global')")?
+            .into_iter()
+            .map(|r| {
+                let f = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                (f(0), f(1), f(2))
+            })
+            .collect())
     }
 
     pub fn setting(&self, name: &str) -> Result<String> {

@@ -78,6 +78,36 @@ impl WalName {
     }
 }
 
+/// The segment names from `start` to `stop` inclusive, on `start`'s timeline.
+pub fn segment_range(start: &str, stop: &str, segment_size: u64) -> Result<Vec<String>> {
+    let parse = |n: &str| -> Option<(String, u64, u64)> {
+        if !is_upper_hex(n, 24) {
+            return None;
+        }
+        Some((
+            n[..8].to_string(),
+            u64::from_str_radix(&n[8..16], 16).ok()?,
+            u64::from_str_radix(&n[16..], 16).ok()?,
+        ))
+    };
+    let bad = || {
+        Error::new(
+            Kind::WalFormat,
+            format!("invalid WAL range '{start}' to '{stop}'"),
+        )
+    };
+    let (tli, log0, seg0) = parse(start).ok_or_else(bad)?;
+    let (_, log1, seg1) = parse(stop).ok_or_else(bad)?;
+    let per_log = 0x1_0000_0000u64 / segment_size.max(1);
+    let (first, last) = (log0 * per_log + seg0, log1 * per_log + seg1);
+    if last < first || last - first > 1_000_000 {
+        return Err(bad());
+    }
+    Ok((first..=last)
+        .map(|n| format!("{tli}{:08X}{:08X}", n / per_log, n % per_log))
+        .collect())
+}
+
 /// Size of the long page header we read; also the smallest WAL block size.
 pub const LONG_HEADER_SIZE: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
@@ -198,6 +228,31 @@ pub mod tests {
             WalName::parse("00000002.history").unwrap().archive_subdir(),
             None
         );
+    }
+
+    #[test]
+    fn ranges_cross_log_boundaries() {
+        let r = segment_range(
+            "0000000100000001000000FE",
+            "000000010000000200000001",
+            16 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                "0000000100000001000000FE",
+                "0000000100000001000000FF",
+                "000000010000000200000000",
+                "000000010000000200000001"
+            ]
+        );
+        assert!(segment_range(
+            "000000010000000100000005",
+            "000000010000000100000004",
+            16 << 20
+        )
+        .is_err());
     }
 
     #[test]

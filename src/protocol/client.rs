@@ -27,6 +27,9 @@ pub struct Client {
     /// Bound on one whole operation (request to final reply, streams included).
     protocol_timeout: Duration,
     op_deadline: Option<Instant>,
+    /// While set, replies may take this long instead of io-timeout (a database query that
+    /// waits for a checkpoint is silent for as long as the checkpoint takes).
+    reply_wait: Option<Duration>,
     /// For messages: "repo1-host 'backup.example.com'".
     peer: String,
     broken: bool,
@@ -63,6 +66,7 @@ impl Client {
             io_timeout,
             protocol_timeout,
             op_deadline: None,
+            reply_wait: None,
             peer,
             broken: false,
             on_broken: None,
@@ -270,6 +274,16 @@ impl Client {
                 Err(self.fail(e, false))
             }
         }
+    }
+
+    /// One request whose reply may legitimately take up to `wait` (and protocol-timeout).
+    pub fn call_waiting(&mut self, request: &Value, wait: Duration) -> Result<Value> {
+        self.send_json(request)?;
+        self.flush()?;
+        self.reply_wait = Some(wait.max(self.io_timeout));
+        let reply = self.reply();
+        self.reply_wait = None;
+        reply
     }
 
     /// One request, one reply.

@@ -9,7 +9,15 @@
 //!   one reply after the commit. The reply comes only at the end so that a write costs a
 //!   single round trip; if opening or writing fails, the rest of the stream is discarded and
 //!   the error is the reply.
-//! - `remove {path}` → `{ok: {}}`
+//! - `remove {path}`, `remove-tree {path}` → `{ok: {}}`
+//!
+//! On the database host (pg1-host), three more serve a backup taken from the repository host:
+//! - `db-query {sql}` → `{ok: {rows}}`, on one database session kept for the whole protocol
+//!   session, so pg_backup_start and pg_backup_stop run on the same connection
+//! - `walk {pg_path, tablespaces, version_dir}` → `{ok: {tree}}`, the files to back up
+//! - `backup-file {src, params}` → `{ok: {found}}`, then, when found, `D`* of the file in
+//!   storage format (SHA-1 and gzip run here, so the network carries compressed bytes) and a
+//!   final reply `{ok: {entry}}` describing what was stored
 //!
 //! Failures are replies `{error: {kind, message, hint}}` carrying the [`Kind`] across hosts.
 
@@ -19,7 +27,10 @@ use serde_json::{json, Value};
 
 use super::frame::{self, Frame};
 use super::PROTOCOL_VERSION;
+use crate::command::backup::file::{self, CopyParams};
+use crate::command::backup::walk::{self, SourceFile, Tablespace};
 use crate::error::{Error, Kind, Result};
+use crate::pg::db::Db;
 use crate::pipeline::CHUNK;
 use crate::storage::{AtomicWrite, Storage};
 
@@ -35,8 +46,15 @@ fn wire(e: std::io::Error) -> Error {
     Error::remote(format!("protocol stream failed: {e}"))
 }
 
-/// Serves requests until the client closes the stream.
-pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write) -> Result<()> {
+/// Serves requests until the client closes the stream. `connect_db` opens the database
+/// session the first time a `db-query` needs it.
+pub fn serve(
+    storage: &dyn Storage,
+    connect_db: &dyn Fn() -> Result<Db>,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+) -> Result<()> {
+    let mut db: Option<Db> = None;
     let hello =
         json!({"hello": "pg_backrest", "version": crate::VERSION, "protocol": PROTOCOL_VERSION});
     frame::write_json(output, &hello)
@@ -65,8 +83,31 @@ pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write
                 .list(&path("path"))
                 .map(|names| ok(json!({ "names": names }))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
+            "remove-tree" => storage.remove_tree(&path("path")).map(|_| ok(json!({}))),
             "read" => {
                 serve_read(storage, &path("path"), output)?;
+                continue;
+            }
+            "db-query" => {
+                let sql = path("sql");
+                if db.is_none() {
+                    match connect_db() {
+                        Ok(d) => db = Some(d),
+                        Err(e) => {
+                            reply(output, &error_value(&e))?;
+                            continue;
+                        }
+                    }
+                }
+                match db.as_ref().map(|d| d.query_rows(&sql)) {
+                    Some(Ok(rows)) => Ok(ok(json!({ "rows": rows }))),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::internal("no database session")),
+                }
+            }
+            "walk" => serve_walk(&request),
+            "backup-file" => {
+                serve_backup_file(&request, output)?;
                 continue;
             }
             "write" => match receive_write(storage, &path("dir"), input) {
@@ -82,6 +123,82 @@ pub fn serve(storage: &dyn Storage, input: &mut dyn Read, output: &mut dyn Write
             .and_then(|_| output.flush())
             .map_err(wire)?;
     }
+}
+
+fn reply(output: &mut dyn Write, v: &Value) -> Result<()> {
+    frame::write_json(output, v)
+        .and_then(|_| output.flush())
+        .map_err(wire)
+}
+
+fn serve_walk(request: &Value) -> Result<Value> {
+    let pg_path = request.get("pg_path").and_then(Value::as_str).unwrap_or("");
+    let version_dir = request
+        .get("version_dir")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let tablespaces: Vec<Tablespace> =
+        serde_json::from_value(request.get("tablespaces").cloned().unwrap_or_default())
+            .map_err(|e| Error::remote(format!("invalid walk request: {e}")))?;
+    let tree = walk::walk(std::path::Path::new(pg_path), &tablespaces, version_dir)?;
+    let tree =
+        serde_json::to_value(&tree).map_err(|e| Error::internal(format!("tree encoding: {e}")))?;
+    Ok(ok(json!({ "tree": tree })))
+}
+
+/// Data frames of at most one chunk each.
+struct FrameWriter<'a> {
+    out: &'a mut dyn Write,
+}
+
+impl Write for FrameWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(CHUNK);
+        frame::write_data(self.out, &buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn serve_backup_file(request: &Value, output: &mut dyn Write) -> Result<()> {
+    let parsed: std::result::Result<(SourceFile, CopyParams), _> =
+        serde_json::from_value(request.get("src").cloned().unwrap_or_default()).and_then(|src| {
+            serde_json::from_value(request.get("params").cloned().unwrap_or_default())
+                .map(|p| (src, p))
+        });
+    let (src, params) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            return reply(
+                output,
+                &error_value(&Error::remote(format!("invalid backup-file request: {e}"))),
+            )
+        }
+    };
+    let file = match file::open_source(&src) {
+        Ok(Some(f)) => f,
+        Ok(None) => return reply(output, &ok(json!({"found": false}))),
+        Err(e) => return reply(output, &error_value(&e)),
+    };
+    frame::write_json(output, &ok(json!({"found": true}))).map_err(wire)?;
+    let result = {
+        let mut frames =
+            std::io::BufWriter::with_capacity(CHUNK, FrameWriter { out: &mut *output });
+        let copied = file::copy_source(&file, &src, &mut frames, "the protocol stream", &params);
+        let flushed = frames.flush().map_err(wire);
+        copied.and_then(|entry| flushed.map(|_| entry))
+    };
+    let last = match result {
+        Ok(entry) => match serde_json::to_value(&entry) {
+            Ok(v) => ok(json!({ "entry": v })),
+            Err(e) => error_value(&Error::internal(format!("entry encoding: {e}"))),
+        },
+        Err(e) => error_value(&e),
+    };
+    reply(output, &last)
 }
 
 fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Result<()> {

@@ -16,6 +16,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use sha1::{Digest, Sha1};
 
 use super::client::{self, Client};
+use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// Where and how to reach the other host.
@@ -36,6 +37,31 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
+    /// The repository host: repo1-host and its options.
+    pub fn repo_host(cfg: &Config) -> Result<SshTarget> {
+        SshTarget::from_options(cfg, "repo1-host")
+    }
+
+    /// The database host: pg1-host and its options.
+    pub fn pg_host(cfg: &Config) -> Result<SshTarget> {
+        SshTarget::from_options(cfg, "pg1-host")
+    }
+
+    fn from_options(cfg: &Config, role: &'static str) -> Result<SshTarget> {
+        let opt = |suffix: &str| format!("{role}{suffix}");
+        Ok(SshTarget {
+            role,
+            host: cfg.str(role).unwrap_or_default().to_string(),
+            user: cfg.str(&opt("-user")).unwrap_or("postgres").to_string(),
+            port: cfg.int(&opt("-port")).unwrap_or(22) as u16,
+            ssh_config: cfg.path("ssh-config"),
+            persist: cfg.int("ssh-persist").unwrap_or(0) as u64,
+            control_root: cfg.required_path("lock-path")?,
+            io_timeout: cfg.seconds("io-timeout"),
+            protocol_timeout: cfg.seconds("protocol-timeout"),
+        })
+    }
+
     fn peer(&self) -> String {
         format!("{} '{}'", self.role, self.host)
     }
@@ -154,6 +180,20 @@ async fn session(t: &SshTarget) -> Result<Session> {
         master.join("master").into_boxed_path(),
         Some(master.join("log").into_boxed_path()),
     ))
+}
+
+/// Arguments that start the remote side with the other host's own config (`config_option`
+/// names it) for this stanza.
+pub fn remote_args(cfg: &Config, config_option: &str) -> Vec<String> {
+    let mut args = vec![format!(
+        "--config={}",
+        cfg.str(config_option).unwrap_or_default()
+    )];
+    if let Some(s) = cfg.stanza() {
+        args.push(format!("--stanza={s}"));
+    }
+    args.push("remote".to_string());
+    args
 }
 
 /// Starts `program args...` on the target host and returns a protocol client talking to it.

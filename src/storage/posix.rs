@@ -86,6 +86,15 @@ impl Storage for PosixStorage {
         }
     }
 
+    fn remove_tree(&self, path: &str) -> Result<()> {
+        let path = self.resolve(path)?;
+        match fs::remove_dir_all(&path) {
+            Ok(()) => path.parent().map_or(Ok(()), sync_dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove directory", &path, e)),
+        }
+    }
+
     fn describe(&self, path: &str) -> String {
         self.root.join(path).display().to_string()
     }
@@ -132,15 +141,20 @@ pub struct PosixWriter {
 
 impl PosixWriter {
     pub fn create(dir: PathBuf) -> Result<PosixWriter> {
+        PosixWriter::create_with_mode(dir, FILE_MODE)
+    }
+
+    /// A writer whose file gets `mode` (restore gives data files the mode they had).
+    pub fn create_with_mode(dir: PathBuf, mode: u32) -> Result<PosixWriter> {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .open(&temp)
             .map_err(|e| Error::io("create", &temp, e))?;
-        file.set_permissions(Permissions::from_mode(FILE_MODE))
+        file.set_permissions(Permissions::from_mode(mode))
             .map_err(|e| Error::io("set mode of", &temp, e))?;
         Ok(PosixWriter {
             dir,

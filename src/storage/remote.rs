@@ -26,29 +26,14 @@ pub struct RemoteStorage {
 impl RemoteStorage {
     /// Connects to repo1-host and starts the remote side with repo1-host-config.
     pub fn connect_repo(cfg: &Config) -> Result<RemoteStorage> {
-        let host = cfg.str("repo1-host").unwrap_or_default().to_string();
-        let target = SshTarget {
-            role: "repo1-host",
-            host: host.clone(),
-            user: cfg.str("repo1-host-user").unwrap_or("postgres").to_string(),
-            port: cfg.int("repo1-host-port").unwrap_or(22) as u16,
-            ssh_config: cfg.path("ssh-config"),
-            persist: cfg.int("ssh-persist").unwrap_or(0) as u64,
-            control_root: cfg.required_path("lock-path")?,
-            io_timeout: cfg.seconds("io-timeout"),
-            protocol_timeout: cfg.seconds("protocol-timeout"),
-        };
-        let mut args = vec![format!(
-            "--config={}",
-            cfg.str("repo1-host-config").unwrap_or_default()
-        )];
-        if let Some(s) = cfg.stanza() {
-            args.push(format!("--stanza={s}"));
-        }
-        args.push("remote".to_string());
+        let target = SshTarget::repo_host(cfg)?;
         let program = cfg.str("repo1-host-cmd").unwrap_or("pg_backrest");
-        let client = ssh::spawn_remote(&target, program, &args)?;
-        Ok(RemoteStorage::from_client(client, host))
+        let client = ssh::spawn_remote(
+            &target,
+            program,
+            &ssh::remote_args(cfg, "repo1-host-config"),
+        )?;
+        Ok(RemoteStorage::from_client(client, target.host))
     }
 
     pub fn from_client(client: Client, host: String) -> RemoteStorage {
@@ -110,6 +95,12 @@ impl Storage for RemoteStorage {
     fn remove(&self, path: &str) -> Result<()> {
         self.lock()?
             .call(&json!({"op": "remove", "path": path}))
+            .map(|_| ())
+    }
+
+    fn remove_tree(&self, path: &str) -> Result<()> {
+        self.lock()?
+            .call(&json!({"op": "remove-tree", "path": path}))
             .map(|_| ())
     }
 
@@ -263,7 +254,8 @@ mod tests {
             let storage = PosixStorage::new(root);
             let mut input = theirs.try_clone().unwrap();
             let mut output = theirs;
-            crate::protocol::server::serve(&storage, &mut input, &mut output)
+            let no_db = || Err(crate::error::Error::config("no database here"));
+            crate::protocol::server::serve(&storage, &no_db, &mut input, &mut output)
         });
         let c = client_over(ours, io_timeout, "test peer").unwrap();
         (RemoteStorage::from_client(c, "peer".into()), server)

@@ -1,0 +1,624 @@
+//! backup --type=full|diff|incr: a consistent, compressed, checksummed copy of a running
+//! cluster, resumable, and never visible before it is complete.
+//!
+//! The order of steps is what makes a crash at any instant harmless:
+//! 1. `pg_backup_start` on a connection held open until `pg_backup_stop`;
+//! 2. files are copied in parallel; `backup.manifest.copy` records the files copied so far
+//!    every few seconds, so an interrupted backup can be resumed;
+//! 3. `pg_backup_stop`; its backup_label and tablespace_map are stored in the backup;
+//! 4. every WAL segment from start to stop must be in the archive (archive-check);
+//! 5. `backup.manifest` is written, and only then the backup is added to `backup.info`.
+//!
+//! A diff or incr stores only files that changed since its prior: a file with the same size
+//! and mtime, last modified before the prior backup started, references the prior's copy.
+
+pub mod file;
+pub mod walk;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use file::{backup_file, CopyParams, FileOutcome, FileSource, LocalFiles, RemoteFiles};
+use walk::{SourceFile, Tablespace};
+
+use super::archive_push::missing_stanza;
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::info::archive::ArchiveInfo;
+use crate::info::backup::{BackupInfo, BackupSummary};
+use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
+use crate::pg::db::{self, Db};
+use crate::pg::wal::{segment_range, WalName};
+use crate::pipeline::{self, Ends};
+use crate::repo::{RepoLayout, StoredWal};
+use crate::storage::{self, Storage};
+
+/// How often the in-progress manifest is saved for resume.
+const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(3);
+
+pub fn run(cfg: &Config) -> Result<()> {
+    let stanza = cfg.stanza_required()?;
+    let pg_path = cfg.required_path("pg1-path")?;
+    if cfg.str("pg1-host").is_some() && cfg.str("repo1-host").is_some() {
+        return Err(Error::config(
+            "pg1-host and repo1-host are both set: backup runs on one of the two hosts",
+        )
+        .with_hint("on the repository host set pg1-host; on the database host set repo1-host"));
+    }
+    let repo = storage::repo(cfg)?;
+    let layout = RepoLayout::new(stanza);
+    let mut info = BackupInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+
+    let db = Db::connect(cfg)?;
+    let facts = db.cluster_facts()?;
+    db::check_data_directory(&facts, &pg_path)?;
+    let what = format!("the cluster at '{}'", pg_path.display());
+    info.db
+        .check_cluster(facts.system_id, &facts.version, &what)?;
+    archive
+        .db
+        .check_cluster(facts.system_id, &facts.version, &what)?;
+    if db.in_recovery()? {
+        return Err(Error::new(
+            Kind::Database,
+            "backup from a standby is not supported; run it against the primary",
+        ));
+    }
+
+    let (backup_type, prior) = choose_type(cfg, &info)?;
+    let prior_manifest = match &prior {
+        Some(label) => Some(
+            Manifest::load(repo.as_ref(), &layout.manifest(label))?.ok_or_else(|| {
+                Error::integrity(format!("prior backup '{label}' has no manifest"))
+                    .with_hint("run verify; the prior backup is damaged")
+            })?,
+        ),
+        None => None,
+    };
+    let options = BackupOptions {
+        compress_type: cfg.str("compress-type").unwrap_or("gz").to_string(),
+        compress_level: cfg.int("compress-level").unwrap_or(6) as u32,
+        process_max: cfg.int("process-max").unwrap_or(1) as u32,
+        delta: cfg.bool("delta"),
+        archive_check: cfg.bool("archive-check"),
+        online: true,
+    };
+    let resumed = find_resumable(
+        repo.as_ref(),
+        &layout,
+        &info,
+        backup_type,
+        prior.as_deref(),
+        &options,
+        cfg.bool("resume"),
+    )?;
+    let label = match &resumed {
+        Some(m) => m.backup.label.clone(),
+        None => new_label(backup_type, prior.as_deref(), &info),
+    };
+
+    let timestamp_start = chrono::Utc::now().timestamp();
+    let start = db.backup_start(&label, cfg.bool("start-fast"))?;
+    let start_lsn = db::parse_lsn(&start.lsn)
+        .ok_or_else(|| Error::internal(format!("bad LSN '{}'", start.lsn)))?;
+    crate::info!(
+        "backup start: label {label}, type {}, LSN {}, WAL {}",
+        backup_type.name(),
+        start.lsn,
+        start.wal_file
+    );
+
+    let verify_pages = db.setting("data_checksums")? == "on";
+    let tablespaces: Vec<Tablespace> = db
+        .tablespaces()?
+        .into_iter()
+        .map(|(oid, name, location)| Tablespace {
+            oid,
+            name,
+            location,
+        })
+        .collect();
+    let version_dir = format!("PG_{}_{}", facts.version, facts.catalog_version);
+    let tree = match db.remote() {
+        None => walk::walk(&pg_path, &tablespaces, &version_dir)?,
+        Some(client) => remote_walk(client, &pg_path, &tablespaces, &version_dir)?,
+    };
+
+    let mut manifest = Manifest {
+        backup: BackupFacts {
+            label: label.clone(),
+            backup_type,
+            prior: prior.clone(),
+            timestamp_start,
+            timestamp_stop: None,
+            lsn_start: start.lsn.clone(),
+            lsn_stop: None,
+            archive_start: start.wal_file.clone(),
+            archive_stop: None,
+            timeline: start.timeline,
+        },
+        db: info.db.current.clone(),
+        options,
+        targets: tree.targets,
+        paths: tree.paths,
+        files: BTreeMap::new(),
+        links: tree.links,
+    };
+
+    // What each file needs: a reference to the prior's copy, a resumed copy, or a new copy.
+    let mut to_copy: Vec<SourceFile> = Vec::new();
+    let mut counters = Counters::default();
+    for src in tree.files {
+        if let Some(entry) = prior_manifest
+            .as_ref()
+            .and_then(|pm| unchanged_since_prior(pm, &src))
+        {
+            counters.referenced += 1;
+            manifest.files.insert(src.key.clone(), entry);
+        } else if let Some(entry) = resumed
+            .as_ref()
+            .and_then(|r| reusable(repo.as_ref(), &layout, r, &src))
+        {
+            counters.resumed += 1;
+            counters.resumed_bytes += entry.size;
+            manifest.files.insert(src.key.clone(), entry);
+        } else {
+            to_copy.push(src);
+        }
+    }
+    manifest.save_progress(repo.as_ref(), &layout.manifest(&label))?;
+
+    let params = CopyParams {
+        compress: manifest.options.compress(),
+        verify_pages,
+        start_lsn,
+    };
+    let source: Box<dyn FileSource> = match db.remote() {
+        None => Box::new(LocalFiles),
+        Some(_) => {
+            let workers = cfg.int("process-max").unwrap_or(1).max(1);
+            let target = crate::protocol::ssh::SshTarget::pg_host(cfg)?;
+            let args = crate::protocol::ssh::remote_args(cfg, "pg1-host-config");
+            let program = cfg.str("pg1-host-cmd").unwrap_or("pg_backrest");
+            let clients = (0..workers)
+                .map(|_| {
+                    crate::protocol::ssh::spawn_remote(&target, program, &args)
+                        .map(std::sync::Mutex::new)
+                })
+                .collect::<Result<_>>()?;
+            Box::new(RemoteFiles { clients })
+        }
+    };
+    copy_all(
+        cfg,
+        source.as_ref(),
+        repo.as_ref(),
+        &layout,
+        &mut manifest,
+        to_copy,
+        &params,
+        &mut counters,
+    )?;
+
+    let stop = db.backup_stop()?;
+    crate::info!("backup stop: LSN {}, WAL {}", stop.lsn, stop.wal_file);
+    store_generated(
+        repo.as_ref(),
+        &layout,
+        &mut manifest,
+        &params,
+        "pg_data/backup_label",
+        stop.label_file.as_bytes(),
+    )?;
+    if !stop.tablespace_map.is_empty() {
+        store_generated(
+            repo.as_ref(),
+            &layout,
+            &mut manifest,
+            &params,
+            "pg_data/tablespace_map",
+            stop.tablespace_map.as_bytes(),
+        )?;
+    }
+    manifest.backup.lsn_stop = Some(stop.lsn.clone());
+    manifest.backup.archive_stop = Some(stop.wal_file.clone());
+
+    if manifest.options.archive_check {
+        let segment_size: u64 = db
+            // Reported in bytes (unit 'B') since PostgreSQL 11.
+            .query_row("select setting from pg_settings where name = 'wal_segment_size'")
+            .ok()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16 << 20);
+        let wal = segment_range(&start.wal_file, &stop.wal_file, segment_size)?;
+        wait_for_wal(
+            repo.as_ref(),
+            &layout,
+            &archive,
+            &wal,
+            cfg.seconds("archive-timeout"),
+        )?;
+    }
+    drop(db);
+
+    manifest.backup.timestamp_stop = Some(chrono::Utc::now().timestamp());
+    manifest.save(repo.as_ref(), &layout.manifest(&label))?;
+    info.backups
+        .insert(label.clone(), BackupSummary::of(&manifest));
+    info.save(repo.as_ref(), &layout)?;
+
+    let sizes = manifest.sizes();
+    crate::info!(
+        "backup {label} complete: {} files copied ({} bytes), {} referenced from the prior backup, \
+         {} resumed ({} bytes), {} vanished during the copy; database {} bytes, stored {} bytes",
+        counters.copied,
+        counters.copied_bytes,
+        counters.referenced,
+        counters.resumed,
+        counters.resumed_bytes,
+        counters.vanished,
+        sizes.size,
+        sizes.repo_size_delta
+    );
+    println!("backup {label} complete");
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    copied: u64,
+    copied_bytes: u64,
+    referenced: u64,
+    resumed: u64,
+    resumed_bytes: u64,
+    vanished: u64,
+}
+
+/// The requested type and its prior; a diff or incr with no full to build on becomes a full.
+fn choose_type(cfg: &Config, info: &BackupInfo) -> Result<(BackupType, Option<String>)> {
+    let requested = cfg.str("type").unwrap_or("incr");
+    let t = BackupType::parse(requested).ok_or_else(|| {
+        Error::config(format!(
+            "invalid value '{requested}' for option '--type': must be one of: full, diff, incr"
+        ))
+    })?;
+    let prior = match t {
+        BackupType::Full => None,
+        BackupType::Diff => info.latest_full().map(String::from),
+        BackupType::Incr => info.latest().map(String::from),
+    };
+    if t != BackupType::Full && prior.is_none() {
+        crate::warn!(
+            "no prior backup exists, {} backup has been changed to full",
+            t.name()
+        );
+        return Ok((BackupType::Full, None));
+    }
+    Ok((t, prior))
+}
+
+/// A label later than every existing one: `YYYYMMDD-HHMMSSF`, or `<full>_YYYYMMDD-HHMMSSD|I`.
+fn new_label(t: BackupType, prior: Option<&str>, info: &BackupInfo) -> String {
+    loop {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+        let label = match (t, prior) {
+            (BackupType::Full, _) | (_, None) => format!("{stamp}F"),
+            (_, Some(p)) => format!("{}_{stamp}{}", &p[..16], t.letter()),
+        };
+        let newest = info
+            .latest()
+            .map(|l| l.rsplit('_').next().unwrap_or(l)[..15].to_string());
+        if newest.as_deref().is_none_or(|n| n < &stamp[..]) {
+            return label;
+        }
+        // Two backups in the same second would share a label: wait for the next second.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The prior's entry for a file unchanged since before the prior backup started. Files
+/// modified later may have changed within the same second as the prior copied them.
+fn unchanged_since_prior(prior: &Manifest, src: &SourceFile) -> Option<FileEntry> {
+    let e = prior.files.get(&src.key)?;
+    let unchanged =
+        e.size == src.size && e.timestamp == src.mtime && src.mtime < prior.backup.timestamp_start;
+    unchanged.then(|| FileEntry {
+        reference: Some(
+            e.reference
+                .clone()
+                .unwrap_or_else(|| prior.backup.label.clone()),
+        ),
+        mode: src.owner.mode.clone(),
+        user: src.owner.user.clone(),
+        group: src.owner.group.clone(),
+        ..e.clone()
+    })
+}
+
+/// An interrupted backup this one may continue: same type and prior, same options that
+/// shape stored files. Any other leftover backup directory is removed.
+fn find_resumable(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    info: &BackupInfo,
+    t: BackupType,
+    prior: Option<&str>,
+    options: &BackupOptions,
+    resume: bool,
+) -> Result<Option<Manifest>> {
+    let mut found = None;
+    for entry in repo.list(&layout.backup_root())? {
+        let is_label =
+            entry.len() >= 16 && entry.as_bytes()[8] == b'-' && entry.ends_with(['F', 'D', 'I']);
+        if !is_label || info.backups.contains_key(&entry) {
+            continue;
+        }
+        let partial = Manifest::load_copy(repo, &layout.manifest(&entry))?;
+        let usable = partial.filter(|m| {
+            resume
+                && found.is_none()
+                && m.backup.backup_type == t
+                && m.backup.prior.as_deref() == prior
+                && m.db == info.db.current
+                && m.options.compress() == options.compress()
+                && repo
+                    .list(&layout.backup_path(&entry))
+                    .map(|l| !l.contains(&crate::manifest::MANIFEST_FILE.to_string()))
+                    .unwrap_or(false)
+        });
+        match usable {
+            Some(m) => {
+                crate::info!("resuming interrupted backup {entry}");
+                found = Some(m);
+            }
+            None => {
+                crate::warn!(
+                    "removing interrupted backup {entry}: it cannot be resumed by this backup"
+                );
+                repo.remove_tree(&layout.backup_path(&entry))?;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A file the interrupted backup already copied, if it is unchanged and its stored copy
+/// still verifies.
+fn reusable(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    partial: &Manifest,
+    src: &SourceFile,
+) -> Option<FileEntry> {
+    let e = partial.files.get(&src.key)?;
+    if e.reference.is_some() || e.size != src.size || e.timestamp != src.mtime {
+        return None;
+    }
+    let path = layout.backup_file(&partial.backup.label, &partial.stored_name(&src.key));
+    let mut reader = repo.open_read(&path).ok()??;
+    let ends = Ends {
+        source: &path,
+        dest: "verification",
+    };
+    let compressed = partial.options.compress() != pipeline::Compress::None;
+    pipeline::restore(
+        &mut reader,
+        &mut std::io::sink(),
+        compressed,
+        Some(&e.checksum),
+        &ends,
+    )
+    .ok()?;
+    Some(e.clone())
+}
+
+/// Copies files with process-max workers, saving progress for resume and logging it.
+#[allow(clippy::too_many_arguments)]
+fn copy_all(
+    cfg: &Config,
+    source: &dyn FileSource,
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    manifest: &mut Manifest,
+    mut files: Vec<SourceFile>,
+    params: &CopyParams,
+    counters: &mut Counters,
+) -> Result<()> {
+    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
+    // Largest first, so one big file does not finish last on its own.
+    files.sort_by(|a, b| b.size.cmp(&a.size));
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    // A remote repository serves one stream per connection: one connection per worker.
+    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
+        (0..workers)
+            .map(|_| storage::repo(cfg))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let cancel = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(SourceFile, Result<FileOutcome>)>();
+
+    let label = manifest.backup.label.clone();
+    let manifest_path = layout.manifest(&label);
+    let mut first_error: Option<Error> = None;
+    std::thread::scope(|scope| {
+        let cancel = &cancel;
+        let pool_storage = &pool_storage;
+        let pool = &pool;
+        scope.spawn(move || {
+            pool.install(|| {
+                use rayon::prelude::*;
+                files.into_par_iter().for_each_with(tx, |tx, src| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let worker_repo: &dyn Storage = match rayon::current_thread_index() {
+                        Some(i) if !pool_storage.is_empty() => {
+                            pool_storage[i % pool_storage.len()].as_ref()
+                        }
+                        _ => repo,
+                    };
+                    let result = backup_file(source, worker_repo, layout, &label, &src, params);
+                    let _ = tx.send((src, result));
+                });
+            });
+        });
+
+        let mut done: u64 = 0;
+        let mut next_report = 10u64;
+        let mut last_save = Instant::now();
+        for (src, result) in rx {
+            match result {
+                Ok(FileOutcome::Copied(entry)) => {
+                    counters.copied += 1;
+                    counters.copied_bytes += entry.size;
+                    manifest.files.insert(src.key, entry);
+                }
+                Ok(FileOutcome::Vanished) => {
+                    counters.vanished += 1;
+                    crate::detail!(
+                        "file '{}' vanished during the backup; it is not part of it",
+                        src.path.display()
+                    );
+                }
+                Err(e) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+            done += src.size;
+            let percent = if total == 0 { 100 } else { done * 100 / total };
+            if percent >= next_report {
+                crate::info!("backup progress: {percent}% ({done} of {total} bytes)");
+                next_report = (percent / 10 + 1) * 10;
+            }
+            if first_error.is_none() && last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
+                if let Err(e) = manifest.save_progress(repo, &manifest_path) {
+                    cancel.store(true, Ordering::Relaxed);
+                    first_error = Some(e);
+                }
+                last_save = Instant::now();
+            }
+        }
+    });
+    match first_error {
+        Some(e) => {
+            // Keep what was copied so the next run can resume it.
+            let _ = manifest.save_progress(repo, &manifest_path);
+            Err(e)
+        }
+        None => manifest.save_progress(repo, &manifest_path),
+    }
+}
+
+/// Stores a file PostgreSQL handed us (backup_label, tablespace_map) through the pipeline.
+fn store_generated(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    manifest: &mut Manifest,
+    p: &CopyParams,
+    key: &str,
+    data: &[u8],
+) -> Result<()> {
+    let stored = format!("{key}{}", p.compress.extension());
+    let (dir, name) = stored.rsplit_once('/').unwrap_or(("", stored.as_str()));
+    let repo_dir = layout.backup_file(&manifest.backup.label, dir);
+    let mut w = repo.open_write(&repo_dir)?;
+    let dest = repo.describe(&repo_dir);
+    let copied = pipeline::store(
+        &mut &data[..],
+        &mut w,
+        p.compress,
+        &Ends {
+            source: key,
+            dest: &dest,
+        },
+    )?;
+    w.commit(name)?;
+    let owner = manifest.paths.get("pg_data").cloned();
+    manifest.files.insert(
+        key.to_string(),
+        FileEntry {
+            size: copied.size,
+            timestamp: chrono::Utc::now().timestamp(),
+            checksum: copied.sha1,
+            repo_size: copied.stored_size,
+            mode: "0600".into(),
+            user: owner.as_ref().map(|o| o.user.clone()).unwrap_or_default(),
+            group: owner.map(|o| o.group).unwrap_or_default(),
+            reference: None,
+            checksum_page: None,
+            checksum_page_error: Vec::new(),
+        },
+    );
+    Ok(())
+}
+
+/// The file list of the database host, walked there by the remote that holds our session.
+fn remote_walk(
+    client: &std::sync::Mutex<crate::protocol::client::Client>,
+    pg_path: &std::path::Path,
+    tablespaces: &[Tablespace],
+    version_dir: &str,
+) -> Result<walk::Tree> {
+    let mut c = client
+        .lock()
+        .map_err(|_| Error::internal("pg1-host client lock poisoned"))?;
+    let reply = c.call(&serde_json::json!({
+        "op": "walk",
+        "pg_path": pg_path.display().to_string(),
+        "tablespaces": tablespaces,
+        "version_dir": version_dir,
+    }))?;
+    serde_json::from_value(reply.get("tree").cloned().unwrap_or_default())
+        .map_err(|e| Error::remote(format!("invalid file list from pg1-host: {e}")))
+}
+
+/// Waits until every segment the backup needs to be consistent is in the archive.
+fn wait_for_wal(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    archive: &ArchiveInfo,
+    segments: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let archive_id = archive.db.current.archive_id();
+    let deadline = Instant::now() + timeout;
+    for seg in segments {
+        let wal = WalName::parse(seg)?;
+        let dir = layout.wal_dir(&archive_id, &wal);
+        loop {
+            if !StoredWal::find(&wal, &repo.list(&dir)?).is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    Kind::Timeout,
+                    format!(
+                        "WAL segment '{seg}' that the backup needs did not reach the archive within archive-timeout ({}s)",
+                        timeout.as_secs()
+                    ),
+                )
+                .with_hint("check archive_command and PostgreSQL's log; the backup is not usable without this WAL"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    crate::info!(
+        "WAL segments {} to {} are in the archive",
+        segments.first().map_or("", |s| s),
+        segments.last().map_or("", |s| s)
+    );
+    Ok(())
+}

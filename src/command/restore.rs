@@ -1,0 +1,385 @@
+//! restore [--set=LABEL]: rebuilds a data directory from a backup, refusing to touch
+//! anything that is not empty or a running cluster.
+//!
+//! Every file streams from the backup that holds its data (the manifest's reference)
+//! through the copy pipeline's restore direction (gunzip, SHA-1 check) into a temp file that
+//! is fsynced and renamed: a checksum mismatch stops the restore naming the file, and a
+//! crash leaves no half-written file under a real name. Modes, owners (when run as root),
+//! mtimes and tablespace links are restored; restore_command and recovery.signal make
+//! `pg_ctl start` recover to the end of the archive.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::archive_push::missing_stanza;
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::info::backup::BackupInfo;
+use crate::manifest::{FileEntry, Manifest, Owner};
+use crate::pipeline::{self, Compress, Ends};
+use crate::repo::RepoLayout;
+use crate::storage::posix::{create_dir_durable, sync_dir, PosixWriter, DIR_MODE};
+use crate::storage::{self, AtomicWrite, Storage};
+
+pub fn run(cfg: &Config) -> Result<()> {
+    let stanza = cfg.stanza_required()?;
+    let pg_path = cfg.required_path("pg1-path")?;
+    let targeted = ["target", "target-timeline"]
+        .iter()
+        .any(|o| cfg.str(o).is_some())
+        || cfg.bool("target-exclusive")
+        || cfg.str("type").is_some_and(|t| t != "default")
+        || cfg.bool("delta");
+    if targeted {
+        return Err(Error::new(
+            Kind::NotImplemented,
+            "recovery targets (--type, --target*) and --delta restore are not available in this version yet",
+        )
+        .with_hint("restore without them recovers to the end of the archive"));
+    }
+    let repo = storage::repo(cfg)?;
+    let layout = RepoLayout::new(stanza);
+    let info = BackupInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let label = match cfg.str("set").unwrap_or("latest") {
+        "latest" => info.latest().map(String::from).ok_or_else(|| {
+            Error::new(
+                Kind::RepoMissing,
+                format!("stanza '{stanza}' has no backup to restore"),
+            )
+            .with_hint("take a backup first; 'pg_backrest info' lists the backups")
+        })?,
+        set if info.backups.contains_key(set) => set.to_string(),
+        set => {
+            return Err(Error::config(format!(
+                "backup set '{set}' is not in the repository of stanza '{stanza}'"
+            ))
+            .with_hint("'pg_backrest info' lists the backups"))
+        }
+    };
+    let manifest = Manifest::load(repo.as_ref(), &layout.manifest(&label))?
+        .ok_or_else(|| Error::integrity(format!("backup '{label}' has no manifest")))?;
+    info.db.check_cluster(
+        manifest.db.system_id,
+        &manifest.db.version,
+        &format!("backup '{label}'"),
+    )?;
+
+    check_destination(&pg_path, "pg1-path")?;
+    for (key, target) in manifest
+        .targets
+        .iter()
+        .filter(|(k, _)| k.starts_with("pg_tblspc/"))
+    {
+        check_destination(Path::new(&target.path), &format!("tablespace '{key}'"))?;
+    }
+
+    // Which compression each holding backup used.
+    let mut compress_of: BTreeMap<String, Compress> = BTreeMap::new();
+    compress_of.insert(label.clone(), manifest.options.compress());
+    for r in manifest.references() {
+        let m = Manifest::load(repo.as_ref(), &layout.manifest(&r))?.ok_or_else(|| {
+            Error::integrity(format!(
+                "backup '{r}', which '{label}' references, has no manifest"
+            ))
+        })?;
+        compress_of.insert(r, m.options.compress());
+    }
+
+    crate::info!("restore backup {label} into '{}'", pg_path.display());
+    create_dir_durable(&pg_path)?;
+    set_mode(&pg_path, 0o700)?;
+    for (key, owner) in &manifest.paths {
+        let local = local_path(&manifest, &pg_path, key)?;
+        if manifest.links.contains_key(key) {
+            continue;
+        }
+        create_dir_durable(&local)?;
+        set_mode(&local, parse_mode(&owner.mode).unwrap_or(DIR_MODE))?;
+        chown(&local, &owner.user, &owner.group)?;
+    }
+    for (key, link) in &manifest.links {
+        let local = local_path(&manifest, &pg_path, key)?;
+        let dest = PathBuf::from(&link.destination);
+        create_dir_durable(&dest)?;
+        if let Some(parent) = local.parent() {
+            create_dir_durable(parent)?;
+        }
+        std::os::unix::fs::symlink(&dest, &local)
+            .map_err(|e| Error::io("create link", &local, e))?;
+        if let Some(parent) = local.parent() {
+            sync_dir(parent)?;
+        }
+    }
+
+    restore_files(
+        cfg,
+        repo.as_ref(),
+        &layout,
+        &manifest,
+        &label,
+        &compress_of,
+        &pg_path,
+    )?;
+    write_recovery_settings(cfg, &pg_path, stanza, manifest.paths.get("pg_data"))?;
+    sync_dir(&pg_path)?;
+    println!(
+        "restore of backup {label} into '{}' complete",
+        pg_path.display()
+    );
+    crate::info!(
+        "restore of backup {label} complete: {} files",
+        manifest.files.len()
+    );
+    Ok(())
+}
+
+/// Refuses a non-empty directory and a running cluster.
+fn check_destination(path: &Path, what: &str) -> Result<()> {
+    if path.join("postmaster.pid").exists() {
+        return Err(Error::config(format!(
+            "{what} '{}' holds a running cluster (postmaster.pid exists)",
+            path.display()
+        ))
+        .with_hint("stop PostgreSQL first; restore never writes into a running cluster"));
+    }
+    match fs::read_dir(path) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(
+                    Error::config(format!("{what} '{}' is not empty", path.display())).with_hint(
+                        "restore into an empty or absent directory; move the old one aside first",
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Where a manifest key lives on this host.
+fn local_path(manifest: &Manifest, pg_path: &Path, key: &str) -> Result<PathBuf> {
+    if key == "pg_data" {
+        return Ok(pg_path.to_path_buf());
+    }
+    if let Some(rest) = key.strip_prefix("pg_data/") {
+        return Ok(pg_path.join(rest));
+    }
+    let mut parts = key.splitn(3, '/');
+    let (Some("pg_tblspc"), Some(oid)) = (parts.next(), parts.next()) else {
+        return Err(Error::integrity(format!(
+            "manifest key '{key}' has no target"
+        )));
+    };
+    let target = manifest
+        .targets
+        .get(&format!("pg_tblspc/{oid}"))
+        .ok_or_else(|| Error::integrity(format!("manifest has no target for '{key}'")))?;
+    let base = PathBuf::from(&target.path);
+    Ok(match parts.next() {
+        Some(rest) => base.join(rest),
+        None => base,
+    })
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text, 8).ok()
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("set mode of", path, e))
+}
+
+/// Gives `path` its recorded owner when we can (running as root); otherwise files belong to
+/// the user running restore, which is what a DBA restoring as postgres wants.
+fn chown(path: &Path, user: &str, group: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let uid = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid);
+    let gid = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    std::os::unix::fs::lchown(path, uid.map(|u| u.as_raw()), gid.map(|g| g.as_raw()))
+        .map_err(|e| Error::io("change owner of", path, e))
+}
+
+fn restore_files(
+    cfg: &Config,
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    manifest: &Manifest,
+    label: &str,
+    compress_of: &BTreeMap<String, Compress>,
+    pg_path: &Path,
+) -> Result<()> {
+    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
+    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
+        (0..workers)
+            .map(|_| storage::repo(cfg))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let mut files: Vec<(&String, &FileEntry)> = manifest.files.iter().collect();
+    files.sort_by(|a, b| b.1.size.cmp(&a.1.size));
+    let total: u64 = files.iter().map(|(_, e)| e.size).sum();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let next_report = std::sync::atomic::AtomicU64::new(10);
+    let failed = AtomicBool::new(false);
+    pool.install(|| {
+        use rayon::prelude::*;
+        files.par_iter().try_for_each(|(key, entry)| -> Result<()> {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let worker_repo: &dyn Storage = match rayon::current_thread_index() {
+                Some(i) if !pool_storage.is_empty() => {
+                    pool_storage[i % pool_storage.len()].as_ref()
+                }
+                _ => repo,
+            };
+            let holder = entry.reference.as_deref().unwrap_or(label);
+            let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
+            let stored = format!("{key}{}", compress.extension());
+            let local = local_path(manifest, pg_path, key)?;
+            let result = restore_file(
+                worker_repo,
+                &layout.backup_file(holder, &stored),
+                compress,
+                entry,
+                &local,
+            );
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            result?;
+            let sofar = done.fetch_add(entry.size, Ordering::Relaxed) + entry.size;
+            let percent = if total == 0 { 100 } else { sofar * 100 / total };
+            let next = next_report.load(Ordering::Relaxed);
+            if percent >= next
+                && next_report
+                    .compare_exchange(
+                        next,
+                        (percent / 10 + 1) * 10,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                crate::info!("restore progress: {percent}% ({sofar} of {total} bytes)");
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Restores one file: verified content, its mode, owner and mtime.
+fn restore_file(
+    repo: &dyn Storage,
+    stored: &str,
+    compress: Compress,
+    entry: &FileEntry,
+    local: &Path,
+) -> Result<()> {
+    let source = repo.describe(stored);
+    let mut reader = repo.open_read(stored)?.ok_or_else(|| {
+        Error::integrity(format!(
+            "backup file '{source}' is missing from the repository"
+        ))
+    })?;
+    let (dir, name) = match (local.parent(), local.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(Error::integrity(format!(
+                "invalid restore path '{}'",
+                local.display()
+            )))
+        }
+    };
+    let mode = parse_mode(&entry.mode).unwrap_or(0o600);
+    let mut writer = PosixWriter::create_with_mode(dir.to_path_buf(), mode)?;
+    let dest = local.display().to_string();
+    pipeline::restore(
+        &mut reader,
+        &mut writer,
+        compress != Compress::None,
+        Some(&entry.checksum),
+        &Ends {
+            source: &source,
+            dest: &dest,
+        },
+    )?;
+    drop(reader);
+    Box::new(writer).commit(name)?;
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64);
+    fs::File::options()
+        .write(true)
+        .open(local)
+        .and_then(|f| f.set_modified(mtime))
+        .map_err(|e| Error::io("set mtime of", local, e))?;
+    chown(local, &entry.user, &entry.group)
+}
+
+/// restore_command pointing back at this repository, and recovery.signal, so that
+/// `pg_ctl start` replays the archive to its end.
+fn write_recovery_settings(
+    cfg: &Config,
+    pg_path: &Path,
+    stanza: &str,
+    owner: Option<&Owner>,
+) -> Result<()> {
+    let auto = pg_path.join("postgresql.auto.conf");
+    let existing = fs::read_to_string(&auto).unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("find own executable", Path::new("/proc/self/exe"), e))?;
+    let config = cfg
+        .config_file
+        .as_ref()
+        .map(|c| format!(" --config={}", c.display()))
+        .unwrap_or_default();
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    let mut text = String::new();
+    for line in existing.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        if key == "restore_command" || key.starts_with("recovery_target") {
+            text.push_str(&format!(
+                "# Removed by pg_backrest restore on {now}: {line}\n"
+            ));
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!(
+        "# Recovery settings generated by pg_backrest restore on {now}\nrestore_command = '{}{config} --stanza={stanza} archive-get %f \"%p\"'\n",
+        exe.display()
+    ));
+    let mut w = PosixWriter::create_with_mode(pg_path.to_path_buf(), 0o600)?;
+    w.write_all(text.as_bytes())
+        .map_err(|e| Error::io("write", &auto, e))?;
+    Box::new(w).commit("postgresql.auto.conf")?;
+    let signal = PosixWriter::create_with_mode(pg_path.to_path_buf(), 0o600)?;
+    Box::new(signal).commit("recovery.signal")?;
+    if let Some(o) = owner {
+        chown(&auto, &o.user, &o.group)?;
+        chown(&pg_path.join("recovery.signal"), &o.user, &o.group)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! `backup.manifest`: everything a backup holds and everything restore needs to rebuild the
+//! data directory: the backup's own facts (`[backup]`, `[backup:db]`, `[backup:option]`),
+//! where each part of the cluster lives (`[backup:target]`), and every path, file and link
+//! (`[target:path]`, `[target:file]`, `[target:link]`).
+//!
+//! The file is an info file (see [`crate::info`]): plain INI with JSON values and a checksum
+//! of its own, so Python's configparser reads it. File keys are paths inside the backup
+//! (`pg_data/base/5/16396`, `pg_tblspc/16385/PG_15_202209061/5/16400`); the stored copy is
+//! `LABEL/<key>` plus `.gz` when compressed, in the backup named by `reference` when the
+//! file's data lives in an earlier backup.
+//!
+//! While a backup runs, only `backup.manifest.copy` exists and is rewritten now and then with
+//! the files copied so far: that is what a resumed backup trusts. `backup.manifest` appears
+//! only when the backup is complete.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::info::{self, DbEntry, IniDoc};
+use crate::pipeline::Compress;
+use crate::storage::Storage;
+
+pub const MANIFEST_FILE: &str = "backup.manifest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn parse(s: &str) -> Option<BackupType> {
+        match s {
+            "full" => Some(BackupType::Full),
+            "diff" => Some(BackupType::Diff),
+            "incr" => Some(BackupType::Incr),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+
+    /// The letter that ends a label of this type.
+    pub fn letter(self) -> char {
+        match self {
+            BackupType::Full => 'F',
+            BackupType::Diff => 'D',
+            BackupType::Incr => 'I',
+        }
+    }
+}
+
+/// The backup's own facts: `[backup]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BackupFacts {
+    pub label: String,
+    pub backup_type: BackupType,
+    pub prior: Option<String>,
+    pub timestamp_start: i64,
+    pub timestamp_stop: Option<i64>,
+    pub lsn_start: String,
+    pub lsn_stop: Option<String>,
+    pub archive_start: String,
+    pub archive_stop: Option<String>,
+    pub timeline: u32,
+}
+
+/// The options that shaped the backup: `[backup:option]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BackupOptions {
+    pub compress_type: String,
+    pub compress_level: u32,
+    pub process_max: u32,
+    pub delta: bool,
+    pub archive_check: bool,
+    pub online: bool,
+}
+
+impl BackupOptions {
+    pub fn compress(&self) -> Compress {
+        if self.compress_type == "gz" {
+            Compress::Gz(self.compress_level)
+        } else {
+            Compress::None
+        }
+    }
+}
+
+/// Where a part of the cluster lives on the database host: `[backup:target]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Target {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub mode: String,
+    pub user: String,
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FileEntry {
+    pub size: u64,
+    /// mtime, Unix seconds.
+    pub timestamp: i64,
+    /// SHA-1 of the original content.
+    pub checksum: String,
+    /// Bytes as stored in the repository.
+    pub repo_size: u64,
+    pub mode: String,
+    pub user: String,
+    pub group: String,
+    /// The backup that holds the data, when not this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Whether page checksums were verified (relation files of a cluster with checksums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_page: Option<bool>,
+    /// Blocks whose page checksum failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksum_page_error: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEntry {
+    pub destination: String,
+    pub user: String,
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub backup: BackupFacts,
+    pub db: DbEntry,
+    pub options: BackupOptions,
+    pub targets: BTreeMap<String, Target>,
+    pub paths: BTreeMap<String, Owner>,
+    pub files: BTreeMap<String, FileEntry>,
+    pub links: BTreeMap<String, LinkEntry>,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::internal(format!("manifest encoding: {e}")))
+}
+
+impl Manifest {
+    pub fn to_doc(&self) -> Result<IniDoc> {
+        let mut doc = IniDoc::default();
+        if let Value::Object(map) = to_json(&self.backup)? {
+            for (k, v) in map {
+                doc.set("backup", &format!("backup-{k}"), &v);
+            }
+        }
+        let db = &self.db;
+        doc.set("backup:db", "db-id", &Value::from(db.id));
+        doc.set("backup:db", "db-system-id", &Value::from(db.system_id));
+        doc.set("backup:db", "db-version", &Value::from(db.version.clone()));
+        doc.set(
+            "backup:db",
+            "db-catalog-version",
+            &Value::from(db.catalog_version.unwrap_or(0)),
+        );
+        doc.set(
+            "backup:db",
+            "db-control-version",
+            &Value::from(db.control_version.unwrap_or(0)),
+        );
+        if let Value::Object(map) = to_json(&self.options)? {
+            for (k, v) in map {
+                doc.set("backup:option", &format!("option-{k}"), &v);
+            }
+        }
+        for (k, v) in &self.targets {
+            doc.set("backup:target", k, &to_json(v)?);
+        }
+        for (k, v) in &self.paths {
+            doc.set("target:path", k, &to_json(v)?);
+        }
+        for (k, v) in &self.files {
+            doc.set("target:file", k, &to_json(v)?);
+        }
+        for (k, v) in &self.links {
+            doc.set("target:link", k, &to_json(v)?);
+        }
+        Ok(doc)
+    }
+
+    pub fn from_doc(doc: &IniDoc, what: &str) -> Result<Manifest> {
+        let bad = |why: String| Error::integrity(format!("manifest '{what}' is invalid: {why}"));
+        let section = |name: &str| -> BTreeMap<String, Value> {
+            doc.sections
+                .get(name)
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|(k, v)| serde_json::from_str(v).ok().map(|v| (k.clone(), v)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let strip = |m: BTreeMap<String, Value>, prefix: &str| -> Value {
+            Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k.strip_prefix(prefix).unwrap_or(&k).to_string(), v))
+                    .collect(),
+            )
+        };
+        let backup: BackupFacts = serde_json::from_value(strip(section("backup"), "backup-"))
+            .map_err(|e| bad(format!("[backup]: {e}")))?;
+        let options: BackupOptions =
+            serde_json::from_value(strip(section("backup:option"), "option-"))
+                .map_err(|e| bad(format!("[backup:option]: {e}")))?;
+        let dbs = section("backup:db");
+        let num = |k: &str| dbs.get(k).and_then(Value::as_u64);
+        let db = DbEntry {
+            id: num("db-id").ok_or_else(|| bad("[backup:db] db-id".into()))? as u32,
+            system_id: num("db-system-id").ok_or_else(|| bad("[backup:db] db-system-id".into()))?,
+            version: dbs
+                .get("db-version")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("[backup:db] db-version".into()))?
+                .to_string(),
+            catalog_version: num("db-catalog-version").map(|n| n as u32),
+            control_version: num("db-control-version").map(|n| n as u32),
+        };
+        fn typed<T: for<'de> Deserialize<'de>>(
+            m: BTreeMap<String, Value>,
+            name: &str,
+            bad: &dyn Fn(String) -> Error,
+        ) -> Result<BTreeMap<String, T>> {
+            m.into_iter()
+                .map(|(k, v)| {
+                    let t =
+                        serde_json::from_value(v).map_err(|e| bad(format!("[{name}] {k}: {e}")))?;
+                    Ok((k, t))
+                })
+                .collect()
+        }
+        let manifest = Manifest {
+            backup,
+            db,
+            options,
+            targets: typed(section("backup:target"), "backup:target", &bad)?,
+            paths: typed(section("target:path"), "target:path", &bad)?,
+            files: typed(section("target:file"), "target:file", &bad)?,
+            links: typed(section("target:link"), "target:link", &bad)?,
+        };
+        manifest.check_keys().map_err(bad)?;
+        Ok(manifest)
+    }
+
+    /// Keys become paths on restore: refuse anything that could leave the target directories.
+    fn check_keys(&self) -> std::result::Result<(), String> {
+        let keys = self
+            .paths
+            .keys()
+            .chain(self.files.keys())
+            .chain(self.links.keys());
+        for key in keys {
+            let ok =
+                (key == "pg_data" || key.starts_with("pg_data/") || key.starts_with("pg_tblspc/"))
+                    && !key
+                        .split('/')
+                        .any(|c| c.is_empty() || c == "." || c == "..");
+            if !ok {
+                return Err(format!("path '{key}' is not inside the backup"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored name of a file of this manifest, relative to the backup directory of the
+    /// backup that holds it.
+    pub fn stored_name(&self, key: &str) -> String {
+        format!("{key}{}", self.options.compress().extension())
+    }
+
+    /// Loads `LABEL/backup.manifest`, falling back to its copy; `None` when neither exists.
+    pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
+        match info::load(storage, path)? {
+            None => Ok(None),
+            Some(l) => Manifest::from_doc(&l.doc, &storage.describe(path)).map(Some),
+        }
+    }
+
+    /// Loads only the in-progress `.copy` (what a resumed backup may trust).
+    pub fn load_copy(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
+        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
+        match info::load_one(storage, &copy) {
+            Ok(Some(doc)) => Manifest::from_doc(&doc, &storage.describe(&copy)).map(Some),
+            Ok(None) | Err(_) => Ok(None),
+        }
+    }
+
+    /// Writes the finished manifest: the file and its copy.
+    pub fn save(&self, storage: &dyn Storage, path: &str) -> Result<()> {
+        info::save(storage, path, &mut self.to_doc()?)
+    }
+
+    /// Writes only the copy: the backup's progress so far.
+    pub fn save_progress(&self, storage: &dyn Storage, path: &str) -> Result<()> {
+        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
+        info::save_one(storage, &copy, &mut self.to_doc()?)
+    }
+
+    /// Size of the database (original bytes) and of this backup's own part of it.
+    pub fn sizes(&self) -> Sizes {
+        let mut s = Sizes::default();
+        for f in self.files.values() {
+            s.size += f.size;
+            s.repo_size += f.repo_size;
+            if f.reference.is_none() {
+                s.size_delta += f.size;
+                s.repo_size_delta += f.repo_size;
+            }
+        }
+        s
+    }
+
+    /// Labels of earlier backups whose files this one needs.
+    pub fn references(&self) -> Vec<String> {
+        let mut refs: Vec<String> = self
+            .files
+            .values()
+            .filter_map(|f| f.reference.clone())
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub size: u64,
+    pub size_delta: u64,
+    pub repo_size: u64,
+    pub repo_size_delta: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        let owner = Owner {
+            mode: "0700".into(),
+            user: "postgres".into(),
+            group: "postgres".into(),
+        };
+        let mut m = Manifest {
+            backup: BackupFacts {
+                label: "20261122-101500F".into(),
+                backup_type: BackupType::Full,
+                prior: None,
+                timestamp_start: 1_795_000_000,
+                timestamp_stop: Some(1_795_000_100),
+                lsn_start: "0/2000028".into(),
+                lsn_stop: Some("0/2000138".into()),
+                archive_start: "000000010000000000000002".into(),
+                archive_stop: Some("000000010000000000000002".into()),
+                timeline: 1,
+            },
+            db: DbEntry {
+                id: 1,
+                system_id: 7_300_000_000_000_000_001,
+                version: "15".into(),
+                catalog_version: Some(202209061),
+                control_version: Some(1300),
+            },
+            options: BackupOptions {
+                compress_type: "gz".into(),
+                compress_level: 6,
+                process_max: 2,
+                delta: false,
+                archive_check: true,
+                online: true,
+            },
+            targets: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            files: BTreeMap::new(),
+            links: BTreeMap::new(),
+        };
+        m.targets.insert(
+            "pg_data".into(),
+            Target {
+                path: "/var/lib/pg".into(),
+                kind: "path".into(),
+                tablespace_id: None,
+                tablespace_name: None,
+            },
+        );
+        m.paths.insert("pg_data".into(), owner.clone());
+        m.files.insert(
+            "pg_data/base/1/1259".into(),
+            FileEntry {
+                size: 8192,
+                timestamp: 1_795_000_000,
+                checksum: "a".repeat(40),
+                repo_size: 100,
+                mode: "0600".into(),
+                user: "postgres".into(),
+                group: "postgres".into(),
+                reference: Some("20261121-101500F".into()),
+                checksum_page: Some(true),
+                checksum_page_error: vec![3],
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn round_trips_through_ini() {
+        let m = sample();
+        let doc = m.to_doc().unwrap();
+        let text = doc.render();
+        assert!(
+            text.contains("[backup]\nbackup-archive-start=\"000000010000000000000002\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("[target:file]\npg_data/base/1/1259={"),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_doc(&doc, "m").unwrap(), m);
+        assert_eq!(m.references(), vec!["20261121-101500F".to_string()]);
+        assert_eq!(
+            m.stored_name("pg_data/base/1/1259"),
+            "pg_data/base/1/1259.gz"
+        );
+    }
+
+    #[test]
+    fn keys_that_leave_the_backup_are_refused() {
+        for bad in [
+            "pg_data/../../etc/passwd",
+            "/etc/passwd",
+            "pg_data//x",
+            "other/x",
+        ] {
+            let mut m = sample();
+            let entry = m.files.values().next().unwrap().clone();
+            m.files.insert(bad.into(), entry);
+            let e = Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap_err();
+            assert!(
+                e.message.contains("is not inside the backup"),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+}
