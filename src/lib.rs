@@ -20,6 +20,7 @@ pub mod log;
 pub mod manifest;
 pub mod pg;
 pub mod pipeline;
+pub mod progress;
 pub mod protocol;
 pub mod repo;
 pub mod storage;

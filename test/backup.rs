@@ -119,6 +119,30 @@ fn read_ini(path: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     out
 }
 
+/// How many `[target:file]` entries of a (possibly missing) manifest copy are over 1 MB.
+fn big_files_in_copy(path: &Path) -> usize {
+    let Ok(text) = fs::read_to_string(path) else {
+        return 0;
+    };
+    let mut in_files = false;
+    let mut n = 0;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_files = line == "[target:file]";
+        } else if in_files {
+            let size = line
+                .split_once("\"size\":")
+                .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(0);
+            if size > 1 << 20 {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 fn backup_dir(site: &Site) -> PathBuf {
     site.repo.join("backup").join(STANZA)
 }
@@ -507,10 +531,11 @@ fn full_backup_over_ssh_under_load_restores_to_the_recorded_state() {
 
 #[test]
 fn killed_backup_resumes_copying_only_what_was_missing() {
+    const TABLES: usize = 12;
     let site = Site::local();
-    // ~250 MB of poorly compressible text spread over several tables, so the backup has
+    // ~400 MB of poorly compressible text spread over several tables, so the backup has
     // several big files and a kill leaves some copied and some not.
-    for i in 0..8 {
+    for i in 0..TABLES {
         site.cluster.psql(&format!(
             "create table big{i}(id int, v text); \
              insert into big{i} select g, md5(random()::text) || md5(random()::text) || \
@@ -518,7 +543,7 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
         ));
     }
     let state = || {
-        (0..8)
+        (0..TABLES)
             .map(|i| {
                 site.cluster.psql(&format!(
                     "select count(*) || ':' || sum(hashtext(v)::bigint) from big{i}"
@@ -569,11 +594,12 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
                 harness::tail(&backup_log(&site), 20)
             );
         }
+        // A manifest copy that already records at least one big (> 1 MB) copied file.
         let dir_with_copy = fs::read_dir(backup_dir(&site))
             .into_iter()
             .flatten()
             .flatten()
-            .find(|e| e.path().join("backup.manifest.copy").exists())
+            .find(|e| big_files_in_copy(&e.path().join("backup.manifest.copy")) > 0)
             .map(|e| e.file_name().to_string_lossy().into_owned());
         if let Some(l) = dir_with_copy {
             if progress(&backup_log(&site)) >= 20 {
@@ -616,7 +642,11 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
         "info shows no backup after the kill"
     );
 
-    let (label, out) = backup(&site, &["--type=full", "--process-max=2"]);
+    // The same command again (the worker count may differ).
+    let (label, out) = backup(
+        &site,
+        &["--type=full", "--compress-level=9", "--process-max=2"],
+    );
     assert_eq!(
         label, killed,
         "the resumed backup keeps the interrupted one's label\n{out}"
@@ -639,7 +669,7 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
     site.one_segment();
     let r = Restored::restore(&site, "r", Some(&label), &["--process-max=2"]);
     r.start_and_wait_promoted();
-    let got = (0..8)
+    let got = (0..TABLES)
         .map(|i| {
             r.psql(&format!(
                 "select count(*) || ':' || sum(hashtext(v)::bigint) from big{i}"

@@ -70,6 +70,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         ));
     }
 
+    adopt_complete_backups(repo.as_ref(), &layout, &mut info)?;
     let (backup_type, prior) = choose_type(cfg, &info)?;
     let prior_manifest = match &prior {
         Some(label) => Some(
@@ -151,13 +152,20 @@ pub fn run(cfg: &Config) -> Result<()> {
     };
 
     // What each file needs: a reference to the prior's copy, a resumed copy, or a new copy.
-    let mut to_copy: Vec<SourceFile> = Vec::new();
+    // With delta, size and mtime are not trusted: every file the prior has is copied and
+    // compared by checksum, and only kept when it differs.
+    let delta = manifest.options.delta;
+    let mut to_copy: Vec<(SourceFile, Option<FileEntry>)> = Vec::new();
     let mut counters = Counters::default();
     for src in tree.files {
-        if let Some(entry) = prior_manifest
-            .as_ref()
-            .and_then(|pm| unchanged_since_prior(pm, &src))
-        {
+        let shortcut = if delta {
+            None
+        } else {
+            prior_manifest
+                .as_ref()
+                .and_then(|pm| unchanged_since_prior(pm, &src))
+        };
+        if let Some(entry) = shortcut {
             counters.referenced += 1;
             manifest.files.insert(src.key.clone(), entry);
         } else if let Some(entry) = resumed
@@ -168,7 +176,12 @@ pub fn run(cfg: &Config) -> Result<()> {
             counters.resumed_bytes += entry.size;
             manifest.files.insert(src.key.clone(), entry);
         } else {
-            to_copy.push(src);
+            let candidate = if delta {
+                prior_manifest.as_ref().and_then(|pm| prior_entry(pm, &src))
+            } else {
+                None
+            };
+            to_copy.push((src, candidate));
         }
     }
     manifest.save_progress(repo.as_ref(), &layout.manifest(&label))?;
@@ -328,7 +341,17 @@ fn unchanged_since_prior(prior: &Manifest, src: &SourceFile) -> Option<FileEntry
     let e = prior.files.get(&src.key)?;
     let unchanged =
         e.size == src.size && e.timestamp == src.mtime && src.mtime < prior.backup.timestamp_start;
-    unchanged.then(|| FileEntry {
+    if unchanged {
+        prior_entry(prior, src)
+    } else {
+        None
+    }
+}
+
+/// The prior's entry for a file, as this backup would reference it.
+fn prior_entry(prior: &Manifest, src: &SourceFile) -> Option<FileEntry> {
+    let e = prior.files.get(&src.key)?;
+    Some(FileEntry {
         reference: Some(
             e.reference
                 .clone()
@@ -339,6 +362,40 @@ fn unchanged_since_prior(prior: &Manifest, src: &SourceFile) -> Option<FileEntry
         group: src.owner.group.clone(),
         ..e.clone()
     })
+}
+
+/// A backup whose manifest was written but which a crash kept out of backup.info is
+/// complete: add it rather than lose it.
+fn adopt_complete_backups(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    info: &mut BackupInfo,
+) -> Result<()> {
+    let mut adopted = false;
+    for entry in repo.list(&layout.backup_root())? {
+        if !is_label(&entry) || info.backups.contains_key(&entry) {
+            continue;
+        }
+        let Ok(Some(doc)) = crate::info::load_one(repo, &layout.manifest(&entry)) else {
+            continue;
+        };
+        let Ok(m) = Manifest::from_doc(&doc, &entry) else {
+            continue;
+        };
+        if m.db == info.db.current && m.backup.timestamp_stop.is_some() && m.backup.label == entry {
+            crate::warn!("backup {entry} is complete but was missing from backup.info; adding it");
+            info.backups.insert(entry, BackupSummary::of(&m));
+            adopted = true;
+        }
+    }
+    if adopted {
+        info.save(repo, layout)?;
+    }
+    Ok(())
+}
+
+fn is_label(name: &str) -> bool {
+    name.len() >= 16 && name.as_bytes()[8] == b'-' && name.ends_with(['F', 'D', 'I'])
 }
 
 /// An interrupted backup this one may continue: same type and prior, same options that
@@ -354,9 +411,7 @@ fn find_resumable(
 ) -> Result<Option<Manifest>> {
     let mut found = None;
     for entry in repo.list(&layout.backup_root())? {
-        let is_label =
-            entry.len() >= 16 && entry.as_bytes()[8] == b'-' && entry.ends_with(['F', 'D', 'I']);
-        if !is_label || info.backups.contains_key(&entry) {
+        if !is_label(&entry) || info.backups.contains_key(&entry) {
             continue;
         }
         let partial = Manifest::load_copy(repo, &layout.manifest(&entry))?;
@@ -366,7 +421,8 @@ fn find_resumable(
                 && m.backup.backup_type == t
                 && m.backup.prior.as_deref() == prior
                 && m.db == info.db.current
-                && m.options.compress() == options.compress()
+                // The level does not matter: any gzip level decodes the same way.
+                && m.options.compress_type == options.compress_type
                 && repo
                     .list(&layout.backup_path(&entry))
                     .map(|l| !l.contains(&crate::manifest::MANIFEST_FILE.to_string()))
@@ -426,14 +482,14 @@ fn copy_all(
     repo: &dyn Storage,
     layout: &RepoLayout,
     manifest: &mut Manifest,
-    mut files: Vec<SourceFile>,
+    mut files: Vec<(SourceFile, Option<FileEntry>)>,
     params: &CopyParams,
     counters: &mut Counters,
 ) -> Result<()> {
     let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
     // Largest first, so one big file does not finish last on its own.
-    files.sort_by(|a, b| b.size.cmp(&a.size));
-    let total: u64 = files.iter().map(|f| f.size).sum();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0.size));
+    let total: u64 = files.iter().map(|f| f.0.size).sum();
     // A remote repository serves one stream per connection: one connection per worker.
     let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
         (0..workers)
@@ -459,7 +515,7 @@ fn copy_all(
         scope.spawn(move || {
             pool.install(|| {
                 use rayon::prelude::*;
-                files.into_par_iter().for_each_with(tx, |tx, src| {
+                files.into_par_iter().for_each_with(tx, |tx, (src, prior)| {
                     if cancel.load(Ordering::Relaxed) {
                         return;
                     }
@@ -469,20 +525,31 @@ fn copy_all(
                         }
                         _ => repo,
                     };
-                    let result = backup_file(source, worker_repo, layout, &label, &src, params);
+                    let result = backup_file(
+                        source,
+                        worker_repo,
+                        layout,
+                        &label,
+                        &src,
+                        prior.as_ref(),
+                        params,
+                    );
                     let _ = tx.send((src, result));
                 });
             });
         });
 
-        let mut done: u64 = 0;
-        let mut next_report = 10u64;
+        let progress = crate::progress::Progress::new("backup", total);
         let mut last_save = Instant::now();
         for (src, result) in rx {
             match result {
                 Ok(FileOutcome::Copied(entry)) => {
                     counters.copied += 1;
                     counters.copied_bytes += entry.size;
+                    manifest.files.insert(src.key, entry);
+                }
+                Ok(FileOutcome::Unchanged(entry)) => {
+                    counters.referenced += 1;
                     manifest.files.insert(src.key, entry);
                 }
                 Ok(FileOutcome::Vanished) => {
@@ -497,12 +564,7 @@ fn copy_all(
                     first_error.get_or_insert(e);
                 }
             }
-            done += src.size;
-            let percent = if total == 0 { 100 } else { done * 100 / total };
-            if percent >= next_report {
-                crate::info!("backup progress: {percent}% ({done} of {total} bytes)");
-                next_report = (percent / 10 + 1) * 10;
-            }
+            progress.add(src.size);
             if first_error.is_none() && last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
                 if let Err(e) = manifest.save_progress(repo, &manifest_path) {
                     cancel.store(true, Ordering::Relaxed);

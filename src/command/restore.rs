@@ -237,10 +237,9 @@ fn restore_files(
         .build()
         .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
     let mut files: Vec<(&String, &FileEntry)> = manifest.files.iter().collect();
-    files.sort_by(|a, b| b.1.size.cmp(&a.1.size));
+    files.sort_by_key(|f| std::cmp::Reverse(f.1.size));
     let total: u64 = files.iter().map(|(_, e)| e.size).sum();
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let next_report = std::sync::atomic::AtomicU64::new(10);
+    let progress = crate::progress::Progress::new("restore", total);
     let failed = AtomicBool::new(false);
     pool.install(|| {
         use rayon::prelude::*;
@@ -269,21 +268,7 @@ fn restore_files(
                 failed.store(true, Ordering::Relaxed);
             }
             result?;
-            let sofar = done.fetch_add(entry.size, Ordering::Relaxed) + entry.size;
-            let percent = if total == 0 { 100 } else { sofar * 100 / total };
-            let next = next_report.load(Ordering::Relaxed);
-            if percent >= next
-                && next_report
-                    .compare_exchange(
-                        next,
-                        (percent / 10 + 1) * 10,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                crate::info!("restore progress: {percent}% ({sofar} of {total} bytes)");
-            }
+            progress.add(entry.size);
             Ok(())
         })
     })

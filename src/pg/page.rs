@@ -79,14 +79,14 @@ pub fn relation_first_block(name: &str) -> Option<u32> {
         None => (name, 0),
     };
     let oid = match base.split_once('_') {
-        Some((o, fork)) if matches!(fork, "fsm" | "vm" | "init") => o,
+        Some((o, "fsm" | "vm" | "init")) => o,
         Some(_) => return None,
         None => base,
     };
     if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(segno.checked_mul(RELSEG_BLOCKS)?)
+    segno.checked_mul(RELSEG_BLOCKS)
 }
 
 /// Passes a relation file through unchanged, noting the blocks whose checksum fails.

@@ -197,17 +197,22 @@ impl FileSource for RemoteFiles {
 
 pub enum FileOutcome {
     Copied(FileEntry),
+    /// Same content as the prior backup's copy (delta): the prior's entry, referenced.
+    Unchanged(FileEntry),
     Vanished,
 }
 
 /// Copies one file of the cluster into the backup: into a temp file of the repository
-/// that is committed under the file's stored name only when complete.
+/// that is committed under the file's stored name only when complete. With `prior` (delta),
+/// a file whose content turns out to be the prior backup's is not kept: the prior's entry
+/// is returned to be referenced instead.
 pub fn backup_file(
     source: &dyn FileSource,
     repo: &dyn Storage,
     layout: &RepoLayout,
     label: &str,
     src: &SourceFile,
+    prior: Option<&FileEntry>,
     p: &CopyParams,
 ) -> Result<FileOutcome> {
     let stored = format!("{}{}", src.key, p.compress.extension());
@@ -218,10 +223,18 @@ pub fn backup_file(
     match source.copy(src, &mut writer, &dest, p)? {
         // The writer is dropped uncommitted: its temp file goes with it.
         None => Ok(FileOutcome::Vanished),
-        Some(entry) => {
-            writer.commit(name)?;
-            Ok(FileOutcome::Copied(entry))
-        }
+        Some(entry) => match prior {
+            Some(prior) if prior.checksum == entry.checksum && prior.size == entry.size => {
+                Ok(FileOutcome::Unchanged(FileEntry {
+                    timestamp: entry.timestamp,
+                    ..prior.clone()
+                }))
+            }
+            _ => {
+                writer.commit(name)?;
+                Ok(FileOutcome::Copied(entry))
+            }
+        },
     }
 }
 
