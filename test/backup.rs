@@ -972,3 +972,55 @@ fn diff_or_incr_without_full_becomes_full() {
     assert!(!out.stdout.contains("changed to full"), "{out}");
     assert!(diff.ends_with('D'), "{diff}");
 }
+
+#[test]
+fn tablespaces_are_backed_up_and_their_links_restored() {
+    let site = Site::local();
+    let ts_dir = site.dir.mkdir("ts1");
+    site.cluster
+        .psql(&format!("create tablespace ts1 location '{}'", p(&ts_dir)));
+    site.cluster.psql("create table in_ts tablespace ts1 as select g, md5(g::text) from generate_series(1, 50000) g");
+    let expected = site.cluster.psql("select count(*), sum(g) from in_ts");
+    let (label, _) = backup(&site, &["--type=full"]);
+    let manifest = read_ini(&manifest_path(&site, &label));
+    let oid = site
+        .cluster
+        .psql("select oid from pg_tablespace where spcname = 'ts1'");
+    assert!(
+        manifest["backup:target"].contains_key(&format!("pg_tblspc/{oid}")),
+        "{:?}",
+        manifest["backup:target"]
+    );
+    assert!(manifest["target:link"].contains_key(&format!("pg_data/pg_tblspc/{oid}")));
+    assert!(
+        manifest["target:file"]
+            .keys()
+            .any(|k| k.starts_with(&format!("pg_tblspc/{oid}/PG_15_"))),
+        "tablespace files are keyed pg_tblspc/OID/..."
+    );
+    site.one_segment();
+
+    // The restore recreates the tablespace at its recorded location, which must be empty:
+    // with the original still there it is refused; moved aside, the restore succeeds.
+    let target = site.dir.join("restored");
+    let out = site.pgbr(&["restore", &format!("--pg1-path={}", p(&target))]);
+    assert_error(
+        &out,
+        31,
+        &format!("tablespace 'pg_tblspc/{oid}' '{}' is not empty", p(&ts_dir)),
+    );
+    assert!(!target.exists(), "nothing restored after the refusal");
+    site.cluster.stop();
+    fs::rename(&ts_dir, site.dir.join("ts1-original")).unwrap();
+    let r = Restored::restore(&site, "restored-ts", None, &[]);
+    let link = r.data.join(format!("pg_tblspc/{oid}"));
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        ts_dir,
+        "tablespace link recreated"
+    );
+    r.start_and_wait_promoted();
+    assert_eq!(r.psql("select count(*), sum(g) from in_ts"), expected);
+    r.stop();
+    r.checksums();
+}
