@@ -83,14 +83,20 @@ fn init_logging(cfg: &Config) {
         None => format!("all-{}", cfg.command.name()),
     };
     let log_path = cfg.path("log-path").unwrap_or_default();
+    let json_output = cfg.str("output") == Some("json");
     log::init(&log::Settings {
         // stdout of the remote command is the protocol channel: nothing else may go there.
-        console: if cfg.command == Cmd::Remote {
+        // The same for info --output=json, a document for scripts: its warnings go to stderr.
+        console: if cfg.command == Cmd::Remote || json_output {
             log::Level::Off
         } else {
             level("log-level-console")
         },
-        stderr: level("log-level-stderr"),
+        stderr: if json_output {
+            level("log-level-stderr").max(log::Level::Warn)
+        } else {
+            level("log-level-stderr")
+        },
         file: if quiet {
             log::Level::Off
         } else {

@@ -66,6 +66,7 @@ impl BackupType {
 #[serde(rename_all = "kebab-case")]
 pub struct BackupFacts {
     pub label: String,
+    #[serde(rename = "type")]
     pub backup_type: BackupType,
     pub prior: Option<String>,
     pub timestamp_start: i64,

@@ -444,8 +444,8 @@ fn find_resumable(
     Ok(found)
 }
 
-/// A file the interrupted backup already copied, if it is unchanged and its stored copy
-/// still verifies.
+/// A file the interrupted backup already copied, if it is unchanged since before that backup
+/// started and its stored copy still verifies.
 fn reusable(
     repo: &dyn Storage,
     layout: &RepoLayout,
@@ -453,7 +453,14 @@ fn reusable(
     src: &SourceFile,
 ) -> Option<FileEntry> {
     let e = partial.files.get(&src.key)?;
-    if e.reference.is_some() || e.size != src.size || e.timestamp != src.mtime {
+    // As for a prior backup: only a file last modified before the interrupted backup started
+    // is known to be unchanged since it was copied (a change in the same second as the copy
+    // keeps size and mtime, and the WAL this backup replays starts later).
+    if e.reference.is_some()
+        || e.size != src.size
+        || e.timestamp != src.mtime
+        || src.mtime >= partial.backup.timestamp_start
+    {
         return None;
     }
     let path = layout.backup_file(&partial.backup.label, &partial.stored_name(&src.key));

@@ -18,10 +18,28 @@ pub fn run(cfg: &Config) -> Result<()> {
         Some(s) => vec![s.to_string()],
         None => repo.list("backup")?,
     };
-    let report: Vec<Value> = stanzas
+    // --set narrows the report to one backup.
+    let set = cfg.str("set").filter(|s| *s != "latest");
+    let mut report: Vec<Value> = stanzas
         .iter()
         .map(|s| stanza_report(repo.as_ref(), s))
         .collect::<Result<_>>()?;
+    if let Some(set) = set {
+        for st in &mut report {
+            if let Some(Value::Array(backups)) = st.get_mut("backup") {
+                backups.retain(|b| b["label"] == set);
+            }
+        }
+        if report
+            .iter()
+            .all(|st| st["backup"].as_array().is_none_or(Vec::is_empty))
+        {
+            return Err(crate::error::Error::config(format!(
+                "backup set '{set}' is not in the repository"
+            ))
+            .with_hint("'pg_backrest info' without --set lists the backups"));
+        }
+    }
     if cfg.str("output") == Some("json") {
         println!(
             "{}",

@@ -130,11 +130,10 @@ impl Client {
     /// How long the next I/O step may wait: io-timeout, or less if the operation's
     /// protocol-timeout runs out first.
     fn step_limit(&self) -> Duration {
+        let wait = self.reply_wait.unwrap_or(self.io_timeout);
         match self.op_deadline {
-            Some(d) => self
-                .io_timeout
-                .min(d.saturating_duration_since(Instant::now())),
-            None => self.io_timeout,
+            Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+            None => wait,
         }
     }
 
