@@ -193,8 +193,8 @@ fn pgbench_state(psql: impl Fn(&str) -> String) -> String {
 }
 
 /// A cluster started from a restored data directory, on its own port and socket directory.
-struct Restored {
-    data: PathBuf,
+pub struct Restored {
+    pub data: PathBuf,
     socket: PathBuf,
     log: PathBuf,
     port: u16,
@@ -202,7 +202,7 @@ struct Restored {
 
 impl Restored {
     /// Restores `set` (None: latest) into `<site dir>/<name>` with `extra` args.
-    fn restore(site: &Site, name: &str, set: Option<&str>, extra: &[&str]) -> Restored {
+    pub fn restore(site: &Site, name: &str, set: Option<&str>, extra: &[&str]) -> Restored {
         let data = site.dir.join(name).join("pgdata");
         let parent = site.dir.mkdir(name);
         let socket = site.dir.mkdir(format!("{name}/socket"));
@@ -242,11 +242,34 @@ impl Restored {
 
     /// Starts it (archive_mode off, own port and socket) and waits until recovery has
     /// replayed the archive and promoted.
-    fn start_and_wait_promoted(&self) {
+    pub fn start_and_wait_promoted(&self) {
+        self.start("archive_mode = off\n");
+        self.wait_for("select pg_is_in_recovery()", "f", "promotion");
+    }
+
+    /// Waits until `sql` answers `expected` (recovery reaching its target, say).
+    pub fn wait_for(&self, sql: &str, expected: &str, what: &str) {
+        let start = Instant::now();
+        loop {
+            if self.try_psql(sql).as_deref() == Ok(expected) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                panic!(
+                    "restored copy never reached {what}:\n{}",
+                    harness::tail(&self.pg_log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts it on its own port and socket, with `extra` postgresql.auto.conf lines.
+    pub fn start(&self, extra: &str) {
         let auto = self.data.join("postgresql.auto.conf");
         let mut text = fs::read_to_string(&auto).unwrap_or_default();
         text.push_str(&format!(
-            "\n# restored copy under test\nport = {}\nunix_socket_directories = '{}'\narchive_mode = off\n",
+            "\n# restored copy under test\nport = {}\nunix_socket_directories = '{}'\n{extra}",
             self.port,
             p(&self.socket)
         ));
@@ -270,19 +293,6 @@ impl Restored {
                 "pg_ctl start of restored copy failed:\n{out}\n--- log ---\n{}",
                 harness::tail(&self.pg_log(), 60)
             );
-        }
-        let start = Instant::now();
-        loop {
-            if self.try_psql("select pg_is_in_recovery()").as_deref() == Ok("f") {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(180) {
-                panic!(
-                    "restored copy never promoted:\n{}",
-                    harness::tail(&self.pg_log(), 60)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -315,7 +325,7 @@ impl Restored {
         }
     }
 
-    fn psql(&self, sql: &str) -> String {
+    pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql).unwrap_or_else(|e| {
             panic!(
                 "psql on restored copy {sql:?}: {e}\n--- log ---\n{}",
@@ -347,7 +357,7 @@ impl Restored {
         );
     }
 
-    fn stop(&self) {
+    pub fn stop(&self) {
         let out = run(harness::postgres_command(
             format!("{PG_BIN}/pg_ctl"),
             &["-D", p(&self.data), "-w", "-t", "120", "-m", "fast", "stop"],

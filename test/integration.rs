@@ -4,11 +4,12 @@
 //! `harness_smoke` proves the fixtures themselves work.
 
 mod archive;
-mod backup;
+pub mod backup;
 mod backup_ssh;
 mod config_errors;
 mod fixture;
 mod harness;
 mod harness_smoke;
 mod remote;
+mod restore_targets;
 mod stanza;

@@ -1,0 +1,500 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): pg_backrest vs pgBackRest backup and restore, side by side on the same
+# pgbench cluster: full backups at process-max 1 and 2 to a local repository and from a
+# repository host reaching the database over SSH (pg1-host, a private sshd on 127.0.0.1), a
+# no-change incr, a restore (each restore started and checked), and pg_basebackup as a third
+# reference for the full backup.
+#
+#   bash test/bench/backup.sh             run as root on Debian 12 (installs what is missing)
+#
+# Environment:
+#   SCALES="50 100"  pgbench -i scales, one fresh cluster and fresh repositories each
+#   OUT=file.md      also write the markdown report there
+#   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
+#   PGBIN=...        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+#
+# See docs/benchmarks.md ("Backup and restore") for what is measured and how.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+
+SCALES=${SCALES:-"50 100"}
+KEEP=${KEEP:-0}
+OUT=${OUT:-}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HELPER=$ROOT/test/bench/backup_bench.py
+BIN=$ROOT/target/release/pg_backrest
+T0=$(date +%s)
+
+log() { printf '[%4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
+die() { printf '\nBENCHMARK FAILED: %s\n' "$*" >&2; exit 1; }
+as_pg() { runuser -u postgres -- env HOME=/var/lib/postgresql "$@"; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts sshd, uses runuser)"
+for s in $SCALES; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || die "SCALES must be positive integers"; done
+if [ -n "$OUT" ]; then
+    case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 0. Packages, build.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+missing=()
+for p in pgbackrest openssh-server openssh-client postgresql-15 time python3; do
+    installed "$p" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    policy=/usr/sbin/policy-rc.d own_policy=no
+    if [ ! -e "$policy" ]; then # keep package scripts from starting services
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=yes
+    fi
+    ok=yes
+    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}" || ok=no
+    [ "$own_policy" = no ] || rm -f "$policy"
+    [ "$ok" = yes ] || die "apt-get install ${missing[*]} failed"
+fi
+for t in "$PGBIN/initdb" "$PGBIN/pgbench" "$PGBIN/pg_basebackup" /usr/sbin/sshd /usr/bin/ssh /usr/bin/time /usr/bin/pgbackrest; do
+    [ -x "$t" ] || die "$t is missing"
+done
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release -q) || die "cargo build --release failed"
+[ -x "$BIN" ] || die "$BIN was not built"
+as_pg "$BIN" version >/dev/null || die "postgres cannot run $BIN (directory permissions?)"
+
+# ---------------------------------------------------------------------------------------------
+# Work directory and cleanup.
+W=$(mktemp -d /tmp/pgbr-bbench.XXXX)
+chown postgres:postgres "$W"
+chmod 0755 "$W"
+SSHD_PID=
+S=$W/ssh
+
+kill_tree() { # kill a process and all its descendants, by pid
+    local pid=$1 child
+    for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
+    kill "$pid" 2>/dev/null || true
+}
+
+close_masters() { # pg_backrest's persistent SSH masters (control sockets under its lock-path)
+    local sock
+    for sock in $(find "$W" -path "$W/ssh" -prune -o -type s -path '*/ssh-*' -print 2>/dev/null); do
+        as_pg ssh -F "$S/ssh_config" -S "$sock" -O exit 127.0.0.1 >/dev/null 2>&1 || true
+    done
+}
+
+cleanup() {
+    local rc=$? pidfile
+    set +e
+    trap - EXIT INT TERM
+    for pidfile in $(find "$W" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
+        as_pg "$PGBIN/pg_ctl" -D "$(dirname "$pidfile")" -m immediate -w stop >/dev/null 2>&1
+    done
+    close_masters
+    if [ -n "$SSHD_PID" ]; then
+        kill_tree "$SSHD_PID"
+        wait "$SSHD_PID" 2>/dev/null
+    fi
+    if [ "$KEEP" = 1 ]; then
+        echo "work directory kept: $W" >&2
+    else
+        rm -rf "$W"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+pgdir() { mkdir -p "$@" && chown postgres:postgres "$@"; }
+write_conf() { # FILE, then content on stdin
+    cat >"$1"
+    chown postgres:postgres "$1"
+}
+
+pgdir "$W/scratch" "$S"
+RES=$W/scratch/results.jsonl
+: >"$RES"
+
+# ---------------------------------------------------------------------------------------------
+# 1. Private sshd on 127.0.0.1 (as in archive.sh).
+SSHPORT=$(free_port)
+
+ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-host -f "$S/host_ed25519"
+ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-client -f "$S/client_ed25519"
+chown postgres:postgres "$S/client_ed25519" "$S/client_ed25519.pub"
+chmod 0600 "$S/client_ed25519"
+cp "$S/client_ed25519.pub" "$S/authorized_keys"
+echo "[127.0.0.1]:$SSHPORT $(cut -d' ' -f1,2 "$S/host_ed25519.pub")" >"$S/known_hosts"
+chmod 0644 "$S/authorized_keys" "$S/known_hosts"
+cat >"$S/sshd_config" <<EOF
+Port $SSHPORT
+ListenAddress 127.0.0.1
+HostKey $S/host_ed25519
+AuthorizedKeysFile $S/authorized_keys
+PidFile $S/sshd.pid
+UsePAM yes
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+PrintMotd no
+MaxSessions 64
+MaxStartups 100:30:200
+LogLevel ERROR
+EOF
+cat >"$S/ssh_config" <<EOF
+Host 127.0.0.1
+  Port $SSHPORT
+  User postgres
+  IdentityFile $S/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+EOF
+chmod 0644 "$S/ssh_config"
+# pgBackRest has no ssh-config option; cmd-ssh points at this wrapper instead.
+printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$S/ssh_config" >"$S/ssh-wrap"
+chmod 0755 "$S/ssh-wrap"
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+log "sshd on 127.0.0.1:$SSHPORT"
+/usr/sbin/sshd -D -e -f "$S/sshd_config" </dev/null >>"$S/sshd.log" 2>&1 &
+SSHD_PID=$!
+for _ in $(seq 100); do
+    as_pg ssh -F "$S/ssh_config" -o ConnectTimeout=2 127.0.0.1 true >/dev/null 2>&1 && break
+    kill -0 "$SSHD_PID" 2>/dev/null || die "sshd exited: $(cat "$S/sshd.log")"
+    sleep 0.1
+done
+as_pg ssh -F "$S/ssh_config" 127.0.0.1 true || die "ssh as postgres to 127.0.0.1:$SSHPORT fails: $(cat "$S/sshd.log")"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Per scale: cluster, repositories, measurements.
+measure() { # TAG CMD... (runs as postgres; dies on error)
+    local tag=$1
+    shift
+    python3 "$HELPER" run "$RES" "$tag" "$SSHD_PID" postgres -- "$@" || die "$tag failed (see above)"
+    close_masters
+}
+note() { python3 "$HELPER" note "$RES" "$@"; }
+
+common() { # NAME -> [global] lines shared by every config of both tools
+    cat <<EOF
+lock-path=$SD/lock/$1
+log-path=$SD/log/$1
+log-level-console=off
+log-level-file=info
+compress-type=gz
+compress-level=6
+EOF
+    pgdir "$SD/lock/$1" "$SD/log/$1"
+}
+
+archive_idle() { # wait until the archiver has nothing left to archive, check it never failed
+    local deadline=$(($(date +%s) + 300))
+    while [ -n "$(find "$PGDATA/pg_wal/archive_status" -name '*.ready' 2>/dev/null | head -1)" ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "WAL still not archived after 300 s: $(
+            as_pg "${PSQL[@]}" -c 'select * from pg_stat_archiver')"
+        sleep 0.2
+    done
+    local failed
+    failed=$(as_pg "${PSQL[@]}" -c 'select failed_count from pg_stat_archiver')
+    [ "$failed" = 0 ] || die "archive_command failed $failed times: $(tail -20 "$SD/postgres.log")"
+}
+archive_to() { archive_idle; echo "$*" >"$SD/archive-to"; }
+
+labels() { ls "$1/backup/bench" 2>/dev/null | grep -E '^[0-9]{8}-[0-9]{6}F' | sort || true; }
+new_label() { # REPO BEFORE-LIST -> the one new backup label
+    local l
+    l=$(comm -13 <(echo "$2") <(labels "$1") | grep . || true)
+    [ "$(echo "$l" | grep -c .)" = 1 ] || die "expected one new backup in $1, found: '$l'"
+    echo "$l"
+}
+
+# backup NAME(ours-local...) TOOL KEY CONF ARGS...: measured backup, repository size noted
+backup() {
+    local name=$1 tool=$2 key=$3 conf=$4 before label
+    shift 4
+    local repo=$SD/repo/$name
+    before=$(labels "$repo")
+    archive_to "$name"
+    if [ "$tool" = pg_backrest ]; then
+        measure "s$SCALE/$key/$tool" "$BIN" --config="$conf" --stanza=bench "$@" backup
+    else
+        measure "s$SCALE/$key/$tool" /usr/bin/pgbackrest --config="$conf" --stanza=bench "$@" backup
+    fi
+    label=$(new_label "$repo" "$before")
+    note "s$SCALE/$key/$tool" label "\"$label\""
+    note "s$SCALE/$key/$tool" repo_bytes "$(du -sb "$repo/backup/bench/$label" | cut -f1)"
+    LAST_LABEL=$label
+}
+
+basebackup() {
+    local dir=$SD/basebackup
+    rm -rf "$dir"
+    archive_to ""
+    measure "s$SCALE/full-p1-local/pg_basebackup" "$PGBIN/pg_basebackup" -h "$SD/sock" -p "$PGPORT" \
+        -U postgres -Ft -D "$dir" --compress=client-gzip:6 -X fetch --checkpoint=fast
+    note "s$SCALE/full-p1-local/pg_basebackup" repo_bytes "$(du -sb "$dir" | cut -f1)"
+    rm -rf "$dir"
+}
+
+# restore TOOL NAME CONF LABEL: measured restore into an empty directory, then started on
+# another port, promoted, and compared with the original
+restore() {
+    local tool=$1 name=$2 conf=$3 label=$4 dir=$SD/restore-$2 port got t
+    rm -rf "$dir"
+    pgdir "$dir"
+    chmod 0700 "$dir"
+    local exe=/usr/bin/pgbackrest
+    [ "$tool" = pg_backrest ] && exe=$BIN
+    measure "s$SCALE/restore-p2-local/$tool" "$exe" --config="$conf" --stanza=bench --set="$label" \
+        --pg1-path="$dir" --process-max=2 restore
+    [ -f "$dir/recovery.signal" ] || die "$tool restore wrote no recovery.signal"
+    grep -q '^restore_command' "$dir/postgresql.auto.conf" || die "$tool restore wrote no restore_command"
+    port=$(free_port)
+    cat >>"$dir/postgresql.auto.conf" <<EOF
+# benchmark: the restored copy runs beside the original
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$SD/sock'
+archive_mode = off
+EOF
+    t=$(date +%s.%N)
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$SD/$name-restored.log" -w -t 600 start >/dev/null ||
+        die "$tool: restored cluster did not start: $(tail -20 "$SD/$name-restored.log")"
+    local deadline=$(($(date +%s) + 600))
+    until [ "$(as_pg "$PGBIN/psql" -X -At -h "$SD/sock" -p "$port" -U postgres -d postgres \
+        -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "$tool: restored cluster not promoted after 600 s: $(
+            tail -20 "$SD/$name-restored.log")"
+        sleep 0.2
+    done
+    t=$(python3 -c "import time; print(f'{time.time() - $t:.1f}')")
+    got=$(as_pg "$PGBIN/psql" -X -At -h "$SD/sock" -p "$port" -U postgres -d postgres -c "$CHECK_SQL")
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null
+    [ "$got" = "$EXPECTED" ] || die "$tool restore of $label: got '$got', expected '$EXPECTED' (kept? KEEP=1)"
+    log "$tool restore verified: $got (start + recovery + promotion $t s)"
+    note "s$SCALE/restore-p2-local/$tool" verify "\"ok, promoted after $t s\""
+    rm -rf "$dir"
+}
+
+CHECK_SQL='select sum(abalance), count(*) from pgbench_accounts'
+
+run_scale() { # SCALE INDEX
+    SCALE=$1
+    local idx=$2
+    SD=$W/s$SCALE
+    PGDATA=$SD/pg
+    pgdir "$SD" "$SD/sock" "$SD/conf" "$SD/repo" "$SD/lock" "$SD/log"
+    : >"$SD/archive-to"
+    chmod 0644 "$SD/archive-to"
+
+    # The archive_command: archive-push %p with each tool/repository named in archive-to (one
+    # during a measured backup: the tool being measured). Its name contains "pgbackrest"
+    # because pgBackRest's backup insists on it.
+    local push=$SD/pg_backrest-and-pgbackrest-archive-push
+    cat >"$push" <<EOF
+#!/bin/sh
+set -e
+for t in \$(cat $SD/archive-to); do
+    case \$t in
+    ours-local) $BIN --config=$SD/conf/ours-local.conf --stanza=bench archive-push "\$1" ;;
+    ours-ssh) $BIN --config=$SD/conf/ours-ssh-db.conf --stanza=bench archive-push "\$1" ;;
+    theirs-local) /usr/bin/pgbackrest --config=$SD/conf/theirs-local.conf --stanza=bench archive-push "\$1" ;;
+    theirs-ssh) /usr/bin/pgbackrest --config=$SD/conf/theirs-ssh-db.conf --stanza=bench archive-push "\$1" ;;
+    *) echo "unknown archive target \$t" >&2; exit 1 ;;
+    esac
+done
+EOF
+    chmod 0755 "$push"
+
+    PGPORT=$(free_port)
+    log "scale $SCALE: initdb + start PostgreSQL on port $PGPORT"
+    as_pg "$PGBIN/initdb" -D "$PGDATA" --data-checksums -A trust -U postgres >"$SD/initdb.log" 2>&1 ||
+        die "initdb failed: $(tail -5 "$SD/initdb.log")"
+    cat >>"$PGDATA/postgresql.conf" <<EOF
+port = $PGPORT
+listen_addresses = ''
+unix_socket_directories = '$SD/sock'
+wal_level = replica
+archive_mode = on
+archive_command = '$push %p'
+archive_timeout = 0
+max_wal_size = 4GB
+autovacuum = off
+synchronous_commit = off
+EOF
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$SD/postgres.log" -w start >/dev/null ||
+        die "PostgreSQL did not start: $(tail -5 "$SD/postgres.log")"
+    PSQL=("$PGBIN/psql" -X -q -At -h "$SD/sock" -p "$PGPORT" -U postgres -d postgres)
+
+    log "scale $SCALE: pgbench -i -s $SCALE, a pgbench load (abalance non-zero), VACUUM, CHECKPOINT"
+    as_pg "$PGBIN/pgbench" -i -q -s "$SCALE" -h "$SD/sock" -p "$PGPORT" -U postgres postgres \
+        >"$SD/pgbench-init.log" 2>&1 || die "pgbench -i failed: $(tail -5 "$SD/pgbench-init.log")"
+    as_pg "$PGBIN/pgbench" -n -M prepared -c 2 -j 2 -t 5000 -h "$SD/sock" -p "$PGPORT" -U postgres postgres \
+        >"$SD/pgbench-run.log" 2>&1 || die "pgbench failed: $(tail -5 "$SD/pgbench-run.log")"
+    as_pg "${PSQL[@]}" -c 'VACUUM' -c 'CHECKPOINT'
+    note "s$SCALE/db" pgdata_bytes "$(du -sb --exclude=pg_wal "$PGDATA" | cut -f1)"
+
+    # Configurations. Local: one file per tool. SSH: the repository host's file (pg1-host*)
+    # and the database host's file (what the remote tool reads; archive-push from the database
+    # side writes straight into the same repository directory, as both are on this machine).
+    local pgsec="[bench]
+pg1-path=$PGDATA
+pg1-socket-path=$SD/sock
+pg1-port=$PGPORT"
+    local name
+    for name in ours-local theirs-local ours-ssh theirs-ssh; do pgdir "$SD/repo/$name"; done
+    for name in ours-local theirs-local; do
+        write_conf "$SD/conf/$name.conf" <<EOF
+[global]
+repo1-path=$SD/repo/$name
+$(common "$name")
+
+$pgsec
+EOF
+    done
+    for name in ours-ssh theirs-ssh; do
+        write_conf "$SD/conf/$name-db.conf" <<EOF
+[global]
+repo1-path=$SD/repo/$name
+$(common "$name-db")
+
+$pgsec
+EOF
+    done
+    write_conf "$SD/conf/ours-ssh.conf" <<EOF
+[global]
+repo1-path=$SD/repo/ours-ssh
+ssh-config=$S/ssh_config
+$(common ours-ssh)
+
+[bench]
+pg1-host=127.0.0.1
+pg1-host-port=$SSHPORT
+pg1-host-user=postgres
+pg1-host-config=$SD/conf/ours-ssh-db.conf
+pg1-host-cmd=$BIN
+pg1-path=$PGDATA
+EOF
+    write_conf "$SD/conf/theirs-ssh.conf" <<EOF
+[global]
+repo1-path=$SD/repo/theirs-ssh
+cmd-ssh=$S/ssh-wrap
+$(common theirs-ssh)
+
+[bench]
+pg1-host=127.0.0.1
+pg1-host-port=$SSHPORT
+pg1-host-user=postgres
+pg1-host-config=$SD/conf/theirs-ssh-db.conf
+pg1-host-cmd=/usr/bin/pgbackrest
+pg1-path=$PGDATA
+EOF
+
+    log "scale $SCALE: stanza-create (4 repositories; SSH ones from the repository host)"
+    for name in ours-local ours-ssh; do
+        as_pg "$BIN" --config="$SD/conf/$name.conf" --stanza=bench stanza-create >"$W/scratch/sc.out" 2>&1 ||
+            die "pg_backrest stanza-create ($name) failed: $(cat "$W/scratch/sc.out")"
+    done
+    for name in theirs-local theirs-ssh; do
+        as_pg pgbackrest --config="$SD/conf/$name.conf" --stanza=bench stanza-create >"$W/scratch/sc.out" 2>&1 ||
+            die "pgbackrest stanza-create ($name) failed: $(cat "$W/scratch/sc.out")"
+    done
+    close_masters
+    # Archiving check (and warm-up): one segment into all four repositories.
+    archive_to ours-local theirs-local ours-ssh theirs-ssh
+    as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
+    archive_idle
+
+    # Full backups, interleaved: the tool that goes first alternates per scale and variant.
+    local j=0 p where first
+    for p in 1 2; do
+        for where in local ssh; do
+            local key="full-p$p-$where" order=(ours theirs)
+            [ $(((idx + j) % 2)) = 0 ] || order=(theirs ours)
+            log "scale $SCALE: $key (${order[*]})"
+            if [ "$key" = full-p1-local ] && [ "${order[0]}" = theirs ]; then basebackup; fi
+            for first in "${order[@]}"; do
+                if [ "$first" = ours ]; then
+                    backup "ours-$where" pg_backrest "$key" "$SD/conf/ours-$where.conf" \
+                        --type=full --start-fast --process-max="$p"
+                else
+                    backup "theirs-$where" pgBackRest "$key" "$SD/conf/theirs-$where.conf" \
+                        --type=full --start-fast --process-max="$p"
+                fi
+                [ "$key" != full-p2-local ] || eval "FULL_${first^^}=\$LAST_LABEL"
+            done
+            if [ "$key" = full-p1-local ] && [ "${order[0]}" = ours ]; then basebackup; fi
+            j=$((j + 1))
+        done
+    done
+
+    local order=(ours theirs)
+    [ $((idx % 2)) = 0 ] || order=(theirs ours)
+    log "scale $SCALE: incr with no changes (${order[*]})"
+    for first in "${order[@]}"; do
+        if [ "$first" = ours ]; then
+            backup ours-local pg_backrest incr-p2-local "$SD/conf/ours-local.conf" --type=incr --start-fast --process-max=2
+        else
+            backup theirs-local pgBackRest incr-p2-local "$SD/conf/theirs-local.conf" --type=incr --start-fast --process-max=2
+        fi
+    done
+
+    # The original's contents, no load running; the switch sends the last WAL to the archive.
+    archive_to ours-local theirs-local
+    EXPECTED=$(as_pg "${PSQL[@]}" -c "$CHECK_SQL")
+    note "s$SCALE/db" expected "\"$EXPECTED\""
+    note "s$SCALE/db" accounts "\"${EXPECTED#*|}\""
+    as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
+    archive_idle
+
+    order=(theirs ours)
+    [ $((idx % 2)) = 0 ] || order=(ours theirs)
+    log "scale $SCALE: restore of the process-max 2 local full (${order[*]})"
+    for first in "${order[@]}"; do
+        if [ "$first" = ours ]; then
+            restore pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS"
+        else
+            restore pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS"
+        fi
+    done
+
+    log "scale $SCALE: done, stopping the cluster"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null
+    if [ "$KEEP" != 1 ]; then # free the disk; keep logs
+        rm -rf "$PGDATA" "$SD/repo"
+    fi
+}
+
+i=0
+for scale in $SCALES; do
+    run_scale "$scale" "$i"
+    i=$((i + 1))
+done
+
+# ---------------------------------------------------------------------------------------------
+# 3. Report.
+MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(
+    awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME")"
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+(cd "$ROOT" && [ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]) || COMMIT="$COMMIT+local changes"
+python3 - "$W/scratch/meta.json" <<EOF
+import json, sys
+json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
+           "pg_version": "$("$PGBIN/postgres" --version | awk '{print $3}')",
+           "pgbackrest_version": "$(pgbackrest version | awk '{print $2}')",
+           "ours_version": "$("$BIN" version | awk '{print $2}')", "commit": "$COMMIT",
+           "total": $(($(date +%s) - T0))}, open(sys.argv[1], "w"))
+EOF
+log "done; report:"
+echo
+python3 "$HELPER" report "$RES" "$W/scratch/meta.json" ${OUT:+"$OUT"}
