@@ -271,8 +271,32 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Keys become paths on restore: refuse anything that could leave the target directories.
+    /// Keys become paths on restore, and targets and links places restore writes to: refuse
+    /// anything a tampered manifest could use to write outside the cluster's directories.
     fn check_keys(&self) -> std::result::Result<(), String> {
+        let plain_absolute = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
+        let tablespace_key = |k: &str| {
+            k.strip_prefix("pg_tblspc/")
+                .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+        };
+        for (key, target) in &self.targets {
+            if !(key == "pg_data" || tablespace_key(key)) || !plain_absolute(&target.path) {
+                return Err(format!(
+                    "target '{key}' -> '{}' is not a data directory or tablespace",
+                    target.path
+                ));
+            }
+        }
+        for (key, link) in &self.links {
+            let allowed =
+                key == "pg_data/pg_wal" || key.strip_prefix("pg_data/").is_some_and(tablespace_key);
+            if !allowed || !plain_absolute(&link.destination) {
+                return Err(format!(
+                    "link '{key}' -> '{}' is not a tablespace or pg_wal link",
+                    link.destination
+                ));
+            }
+        }
         let keys = self
             .paths
             .keys()
@@ -450,6 +474,39 @@ mod tests {
             m.stored_name("pg_data/base/1/1259"),
             "pg_data/base/1/1259.gz"
         );
+    }
+
+    #[test]
+    fn targets_and_links_that_escape_are_refused() {
+        let link = |d: &str| LinkEntry {
+            destination: d.into(),
+            user: "u".into(),
+            group: "g".into(),
+        };
+        let mut m = sample();
+        m.links.insert("pg_data/base".into(), link("/etc"));
+        let e = Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap_err();
+        assert!(
+            e.message.contains("is not a tablespace or pg_wal link"),
+            "{e:?}"
+        );
+        let mut m = sample();
+        m.links
+            .insert("pg_data/pg_tblspc/16385".into(), link("/srv/../etc"));
+        assert!(Manifest::from_doc(&m.to_doc().unwrap(), "m").is_err());
+        let mut m = sample();
+        let ts = Target {
+            path: "/srv/ts".into(),
+            kind: "link".into(),
+            tablespace_id: None,
+            tablespace_name: None,
+        };
+        m.targets.insert("pg_tblspc/x".into(), ts);
+        assert!(Manifest::from_doc(&m.to_doc().unwrap(), "m").is_err());
+        let mut m = sample();
+        m.links
+            .insert("pg_data/pg_tblspc/16385".into(), link("/srv/ts"));
+        assert!(Manifest::from_doc(&m.to_doc().unwrap(), "m").is_ok());
     }
 
     #[test]

@@ -11,5 +11,6 @@ mod fixture;
 mod harness;
 mod harness_smoke;
 mod remote;
+mod restore_delta;
 mod restore_targets;
 mod stanza;

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::archive_push::missing_stanza;
 mod target;
@@ -32,13 +32,7 @@ use crate::storage::{self, AtomicWrite, Storage};
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let pg_path = cfg.required_path("pg1-path")?;
-    if cfg.bool("delta") {
-        return Err(Error::new(
-            Kind::NotImplemented,
-            "--delta restore is not available in this version yet",
-        )
-        .with_hint("restore into an empty or absent directory"));
-    }
+    let delta = cfg.bool("delta");
     let target = RecoveryTarget::from_config(cfg)?;
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
@@ -73,13 +67,17 @@ pub fn run(cfg: &Config) -> Result<()> {
         &format!("backup '{label}'"),
     )?;
 
-    check_destination(&pg_path, "pg1-path")?;
-    for (key, target) in manifest
-        .targets
-        .iter()
-        .filter(|(k, _)| k.starts_with("pg_tblspc/"))
-    {
-        check_destination(Path::new(&target.path), &format!("tablespace '{key}'"))?;
+    if delta {
+        check_delta_destination(&pg_path, &manifest, cfg.bool("force"))?;
+    } else {
+        check_destination(&pg_path, "pg1-path")?;
+        for (key, target) in manifest
+            .targets
+            .iter()
+            .filter(|(k, _)| k.starts_with("pg_tblspc/"))
+        {
+            check_destination(Path::new(&target.path), &format!("tablespace '{key}'"))?;
+        }
     }
 
     // Which compression each holding backup used.
@@ -97,10 +95,18 @@ pub fn run(cfg: &Config) -> Result<()> {
     crate::info!("restore backup {label} into '{}'", pg_path.display());
     create_dir_durable(&pg_path)?;
     set_mode(&pg_path, 0o700)?;
+    let removed = if delta {
+        remove_unlisted(&manifest, &pg_path)?
+    } else {
+        0
+    };
     for (key, owner) in &manifest.paths {
         let local = local_path(&manifest, &pg_path, key)?;
         if manifest.links.contains_key(key) {
             continue;
+        }
+        if fs::symlink_metadata(&local).is_ok_and(|m| !m.is_dir()) {
+            fs::remove_file(&local).map_err(|e| Error::io("remove", &local, e))?;
         }
         create_dir_durable(&local)?;
         set_mode(&local, parse_mode(&owner.mode).unwrap_or(DIR_MODE))?;
@@ -110,6 +116,19 @@ pub fn run(cfg: &Config) -> Result<()> {
         let local = local_path(&manifest, &pg_path, key)?;
         let dest = PathBuf::from(&link.destination);
         create_dir_durable(&dest)?;
+        match fs::symlink_metadata(&local) {
+            Ok(m)
+                if m.file_type().is_symlink()
+                    && fs::read_link(&local).ok().as_ref() == Some(&dest) =>
+            {
+                continue
+            }
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&local).map_err(|e| Error::io("remove", &local, e))?
+            }
+            Ok(_) => fs::remove_file(&local).map_err(|e| Error::io("remove", &local, e))?,
+            Err(_) => {}
+        }
         if let Some(parent) = local.parent() {
             create_dir_durable(parent)?;
         }
@@ -120,7 +139,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
     }
 
-    restore_files(
+    let counts = restore_files(
         cfg,
         repo.as_ref(),
         &layout,
@@ -128,7 +147,17 @@ pub fn run(cfg: &Config) -> Result<()> {
         &label,
         &compress_of,
         &pg_path,
+        delta,
     )?;
+    if delta {
+        crate::info!(
+            "delta restore: {} files kept, {} restored ({} bytes), {} unlisted entries removed",
+            counts.kept,
+            counts.restored,
+            counts.restored_bytes,
+            removed
+        );
+    }
     write_recovery_settings(
         cfg,
         &target,
@@ -225,6 +254,14 @@ fn chown(path: &Path, user: &str, group: &str) -> Result<()> {
         .map_err(|e| Error::io("change owner of", path, e))
 }
 
+#[derive(Debug, Default)]
+struct Counts {
+    kept: u64,
+    restored: u64,
+    restored_bytes: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn restore_files(
     cfg: &Config,
     repo: &dyn Storage,
@@ -233,7 +270,8 @@ fn restore_files(
     label: &str,
     compress_of: &BTreeMap<String, Compress>,
     pg_path: &Path,
-) -> Result<()> {
+    delta: bool,
+) -> Result<Counts> {
     let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
     let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
         (0..workers)
@@ -251,6 +289,9 @@ fn restore_files(
     let total: u64 = files.iter().map(|(_, e)| e.size).sum();
     let progress = crate::progress::Progress::new("restore", total);
     let failed = AtomicBool::new(false);
+    let kept = AtomicU64::new(0);
+    let restored = AtomicU64::new(0);
+    let restored_bytes = AtomicU64::new(0);
     pool.install(|| {
         use rayon::prelude::*;
         files.par_iter().try_for_each(|(key, entry)| -> Result<()> {
@@ -267,6 +308,13 @@ fn restore_files(
             let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
             let stored = format!("{key}{}", compress.extension());
             let local = local_path(manifest, pg_path, key)?;
+            if delta && matches_manifest(&local, entry)? {
+                kept.fetch_add(1, Ordering::Relaxed);
+                progress.add(entry.size);
+                return set_attributes(&local, entry);
+            }
+            restored.fetch_add(1, Ordering::Relaxed);
+            restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
             let result = restore_file(
                 worker_repo,
                 &layout.backup_file(holder, &stored),
@@ -281,7 +329,141 @@ fn restore_files(
             progress.add(entry.size);
             Ok(())
         })
+    })?;
+    Ok(Counts {
+        kept: kept.into_inner(),
+        restored: restored.into_inner(),
+        restored_bytes: restored_bytes.into_inner(),
     })
+}
+
+/// Delta: whether the file already on disk has the manifest's size and SHA-1.
+fn matches_manifest(local: &Path, entry: &FileEntry) -> Result<bool> {
+    match fs::symlink_metadata(local) {
+        Ok(m) if m.is_file() && m.len() == entry.size => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", local, e)),
+    }
+    let mut f = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    Ok(pipeline::digest(&mut f, &local.display().to_string())?.sha1 == entry.checksum)
+}
+
+/// Mode, mtime and owner of a restored (or kept) file, as the manifest says.
+fn set_attributes(local: &Path, entry: &FileEntry) -> Result<()> {
+    set_mode(local, parse_mode(&entry.mode).unwrap_or(0o600))?;
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64);
+    fs::File::options()
+        .write(true)
+        .open(local)
+        .and_then(|f| f.set_modified(mtime))
+        .map_err(|e| Error::io("set mtime of", local, e))?;
+    chown(local, &entry.user, &entry.group)
+}
+
+/// Delta: refuses a running cluster, and a directory of another cluster unless forced.
+fn check_delta_destination(pg_path: &Path, manifest: &Manifest, force: bool) -> Result<()> {
+    if let Ok(text) = fs::read_to_string(pg_path.join("postmaster.pid")) {
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        let alive = pid > 0
+            && !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+        if alive {
+            return Err(Error::config(format!(
+                "pg1-path '{}' holds a running cluster (postmaster.pid names live process {pid})",
+                pg_path.display()
+            ))
+            .with_hint("stop PostgreSQL first; restore never writes into a running cluster"));
+        }
+    }
+    let control = pg_path.join("global/pg_control");
+    if let Ok(bytes) = fs::read(&control) {
+        let system_id = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+        if system_id != Some(manifest.db.system_id) && !force {
+            return Err(Error::config(format!(
+                "pg1-path '{}' holds another cluster (system-id {}), not the backup's ({})",
+                pg_path.display(),
+                system_id.map_or("unknown".into(), |s| s.to_string()),
+                manifest.db.system_id
+            ))
+            .with_hint("check pg1-path; add --force to overwrite it anyway"));
+        }
+    }
+    Ok(())
+}
+
+/// Delta: removes whatever the manifest does not list, so the result is exactly the backup.
+/// In a tablespace location only this cluster's version directory is ours to clean.
+fn remove_unlisted(manifest: &Manifest, pg_path: &Path) -> Result<u64> {
+    let mut removed = 0;
+    remove_unlisted_in(manifest, pg_path, "pg_data", &mut removed)?;
+    for key in manifest
+        .targets
+        .keys()
+        .filter(|k| k.starts_with("pg_tblspc/"))
+    {
+        let version_dirs = manifest
+            .paths
+            .keys()
+            .filter(|p| p.starts_with(&format!("{key}/")) && p.matches('/').count() == 2);
+        for dir in version_dirs {
+            remove_unlisted_in(
+                manifest,
+                &local_path(manifest, pg_path, dir)?,
+                dir,
+                &mut removed,
+            )?;
+        }
+    }
+    Ok(removed)
+}
+
+fn remove_unlisted_in(manifest: &Manifest, dir: &Path, key: &str, removed: &mut u64) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let child_key = format!("{key}/{name}");
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        let listed = if meta.file_type().is_symlink() {
+            manifest.links.contains_key(&child_key)
+        } else if meta.is_dir() {
+            manifest.paths.contains_key(&child_key)
+        } else {
+            manifest.files.contains_key(&child_key)
+        };
+        if listed {
+            if meta.is_dir() {
+                remove_unlisted_in(manifest, &path, &child_key, removed)?;
+            }
+            continue;
+        }
+        crate::detail!(
+            "delta restore removes '{}': not in the backup",
+            path.display()
+        );
+        let result = if meta.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        result.map_err(|e| Error::io("remove", &path, e))?;
+        *removed += 1;
+    }
+    Ok(())
 }
 
 /// Restores one file: verified content, its mode, owner and mtime.
@@ -322,14 +504,7 @@ fn restore_file(
     )?;
     drop(reader);
     Box::new(writer).commit(name)?;
-    let mtime =
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64);
-    fs::File::options()
-        .write(true)
-        .open(local)
-        .and_then(|f| f.set_modified(mtime))
-        .map_err(|e| Error::io("set mtime of", local, e))?;
-    chown(local, &entry.user, &entry.group)
+    set_attributes(local, entry)
 }
 
 /// restore_command pointing back at this repository, the recovery target settings, and the

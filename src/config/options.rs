@@ -422,6 +422,14 @@ pub const OPTIONS: &[OptDef] =
             Some(DELTA_CMDS),
             "compare files by checksum instead of copying everything"
         ),
+        opt!(
+            "force",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(RESTORE),
+            "delta restore over a directory that holds another cluster"
+        ),
         // Locks, logs, timeouts.
         opt!(
             "lock-path",

@@ -166,7 +166,8 @@ chmod 0755 "$S/ssh-wrap"
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
 log "sshd on 127.0.0.1:$SSHPORT"
-/usr/sbin/sshd -D -e -f "$S/sshd_config" </dev/null >>"$S/sshd.log" 2>&1 &
+# Under a subreaper: see "reaper" in backup_bench.py (remote CPU accounting).
+python3 "$HELPER" reaper /usr/sbin/sshd -D -e -f "$S/sshd_config" </dev/null >>"$S/sshd.log" 2>&1 &
 SSHD_PID=$!
 for _ in $(seq 100); do
     as_pg ssh -F "$S/ssh_config" -o ConnectTimeout=2 127.0.0.1 true >/dev/null 2>&1 && break

@@ -17,6 +17,12 @@
       Appends one JSON object to RESULTS.jsonl. A non-zero exit prints the command, its
       stdout and stderr and exits 2.
 
+  backup_bench.py reaper CMD...
+      Runs CMD (the private sshd) as a child subreaper (prctl PR_SET_CHILD_SUBREAPER) that
+      waits for every process orphaned below it, so that the CPU time of short-lived
+      per-connection processes always ends up in some live ancestor's cutime/cstime (without
+      it, pgBackRest's remote processes were lost from the count). Exits when CMD exits.
+
   backup_bench.py note RESULTS.jsonl TAG KEY VALUE
       Appends {"tag": TAG, KEY: VALUE} (VALUE parsed as JSON when possible).
 
@@ -175,6 +181,21 @@ def cmd_run(results, tag, sshd_pid, user, cmd):
           + f", max RSS {rec['rss_max_proc'] / 1048576:.0f} MiB", flush=True)
 
 
+def cmd_reaper(cmd):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        die("prctl(PR_SET_CHILD_SUBREAPER) failed")
+    main = subprocess.Popen(cmd).pid
+    while True:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            return
+        if pid == main:
+            return
+
+
 def cmd_note(results, tag, key, value):
     try:
         value = json.loads(value)
@@ -279,6 +300,8 @@ def main():
     a = sys.argv[1:]
     if a and a[0] == "run" and len(a) >= 7 and a[5] == "--":
         cmd_run(a[1], a[2], int(a[3]) if a[3] else -1, a[4], a[6:])
+    elif a and a[0] == "reaper" and len(a) >= 2:
+        cmd_reaper(a[1:])
     elif a and a[0] == "note" and len(a) == 5:
         cmd_note(*a[1:])
     elif a and a[0] == "report" and len(a) in (3, 4):

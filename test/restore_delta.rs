@@ -1,0 +1,268 @@
+//! Delta restore onto an existing data directory (only what differs is copied, what the
+//! backup does not list is removed, a running or foreign cluster is refused), and a tampered
+//! manifest (with a correct checksum) that tries to write outside the data directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use crate::backup::Restored;
+use crate::fixture::{assert_error, Site};
+use crate::harness::{self, chown_postgres};
+
+fn label_of(out: &harness::Out) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("backup ")
+                .and_then(|r| r.strip_suffix(" complete"))
+                .map(String::from)
+        })
+        .unwrap_or_else(|| panic!("no label:\n{out}"))
+}
+
+fn delta_line(site: &Site) -> String {
+    let log = fs::read_to_string(site.dir.join("log/main-restore.log")).unwrap();
+    log.lines()
+        .rev()
+        .find(|l| l.contains("delta restore: "))
+        .expect("delta line")
+        .to_string()
+}
+
+fn count_before(line: &str, marker: &str) -> u64 {
+    let i = line
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {line}"));
+    line[..i]
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Every regular file under `dir`, relative path → SHA-1 of its content, except
+/// postgresql.auto.conf, which each restore stamps with its own time.
+fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && !p.ends_with("postgresql.auto.conf") {
+                let sum = hex::encode(Sha1::digest(fs::read(&p).unwrap()));
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), sum));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
+    let site = Site::local();
+    site.cluster.pgbench(&["-i", "-q", "-s", "2"]);
+    let expected = site
+        .cluster
+        .psql("select count(*), sum(abalance) from pgbench_accounts");
+    let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
+    assert_eq!(out.status, 0, "{out}");
+    let label = label_of(&out);
+    site.one_segment();
+
+    let copy = Restored::restore(&site, "delta", Some(&label), &[]);
+    let fresh = tree(&copy.data);
+    let relation = site
+        .cluster
+        .psql("select pg_relation_filepath('pgbench_accounts')");
+    let changed = copy.data.join(&relation);
+    let mut bytes = fs::read(&changed).unwrap();
+    bytes[100_000] ^= 0xff;
+    fs::write(&changed, bytes).unwrap();
+    fs::remove_file(copy.data.join("PG_VERSION")).unwrap();
+    fs::write(copy.data.join("base/stray-file"), b"not in the backup").unwrap();
+    chown_postgres(&copy.data.join("base/stray-file"));
+    harness::mkdir_postgres(&copy.data.join("stray-dir/sub"));
+    chown_postgres(&copy.data.join("stray-dir"));
+
+    let pg1 = format!("--pg1-path={}", copy.data.display());
+    let set = format!("--set={label}");
+    let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
+    assert_eq!(out.status, 0, "{out}");
+    let line = delta_line(&site);
+    // The changed relation, PG_VERSION, and postgresql.auto.conf (rewritten by the first
+    // restore's recovery settings) are copied; everything else is kept.
+    assert_eq!(count_before(&line, " restored"), 3, "{line}");
+    assert!(count_before(&line, " files kept") > 900, "{line}");
+    // The stray file and directory, and the first restore's recovery.signal (never part of a
+    // backup; written again with the recovery settings).
+    assert_eq!(
+        count_before(&line, " unlisted entries removed"),
+        3,
+        "{line}"
+    );
+    let after = tree(&copy.data);
+    let differing: Vec<_> = after
+        .iter()
+        .filter(|e| !fresh.contains(e))
+        .chain(fresh.iter().filter(|e| !after.contains(e)))
+        .map(|e| &e.0)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "the delta-restored directory differs from a fresh restore in {differing:?}"
+    );
+
+    // Nothing changed since: only the recovery settings file differs again.
+    let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
+    assert_eq!(out.status, 0, "{out}");
+    assert_eq!(
+        count_before(&delta_line(&site), " restored"),
+        1,
+        "{}",
+        delta_line(&site)
+    );
+
+    copy.start_and_wait_promoted();
+    assert_eq!(
+        copy.psql("select count(*), sum(abalance) from pgbench_accounts"),
+        expected
+    );
+
+    // A running cluster is refused, with or without --force.
+    assert_error(
+        &site.pgbr(&["restore", "--delta", &pg1, &set]),
+        31,
+        "holds a running cluster",
+    );
+    assert_error(
+        &site.pgbr(&["restore", "--delta", "--force", &pg1, &set]),
+        31,
+        "holds a running cluster",
+    );
+    copy.stop();
+
+    // Another cluster's directory is refused unless forced.
+    let other = harness::PgCluster::init(&site.dir.join("other"), &[]);
+    let other_pg1 = format!("--pg1-path={}", other.data_dir().display());
+    assert_error(
+        &site.pgbr(&["restore", "--delta", &other_pg1, &set]),
+        31,
+        "holds another cluster",
+    );
+    let out = site.pgbr(&["restore", "--delta", "--force", &other_pg1, &set]);
+    assert_eq!(out.status, 0, "{out}");
+    let control = hex::encode(Sha1::digest(
+        fs::read(other.data_dir().join("global/pg_control")).unwrap(),
+    ));
+    assert_eq!(
+        &control,
+        &fresh
+            .iter()
+            .find(|(p, _)| p == Path::new("global/pg_control"))
+            .unwrap()
+            .1,
+        "forced delta restored the backup's pg_control"
+    );
+}
+
+/// Re-renders a manifest canonically (sections and keys sorted, as pg_backrest writes them)
+/// with a fresh checksum, as an attacker with write access to the repository could.
+fn rechecksum(text: &str) -> String {
+    let mut sections: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, String>,
+    > = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.to_string();
+            sections.entry(current.clone()).or_default();
+        } else if let Some((k, v)) = line.split_once('=') {
+            sections
+                .entry(current.clone())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        }
+    }
+    let render = |sections: &std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, String>,
+    >| {
+        let mut out = String::new();
+        for (i, (name, keys)) in sections.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&format!("[{name}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        out
+    };
+    sections
+        .get_mut("backrest")
+        .unwrap()
+        .remove("backrest-checksum");
+    let sum = hex::encode(Sha1::digest(render(&sections).as_bytes()));
+    sections
+        .get_mut("backrest")
+        .unwrap()
+        .insert("backrest-checksum".into(), format!("\"{sum}\""));
+    render(&sections)
+}
+
+#[test]
+fn a_tampered_manifest_cannot_write_outside_the_data_directory() {
+    let site = Site::local();
+    let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
+    let label = label_of(&out);
+    let manifest = site
+        .repo
+        .join(format!("backup/main/{label}/backup.manifest"));
+    let original = fs::read_to_string(&manifest).unwrap();
+    let victim = site.dir.join("victim");
+    let entry = original
+        .lines()
+        .find(|l| l.starts_with("pg_data/PG_VERSION="))
+        .unwrap()
+        .to_string();
+    let value = entry.split_once('=').unwrap().1.to_string();
+    let attacks = [
+        (
+            "a ../ key",
+            format!("pg_data/../../victim/PG_VERSION={value}"),
+        ),
+        (
+            "an absolute key",
+            format!("{}/PG_VERSION={value}", victim.display()),
+        ),
+    ];
+    for (what, line) in attacks {
+        let doctored = rechecksum(&original.replace(&entry, &format!("{entry}\n{line}")));
+        for path in [&manifest, &manifest.with_extension("manifest.copy")] {
+            fs::write(path, &doctored).unwrap();
+            chown_postgres(path);
+        }
+        let dest = site.dir.join(format!("restore-{}", what.len()));
+        let out = site.pgbr(&["restore", &format!("--pg1-path={}", dest.display())]);
+        assert_error(&out, 44, "is not inside the backup");
+        assert!(!victim.exists(), "{what}: wrote outside the data directory");
+        assert!(!dest.exists(), "{what}: restored anything at all");
+    }
+    // A link pointing anywhere but a tablespace is refused too.
+    let doctored = rechecksum(&original.replace("[target:path]", "[target:link]\npg_data/base={\"destination\":\"/etc\",\"group\":\"postgres\",\"user\":\"postgres\"}\n\n[target:path]"));
+    fs::write(&manifest, &doctored).unwrap();
+    let out = site.pgbr(&[
+        "restore",
+        &format!("--pg1-path={}", site.dir.join("r3").display()),
+    ]);
+    assert_error(&out, 44, "is not a tablespace or pg_wal link");
+}
