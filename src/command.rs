@@ -9,6 +9,7 @@ pub mod info;
 pub mod remote;
 pub mod restore;
 pub mod stanza_create;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -74,7 +75,8 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         Cmd::Backup => backup::run(cfg).map(|_| Outcome::Done),
         Cmd::Restore => restore::run(cfg).map(|_| Outcome::Done),
         Cmd::Info => info::run(cfg).map(|_| Outcome::Done),
-        Cmd::Expire | Cmd::Verify => Err(Error::internal(
+        Cmd::Verify => verify::run(cfg).map(|_| Outcome::Done),
+        Cmd::Expire => Err(Error::internal(
             "unimplemented command passed the table check",
         )),
     }

@@ -14,3 +14,4 @@ mod remote;
 mod restore_delta;
 mod restore_targets;
 mod stanza;
+mod verify;

@@ -152,10 +152,14 @@ pub const COMMANDS: &[CmdDef] = &[
         lock: LockType::None,
         needs_stanza: true,
         args: &[],
-        implemented: false,
+        implemented: true,
         hidden: false,
         summary: "verify every backup file and WAL segment against its checksum",
-        help: "Not available in this version yet.",
+        help: "Reads back every stored backup file and archived WAL segment and checks each \
+               against its SHA-1 (in parallel, with process-max workers), checks that every \
+               backup's WAL from start to stop is archived, and reports gaps in the WAL from the \
+               oldest backup on and files no manifest lists. Exits with the integrity code on \
+               any problem. --output=json for scripts.",
     },
     CmdDef {
         cmd: Cmd::Version,

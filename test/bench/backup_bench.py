@@ -264,6 +264,8 @@ def cmd_report(results, meta_path, out_path=None):
                 remote = f"{r['cpu_remote']:.1f}" if ssh else ""
                 repo = f"{r['repo_bytes'] / mib:.1f}" if "repo_bytes" in r else ""
                 rrss = f"{r['rss_remote_sum'] / mib:.0f}" if ssh else ""
+                # a command shorter than the 0.2 s sampling interval has no sampled sum
+                csum = f"{r['rss_client_sum'] / mib:.0f}" if r["samples"] else "–"
                 ratio, tgt = "", ""
                 if tool == "pg_backrest":
                     if theirs:
@@ -279,10 +281,8 @@ def cmd_report(results, meta_path, out_path=None):
                 if tool == "pg_basebackup" and scale == 100:
                     tgt = "earlier: 29.6 s"
                 w(f"| {title} | {tool} | {r['wall']:.1f} | {cpu:.1f} | {remote} | {repo} | "
-                  f"{r['rss_max_proc'] / mib:.0f} | {r['rss_client_sum'] / mib:.0f} | {rrss} | "
+                  f"{r['rss_max_proc'] / mib:.0f} | {csum} | {rrss} | "
                   f"{ratio} | {tgt} |")
-                if key.startswith("restore") and "verify" in r:
-                    pass
         ver = [f"{t}: {recs[f's{scale}/restore-p2-local/{t}'].get('verify', '?')}"
                for t in ("pg_backrest", "pgBackRest") if f"s{scale}/restore-p2-local/{t}" in recs]
         if ver:

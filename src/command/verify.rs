@@ -1,0 +1,433 @@
+//! verify: reads back everything the repository holds and checks it against its checksum:
+//! every stored backup file against its manifest entry (size and SHA-1 of the original
+//! content), every archived WAL segment against the SHA-1 in its name, every backup's WAL
+//! range from start to stop, gaps in the archived WAL from the oldest backup on, and files
+//! in backup directories that no manifest lists. Files stream through the copy pipeline's
+//! restore direction, in parallel; nothing is held whole. Any problem fails the command with
+//! the integrity exit code, after the full report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::archive_push::missing_stanza;
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::info::archive::ArchiveInfo;
+use crate::info::backup::BackupInfo;
+use crate::manifest::Manifest;
+use crate::pg::wal::{segment_range, WalHeader, WalName, LONG_HEADER_SIZE};
+use crate::pipeline::{self, Compress, Ends};
+use crate::repo::{RepoLayout, StoredWal, COPY_SUFFIX};
+use crate::storage::{self, Storage};
+
+#[derive(Debug, Default, Serialize)]
+struct BackupReport {
+    label: String,
+    files: usize,
+    checked_bytes: u64,
+    missing: Vec<String>,
+    corrupt: Vec<String>,
+    /// WAL segments from the backup's start to stop that are not in the archive.
+    wal_missing: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    stanza: String,
+    ok: bool,
+    backups: Vec<BackupReport>,
+    wal_segments: usize,
+    wal_corrupt: Vec<String>,
+    /// Segments missing between the oldest backup's start and the newest archived segment.
+    wal_gaps: Vec<String>,
+    /// Files in backup directories that no manifest lists.
+    unreferenced: Vec<String>,
+}
+
+/// One unit of work for the parallel checks.
+enum Check {
+    BackupFile {
+        backup: usize,
+        path: String,
+        compress: Compress,
+        checksum: String,
+        size: u64,
+        key: String,
+    },
+    Wal {
+        path: String,
+        name: String,
+        sha1: String,
+        compressed: bool,
+    },
+}
+
+pub fn run(cfg: &Config) -> Result<()> {
+    let stanza = cfg.stanza_required()?;
+    let repo = storage::repo(cfg)?;
+    let layout = RepoLayout::new(stanza);
+    let info = BackupInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
+        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+    let mut report = Report {
+        stanza: stanza.to_string(),
+        ..Default::default()
+    };
+    let mut checks = Vec::new();
+
+    // Backups: every file a manifest says this backup holds itself.
+    let mut manifests = Vec::new();
+    for label in info.backups.keys() {
+        let mut b = BackupReport {
+            label: label.clone(),
+            ..Default::default()
+        };
+        match Manifest::load(repo.as_ref(), &layout.manifest(label)) {
+            Ok(Some(m)) => {
+                let compress = m.options.compress();
+                for (key, entry) in m.files.iter().filter(|(_, e)| e.reference.is_none()) {
+                    b.files += 1;
+                    checks.push(Check::BackupFile {
+                        backup: report.backups.len(),
+                        path: layout.backup_file(label, &m.stored_name(key)),
+                        compress,
+                        checksum: entry.checksum.clone(),
+                        size: entry.size,
+                        key: key.clone(),
+                    });
+                }
+                manifests.push(Some(m));
+            }
+            Ok(None) => {
+                b.missing.push("backup.manifest".into());
+                manifests.push(None);
+            }
+            Err(e) => {
+                b.corrupt.push(format!("backup.manifest: {}", e.message));
+                manifests.push(None);
+            }
+        }
+        report.backups.push(b);
+    }
+
+    // Archived WAL, newest archive id last.
+    let mut archived: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut segment_size = None;
+    for archive_id in archive.archive_ids_newest_first().into_iter().rev() {
+        let dir = format!("archive/{stanza}/{archive_id}");
+        for sub in repo.list(&dir)?.into_iter().filter(|d| d.len() == 16) {
+            for name in repo.list(&format!("{dir}/{sub}"))? {
+                let Some(segment) = name.get(..24) else {
+                    continue;
+                };
+                let Ok(wal) = WalName::parse(segment) else {
+                    continue;
+                };
+                let Some(stored) = StoredWal::find(&wal, std::slice::from_ref(&name)).pop() else {
+                    continue;
+                };
+                let path = format!("{dir}/{sub}/{name}");
+                if segment_size.is_none() {
+                    segment_size = read_segment_size(repo.as_ref(), &path, stored.compressed);
+                }
+                archived
+                    .entry(archive_id.clone())
+                    .or_default()
+                    .insert(segment.to_string());
+                report.wal_segments += 1;
+                checks.push(Check::Wal {
+                    path,
+                    name,
+                    sha1: stored.sha1.unwrap_or_default(),
+                    compressed: stored.compressed,
+                });
+            }
+        }
+    }
+
+    run_checks(cfg, repo.as_ref(), checks, &mut report)?;
+
+    // Each backup's own WAL range, and gaps from the oldest backup on.
+    let seg_size = segment_size.unwrap_or(16 << 20);
+    let current: BTreeSet<String> = archived
+        .get(&archive.db.current.archive_id())
+        .cloned()
+        .unwrap_or_default();
+    for (b, m) in report
+        .backups
+        .iter_mut()
+        .zip(&manifests)
+        .filter_map(|(b, m)| Some((b, m.as_ref()?)))
+    {
+        if let (start, Some(stop)) = (&m.backup.archive_start, &m.backup.archive_stop) {
+            for seg in segment_range(start, stop, seg_size)? {
+                if !current.contains(&seg) {
+                    b.wal_missing.push(seg);
+                }
+            }
+        }
+    }
+    let loaded: Vec<&Manifest> = manifests.iter().flatten().collect();
+    if let (Some(oldest), Some(newest)) = (loaded.first(), current.iter().next_back()) {
+        let start = &oldest.backup.archive_start;
+        if start[..8] == newest[..8] && start.as_str() <= newest.as_str() {
+            report.wal_gaps = segment_range(start, newest, seg_size)?
+                .into_iter()
+                .filter(|s| !current.contains(s))
+                .collect();
+        }
+    }
+
+    // Files in backup directories that no manifest lists.
+    for m in &loaded {
+        let listed: BTreeSet<String> = m
+            .files
+            .iter()
+            .filter(|(_, e)| e.reference.is_none())
+            .map(|(k, _)| m.stored_name(k))
+            .chain([
+                crate::manifest::MANIFEST_FILE.to_string(),
+                format!("{}{COPY_SUFFIX}", crate::manifest::MANIFEST_FILE),
+            ])
+            .collect();
+        list_tree(
+            repo.as_ref(),
+            &layout.backup_path(&m.backup.label),
+            "",
+            &mut |rel| {
+                if !listed.contains(rel) {
+                    report
+                        .unreferenced
+                        .push(format!("{}/{rel}", m.backup.label));
+                }
+            },
+        )?;
+    }
+
+    report.ok = report.wal_corrupt.is_empty()
+        && report.wal_gaps.is_empty()
+        && report.unreferenced.is_empty()
+        && report
+            .backups
+            .iter()
+            .all(|b| b.missing.is_empty() && b.corrupt.is_empty() && b.wal_missing.is_empty());
+    if cfg.str("output") == Some("json") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_text(&report));
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Kind::Integrity,
+            format!("verify found problems in the repository of stanza '{stanza}'"),
+        )
+        .with_hint("see the report above; restore from a backup that verify reports clean"))
+    }
+}
+
+fn run_checks(
+    cfg: &Config,
+    repo: &dyn Storage,
+    checks: Vec<Check>,
+    report: &mut Report,
+) -> Result<()> {
+    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
+    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
+        (0..workers)
+            .map(|_| storage::repo(cfg))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let total: u64 = checks
+        .iter()
+        .map(|c| {
+            if let Check::BackupFile { size, .. } = c {
+                *size
+            } else {
+                16 << 20
+            }
+        })
+        .sum();
+    let progress = crate::progress::Progress::new("verify", total);
+    let shared = Mutex::new(std::mem::take(report));
+    pool.install(|| {
+        use rayon::prelude::*;
+        checks.par_iter().for_each(|check| {
+            let worker_repo: &dyn Storage = match rayon::current_thread_index() {
+                Some(i) if !pool_storage.is_empty() => {
+                    pool_storage[i % pool_storage.len()].as_ref()
+                }
+                _ => repo,
+            };
+            let outcome = verify_one(worker_repo, check);
+            let Ok(mut r) = shared.lock() else { return };
+            match (check, outcome) {
+                (Check::BackupFile { backup, size, .. }, Ok(())) => {
+                    r.backups[*backup].checked_bytes += size;
+                    progress.add(*size);
+                }
+                (Check::BackupFile { backup, key, .. }, Err(Problem::Missing)) => {
+                    r.backups[*backup].missing.push(key.clone())
+                }
+                (Check::BackupFile { backup, key, .. }, Err(Problem::Bad(why))) => {
+                    r.backups[*backup].corrupt.push(format!("{key}: {why}"))
+                }
+                (Check::Wal { .. }, Ok(())) => progress.add(16 << 20),
+                (Check::Wal { name, .. }, Err(Problem::Missing)) => {
+                    r.wal_corrupt.push(format!("{name}: vanished"))
+                }
+                (Check::Wal { name, .. }, Err(Problem::Bad(why))) => {
+                    r.wal_corrupt.push(format!("{name}: {why}"))
+                }
+            }
+        });
+    });
+    *report = shared
+        .into_inner()
+        .map_err(|_| Error::internal("verify report lock poisoned"))?;
+    for b in &mut report.backups {
+        b.missing.sort();
+        b.corrupt.sort();
+    }
+    report.wal_corrupt.sort();
+    Ok(())
+}
+
+enum Problem {
+    Missing,
+    Bad(String),
+}
+
+/// Streams one stored file through gunzip and SHA-1 and compares.
+fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Problem> {
+    let (path, compressed, checksum, size) = match check {
+        Check::BackupFile {
+            path,
+            compress,
+            checksum,
+            size,
+            ..
+        } => (path, *compress != Compress::None, checksum, Some(*size)),
+        Check::Wal {
+            path,
+            compressed,
+            sha1,
+            ..
+        } => (path, *compressed, sha1, None),
+    };
+    let mut reader = match repo.open_read(path) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Problem::Missing),
+        Err(e) => return Err(Problem::Bad(e.message)),
+    };
+    let ends = Ends {
+        source: path,
+        dest: "verification",
+    };
+    let copied = pipeline::restore(
+        &mut reader,
+        &mut std::io::sink(),
+        compressed,
+        Some(checksum),
+        &ends,
+    )
+    .map_err(|e| Problem::Bad(e.message))?;
+    match size {
+        Some(expected) if copied.size != expected => Err(Problem::Bad(format!(
+            "size {} instead of {expected}",
+            copied.size
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The WAL segment size from a stored segment's first page header.
+fn read_segment_size(repo: &dyn Storage, path: &str, compressed: bool) -> Option<u64> {
+    let reader = repo.open_read(path).ok()??;
+    let mut page = [0u8; LONG_HEADER_SIZE];
+    let mut source: Box<dyn std::io::Read> = if compressed {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else {
+        reader
+    };
+    source.read_exact(&mut page).ok()?;
+    WalHeader::parse(&page, path)
+        .ok()
+        .map(|h| u64::from(h.segment_size))
+}
+
+/// Calls `found` with the path (relative to `dir`) of every file below `dir`.
+fn list_tree(repo: &dyn Storage, dir: &str, rel: &str, found: &mut dyn FnMut(&str)) -> Result<()> {
+    let here = if rel.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{rel}")
+    };
+    for name in repo.list(&here)? {
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        // Directories list as non-empty; files list as nothing (a missing directory).
+        let below = repo.list(&format!("{dir}/{child}"));
+        match below {
+            Ok(entries) if !entries.is_empty() => list_tree(repo, dir, &child, found)?,
+            _ => found(&child),
+        }
+    }
+    Ok(())
+}
+
+fn render_text(r: &Report) -> String {
+    let mut out = format!("stanza: {}\n", r.stanza);
+    for b in &r.backups {
+        let state = if b.missing.is_empty() && b.corrupt.is_empty() && b.wal_missing.is_empty() {
+            "ok"
+        } else {
+            "PROBLEMS"
+        };
+        out.push_str(&format!(
+            "    backup {}: {state}, {} files ({} bytes) checked\n",
+            b.label, b.files, b.checked_bytes
+        ));
+        for m in &b.missing {
+            out.push_str(&format!("        missing: {m}\n"));
+        }
+        for c in &b.corrupt {
+            out.push_str(&format!("        corrupt: {c}\n"));
+        }
+        for w in &b.wal_missing {
+            out.push_str(&format!("        WAL it needs is missing: {w}\n"));
+        }
+    }
+    out.push_str(&format!("    wal: {} segments checked\n", r.wal_segments));
+    for c in &r.wal_corrupt {
+        out.push_str(&format!("        corrupt: {c}\n"));
+    }
+    for g in &r.wal_gaps {
+        out.push_str(&format!("        gap: {g} is missing\n"));
+    }
+    for u in &r.unreferenced {
+        out.push_str(&format!("    unreferenced file: {u}\n"));
+    }
+    out.push_str(if r.ok {
+        "    result: ok\n"
+    } else {
+        "    result: PROBLEMS FOUND\n"
+    });
+    out
+}
