@@ -5,6 +5,7 @@ pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod info;
 pub mod remote;
 pub mod restore;
@@ -76,6 +77,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         Cmd::Restore => restore::run(cfg).map(|_| Outcome::Done),
         Cmd::Info => info::run(cfg).map(|_| Outcome::Done),
         Cmd::Verify => verify::run(cfg).map(|_| Outcome::Done),
+        Cmd::Drill => drill::run(cfg).map(|_| Outcome::Done),
         Cmd::Expire => Err(Error::internal(
             "unimplemented command passed the table check",
         )),

@@ -7,6 +7,7 @@ mod archive;
 pub mod backup;
 mod backup_ssh;
 mod config_errors;
+mod drill;
 mod fixture;
 mod harness;
 mod harness_smoke;

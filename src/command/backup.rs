@@ -522,27 +522,32 @@ fn copy_all(
         scope.spawn(move || {
             pool.install(|| {
                 use rayon::prelude::*;
-                files.into_par_iter().for_each_with(tx, |tx, (src, prior)| {
-                    if cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let worker_repo: &dyn Storage = match rayon::current_thread_index() {
-                        Some(i) if !pool_storage.is_empty() => {
-                            pool_storage[i % pool_storage.len()].as_ref()
+                // One task per file: rayon would otherwise split the sorted list into
+                // contiguous halves and leave the big files to one worker.
+                files
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each_with(tx, |tx, (src, prior)| {
+                        if cancel.load(Ordering::Relaxed) {
+                            return;
                         }
-                        _ => repo,
-                    };
-                    let result = backup_file(
-                        source,
-                        worker_repo,
-                        layout,
-                        &label,
-                        &src,
-                        prior.as_ref(),
-                        params,
-                    );
-                    let _ = tx.send((src, result));
-                });
+                        let worker_repo: &dyn Storage = match rayon::current_thread_index() {
+                            Some(i) if !pool_storage.is_empty() => {
+                                pool_storage[i % pool_storage.len()].as_ref()
+                            }
+                            _ => repo,
+                        };
+                        let result = backup_file(
+                            source,
+                            worker_repo,
+                            layout,
+                            &label,
+                            &src,
+                            prior.as_ref(),
+                            params,
+                        );
+                        let _ = tx.send((src, result));
+                    });
             });
         });
 

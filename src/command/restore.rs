@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::archive_push::missing_stanza;
-mod target;
+pub mod target;
 
 use target::RecoveryTarget;
 
@@ -30,10 +30,34 @@ use crate::storage::posix::{create_dir_durable, sync_dir, PosixWriter, DIR_MODE}
 use crate::storage::{self, AtomicWrite, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
-    let stanza = cfg.stanza_required()?;
     let pg_path = cfg.required_path("pg1-path")?;
-    let delta = cfg.bool("delta");
     let target = RecoveryTarget::from_config(cfg)?;
+    let restored = restore(cfg, &pg_path, &target, cfg.bool("delta"))?;
+    println!(
+        "restore of backup {} into '{}' complete",
+        restored.label,
+        pg_path.display()
+    );
+    Ok(())
+}
+
+/// What a restore restored.
+pub struct Restored {
+    pub label: String,
+    pub version: String,
+    pub files: usize,
+}
+
+/// Restores the chosen backup into `pg_path` with `target`'s recovery settings. The restore
+/// command and the drill both come here.
+pub fn restore(
+    cfg: &Config,
+    pg_path: &Path,
+    target: &RecoveryTarget,
+    delta: bool,
+) -> Result<Restored> {
+    let stanza = cfg.stanza_required()?;
+    let pg_path = pg_path.to_path_buf();
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
@@ -166,15 +190,15 @@ pub fn run(cfg: &Config) -> Result<()> {
         manifest.paths.get("pg_data"),
     )?;
     sync_dir(&pg_path)?;
-    println!(
-        "restore of backup {label} into '{}' complete",
-        pg_path.display()
-    );
     crate::info!(
         "restore of backup {label} complete: {} files",
         manifest.files.len()
     );
-    Ok(())
+    Ok(Restored {
+        label,
+        version: manifest.db.version.clone(),
+        files: manifest.files.len(),
+    })
 }
 
 /// Refuses a non-empty directory and a running cluster.
@@ -294,41 +318,45 @@ fn restore_files(
     let restored_bytes = AtomicU64::new(0);
     pool.install(|| {
         use rayon::prelude::*;
-        files.par_iter().try_for_each(|(key, entry)| -> Result<()> {
-            if failed.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let worker_repo: &dyn Storage = match rayon::current_thread_index() {
-                Some(i) if !pool_storage.is_empty() => {
-                    pool_storage[i % pool_storage.len()].as_ref()
+        // One task per file, so the largest files spread over the workers.
+        files
+            .par_iter()
+            .with_max_len(1)
+            .try_for_each(|(key, entry)| -> Result<()> {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
-                _ => repo,
-            };
-            let holder = entry.reference.as_deref().unwrap_or(label);
-            let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
-            let stored = format!("{key}{}", compress.extension());
-            let local = local_path(manifest, pg_path, key)?;
-            if delta && matches_manifest(&local, entry)? {
-                kept.fetch_add(1, Ordering::Relaxed);
+                let worker_repo: &dyn Storage = match rayon::current_thread_index() {
+                    Some(i) if !pool_storage.is_empty() => {
+                        pool_storage[i % pool_storage.len()].as_ref()
+                    }
+                    _ => repo,
+                };
+                let holder = entry.reference.as_deref().unwrap_or(label);
+                let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
+                let stored = format!("{key}{}", compress.extension());
+                let local = local_path(manifest, pg_path, key)?;
+                if delta && matches_manifest(&local, entry)? {
+                    kept.fetch_add(1, Ordering::Relaxed);
+                    progress.add(entry.size);
+                    return set_attributes(&local, entry);
+                }
+                restored.fetch_add(1, Ordering::Relaxed);
+                restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
+                let result = restore_file(
+                    worker_repo,
+                    &layout.backup_file(holder, &stored),
+                    compress,
+                    entry,
+                    &local,
+                );
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                result?;
                 progress.add(entry.size);
-                return set_attributes(&local, entry);
-            }
-            restored.fetch_add(1, Ordering::Relaxed);
-            restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
-            let result = restore_file(
-                worker_repo,
-                &layout.backup_file(holder, &stored),
-                compress,
-                entry,
-                &local,
-            );
-            if result.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            result?;
-            progress.add(entry.size);
-            Ok(())
-        })
+                Ok(())
+            })
     })?;
     Ok(Counts {
         kept: kept.into_inner(),

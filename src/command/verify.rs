@@ -265,7 +265,7 @@ fn run_checks(
     let shared = Mutex::new(std::mem::take(report));
     pool.install(|| {
         use rayon::prelude::*;
-        checks.par_iter().for_each(|check| {
+        checks.par_iter().with_max_len(1).for_each(|check| {
             let worker_repo: &dyn Storage = match rayon::current_thread_index() {
                 Some(i) if !pool_storage.is_empty() => {
                     pool_storage[i % pool_storage.len()].as_ref()

@@ -13,6 +13,7 @@ pub enum Cmd {
     Restore,
     Info,
     Verify,
+    Drill,
     Version,
     Help,
     /// Hidden: the server side of the SSH protocol, started by a remote client.
@@ -162,6 +163,22 @@ pub const COMMANDS: &[CmdDef] = &[
                any problem. --output=json for scripts.",
     },
     CmdDef {
+        cmd: Cmd::Drill,
+        name: "drill",
+        lock: LockType::None,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "rehearse a restore: restore, start, check and remove a throwaway copy",
+        help: "Restores a backup (--set, --type and --target as for restore) into a temporary \
+               directory under drill-path, starts PostgreSQL there on a free port with archiving \
+               and replication off, waits for recovery to reach its target, runs pg_amcheck when \
+               installed and a sanity query in every database, reports the recovered position \
+               and the time each step took, then stops and removes the copy. Run it as the \
+               cluster's owner. Fails on any problem.",
+    },
+    CmdDef {
         cmd: Cmd::Version,
         name: "version",
         lock: LockType::None,
@@ -232,6 +249,7 @@ mod tests {
             Cmd::Restore,
             Cmd::Info,
             Cmd::Verify,
+            Cmd::Drill,
             Cmd::Version,
             Cmd::Help,
             Cmd::Remote,

@@ -57,6 +57,7 @@ const REPO_CMDS: &[Cmd] = &[
     Cmd::Restore,
     Cmd::Info,
     Cmd::Verify,
+    Cmd::Drill,
     Cmd::Remote,
 ];
 const PG_CMDS: &[Cmd] = &[
@@ -74,11 +75,13 @@ const BACKUP: &[Cmd] = &[Cmd::Backup];
 const PG_HOST_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup];
 const BACKUP_EXPIRE: &[Cmd] = &[Cmd::Backup, Cmd::Expire];
 const RESTORE: &[Cmd] = &[Cmd::Restore];
+const RECOVERY: &[Cmd] = &[Cmd::Restore, Cmd::Drill];
+const DRILL: &[Cmd] = &[Cmd::Drill];
 const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
-const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify];
-const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info];
+const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify, Cmd::Drill];
+const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info, Cmd::Drill];
 const OUTPUT_CMDS: &[Cmd] = &[Cmd::Info, Cmd::Verify];
-const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
+const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Drill];
 const DELTA_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
 
 macro_rules! opt {
@@ -322,7 +325,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Str,
             None,
             Scope::CommandLine,
-            Some(RESTORE),
+            Some(RECOVERY),
             "recovery target"
         ),
         opt!(
@@ -330,7 +333,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Enum(&["pause", "promote", "shutdown"]),
             Some("pause"),
             Scope::Global,
-            Some(RESTORE),
+            Some(RECOVERY),
             "what recovery does at the target"
         ),
         opt!(
@@ -338,7 +341,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Bool,
             Some("n"),
             Scope::CommandLine,
-            Some(RESTORE),
+            Some(RECOVERY),
             "stop just before the target"
         ),
         opt!(
@@ -346,7 +349,7 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Str,
             None,
             Scope::CommandLine,
-            Some(RESTORE),
+            Some(RECOVERY),
             "timeline to recover along (default latest)"
         ),
         opt!(
@@ -429,6 +432,22 @@ pub const OPTIONS: &[OptDef] =
             Scope::CommandLine,
             Some(RESTORE),
             "delta restore over a directory that holds another cluster"
+        ),
+        opt!(
+            "drill-path",
+            OptKind::Path,
+            Some("/tmp"),
+            Scope::Global,
+            Some(DRILL),
+            "directory under which drill creates its throwaway copy"
+        ),
+        opt!(
+            "drill-timeout",
+            SECONDS,
+            Some("1800"),
+            Scope::Global,
+            Some(DRILL),
+            "seconds the drill copy may take to start and recover"
         ),
         // Locks, logs, timeouts.
         opt!(

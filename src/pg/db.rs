@@ -105,22 +105,31 @@ impl Db {
             Some(u) => u.to_string(),
             None => current_os_user()?,
         };
-        let database = cfg.str("pg1-database").unwrap_or("postgres").to_string();
-        let timeout = cfg.seconds("db-timeout");
+        let database = cfg.str("pg1-database").unwrap_or("postgres");
+        Db::connect_socket(&socket, port, &user, database, cfg.seconds("db-timeout"))
+    }
+
+    /// Connects through a unix socket directory (the drill's throwaway cluster, say).
+    pub fn connect_socket(
+        socket: &std::path::Path,
+        port: u16,
+        user: &str,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<Db> {
         let target = format!(
             "database '{database}' at '{}' port {port} as user '{user}'",
             socket.display()
         );
-
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("unable to start runtime: {e}")))?;
         let mut pg = tokio_postgres::Config::new();
-        pg.host_path(&socket)
+        pg.host_path(socket)
             .port(port)
-            .user(&user)
-            .dbname(&database)
+            .user(user)
+            .dbname(database)
             .application_name("pg_backrest")
             .connect_timeout(timeout);
         let (client, connection) = rt
