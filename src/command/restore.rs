@@ -184,7 +184,7 @@ pub fn restore(
     }
     write_recovery_settings(
         cfg,
-        &target,
+        target,
         &pg_path,
         stanza,
         manifest.paths.get("pg_data"),
