@@ -182,13 +182,7 @@ pub fn restore(
             removed
         );
     }
-    write_recovery_settings(
-        cfg,
-        target,
-        &pg_path,
-        stanza,
-        manifest.paths.get("pg_data"),
-    )?;
+    write_recovery_settings(cfg, target, &pg_path, stanza, manifest.paths.get("pg_data"))?;
     sync_dir(&pg_path)?;
     crate::info!(
         "restore of backup {label} complete: {} files",
