@@ -18,6 +18,7 @@ pub mod info;
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod parallel;
 pub mod pg;
 pub mod pipeline;
 pub mod progress;

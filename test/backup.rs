@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{assert_error, Site, STANZA};
+use crate::fixture::{assert_error, label_of, Site, STANZA};
 use crate::harness::{self, free_port, run, wait_until, PgCluster, PG_BIN};
 
 fn p(path: &Path) -> &str {
@@ -20,17 +20,6 @@ fn p(path: &Path) -> &str {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// The label from a successful backup's stdout (`backup <LABEL> complete`).
-fn label_of(out: &harness::Out) -> String {
-    out.stdout
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("backup ")?;
-            rest.strip_suffix(" complete").map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no 'backup <LABEL> complete' line:\n{out}"))
-}
 
 /// Runs a backup with `--start-fast` and the given extra arguments; panics unless it exits 0.
 fn backup(site: &Site, args: &[&str]) -> (String, harness::Out) {

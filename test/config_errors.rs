@@ -115,8 +115,8 @@ fn version_and_help_come_from_the_tables() {
     );
     // A command of the contract this build does not have yet says so, with its own code.
     assert_error(
-        &run(pgbr(&["--config=/dev/null", "--stanza=main", "backup"])),
+        &run(pgbr(&["--config=/dev/null", "--stanza=main", "expire"])),
         32,
-        "command 'backup' is not available",
+        "command 'expire' is not available",
     );
 }

@@ -252,6 +252,18 @@ impl Site {
     }
 }
 
+/// The label from a successful backup's stdout (`backup <LABEL> complete`).
+pub fn label_of(out: &Out) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("backup ")?
+                .strip_suffix(" complete")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no 'backup <LABEL> complete' line:\n{out}"))
+}
+
 /// Asserts a failed command printed one `ERROR: [code]:` line first on stderr.
 pub fn assert_error(out: &Out, code: i32, contains: &str) {
     assert_eq!(out.status, code, "expected exit {code}:\n{out}");

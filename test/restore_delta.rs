@@ -8,19 +8,8 @@ use std::path::{Path, PathBuf};
 use sha1::{Digest, Sha1};
 
 use crate::backup::Restored;
-use crate::fixture::{assert_error, Site};
+use crate::fixture::{assert_error, label_of, Site};
 use crate::harness::{self, chown_postgres};
-
-fn label_of(out: &harness::Out) -> String {
-    out.stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")
-                .and_then(|r| r.strip_suffix(" complete"))
-                .map(String::from)
-        })
-        .unwrap_or_else(|| panic!("no label:\n{out}"))
-}
 
 fn delta_line(site: &Site) -> String {
     let log = fs::read_to_string(site.dir.join("log/main-restore.log")).unwrap();

@@ -6,18 +6,7 @@
 use std::time::Duration;
 
 use crate::backup::Restored;
-use crate::fixture::{assert_error, Site};
-
-fn label_of(out: &crate::harness::Out) -> String {
-    out.stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")
-                .and_then(|r| r.strip_suffix(" complete"))
-                .map(String::from)
-        })
-        .unwrap_or_else(|| panic!("no label:\n{out}"))
-}
+use crate::fixture::{assert_error, label_of, Site};
 
 /// The rows of `t` a restored copy holds.
 fn rows(r: &Restored) -> String {

@@ -493,22 +493,10 @@ fn copy_all(
     params: &CopyParams,
     counters: &mut Counters,
 ) -> Result<()> {
-    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
     // Largest first, so one big file does not finish last on its own.
     files.sort_by_key(|f| std::cmp::Reverse(f.0.size));
     let total: u64 = files.iter().map(|f| f.0.size).sum();
-    // A remote repository serves one stream per connection: one connection per worker.
-    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
-        (0..workers)
-            .map(|_| storage::repo(cfg))
-            .collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .build()
-        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let workers = crate::parallel::Workers::new(cfg)?;
     let cancel = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(SourceFile, Result<FileOutcome>)>();
 
@@ -517,10 +505,9 @@ fn copy_all(
     let mut first_error: Option<Error> = None;
     std::thread::scope(|scope| {
         let cancel = &cancel;
-        let pool_storage = &pool_storage;
-        let pool = &pool;
+        let workers = &workers;
         scope.spawn(move || {
-            pool.install(|| {
+            workers.install(|| {
                 use rayon::prelude::*;
                 // One task per file: rayon would otherwise split the sorted list into
                 // contiguous halves and leave the big files to one worker.
@@ -531,12 +518,7 @@ fn copy_all(
                         if cancel.load(Ordering::Relaxed) {
                             return;
                         }
-                        let worker_repo: &dyn Storage = match rayon::current_thread_index() {
-                            Some(i) if !pool_storage.is_empty() => {
-                                pool_storage[i % pool_storage.len()].as_ref()
-                            }
-                            _ => repo,
-                        };
+                        let worker_repo = workers.repo(repo);
                         let result = backup_file(
                             source,
                             worker_repo,

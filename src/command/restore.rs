@@ -290,18 +290,7 @@ fn restore_files(
     pg_path: &Path,
     delta: bool,
 ) -> Result<Counts> {
-    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
-    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
-        (0..workers)
-            .map(|_| storage::repo(cfg))
-            .collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .build()
-        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let workers = crate::parallel::Workers::new(cfg)?;
     let mut files: Vec<(&String, &FileEntry)> = manifest.files.iter().collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.1.size));
     let total: u64 = files.iter().map(|(_, e)| e.size).sum();
@@ -310,7 +299,7 @@ fn restore_files(
     let kept = AtomicU64::new(0);
     let restored = AtomicU64::new(0);
     let restored_bytes = AtomicU64::new(0);
-    pool.install(|| {
+    workers.install(|| {
         use rayon::prelude::*;
         // One task per file, so the largest files spread over the workers.
         files
@@ -320,12 +309,7 @@ fn restore_files(
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                let worker_repo: &dyn Storage = match rayon::current_thread_index() {
-                    Some(i) if !pool_storage.is_empty() => {
-                        pool_storage[i % pool_storage.len()].as_ref()
-                    }
-                    _ => repo,
-                };
+                let worker_repo = workers.repo(repo);
                 let holder = entry.reference.as_deref().unwrap_or(label);
                 let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
                 let stored = format!("{key}{}", compress.extension());

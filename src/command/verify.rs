@@ -239,18 +239,7 @@ fn run_checks(
     checks: Vec<Check>,
     report: &mut Report,
 ) -> Result<()> {
-    let workers = cfg.int("process-max").unwrap_or(1).max(1) as usize;
-    let pool_storage: Vec<Box<dyn Storage>> = if cfg.str("repo1-host").is_some() {
-        (0..workers)
-            .map(|_| storage::repo(cfg))
-            .collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .build()
-        .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
+    let workers = crate::parallel::Workers::new(cfg)?;
     let total: u64 = checks
         .iter()
         .map(|c| {
@@ -263,15 +252,10 @@ fn run_checks(
         .sum();
     let progress = crate::progress::Progress::new("verify", total);
     let shared = Mutex::new(std::mem::take(report));
-    pool.install(|| {
+    workers.install(|| {
         use rayon::prelude::*;
         checks.par_iter().with_max_len(1).for_each(|check| {
-            let worker_repo: &dyn Storage = match rayon::current_thread_index() {
-                Some(i) if !pool_storage.is_empty() => {
-                    pool_storage[i % pool_storage.len()].as_ref()
-                }
-                _ => repo,
-            };
+            let worker_repo = workers.repo(repo);
             let outcome = verify_one(worker_repo, check);
             let Ok(mut r) = shared.lock() else { return };
             match (check, outcome) {

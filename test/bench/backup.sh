@@ -2,8 +2,10 @@
 # Benchmark (not a test): pg_backrest vs pgBackRest backup and restore, side by side on the same
 # pgbench cluster: full backups at process-max 1 and 2 to a local repository and from a
 # repository host reaching the database over SSH (pg1-host, a private sshd on 127.0.0.1), a
-# no-change incr, a restore (each restore started and checked), and pg_basebackup as a third
-# reference for the full backup.
+# no-change incr, a restore, a delta restore of the same full onto its unchanged restored copy,
+# an incr after updating 1 % of the rows and a delta restore of it onto a copy restored from the
+# full (every restored copy started and checked), and pg_basebackup as a third reference for the
+# full backup.
 #
 #   bash test/bench/backup.sh             run as root on Debian 12 (installs what is missing)
 #
@@ -247,19 +249,36 @@ basebackup() {
     rm -rf "$dir"
 }
 
-# restore TOOL NAME CONF LABEL: measured restore into an empty directory, then started on
-# another port, promoted, and compared with the original
-restore() {
-    local tool=$1 name=$2 conf=$3 label=$4 dir=$SD/restore-$2 port got t
+# restore_into TOOL CONF LABEL DIR TAG [ARGS...]: measured restore (process-max 2) into DIR
+# (plain: DIR empty; --delta: DIR holds a restored copy), checked for the recovery settings
+restore_into() {
+    local tool=$1 conf=$2 label=$3 dir=$4 tag=$5 exe=/usr/bin/pgbackrest
+    shift 5
+    [ "$tool" = pg_backrest ] && exe=$BIN
+    measure "s$SCALE/$tag/$tool" "$exe" --config="$conf" --stanza=bench --set="$label" \
+        --pg1-path="$dir" --process-max=2 "$@" restore
+    [ -f "$dir/recovery.signal" ] || die "$tool restore ($tag) wrote no recovery.signal"
+    grep -q '^restore_command' "$dir/postgresql.auto.conf" || die "$tool restore ($tag) wrote no restore_command"
+}
+
+# restore_plain TOOL CONF LABEL DIR: unmeasured plain restore (process-max 2) into an empty DIR
+restore_plain() {
+    local tool=$1 conf=$2 label=$3 dir=$4 exe=/usr/bin/pgbackrest
+    [ "$tool" = pg_backrest ] && exe=$BIN
     rm -rf "$dir"
     pgdir "$dir"
     chmod 0700 "$dir"
-    local exe=/usr/bin/pgbackrest
-    [ "$tool" = pg_backrest ] && exe=$BIN
-    measure "s$SCALE/restore-p2-local/$tool" "$exe" --config="$conf" --stanza=bench --set="$label" \
-        --pg1-path="$dir" --process-max=2 restore
-    [ -f "$dir/recovery.signal" ] || die "$tool restore wrote no recovery.signal"
-    grep -q '^restore_command' "$dir/postgresql.auto.conf" || die "$tool restore wrote no restore_command"
+    as_pg "$exe" --config="$conf" --stanza=bench --set="$label" --pg1-path="$dir" --process-max=2 \
+        restore >"$W/scratch/restore.out" 2>&1 || die "$tool restore of $label into $dir failed: $(
+        cat "$W/scratch/restore.out")"
+    close_masters
+}
+
+# verify_copy TOOL DIR TAG EXPECTED: start the restored copy on another port, wait until it is
+# promoted, compare CHECK_SQL with EXPECTED, stop it, note the result under TAG, remove DIR
+verify_copy() {
+    local tool=$1 dir=$2 tag=$3 expected=$4 port got t
+    local logf=$SD/$tool-$tag-restored.log
     port=$(free_port)
     cat >>"$dir/postgresql.auto.conf" <<EOF
 # benchmark: the restored copy runs beside the original
@@ -269,22 +288,46 @@ unix_socket_directories = '$SD/sock'
 archive_mode = off
 EOF
     t=$(date +%s.%N)
-    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$SD/$name-restored.log" -w -t 600 start >/dev/null ||
-        die "$tool: restored cluster did not start: $(tail -20 "$SD/$name-restored.log")"
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$logf" -w -t 600 start >/dev/null ||
+        die "$tool ($tag): restored cluster did not start: $(tail -20 "$logf")"
     local deadline=$(($(date +%s) + 600))
     until [ "$(as_pg "$PGBIN/psql" -X -At -h "$SD/sock" -p "$port" -U postgres -d postgres \
         -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
-        [ "$(date +%s)" -lt "$deadline" ] || die "$tool: restored cluster not promoted after 600 s: $(
-            tail -20 "$SD/$name-restored.log")"
+        [ "$(date +%s)" -lt "$deadline" ] || die "$tool ($tag): restored cluster not promoted after 600 s: $(
+            tail -20 "$logf")"
         sleep 0.2
     done
     t=$(python3 -c "import time; print(f'{time.time() - $t:.1f}')")
     got=$(as_pg "$PGBIN/psql" -X -At -h "$SD/sock" -p "$port" -U postgres -d postgres -c "$CHECK_SQL")
     as_pg "$PGBIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null
-    [ "$got" = "$EXPECTED" ] || die "$tool restore of $label: got '$got', expected '$EXPECTED' (kept? KEEP=1)"
-    log "$tool restore verified: $got (start + recovery + promotion $t s)"
-    note "s$SCALE/restore-p2-local/$tool" verify "\"ok, promoted after $t s\""
-    rm -rf "$dir"
+    [ "$got" = "$expected" ] || die "$tool ($tag): got '$got', expected '$expected' (kept? KEEP=1)"
+    log "$tool $tag verified: $got (start + recovery + promotion $t s)"
+    note "s$SCALE/$tag/$tool" verify "\"ok, promoted after $t s\""
+    [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+# restore_and_delta TOOL NAME CONF LABEL: plain restore of LABEL into an empty directory
+# (measured), a copy of it taken before it is started, the restore verified; then a delta
+# restore of the same LABEL onto the unchanged, never started copy (measured), verified too
+restore_and_delta() {
+    local tool=$1 name=$2 conf=$3 label=$4 dir=$SD/restore-$2 copy=$SD/delta-same-$2
+    rm -rf "$dir" "$copy"
+    pgdir "$dir"
+    chmod 0700 "$dir"
+    restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
+    cp -a "$dir" "$copy"
+    verify_copy "$tool" "$dir" restore-p2-local "$EXPECTED"
+    restore_into "$tool" "$conf" "$label" "$copy" delta-same-p2-local --delta
+    verify_copy "$tool" "$copy" delta-same-p2-local "$EXPECTED"
+}
+
+# delta_incr TOOL NAME CONF FULL INCR: plain restore of FULL (not measured), then a delta restore
+# of INCR onto it (measured), verified against the original after the update
+delta_incr() {
+    local tool=$1 name=$2 conf=$3 full=$4 incr=$5 dir=$SD/delta-1pct-$2
+    restore_plain "$tool" "$conf" "$full" "$dir"
+    restore_into "$tool" "$conf" "$incr" "$dir" delta-1pct-p2-local --delta
+    verify_copy "$tool" "$dir" delta-1pct-p2-local "$EXPECTED2"
 }
 
 CHECK_SQL='select sum(abalance), count(*) from pgbench_accounts'
@@ -460,12 +503,46 @@ EOF
 
     order=(theirs ours)
     [ $((idx % 2)) = 0 ] || order=(ours theirs)
-    log "scale $SCALE: restore of the process-max 2 local full (${order[*]})"
+    log "scale $SCALE: restore of the process-max 2 local full, delta restore onto its copy (${order[*]})"
     for first in "${order[@]}"; do
         if [ "$first" = ours ]; then
-            restore pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS"
+            restore_and_delta pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS"
         else
-            restore pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS"
+            restore_and_delta pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS"
+        fi
+    done
+
+    # About 1 % of the rows change (every 100th account), then an incr of each tool (its prior:
+    # the no-change incr above). The update's WAL goes to both local archives first.
+    log "scale $SCALE: update 1 % of pgbench_accounts, CHECKPOINT, incr (${order[*]})"
+    archive_to ours-local theirs-local
+    as_pg "${PSQL[@]}" -c 'update pgbench_accounts set abalance = abalance + 1 where aid % 100 = 0' \
+        -c 'CHECKPOINT'
+    EXPECTED2=$(as_pg "${PSQL[@]}" -c "$CHECK_SQL")
+    note "s$SCALE/db" expected2 "\"$EXPECTED2\""
+    as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
+    archive_idle
+    for first in "${order[@]}"; do
+        if [ "$first" = ours ]; then
+            backup ours-local pg_backrest incr-1pct-p2-local "$SD/conf/ours-local.conf" --type=incr --start-fast --process-max=2
+            INCR_OURS=$LAST_LABEL
+        else
+            backup theirs-local pgBackRest incr-1pct-p2-local "$SD/conf/theirs-local.conf" --type=incr --start-fast --process-max=2
+            INCR_THEIRS=$LAST_LABEL
+        fi
+    done
+    archive_to ours-local theirs-local
+    as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
+    archive_idle
+
+    order=(theirs ours)
+    [ $((idx % 2)) = 0 ] || order=(ours theirs)
+    log "scale $SCALE: delta restore of the 1 % incr onto a copy restored from the full (${order[*]})"
+    for first in "${order[@]}"; do
+        if [ "$first" = ours ]; then
+            delta_incr pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS" "$INCR_OURS"
+        else
+            delta_incr pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS" "$INCR_THEIRS"
         fi
     done
 

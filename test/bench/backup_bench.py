@@ -212,7 +212,17 @@ VARIANTS = [
     ("full-p2-ssh", "full backup, process-max 2, over SSH (pg1-host)", "≤ 0.6× pgBackRest"),
     ("incr-p2-local", "incr backup, no changes, process-max 2, local", "< 3 s"),
     ("restore-p2-local", "restore of the process-max 2 local full, process-max 2", "≤ 0.7× pgBackRest"),
+    ("delta-same-p2-local", "delta restore of the same full onto its unchanged restored copy, "
+     "process-max 2", "≤ 0.7× pgBackRest"),
+    ("incr-1pct-p2-local", "incr backup after updating 1 % of pgbench_accounts rows, "
+     "process-max 2, local", None),
+    ("delta-1pct-p2-local", "delta restore of that incr onto a copy restored from the full, "
+     "process-max 2", "≤ 0.7× pgBackRest"),
 ]
+# what each verified copy is compared with (key of the "db" record)
+VERIFIED = [("restore-p2-local", "restore", "expected"),
+            ("delta-same-p2-local", "delta restore onto the unchanged copy", "expected"),
+            ("delta-1pct-p2-local", "delta restore of the incr after the update", "expected2")]
 TOOLS = ["pg_backrest", "pgBackRest", "pg_basebackup"]
 # pgBackRest 2.45 at scale 100 measured earlier on this kind of machine (from the issue)
 REFERENCE = {
@@ -283,12 +293,14 @@ def cmd_report(results, meta_path, out_path=None):
                 w(f"| {title} | {tool} | {r['wall']:.1f} | {cpu:.1f} | {remote} | {repo} | "
                   f"{r['rss_max_proc'] / mib:.0f} | {csum} | {rrss} | "
                   f"{ratio} | {tgt} |")
-        ver = [f"{t}: {recs[f's{scale}/restore-p2-local/{t}'].get('verify', '?')}"
-               for t in ("pg_backrest", "pgBackRest") if f"s{scale}/restore-p2-local/{t}" in recs]
-        if ver:
-            w("")
-            w(f"Restores verified (started on another port, promoted, `sum(abalance), count(*)` "
-              f"equal to the original `{db.get('expected', '?')}`): " + "; ".join(ver) + ".")
+        for key, what, exp in VERIFIED:
+            ver = [f"{t}: {recs[f's{scale}/{key}/{t}'].get('verify', '?')}"
+                   for t in ("pg_backrest", "pgBackRest") if f"s{scale}/{key}/{t}" in recs]
+            if ver:
+                w("")
+                w(f"Verified, {what} (started on another port, promoted, `sum(abalance), "
+                  f"count(*)` equal to the original's `{db.get(exp, '?')}`): "
+                  + "; ".join(ver) + ".")
     text = "\n".join(lines) + "\n"
     print(text)
     if out_path:
