@@ -130,6 +130,11 @@ fn backup_from_the_repository_host_through_pg1_host_restores_exactly() {
     assert_eq!(out.status, 0, "{out}");
 }
 
+fn backup_log(site: &Site) -> String {
+    let log = fs::read_to_string(site.dir.join("repo-log/main-backup.log")).unwrap_or_default();
+    harness::tail(&log, 30)
+}
+
 /// The label and counters from the repository host's backup log completion line.
 fn completion(site: &Site, label: &str) -> (u64, u64) {
     let log = fs::read_to_string(site.dir.join("repo-log/main-backup.log")).unwrap();
@@ -181,31 +186,44 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
     .unwrap();
     let backup_root = site.repo.join("backup/main");
     // Wait until the in-progress manifest records at least three large copied files.
-    wait_until(
-        "the backup has saved progress",
-        std::time::Duration::from_secs(120),
-        || {
-            fs::read_dir(&backup_root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| {
-                    let copy = fs::read_to_string(e.path().join("backup.manifest.copy"))
-                        .unwrap_or_default();
-                    copy.lines()
-                        .filter_map(|l| l.split("\"size\":").nth(1))
-                        .filter_map(|rest| {
-                            rest.split(|c: char| !c.is_ascii_digit())
-                                .next()?
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .filter(|&size| size > 10_000_000)
-                        .count()
-                        >= 3
-                })
-        },
-    );
+    let recorded = || {
+        fs::read_dir(&backup_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let copy =
+                    fs::read_to_string(e.path().join("backup.manifest.copy")).unwrap_or_default();
+                copy.lines()
+                    .filter_map(|l| l.split("\"size\":").nth(1))
+                    .filter_map(|rest| {
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .filter(|&size| size > 10_000_000)
+                    .count()
+                    >= 3
+            })
+    };
+    let start = std::time::Instant::now();
+    while !recorded() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!(
+                "backup ended ({status}) before the connection was cut:\n{stderr}\n{}",
+                backup_log(&site)
+            );
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no progress saved:\n{}",
+            backup_log(&site)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     site.sshd.as_mut().unwrap().stop();
     let status = child.wait().unwrap();
     let mut stderr = String::new();

@@ -66,15 +66,26 @@ impl SshTarget {
         format!("{} '{}'", self.role, self.host)
     }
 
+    /// The directory of this target's control sockets: under lock-path when the socket path
+    /// fits the 107-byte limit of unix sockets, else under /tmp. ssh binds the socket under a
+    /// temporary name first, so the longest path is
+    /// `<dir>/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX` (46 bytes after `<dir>`).
     fn control_dir(&self) -> PathBuf {
         let key = format!(
-            "{}@{}:{}:{:?}",
-            self.user, self.host, self.port, self.ssh_config
+            "{}@{}:{}:{:?}:{}",
+            self.user,
+            self.host,
+            self.port,
+            self.ssh_config,
+            nix::unistd::geteuid()
         );
         let hash = hex::encode(Sha1::digest(key.as_bytes()));
-        // Short: unix socket paths are limited to 107 bytes.
-        self.control_root
-            .join(format!("ssh-{}-{}", nix::unistd::geteuid(), &hash[..12]))
+        let preferred = self.control_root.join(format!("ssh-{}", &hash[..10]));
+        if preferred.as_os_str().len() + 46 <= 107 {
+            preferred
+        } else {
+            PathBuf::from(format!("/tmp/pg_backrest-ssh-{}", &hash[..10]))
+        }
     }
 
     fn builder(&self) -> SessionBuilder {
@@ -144,13 +155,7 @@ fn older_than(path: &Path, age: Duration) -> bool {
 }
 
 async fn session(t: &SshTarget) -> Result<Session> {
-    let builder = t.builder();
-    let Some(persist) = NonZeroUsize::new(t.persist as usize) else {
-        return builder
-            .connect_mux(&t.host)
-            .await
-            .map_err(|e| connect_error(t, e));
-    };
+    let mut builder = t.builder();
     let dir = t.control_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -162,14 +167,19 @@ async fn session(t: &SshTarget) -> Result<Session> {
         .create(&dir)
         .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
         .map_err(|e| Error::io("create SSH control directory", &dir, e))?;
+    // Our own directory even without persistence: openssh's default is under the user's home.
+    builder.control_directory(&dir);
+    let Some(persist) = NonZeroUsize::new(t.persist as usize) else {
+        return builder
+            .connect_mux(&t.host)
+            .await
+            .map_err(|e| connect_error(t, e));
+    };
     if let Some(s) = reuse_master(t, &dir).await {
         crate::debug!("reusing SSH master connection to {}", t.peer());
         return Ok(s);
     }
-    let mut builder = builder;
-    builder
-        .control_directory(&dir)
-        .control_persist(ControlPersist::IdleFor(persist));
+    builder.control_persist(ControlPersist::IdleFor(persist));
     let master = builder
         .launch_master(&t.host)
         .await
