@@ -28,6 +28,13 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
     let site = Site::local();
     site.dir.mkdir("drill");
     site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    // A tablespace: the drill must restore it inside its own directory, never over the
+    // production location.
+    let ts = site.dir.mkdir("ts");
+    site.cluster
+        .psql(&format!("create tablespace ts location '{}'", ts.display()));
+    site.cluster
+        .psql("create table in_ts tablespace ts as select generate_series(1, 1000) g");
     let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
     assert_eq!(out.status, 0, "{out}");
     site.cluster.pgbench(&["-n", "-t", "100"]);
@@ -50,6 +57,16 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
         drill_dirs(&site)
     );
     assert!(no_drill_server_running());
+    let ts_entries: Vec<_> = fs::read_dir(&ts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        ts_entries.len(),
+        1,
+        "only the cluster's own version directory: {ts_entries:?}"
+    );
 
     // A target before the backup's end cannot be drilled.
     let out = site.pgbr(&["drill", &drill_path, "--type=lsn", "--target=0/1"]);

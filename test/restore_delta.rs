@@ -137,6 +137,17 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
     );
     copy.stop();
 
+    // A directory that is not a data directory is refused: delta would wipe it.
+    let stranger = site.dir.mkdir("not-a-cluster");
+    fs::write(stranger.join("precious.txt"), b"keep me").unwrap();
+    let stranger_pg1 = format!("--pg1-path={}", stranger.display());
+    assert_error(
+        &site.pgbr(&["restore", "--delta", &stranger_pg1, &set]),
+        31,
+        "does not look like a PostgreSQL data directory",
+    );
+    assert!(stranger.join("precious.txt").exists());
+
     // Another cluster's directory is refused unless forced.
     let other = harness::PgCluster::init(&site.dir.join("other"), &[]);
     let other_pg1 = format!("--pg1-path={}", other.data_dir().display());

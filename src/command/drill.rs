@@ -60,7 +60,10 @@ pub fn run(cfg: &Config) -> Result<()> {
     };
 
     let t_restore = Instant::now();
-    let restored = restore::restore(cfg, &copy.data, &target, false)?;
+    // Tablespaces and a linked pg_wal go inside the drill directory too: the copy must never
+    // write where production lives.
+    let restored = restore::restore(cfg, &copy.data, &target, false, Some(&base.join("links")))?;
+    write_missing_configs(&copy.data)?;
     let restore_secs = t_restore.elapsed();
     let bin = pg_bin(&restored.version);
     copy.pg_ctl = bin.join("pg_ctl");
@@ -174,14 +177,41 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// PostgreSQL's binaries for the backup's major version (Debian's layout), else the PATH.
+/// PostgreSQL's binaries for the backup's major version (Debian's layout), else the
+/// directory on PATH that has pg_ctl.
 fn pg_bin(version: &str) -> PathBuf {
     let debian = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
     if debian.join("pg_ctl").exists() {
-        debian
-    } else {
-        PathBuf::new()
+        return debian;
     }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.join("pg_ctl").exists())
+        .unwrap_or_default()
+}
+
+/// Packaged clusters keep postgresql.conf and pg_hba.conf outside the data directory, so the
+/// backup has none: give the copy minimal ones. Its settings are in postgresql.auto.conf, and
+/// only its owner can reach its private socket directory.
+fn write_missing_configs(data: &Path) -> Result<()> {
+    for (name, text) in [
+        (
+            "postgresql.conf",
+            "# written by pg_backrest drill: the backup had no postgresql.conf\n",
+        ),
+        (
+            "pg_hba.conf",
+            "# written by pg_backrest drill: the backup had no pg_hba.conf\nlocal all all trust\n",
+        ),
+    ] {
+        let path = data.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {

@@ -32,7 +32,7 @@ use crate::storage::{self, AtomicWrite, Storage};
 pub fn run(cfg: &Config) -> Result<()> {
     let pg_path = cfg.required_path("pg1-path")?;
     let target = RecoveryTarget::from_config(cfg)?;
-    let restored = restore(cfg, &pg_path, &target, cfg.bool("delta"))?;
+    let restored = restore(cfg, &pg_path, &target, cfg.bool("delta"), None)?;
     println!(
         "restore of backup {} into '{}' complete",
         restored.label,
@@ -50,11 +50,14 @@ pub struct Restored {
 
 /// Restores the chosen backup into `pg_path` with `target`'s recovery settings. The restore
 /// command and the drill both come here.
+/// `relocate`: put tablespaces and a linked pg_wal under this directory instead of their
+/// recorded locations (the drill: a throwaway copy must not write where production lives).
 pub fn restore(
     cfg: &Config,
     pg_path: &Path,
     target: &RecoveryTarget,
     delta: bool,
+    relocate: Option<&Path>,
 ) -> Result<Restored> {
     let stanza = cfg.stanza_required()?;
     let pg_path = pg_path.to_path_buf();
@@ -83,8 +86,11 @@ pub fn restore(
             }
         },
     };
-    let manifest = Manifest::load(repo.as_ref(), &layout.manifest(&label))?
+    let mut manifest = Manifest::load(repo.as_ref(), &layout.manifest(&label))?
         .ok_or_else(|| Error::integrity(format!("backup '{label}' has no manifest")))?;
+    if let Some(dir) = relocate {
+        relocate_outside_paths(&mut manifest, dir);
+    }
     info.db.check_cluster(
         manifest.db.system_id,
         &manifest.db.version,
@@ -193,6 +199,24 @@ pub fn restore(
         version: manifest.db.version.clone(),
         files: manifest.files.len(),
     })
+}
+
+/// Points every tablespace and link of the manifest into `dir`, keyed by the link's name.
+fn relocate_outside_paths(manifest: &mut Manifest, dir: &Path) {
+    for (key, target) in manifest
+        .targets
+        .iter_mut()
+        .filter(|(k, _)| k.starts_with("pg_tblspc/"))
+    {
+        target.path = dir.join(key.replace('/', "-")).display().to_string();
+    }
+    for (key, link) in manifest.links.iter_mut() {
+        let tablespace = key.strip_prefix("pg_data/");
+        link.destination = dir
+            .join(tablespace.unwrap_or(key).replace('/', "-"))
+            .display()
+            .to_string();
+    }
 }
 
 /// Refuses a non-empty directory and a running cluster.
@@ -390,6 +414,16 @@ fn check_delta_destination(pg_path: &Path, manifest: &Manifest, force: bool) -> 
         }
     }
     let control = pg_path.join("global/pg_control");
+    let non_empty = fs::read_dir(pg_path).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !control.exists() && !pg_path.join("PG_VERSION").exists() && !force {
+        // Delta removes whatever the backup does not list: a mistyped pg1-path must not be
+        // wiped.
+        return Err(Error::config(format!(
+            "pg1-path '{}' is not empty and does not look like a PostgreSQL data directory",
+            pg_path.display()
+        ))
+        .with_hint("check pg1-path; add --force to restore over it anyway"));
+    }
     if let Ok(bytes) = fs::read(&control) {
         let system_id = bytes
             .get(..8)
