@@ -171,6 +171,13 @@ impl Config {
         })
     }
 
+    /// The `KEY=PATH` items of a repeatable option, in the order given.
+    pub fn path_map(&self, name: &str) -> Vec<(&str, &str)> {
+        self.str(name)
+            .map(|v| v.lines().filter_map(|l| l.split_once('=')).collect())
+            .unwrap_or_default()
+    }
+
     pub fn int(&self, name: &str) -> Option<i64> {
         self.str(name).and_then(|v| v.parse().ok())
     }
@@ -272,6 +279,21 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             .unwrap_or_default();
         let negated =
             opt.kind == OptKind::Bool && matches.get_count(&format!("no-{}", opt.name)) > 0;
+        if opt.kind == OptKind::PathMap && !given.is_empty() {
+            let items = given
+                .iter()
+                .map(|raw| {
+                    opt.validate(raw).map_err(|why| {
+                        Error::config(format!(
+                            "invalid value '{raw}' for option '--{}': {why}",
+                            opt.name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            values.insert(opt.name, items.join("\n"));
+            continue;
+        }
         if given.len() + usize::from(negated) > 1 {
             return Err(Error::config(format!(
                 "option '{}' is given more than once on the command line",
@@ -349,11 +371,23 @@ fn parse_environment(
             warnings.push(format!("environment contains unknown option '{key}'"));
             continue;
         };
-        let v = opt.validate(raw).map_err(|why| {
-            Error::config(format!(
-                "invalid value '{raw}' in environment variable '{key}': {why}"
-            ))
-        })?;
+        // A repeatable option takes its items comma-separated in one variable.
+        let items: Vec<&str> = if opt.kind == OptKind::PathMap {
+            raw.split(',').collect()
+        } else {
+            vec![raw.as_str()]
+        };
+        let v = items
+            .iter()
+            .map(|item| {
+                opt.validate(item).map_err(|why| {
+                    Error::config(format!(
+                        "invalid value '{raw}' in environment variable '{key}': {why}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+            .join("\n");
         values.insert(opt.name, v);
     }
     Ok(values)
@@ -473,7 +507,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             )));
         }
 
-        let mut values = BTreeMap::new();
+        let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
         for (key, raw) in props.iter() {
             let where_ = format!("in section '[{name}]' of '{file}'");
             let opt = OptDef::find(key).ok_or_else(|| {
@@ -502,17 +536,26 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                     )));
                 }
             }
-            if values.contains_key(opt.name) {
-                return Err(Error::config(format!(
-                    "option '{key}' is set twice {where_}"
-                )));
-            }
             let v = opt.validate(raw).map_err(|why| {
                 Error::config(format!(
                     "invalid value '{raw}' for option '{key}' {where_}: {why}"
                 ))
             })?;
-            values.insert(opt.name, v);
+            match values.get_mut(opt.name) {
+                // A repeatable option accumulates one mapping per line.
+                Some(existing) if opt.kind == OptKind::PathMap => {
+                    existing.push('\n');
+                    existing.push_str(&v);
+                }
+                Some(_) => {
+                    return Err(Error::config(format!(
+                        "option '{key}' is set twice {where_}"
+                    )))
+                }
+                None => {
+                    values.insert(opt.name, v);
+                }
+            }
         }
         sections.push(Section {
             stanza,
@@ -691,6 +734,42 @@ mod tests {
             env: &env
         })
         .is_err());
+    }
+
+    #[test]
+    fn repeatable_mappings_accumulate_from_every_source() {
+        let file = "[main]\ntablespace-map=ts1=/a\ntablespace-map=ts2=/b/\n";
+        let c = resolve_with(&["--stanza=main", "restore"], &[], Some(file)).unwrap();
+        assert_eq!(
+            c.path_map("tablespace-map"),
+            vec![("ts1", "/a"), ("ts2", "/b")]
+        );
+        let c = resolve_with(
+            &[
+                "--stanza=main",
+                "--link-map=pg_wal=/w",
+                "--link-map",
+                "x=/y",
+                "restore",
+            ],
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.path_map("link-map"), vec![("pg_wal", "/w"), ("x", "/y")]);
+        let env = [("PG_BACKREST_TABLESPACE_MAP", "1=/one,2=/two")];
+        let c = resolve_with(&["--stanza=main", "restore"], &env, None).unwrap();
+        assert_eq!(
+            c.path_map("tablespace-map"),
+            vec![("1", "/one"), ("2", "/two")]
+        );
+        let e = resolve_with(
+            &["--stanza=main", "--tablespace-map=ts1", "restore"],
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("must be KEY=/absolute/path"), "{e:?}");
     }
 
     #[test]

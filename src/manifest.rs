@@ -385,7 +385,7 @@ pub struct Sizes {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
     pub fn sample() -> Manifest {

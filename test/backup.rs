@@ -1009,6 +1009,22 @@ fn tablespaces_are_backed_up_and_their_links_restored() {
         &format!("tablespace 'pg_tblspc/{oid}' '{}' is not empty", p(&ts_dir)),
     );
     assert!(!target.exists(), "nothing restored after the refusal");
+
+    // Mapped elsewhere, it restores next to the running original.
+    let mapped = site.dir.join("ts1-mapped");
+    let r = Restored::restore(
+        &site,
+        "restored-mapped",
+        None,
+        &[&format!("--tablespace-map=ts1={}", p(&mapped))],
+    );
+    assert_eq!(
+        fs::read_link(r.data.join(format!("pg_tblspc/{oid}"))).unwrap(),
+        mapped
+    );
+    r.start_and_wait_promoted();
+    assert_eq!(r.psql("select count(*), sum(g) from in_ts"), expected);
+    r.stop();
     site.cluster.stop();
     fs::rename(&ts_dir, site.dir.join("ts1-original")).unwrap();
     let r = Restored::restore(&site, "restored-ts", None, &[]);

@@ -88,8 +88,9 @@ pub fn restore(
     };
     let mut manifest = Manifest::load(repo.as_ref(), &layout.manifest(&label))?
         .ok_or_else(|| Error::integrity(format!("backup '{label}' has no manifest")))?;
-    if let Some(dir) = relocate {
-        relocate_outside_paths(&mut manifest, dir);
+    match relocate {
+        Some(dir) => relocate_outside_paths(&mut manifest, dir),
+        None => apply_mappings(&mut manifest, &Mappings::from_config(cfg))?,
     }
     info.db.check_cluster(
         manifest.db.system_id,
@@ -199,6 +200,111 @@ pub fn restore(
         version: manifest.db.version.clone(),
         files: manifest.files.len(),
     })
+}
+
+/// Where the user asked tablespaces and links to go instead of their recorded places.
+#[derive(Debug, Default)]
+pub struct Mappings {
+    /// Tablespace name or OID → path.
+    pub tablespaces: Vec<(String, String)>,
+    pub tablespaces_all: Option<String>,
+    /// Link path inside the data directory (e.g. `pg_wal`) → destination.
+    pub links: Vec<(String, String)>,
+    pub links_all: bool,
+}
+
+impl Mappings {
+    fn from_config(cfg: &Config) -> Mappings {
+        let owned = |v: Vec<(&str, &str)>| {
+            v.into_iter()
+                .map(|(k, p)| (k.to_string(), p.to_string()))
+                .collect()
+        };
+        Mappings {
+            tablespaces: owned(cfg.path_map("tablespace-map")),
+            tablespaces_all: cfg.str("tablespace-map-all").map(String::from),
+            links: owned(cfg.path_map("link-map")),
+            links_all: cfg.bool("link-all"),
+        }
+    }
+}
+
+/// Applies the user's mappings. Links other than tablespaces (a pg_wal on another disk, say)
+/// come back as plain directories unless mapped or `--link-all`: restoring them to their
+/// recorded destination could write into another cluster's files on this host.
+pub fn apply_mappings(manifest: &mut Manifest, m: &Mappings) -> Result<()> {
+    for (wanted, path) in &m.tablespaces {
+        let found = manifest.targets.iter_mut().find(|(k, t)| {
+            k.starts_with("pg_tblspc/")
+                && (t.tablespace_id.as_deref() == Some(wanted.as_str())
+                    || t.tablespace_name.as_deref() == Some(wanted.as_str()))
+        });
+        let Some((key, target)) = found else {
+            return Err(Error::config(format!(
+                "tablespace '{wanted}' of --tablespace-map is not in the backup"
+            )));
+        };
+        target.path = path.clone();
+        let link_key = format!("pg_data/{key}");
+        if let Some(link) = manifest.links.get_mut(&link_key) {
+            link.destination = path.clone();
+        }
+    }
+    if let Some(all) = &m.tablespaces_all {
+        let mapped: Vec<&String> = m.tablespaces.iter().map(|(k, _)| k).collect();
+        for (key, target) in manifest
+            .targets
+            .iter_mut()
+            .filter(|(k, _)| k.starts_with("pg_tblspc/"))
+        {
+            let named = |v: &Option<String>| v.as_ref().is_some_and(|n| mapped.contains(&n));
+            if named(&target.tablespace_id) || named(&target.tablespace_name) {
+                continue;
+            }
+            let name = target
+                .tablespace_name
+                .clone()
+                .unwrap_or_else(|| key.replace('/', "-"));
+            target.path = format!("{all}/{name}");
+            if let Some(link) = manifest.links.get_mut(&format!("pg_data/{key}")) {
+                link.destination = target.path.clone();
+            }
+        }
+    }
+    for (wanted, path) in &m.links {
+        let key = format!("pg_data/{wanted}");
+        match manifest.links.get_mut(&key) {
+            Some(link) if !wanted.starts_with("pg_tblspc/") => link.destination = path.clone(),
+            _ => {
+                let known: Vec<&str> = manifest
+                    .links
+                    .keys()
+                    .filter(|k| !k.starts_with("pg_data/pg_tblspc/"))
+                    .map(|k| k.trim_start_matches("pg_data/"))
+                    .collect();
+                return Err(Error::config(format!(
+                    "link '{wanted}' of --link-map is not in the backup (its links: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+                .with_hint("map tablespaces with --tablespace-map"));
+            }
+        }
+    }
+    if !m.links_all {
+        let mapped: Vec<String> = m
+            .links
+            .iter()
+            .map(|(k, _)| format!("pg_data/{k}"))
+            .collect();
+        manifest
+            .links
+            .retain(|k, _| k.starts_with("pg_data/pg_tblspc/") || mapped.contains(k));
+    }
+    Ok(())
 }
 
 /// Points every tablespace and link of the manifest into `dir`, keyed by the link's name.
@@ -602,4 +708,115 @@ fn write_recovery_settings(
         chown(&pg_path.join(signal), &o.user, &o.group)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{LinkEntry, Target};
+
+    fn manifest() -> Manifest {
+        let mut m = crate::manifest::tests::sample();
+        let link = |d: &str| LinkEntry {
+            destination: d.into(),
+            user: "u".into(),
+            group: "g".into(),
+        };
+        m.targets.insert(
+            "pg_tblspc/16385".into(),
+            Target {
+                path: "/srv/ts1".into(),
+                kind: "link".into(),
+                tablespace_id: Some("16385".into()),
+                tablespace_name: Some("ts1".into()),
+            },
+        );
+        m.targets.insert(
+            "pg_tblspc/16386".into(),
+            Target {
+                path: "/srv/ts2".into(),
+                kind: "link".into(),
+                tablespace_id: Some("16386".into()),
+                tablespace_name: Some("ts2".into()),
+            },
+        );
+        m.links
+            .insert("pg_data/pg_tblspc/16385".into(), link("/srv/ts1"));
+        m.links
+            .insert("pg_data/pg_tblspc/16386".into(), link("/srv/ts2"));
+        m.links.insert("pg_data/pg_wal".into(), link("/fast/wal"));
+        m
+    }
+
+    #[test]
+    fn tablespaces_map_by_name_or_oid_and_the_rest_under_map_all() {
+        let mut m = manifest();
+        let maps = Mappings {
+            tablespaces: vec![("ts1".into(), "/new/one".into())],
+            tablespaces_all: Some("/new/all".into()),
+            ..Default::default()
+        };
+        apply_mappings(&mut m, &maps).unwrap();
+        assert_eq!(m.targets["pg_tblspc/16385"].path, "/new/one");
+        assert_eq!(m.links["pg_data/pg_tblspc/16385"].destination, "/new/one");
+        assert_eq!(m.targets["pg_tblspc/16386"].path, "/new/all/ts2");
+        assert_eq!(
+            m.links["pg_data/pg_tblspc/16386"].destination,
+            "/new/all/ts2"
+        );
+        let mut m = manifest();
+        let maps = Mappings {
+            tablespaces: vec![("16386".into(), "/x".into())],
+            ..Default::default()
+        };
+        apply_mappings(&mut m, &maps).unwrap();
+        assert_eq!(m.targets["pg_tblspc/16386"].path, "/x");
+        let maps = Mappings {
+            tablespaces: vec![("nope".into(), "/x".into())],
+            ..Default::default()
+        };
+        assert!(apply_mappings(&mut manifest(), &maps)
+            .unwrap_err()
+            .message
+            .contains("'nope'"));
+    }
+
+    #[test]
+    fn other_links_become_directories_unless_mapped_or_all() {
+        let mut m = manifest();
+        apply_mappings(&mut m, &Mappings::default()).unwrap();
+        assert!(
+            !m.links.contains_key("pg_data/pg_wal"),
+            "pg_wal restored as a plain directory"
+        );
+        assert_eq!(m.links.len(), 2, "tablespace links stay");
+        let mut m = manifest();
+        apply_mappings(
+            &mut m,
+            &Mappings {
+                links_all: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.links["pg_data/pg_wal"].destination, "/fast/wal");
+        let mut m = manifest();
+        apply_mappings(
+            &mut m,
+            &Mappings {
+                links: vec![("pg_wal".into(), "/other/wal".into())],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.links["pg_data/pg_wal"].destination, "/other/wal");
+        let e = apply_mappings(
+            &mut manifest(),
+            &Mappings {
+                links: vec![("pg_xact".into(), "/x".into())],
+                ..Default::default()
+            },
+        );
+        assert!(e.unwrap_err().message.contains("its links: pg_wal"));
+    }
 }

@@ -50,6 +50,7 @@ pub fn command(cmd: Cmd) -> String {
             OptKind::Enum(vals) => format!("=<{}>", vals.join("|")),
             OptKind::Path => "=<path>".to_string(),
             OptKind::Str => "=<value>".to_string(),
+            OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
         };
         let default = match opt.default {
             Some(d) => format!(" [default: {d}]"),

@@ -19,6 +19,8 @@ pub enum OptKind {
     /// `y`/`n` in config files and the environment, `--name`/`--no-name` on the command line.
     Bool,
     Enum(&'static [&'static str]),
+    /// `KEY=/absolute/path`, repeatable: every occurrence adds one mapping.
+    PathMap,
 }
 
 /// Where an option may be set. The command line and the environment can always carry an
@@ -434,6 +436,38 @@ pub const OPTIONS: &[OptDef] =
             "delta restore over a directory that holds another cluster"
         ),
         opt!(
+            "tablespace-map",
+            OptKind::PathMap,
+            None,
+            Scope::Global,
+            Some(RESTORE),
+            "restore the tablespace with this name or OID at PATH instead of its recorded location"
+        ),
+        opt!(
+            "tablespace-map-all",
+            OptKind::Path,
+            None,
+            Scope::Global,
+            Some(RESTORE),
+            "restore every tablespace not mapped otherwise under this directory, one per name"
+        ),
+        opt!(
+            "link-map",
+            OptKind::PathMap,
+            None,
+            Scope::Global,
+            Some(RESTORE),
+            "restore the link at this path in the data directory (e.g. pg_wal) pointing to PATH"
+        ),
+        opt!(
+            "link-all",
+            OptKind::Bool,
+            Some("n"),
+            Scope::Global,
+            Some(RESTORE),
+            "recreate links other than tablespaces (e.g. pg_wal) instead of plain directories"
+        ),
+        opt!(
             "drill-path",
             OptKind::Path,
             Some("/tmp"),
@@ -573,6 +607,12 @@ impl OptDef {
                 "y" | "yes" | "true" | "on" | "1" => Ok("y".into()),
                 "n" | "no" | "false" | "off" | "0" => Ok("n".into()),
                 _ => Err("must be y or n".into()),
+            },
+            OptKind::PathMap => match value.split_once('=') {
+                Some((k, p)) if !k.is_empty() && p.starts_with('/') => {
+                    Ok(format!("{k}={}", p.trim_end_matches('/')))
+                }
+                _ => Err("must be KEY=/absolute/path".into()),
             },
             OptKind::Enum(values) => {
                 if values.contains(&value) {
