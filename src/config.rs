@@ -171,6 +171,13 @@ impl Config {
         })
     }
 
+    /// The items of a repeatable option, in the order given.
+    pub fn list(&self, name: &str) -> Vec<&str> {
+        self.str(name)
+            .map(|v| v.lines().collect())
+            .unwrap_or_default()
+    }
+
     /// The `KEY=PATH` items of a repeatable option, in the order given.
     pub fn path_map(&self, name: &str) -> Vec<(&str, &str)> {
         self.str(name)
@@ -279,7 +286,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             .unwrap_or_default();
         let negated =
             opt.kind == OptKind::Bool && matches.get_count(&format!("no-{}", opt.name)) > 0;
-        if opt.kind == OptKind::PathMap && !given.is_empty() {
+        if opt.kind.repeatable() && !given.is_empty() {
             let items = given
                 .iter()
                 .map(|raw| {
@@ -372,7 +379,7 @@ fn parse_environment(
             continue;
         };
         // A repeatable option takes its items comma-separated in one variable.
-        let items: Vec<&str> = if opt.kind == OptKind::PathMap {
+        let items: Vec<&str> = if opt.kind.repeatable() {
             raw.split(',').collect()
         } else {
             vec![raw.as_str()]
@@ -543,7 +550,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             })?;
             match values.get_mut(opt.name) {
                 // A repeatable option accumulates one mapping per line.
-                Some(existing) if opt.kind == OptKind::PathMap => {
+                Some(existing) if opt.kind.repeatable() => {
                     existing.push('\n');
                     existing.push_str(&v);
                 }

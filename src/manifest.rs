@@ -160,6 +160,9 @@ pub struct Manifest {
     pub paths: BTreeMap<String, Owner>,
     pub files: BTreeMap<String, FileEntry>,
     pub links: BTreeMap<String, LinkEntry>,
+    /// Databases by name → OID (`[db]`), so a restore can include only some. Empty in
+    /// manifests written before the list was recorded.
+    pub databases: BTreeMap<String, u32>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
@@ -204,6 +207,9 @@ impl Manifest {
         }
         for (k, v) in &self.links {
             doc.set("target:link", k, &to_json(v)?);
+        }
+        for (name, oid) in &self.databases {
+            doc.set("db", name, &serde_json::json!({ "db-id": oid }));
         }
         Ok(doc)
     }
@@ -266,6 +272,10 @@ impl Manifest {
             paths: typed(section("target:path"), "target:path", &bad)?,
             files: typed(section("target:file"), "target:file", &bad)?,
             links: typed(section("target:link"), "target:link", &bad)?,
+            databases: section("db")
+                .into_iter()
+                .filter_map(|(name, v)| Some((name, v.get("db-id")?.as_u64()? as u32)))
+                .collect(),
         };
         manifest.check_keys().map_err(bad)?;
         Ok(manifest)
@@ -426,6 +436,7 @@ pub mod tests {
             paths: BTreeMap::new(),
             files: BTreeMap::new(),
             links: BTreeMap::new(),
+            databases: BTreeMap::from([("postgres".to_string(), 5), ("app".to_string(), 16384)]),
         };
         m.targets.insert(
             "pg_data".into(),

@@ -286,6 +286,11 @@ impl Restored {
     }
 
     fn try_psql(&self, sql: &str) -> Result<String, String> {
+        self.try_psql_in("postgres", sql)
+    }
+
+    /// psql in database `db` of the restored copy.
+    pub fn try_psql_in(&self, db: &str, sql: &str) -> Result<String, String> {
         let port = self.port.to_string();
         let out = run(harness::postgres_command(
             format!("{PG_BIN}/psql"),
@@ -304,7 +309,7 @@ impl Restored {
                 "ON_ERROR_STOP=1",
                 "-c",
                 sql,
-                "postgres",
+                db,
             ],
         ));
         if out.success() {

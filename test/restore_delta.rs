@@ -266,3 +266,84 @@ fn a_tampered_manifest_cannot_write_outside_the_data_directory() {
     ]);
     assert_error(&out, 44, "is not a tablespace or pg_wal link");
 }
+
+/// psql in another database of the original cluster.
+fn psql_in(site: &Site, db: &str, sql: &str) -> String {
+    let out = harness::run(site.cluster.client_command(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ],
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn db_include_restores_only_the_chosen_databases() {
+    let site = Site::local();
+    site.cluster.psql("create database keep");
+    site.cluster.psql("create database skip");
+    psql_in(
+        &site,
+        "keep",
+        "create table k as select generate_series(1, 5000) g",
+    );
+    psql_in(
+        &site,
+        "skip",
+        "create table s as select generate_series(1, 5000) g",
+    );
+    let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
+    assert_eq!(out.status, 0, "{out}");
+    let label = label_of(&out);
+    site.one_segment();
+
+    let set = format!("--set={label}");
+    let dest = site.dir.join("never");
+    let pg1 = format!("--pg1-path={}", dest.display());
+    assert_error(
+        &site.pgbr(&["restore", &pg1, &set, "--db-include=nope"]),
+        31,
+        "database 'nope' of --db-include is not in the backup",
+    );
+    assert!(!dest.exists());
+
+    let copy = Restored::restore(&site, "dbinc", Some(&label), &["--db-include=keep"]);
+    let log = fs::read_to_string(site.dir.join("log/main-restore.log")).unwrap();
+    assert!(
+        log.contains("excluded databases restored as sparse zeroed files"),
+        "{log}"
+    );
+    copy.start_and_wait_promoted();
+    assert_eq!(
+        copy.try_psql_in("keep", "select count(*), sum(g) from k")
+            .unwrap(),
+        "5000|12502500"
+    );
+    // The excluded database is listed but holds only zeros (even its catalog: connecting to it
+    // would fail); it is dropped without connecting to it.
+    assert_eq!(
+        copy.psql("select count(*) from pg_database where datname = 'skip'"),
+        "1"
+    );
+    copy.psql("drop database skip");
+    assert_eq!(
+        copy.psql("select count(*) from pg_database where datname = 'skip'"),
+        "0"
+    );
+    assert_eq!(
+        copy.try_psql_in("keep", "select count(*) from k").unwrap(),
+        "5000"
+    );
+    copy.stop();
+}

@@ -149,6 +149,11 @@ pub fn run(cfg: &Config) -> Result<()> {
         paths: tree.paths,
         files: BTreeMap::new(),
         links: tree.links,
+        databases: db
+            .query_rows("select datname, oid::text from pg_database")?
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?.parse().ok()?)))
+            .collect(),
     };
 
     // What each file needs: a reference to the prior's copy, a resumed copy, or a new copy.

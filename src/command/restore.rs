@@ -92,6 +92,8 @@ pub fn restore(
         Some(dir) => relocate_outside_paths(&mut manifest, dir),
         None => apply_mappings(&mut manifest, &Mappings::from_config(cfg))?,
     }
+    // Checked before anything is written.
+    let zeroed = excluded_databases(&manifest, &cfg.list("db-include"))?;
     info.db.check_cluster(
         manifest.db.system_id,
         &manifest.db.version,
@@ -179,7 +181,15 @@ pub fn restore(
         &compress_of,
         &pg_path,
         delta,
+        &zeroed,
     )?;
+    if !zeroed.is_empty() {
+        crate::info!(
+            "db-include: {} files of {} excluded databases restored as sparse zeroed files; drop those databases",
+            counts.zeroed,
+            zeroed.len()
+        );
+    }
     if delta {
         crate::info!(
             "delta restore: {} files kept, {} restored ({} bytes), {} unlisted entries removed",
@@ -407,6 +417,7 @@ struct Counts {
     kept: u64,
     restored: u64,
     restored_bytes: u64,
+    zeroed: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -419,6 +430,7 @@ fn restore_files(
     compress_of: &BTreeMap<String, Compress>,
     pg_path: &Path,
     delta: bool,
+    zeroed: &std::collections::BTreeSet<u32>,
 ) -> Result<Counts> {
     let workers = crate::parallel::Workers::new(cfg)?;
     let mut files: Vec<(&String, &FileEntry)> = manifest.files.iter().collect();
@@ -429,6 +441,7 @@ fn restore_files(
     let kept = AtomicU64::new(0);
     let restored = AtomicU64::new(0);
     let restored_bytes = AtomicU64::new(0);
+    let zeroed_count = AtomicU64::new(0);
     workers.install(|| {
         use rayon::prelude::*;
         // One task per file, so the largest files spread over the workers.
@@ -444,6 +457,11 @@ fn restore_files(
                 let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
                 let stored = format!("{key}{}", compress.extension());
                 let local = local_path(manifest, pg_path, key)?;
+                if is_zeroed(key, zeroed) {
+                    zeroed_count.fetch_add(1, Ordering::Relaxed);
+                    progress.add(entry.size);
+                    return restore_zeroed(&local, entry);
+                }
                 if delta && matches_manifest(&local, entry)? {
                     kept.fetch_add(1, Ordering::Relaxed);
                     progress.add(entry.size);
@@ -470,7 +488,79 @@ fn restore_files(
         kept: kept.into_inner(),
         restored: restored.into_inner(),
         restored_bytes: restored_bytes.into_inner(),
+        zeroed: zeroed_count.into_inner(),
     })
+}
+
+/// The OIDs of databases `--db-include` leaves out. The system databases always come back:
+/// PostgreSQL cannot start without them.
+fn excluded_databases(
+    manifest: &Manifest,
+    include: &[&str],
+) -> Result<std::collections::BTreeSet<u32>> {
+    if include.is_empty() {
+        return Ok(Default::default());
+    }
+    if manifest.databases.is_empty() {
+        return Err(Error::config(format!(
+            "backup '{}' has no list of databases, so --db-include cannot be applied",
+            manifest.backup.label
+        ))
+        .with_hint("take a new backup; this pg_backrest records the list in the manifest"));
+    }
+    for name in include {
+        if !manifest.databases.contains_key(*name) {
+            let known: Vec<&str> = manifest.databases.keys().map(String::as_str).collect();
+            return Err(Error::config(format!(
+                "database '{name}' of --db-include is not in the backup (it has: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    const SYSTEM: [&str; 3] = ["postgres", "template0", "template1"];
+    Ok(manifest
+        .databases
+        .iter()
+        .filter(|(name, oid)| {
+            !include.contains(&name.as_str()) && !SYSTEM.contains(&name.as_str()) && **oid >= 16384
+        })
+        .map(|(_, oid)| *oid)
+        .collect())
+}
+
+/// Whether a file is a relation file of an excluded database (`pg_data/base/OID/...` or
+/// `pg_tblspc/TS/PG_.../OID/...`); the database's other files are restored normally.
+fn is_zeroed(key: &str, zeroed: &std::collections::BTreeSet<u32>) -> bool {
+    if zeroed.is_empty() {
+        return false;
+    }
+    let parts: Vec<&str> = key.split('/').collect();
+    let (db, name) = match parts.as_slice() {
+        ["pg_data", "base", db, name] => (*db, *name),
+        ["pg_tblspc", _, _, db, name] => (*db, *name),
+        _ => return false,
+    };
+    db.parse::<u32>().is_ok_and(|oid| zeroed.contains(&oid))
+        && crate::pg::page::relation_first_block(name).is_some()
+}
+
+/// A relation file of an excluded database: a sparse file of zeros of the right size, which
+/// PostgreSQL accepts (new pages) until the database is dropped.
+fn restore_zeroed(local: &Path, entry: &FileEntry) -> Result<()> {
+    let (dir, name) = match (local.parent(), local.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(Error::integrity(format!(
+                "invalid restore path '{}'",
+                local.display()
+            )))
+        }
+    };
+    let mut writer =
+        PosixWriter::create_with_mode(dir.to_path_buf(), parse_mode(&entry.mode).unwrap_or(0o600))?;
+    writer.set_len(entry.size)?;
+    Box::new(writer).commit(name)?;
+    set_attributes(local, entry)
 }
 
 /// Delta: whether the file already on disk has the manifest's size and SHA-1.

@@ -51,6 +51,7 @@ pub fn command(cmd: Cmd) -> String {
             OptKind::Path => "=<path>".to_string(),
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
+            OptKind::List => "=<value> (repeatable)".to_string(),
         };
         let default = match opt.default {
             Some(d) => format!(" [default: {d}]"),

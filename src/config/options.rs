@@ -21,6 +21,15 @@ pub enum OptKind {
     Enum(&'static [&'static str]),
     /// `KEY=/absolute/path`, repeatable: every occurrence adds one mapping.
     PathMap,
+    /// A plain value, repeatable: every occurrence adds one item.
+    List,
+}
+
+impl OptKind {
+    /// Whether the option may be given more than once, each time adding an item.
+    pub fn repeatable(self) -> bool {
+        matches!(self, OptKind::PathMap | OptKind::List)
+    }
 }
 
 /// Where an option may be set. The command line and the environment can always carry an
@@ -468,6 +477,14 @@ pub const OPTIONS: &[OptDef] =
             "recreate links other than tablespaces (e.g. pg_wal) instead of plain directories"
         ),
         opt!(
+            "db-include",
+            OptKind::List,
+            None,
+            Scope::CommandLine,
+            Some(RESTORE),
+            "restore only this database (repeatable); the others come back as sparse zeroed files to drop"
+        ),
+        opt!(
             "drill-path",
             OptKind::Path,
             Some("/tmp"),
@@ -608,6 +625,10 @@ impl OptDef {
                 "n" | "no" | "false" | "off" | "0" => Ok("n".into()),
                 _ => Err("must be y or n".into()),
             },
+            OptKind::List if value.is_empty() || value.contains(',') => {
+                Err("must be a non-empty name without commas".into())
+            }
+            OptKind::List => Ok(value.to_string()),
             OptKind::PathMap => match value.split_once('=') {
                 Some((k, p)) if !k.is_empty() && p.starts_with('/') => {
                     Ok(format!("{k}={}", p.trim_end_matches('/')))

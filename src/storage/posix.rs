@@ -164,6 +164,18 @@ impl PosixWriter {
     }
 }
 
+impl PosixWriter {
+    /// Sets the temp file's length (a sparse file of zeros when extending an empty one).
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f
+                .set_len(len)
+                .map_err(|e| Error::io("extend", &self.temp, e)),
+            None => Err(Error::internal("set_len after commit")),
+        }
+    }
+}
+
 impl Write for PosixWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.file.as_mut() {
