@@ -544,18 +544,21 @@ fn is_zeroed(key: &str, zeroed: &std::collections::BTreeSet<u32>) -> bool {
         && crate::pg::page::relation_first_block(name).is_some()
 }
 
+/// A file's directory and name, for an atomic write into that directory.
+fn split_path(local: &Path) -> Result<(&Path, &str)> {
+    match (local.parent(), local.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => Ok((d, n)),
+        _ => Err(Error::integrity(format!(
+            "invalid restore path '{}'",
+            local.display()
+        ))),
+    }
+}
+
 /// A relation file of an excluded database: a sparse file of zeros of the right size, which
 /// PostgreSQL accepts (new pages) until the database is dropped.
 fn restore_zeroed(local: &Path, entry: &FileEntry) -> Result<()> {
-    let (dir, name) = match (local.parent(), local.file_name().and_then(|n| n.to_str())) {
-        (Some(d), Some(n)) => (d, n),
-        _ => {
-            return Err(Error::integrity(format!(
-                "invalid restore path '{}'",
-                local.display()
-            )))
-        }
-    };
+    let (dir, name) = split_path(local)?;
     let mut writer =
         PosixWriter::create_with_mode(dir.to_path_buf(), parse_mode(&entry.mode).unwrap_or(0o600))?;
     writer.set_len(entry.size)?;
@@ -716,15 +719,7 @@ fn restore_file(
             "backup file '{source}' is missing from the repository"
         ))
     })?;
-    let (dir, name) = match (local.parent(), local.file_name().and_then(|n| n.to_str())) {
-        (Some(d), Some(n)) => (d, n),
-        _ => {
-            return Err(Error::integrity(format!(
-                "invalid restore path '{}'",
-                local.display()
-            )))
-        }
-    };
+    let (dir, name) = split_path(local)?;
     let mode = parse_mode(&entry.mode).unwrap_or(0o600);
     let mut writer = PosixWriter::create_with_mode(dir.to_path_buf(), mode)?;
     let dest = local.display().to_string();
