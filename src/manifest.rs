@@ -142,6 +142,11 @@ pub struct FileEntry {
     /// Blocks whose page checksum failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checksum_page_error: Vec<u32>,
+    /// The second (Unix) at which reading the file for this copy began. A file whose mtime is
+    /// still the recorded one and earlier than this second has not changed since it was read,
+    /// which is what a resume or a later diff/incr may rely on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,6 +466,7 @@ pub mod tests {
                 reference: Some("20261121-101500F".into()),
                 checksum_page: Some(true),
                 checksum_page_error: vec![3],
+                copied_at: Some(1_795_000_050),
             },
         );
         m

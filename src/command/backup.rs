@@ -340,12 +340,21 @@ fn new_label(t: BackupType, prior: Option<&str>, info: &BackupInfo) -> String {
     }
 }
 
-/// The prior's entry for a file unchanged since before the prior backup started. Files
-/// modified later may have changed within the same second as the prior copied them.
+/// Whether a file still is what `e` recorded: same size and mtime, and that mtime earlier
+/// than the second in which the recorded copy began reading it. A later modification would
+/// carry an mtime at or after that second, so an equal mtime before it proves no change since
+/// the read, even one within the same second as an earlier write. Entries without the copy
+/// time fall back to the start of the backup that made them.
+fn unchanged_since_copy(e: &FileEntry, src: &SourceFile, backup_start: i64) -> bool {
+    e.size == src.size
+        && e.timestamp == src.mtime
+        && src.mtime < e.copied_at.unwrap_or(backup_start)
+}
+
+/// The prior's entry for a file unchanged since the prior copied it.
 fn unchanged_since_prior(prior: &Manifest, src: &SourceFile) -> Option<FileEntry> {
     let e = prior.files.get(&src.key)?;
-    let unchanged =
-        e.size == src.size && e.timestamp == src.mtime && src.mtime < prior.backup.timestamp_start;
+    let unchanged = unchanged_since_copy(e, src, prior.backup.timestamp_start);
     if unchanged {
         prior_entry(prior, src)
     } else {
@@ -458,14 +467,9 @@ fn reusable(
     src: &SourceFile,
 ) -> Option<FileEntry> {
     let e = partial.files.get(&src.key)?;
-    // As for a prior backup: only a file last modified before the interrupted backup started
-    // is known to be unchanged since it was copied (a change in the same second as the copy
-    // keeps size and mtime, and the WAL this backup replays starts later).
-    if e.reference.is_some()
-        || e.size != src.size
-        || e.timestamp != src.mtime
-        || src.mtime >= partial.backup.timestamp_start
-    {
+    // As for a prior backup: the WAL this backup replays starts later, so a file changed
+    // since the interrupted copy read it must be copied again.
+    if e.reference.is_some() || !unchanged_since_copy(e, src, partial.backup.timestamp_start) {
         return None;
     }
     let path = layout.backup_file(&partial.backup.label, &partial.stored_name(&src.key));
@@ -621,6 +625,7 @@ fn store_generated(
             reference: None,
             checksum_page: None,
             checksum_page_error: Vec::new(),
+            copied_at: None,
         },
     );
     Ok(())

@@ -68,6 +68,7 @@ pub fn copy_source(
     dest_name: &str,
     p: &CopyParams,
 ) -> Result<FileEntry> {
+    let copied_at = chrono::Utc::now().timestamp();
     let source = src.path.display().to_string();
     let ends = Ends {
         source: &source,
@@ -111,6 +112,7 @@ pub fn copy_source(
         checksum_page: (p.verify_pages && src.first_block.is_some())
             .then_some(bad_blocks.is_empty()),
         checksum_page_error: bad_blocks,
+        copied_at: Some(copied_at),
     })
 }
 
