@@ -4,9 +4,10 @@
 # Installs what is missing (Rust through rustup when cargo is absent, then test/setup.sh),
 # builds pg_backrest, then in a throwaway directory under /tmp creates a PostgreSQL 15
 # cluster that archives its WAL with pg_backrest, runs stanza-create and check, puts a
-# pgbench load on it, waits until PostgreSQL reports every segment archived, and finally
-# runs a restore drill for the WAL: every archived segment is fetched back with archive-get
-# and compared with the original.
+# pgbench load on it, waits until PostgreSQL reports every segment archived, fetches every
+# archived segment back with archive-get and compares it with the original; then takes a full
+# and an incremental backup, shows info, runs verify and a restore drill, and finally restores
+# the latest backup into a new directory, starts it and compares its data with the original.
 #
 # Idempotent: every run uses a new directory. The cluster is stopped (pg_ctl -m immediate) and
 # the directory removed at exit, also on failure; KEEP=1 keeps the directory for inspection.
@@ -68,6 +69,9 @@ cleanup() {
     set +e
     if [ "$STARTED" = yes ]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
+    fi
+    if [ -f "$WORK/restored/postmaster.pid" ]; then
+        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/restored" -m immediate -w stop >/dev/null 2>&1
     fi
     if [ "${KEEP:-0}" = 1 ]; then
         echo "demo.sh: KEEP=1: work directory kept: $WORK"
@@ -211,16 +215,55 @@ echo "archive-get $MISSING: exit status $rc"
 [ "$rc" -eq 1 ] || die "archive-get of a missing segment exited $rc, expected 1"
 [ ! -e "$FETCH/$MISSING" ] || die "archive-get of a missing segment created $FETCH/$MISSING"
 
+say "full backup of the running cluster (pg_backup_start, parallel copy, WAL check)"
+pgbr --log-level-console=warn --type=full --start-fast --process-max=2 backup
+as_pg "$PGBIN/pgbench" -h "$SOCKET" -p "$PORT" -c 2 -T 3 postgres >>"$WORK/pgbench.log" 2>&1 \
+    || die "pgbench after the full backup failed (see $WORK/pgbench.log)"
+say "incremental backup (only files changed since the full)"
+pgbr --log-level-console=warn --type=incr --start-fast backup
+expected=$(sql "select count(*) || '|' || sum(abalance) from pgbench_accounts")
+sql "select pg_switch_wal()" >/dev/null
+
+say "info"
+pgbr --log-level-console=warn info
+
+say "verify: every backup file and archived segment against its SHA-1"
+pgbr --log-level-console=warn --process-max=2 verify
+
+say "restore drill: restore the latest backup into a throwaway copy, recover, check, remove"
+as_pg mkdir -p "$WORK/drill"
+pgbr --log-level-console=warn --drill-path="$WORK/drill" --process-max=2 drill
+
+say "restore into a new directory, start it, and compare its data with the original"
+RESTORED="$WORK/restored"
+RSOCKET="$WORK/restored-socket"
+as_pg mkdir -p "$RSOCKET"
+pgbr --log-level-console=warn --pg1-path="$RESTORED" --process-max=2 restore
+RPORT=$((PORT + 1))
+printf "port = %s\nunix_socket_directories = '%s'\narchive_mode = off\n" "$RPORT" "$RSOCKET" \
+    | as_pg tee -a "$RESTORED/postgresql.auto.conf" >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$RESTORED" -l "$WORK/restored.log" -w -t 120 start >/dev/null \
+    || die "the restored copy did not start (see $WORK/restored.log)"
+state=""
+for _ in $(seq 1 600); do
+    state=$(as_pg "$PGBIN/psql" -X -q -At -h "$RSOCKET" -p "$RPORT" -d postgres -c "select pg_is_in_recovery()" 2>/dev/null || true)
+    [ "$state" = "f" ] && break
+    sleep 0.2
+done
+[ "$state" = "f" ] || die "the restored copy never finished recovery (see $WORK/restored.log)"
+got=$(as_pg "$PGBIN/psql" -X -q -At -h "$RSOCKET" -p "$RPORT" -d postgres -c "select count(*) || '|' || sum(abalance) from pgbench_accounts")
+as_pg "$PGBIN/pg_ctl" -D "$RESTORED" -m fast -w stop >/dev/null
+[ "$got" = "$expected" ] || die "restored data $got differs from the original's $expected"
+echo "restored copy holds the original's data: pgbench_accounts count|sum = $got"
+
 say "summary"
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 printf '  segments archived (pg_stat_archiver): %s, failed: %s\n' "$archived" "$failed"
 printf '  segments in the repository:           %s\n' "${#stored[@]}"
 printf '  fetched back with archive-get:        %s (SHA-1 verified: %s)\n' "$fetched" "$sha_ok"
 printf '  byte-identical with pg_wal:           %s of %s still in pg_wal\n' "$identical" "$compared"
-printf '  repository size:                      %s (archive/%s, with info files)\n' "$(mib "$repo_bytes")" "$STANZA"
+printf '  repository size (WAL):                %s (archive/%s, with info files)\n' "$(mib "$repo_bytes")" "$STANZA"
 printf '  raw WAL size:                         %s\n' "$(mib "$raw_bytes")"
 printf '  missing segment:                      archive-get exit 1, as PostgreSQL expects\n'
-echo
-echo "Base backup and restore (backup, restore, expire, verify) arrive with the next release;"
-echo "this release archives WAL (archive-push, archive-get), locally or over SSH."
+printf '  backups:                              full + incr, verified, drilled, restored and compared\n'
 echo "demo.sh: OK"
