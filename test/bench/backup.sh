@@ -17,6 +17,8 @@
 #
 # See docs/benchmarks.md ("Backup and restore") for what is measured and how.
 set -euo pipefail
+# shellcheck source=test/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
 SCALES=${SCALES:-"50 100"}
@@ -125,48 +127,7 @@ RES=$W/scratch/results.jsonl
 # 1. Private sshd on 127.0.0.1 (as in archive.sh).
 SSHPORT=$(free_port)
 
-ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-host -f "$S/host_ed25519"
-ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-client -f "$S/client_ed25519"
-chown postgres:postgres "$S/client_ed25519" "$S/client_ed25519.pub"
-chmod 0600 "$S/client_ed25519"
-cp "$S/client_ed25519.pub" "$S/authorized_keys"
-echo "[127.0.0.1]:$SSHPORT $(cut -d' ' -f1,2 "$S/host_ed25519.pub")" >"$S/known_hosts"
-chmod 0644 "$S/authorized_keys" "$S/known_hosts"
-cat >"$S/sshd_config" <<EOF
-Port $SSHPORT
-ListenAddress 127.0.0.1
-HostKey $S/host_ed25519
-AuthorizedKeysFile $S/authorized_keys
-PidFile $S/sshd.pid
-UsePAM yes
-StrictModes no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-PrintMotd no
-MaxSessions 64
-MaxStartups 100:30:200
-LogLevel ERROR
-EOF
-cat >"$S/ssh_config" <<EOF
-Host 127.0.0.1
-  Port $SSHPORT
-  User postgres
-  IdentityFile $S/client_ed25519
-  IdentitiesOnly yes
-  UserKnownHostsFile $S/known_hosts
-  GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
-  BatchMode yes
-  LogLevel ERROR
-EOF
-chmod 0644 "$S/ssh_config"
-# pgBackRest has no ssh-config option; cmd-ssh points at this wrapper instead.
-printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$S/ssh_config" >"$S/ssh-wrap"
-chmod 0755 "$S/ssh-wrap"
-mkdir -p /run/sshd
-chmod 0755 /run/sshd
+write_ssh_fixture "$S" "$SSHPORT"
 log "sshd on 127.0.0.1:$SSHPORT"
 # Under a subreaper: see "reaper" in backup_bench.py (remote CPU accounting).
 python3 "$HELPER" reaper /usr/sbin/sshd -D -e -f "$S/sshd_config" </dev/null >>"$S/sshd.log" 2>&1 &

@@ -1,0 +1,50 @@
+# Shared pieces of the benchmark scripts (sourced by archive.sh and backup.sh).
+
+# write_ssh_fixture DIR PORT: keys, sshd_config and client ssh_config for a private sshd on
+# 127.0.0.1:PORT that the postgres user logs into with its own key, and an ssh wrapper for
+# pgBackRest's cmd-ssh (it has no ssh-config option). Starting sshd is left to the caller.
+write_ssh_fixture() {
+    local S=$1 SSHPORT=$2
+    ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-host -f "$S/host_ed25519"
+    ssh-keygen -q -N '' -t ed25519 -C pgbr-bench-client -f "$S/client_ed25519"
+    chown postgres:postgres "$S/client_ed25519" "$S/client_ed25519.pub"
+    chmod 0600 "$S/client_ed25519"
+    cp "$S/client_ed25519.pub" "$S/authorized_keys"
+    echo "[127.0.0.1]:$SSHPORT $(cut -d' ' -f1,2 "$S/host_ed25519.pub")" >"$S/known_hosts"
+    chmod 0644 "$S/authorized_keys" "$S/known_hosts"
+    cat >"$S/sshd_config" <<EOF
+Port $SSHPORT
+ListenAddress 127.0.0.1
+HostKey $S/host_ed25519
+AuthorizedKeysFile $S/authorized_keys
+PidFile $S/sshd.pid
+UsePAM yes
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+PrintMotd no
+MaxSessions 64
+MaxStartups 100:30:200
+LogLevel ERROR
+EOF
+    cat >"$S/ssh_config" <<EOF
+Host 127.0.0.1
+  Port $SSHPORT
+  User postgres
+  IdentityFile $S/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+EOF
+    chmod 0644 "$S/ssh_config"
+    # pgBackRest has no ssh-config option; cmd-ssh points at this wrapper instead.
+    printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$S/ssh_config" >"$S/ssh-wrap"
+    chmod 0755 "$S/ssh-wrap"
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+}
