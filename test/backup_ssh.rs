@@ -5,7 +5,7 @@
 
 use std::fs;
 
-use crate::fixture::{Options, Site};
+use crate::fixture::{label_of, Options, Site};
 use crate::harness::{self, free_port, postgres_command, run, run_as_postgres, wait_until};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -38,15 +38,7 @@ fn backup_from_the_repository_host_through_pg1_host_restores_exactly() {
 
     let out = site.pgbr_repo_host(&["--type=full", "--start-fast", "--process-max=2", "backup"]);
     assert_eq!(out.status, 0, "{out}");
-    let label = out
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")
-                .and_then(|r| r.strip_suffix(" complete"))
-        })
-        .expect("label")
-        .to_string();
+    let label = label_of(&out);
     // The backup was taken by the repository host: its log is there.
     let log = fs::read_to_string(site.dir.join("repo-log/main-backup.log")).unwrap();
     assert!(log.contains(&format!("backup {label} complete")), "{log}");
@@ -239,15 +231,7 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
     site.sshd.as_mut().unwrap().start_again();
     let out = site.pgbr_repo_host(&["--type=full", "--start-fast", "backup"]);
     assert_eq!(out.status, 0, "{out}");
-    let label = out
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")
-                .and_then(|r| r.strip_suffix(" complete"))
-        })
-        .unwrap()
-        .to_string();
+    let label = label_of(&out);
     let log = fs::read_to_string(site.dir.join("repo-log/main-backup.log")).unwrap();
     assert!(
         log.contains(&format!("resuming interrupted backup {label}")),

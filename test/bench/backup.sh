@@ -42,22 +42,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 0. Packages, build.
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-missing=()
-for p in pgbackrest openssh-server openssh-client postgresql-15 time python3; do
-    installed "$p" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    policy=/usr/sbin/policy-rc.d own_policy=no
-    if [ ! -e "$policy" ]; then # keep package scripts from starting services
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=yes
-    fi
-    ok=yes
-    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}" || ok=no
-    [ "$own_policy" = no ] || rm -f "$policy"
-    [ "$ok" = yes ] || die "apt-get install ${missing[*]} failed"
-fi
+install_bench_packages
 for t in "$PGBIN/initdb" "$PGBIN/pgbench" "$PGBIN/pg_basebackup" /usr/sbin/sshd /usr/bin/ssh /usr/bin/time /usr/bin/pgbackrest; do
     [ -x "$t" ] || die "$t is missing"
 done

@@ -1,5 +1,23 @@
 # Shared pieces of the benchmark scripts (sourced by archive.sh and backup.sh).
 
+# install_bench_packages: installs what the benchmarks need and is missing, without letting
+# package scripts start services. Uses the caller's log and die.
+install_bench_packages() {
+    local p policy=/usr/sbin/policy-rc.d own_policy=no ok=yes missing=()
+    installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+    for p in pgbackrest openssh-server openssh-client postgresql-15 time python3; do
+        installed "$p" || missing+=("$p")
+    done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    log "installing ${missing[*]}"
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=yes
+    fi
+    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}" || ok=no
+    [ "$own_policy" = no ] || rm -f "$policy"
+    [ "$ok" = yes ] || die "apt-get install ${missing[*]} failed"
+}
+
 # write_ssh_fixture DIR PORT: keys, sshd_config and client ssh_config for a private sshd on
 # 127.0.0.1:PORT that the postgres user logs into with its own key, and an ssh wrapper for
 # pgBackRest's cmd-ssh (it has no ssh-config option). Starting sshd is left to the caller.
