@@ -12,10 +12,13 @@
 
 use std::io::{self, Read, Write};
 
-use flate2::write::GzEncoder;
 use sha1::{Digest as _, Sha1};
 
 use crate::error::{Error, Kind, Result};
+
+#[allow(unsafe_code)]
+mod gzip;
+use gzip::GzipWriter;
 
 /// Chunk size of the pipeline: large enough to amortize system calls and protocol frames,
 /// small enough to keep memory flat.
@@ -71,10 +74,10 @@ pub fn store(
     {
         let mut sink = match compress {
             Compress::None => Sink::Plain(&mut counted),
-            Compress::Gz(level) => Sink::Gz(Box::new(GzEncoder::new(
-                &mut counted,
-                flate2::Compression::new(level),
-            ))),
+            Compress::Gz(level) => Sink::Gz(Box::new(
+                GzipWriter::new(&mut counted, level)
+                    .map_err(|e| io_error("compress for", ends.dest, e))?,
+            )),
         };
         loop {
             let n = read_some(src, &mut buf).map_err(|e| io_error("read", ends.source, e))?;
@@ -91,8 +94,7 @@ pub fn store(
         }
         // The gzip trailer is written here; dropping the encoder would hide its errors.
         if let Sink::Gz(mut gz) = sink {
-            gz.try_finish()
-                .map_err(|e| io_error("write", ends.dest, e))?;
+            gz.finish().map_err(|e| io_error("write", ends.dest, e))?;
         }
     }
     Ok(CopyResult {
@@ -210,7 +212,7 @@ fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 enum Sink<'a, 'b> {
     Plain(&'a mut CountingWriter<'b>),
     // Boxed: the encoder's state is large and the plain variant is a pointer.
-    Gz(Box<GzEncoder<&'a mut CountingWriter<'b>>>),
+    Gz(Box<GzipWriter<&'a mut CountingWriter<'b>>>),
 }
 
 struct CountingWriter<'a> {

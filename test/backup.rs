@@ -132,6 +132,45 @@ fn big_files_in_copy(path: &Path) -> usize {
     n
 }
 
+/// The stored copy of the largest data file of `label` is standard gzip (GNU gzip reads it)
+/// and, the backup using compress-level 6, within 1 % of what `gzip -6` makes of the same
+/// bytes: level N means zlib's level N (see src/pipeline/gzip.rs).
+fn assert_stored_like_gzip_6(site: &Site, label: &str) {
+    fn walk(dir: &Path, best: &mut Option<(u64, PathBuf)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, best);
+            } else if path.extension().is_some_and(|e| e == "gz") {
+                let len = fs::metadata(&path).unwrap().len();
+                if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                    *best = Some((len, path));
+                }
+            }
+        }
+    }
+    let mut best = None;
+    walk(&backup_dir(site).join(label).join("pg_data"), &mut best);
+    let (stored, path) = best.expect("a stored .gz file");
+    let plain = site.dir.join("largest-file");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"gzip -dc "$1" > "$2" && gzip -6 -c "$2" | wc -c"#)
+        .args(["sh", p(&path), p(&plain)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gzip: {out:?}");
+    let theirs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let original = fs::metadata(&plain).unwrap().len();
+    fs::remove_file(&plain).unwrap();
+    let ratio = stored as f64 / theirs;
+    assert!(
+        original > 16 << 20 && (0.99..=1.01).contains(&ratio),
+        "{}: {original} bytes stored in {stored}, gzip -6 makes {theirs}: ratio {ratio:.4}",
+        path.display()
+    );
+}
+
 fn backup_dir(site: &Site) -> PathBuf {
     site.repo.join("backup").join(STANZA)
 }
@@ -499,6 +538,7 @@ fn full_diff_incr_under_load_each_restore_to_the_recorded_state() {
     let expected = pgbench_state(|sql| site.cluster.psql(sql));
     site.one_segment();
 
+    assert_stored_like_gzip_6(&site, &incr);
     verify_restore(&site, "r-full", &full, &expected);
     verify_restore(&site, "r-diff", &diff, &expected);
     verify_restore(&site, "r-incr", &incr, &expected);

@@ -76,12 +76,7 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
     let info: serde_json::Value =
         serde_json::from_str(&site.pgbr(&["info", "--output=json"]).stdout).unwrap();
     let label = info[0]["backup"][0]["label"].as_str().unwrap().to_string();
-    let relation = site
-        .cluster
-        .psql("select pg_relation_filepath('pgbench_accounts')");
-    let stored = site
-        .repo
-        .join(format!("backup/main/{label}/pg_data/{relation}.gz"));
+    let (relation, stored) = site.stored_relation(&label, "pgbench_accounts");
     let mut bytes = fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;

@@ -225,6 +225,18 @@ impl Site {
         wait_until_archived(self);
     }
 
+    /// The first segment of `table`'s relation (path under the data directory) and its
+    /// stored, compressed copy in backup `label`.
+    pub fn stored_relation(&self, label: &str, table: &str) -> (String, PathBuf) {
+        let relation = self
+            .cluster
+            .psql(&format!("select pg_relation_filepath('{table}')"));
+        let stored = self
+            .repo
+            .join(format!("backup/{STANZA}/{label}/pg_data/{relation}.gz"));
+        (relation, stored)
+    }
+
     /// Writes a little, switches WAL and waits until PostgreSQL archived that segment.
     pub fn one_segment(&self) -> String {
         self.cluster.psql(

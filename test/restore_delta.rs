@@ -1,6 +1,7 @@
 //! Delta restore onto an existing data directory (only what differs is copied, what the
-//! backup does not list is removed, a running or foreign cluster is refused), and a tampered
-//! manifest (with a correct checksum) that tries to write outside the data directory.
+//! backup does not list is removed, a running or foreign cluster is refused), a restore that
+//! stops half-way leaving a directory PostgreSQL refuses to start, and a tampered manifest
+//! (with a correct checksum) that tries to write outside the data directory.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -53,8 +54,9 @@ fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-#[test]
-fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
+/// A site with a pgbench cluster of scale 2, its accounts' count and balance sum, and a full
+/// backup whose WAL is archived.
+fn full_backup_of_pgbench() -> (Site, String, String) {
     let site = Site::local();
     site.cluster.pgbench(&["-i", "-q", "-s", "2"]);
     let expected = site
@@ -64,6 +66,12 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
     assert_eq!(out.status, 0, "{out}");
     let label = label_of(&out);
     site.one_segment();
+    (site, expected, label)
+}
+
+#[test]
+fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
+    let (site, expected, label) = full_backup_of_pgbench();
 
     let copy = Restored::restore(&site, "delta", Some(&label), &[]);
     let fresh = tree(&copy.data);
@@ -85,9 +93,10 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
     let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
     assert_eq!(out.status, 0, "{out}");
     let line = delta_line(&site);
-    // The changed relation, PG_VERSION, and postgresql.auto.conf (rewritten by the first
-    // restore's recovery settings) are copied; everything else is kept.
-    assert_eq!(count_before(&line, " restored"), 3, "{line}");
+    // The changed relation, PG_VERSION, postgresql.auto.conf (rewritten by the first
+    // restore's recovery settings) and pg_control (removed first, restored last) are copied;
+    // everything else is kept.
+    assert_eq!(count_before(&line, " restored"), 4, "{line}");
     assert!(count_before(&line, " files kept") > 900, "{line}");
     // The stray file and directory, and the first restore's recovery.signal (never part of a
     // backup; written again with the recovery settings).
@@ -108,12 +117,13 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
         "the delta-restored directory differs from a fresh restore in {differing:?}"
     );
 
-    // Nothing changed since: only the recovery settings file differs again.
+    // Nothing changed since: only the recovery settings file differs again, and pg_control
+    // is rewritten as every delta restore does.
     let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
     assert_eq!(out.status, 0, "{out}");
     assert_eq!(
         count_before(&delta_line(&site), " restored"),
-        1,
+        2,
         "{}",
         delta_line(&site)
     );
@@ -174,6 +184,66 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
 
 /// Re-renders a manifest canonically (sections and keys sorted, as pg_backrest writes them)
 /// with a fresh checksum, as an attacker with write access to the repository could.
+/// A restore stopped half-way (here by a damaged stored file; SIGKILL or a power loss stop it
+/// at other points, with the same result) leaves no global/pg_control, so PostgreSQL refuses
+/// the directory instead of starting a cluster with files missing; a delta restore removes
+/// the old pg_control before it changes anything. Once the repository is repaired, a delta
+/// restore finishes the job.
+#[test]
+fn an_unfinished_restore_leaves_no_pg_control_and_delta_finishes_it() {
+    let (site, expected, label) = full_backup_of_pgbench();
+    let (relation, stored) = site.stored_relation(&label, "pgbench_accounts");
+    let good = fs::read(&stored).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+
+    let data = site.dir.mkdir("half").join("pgdata");
+    let pg1 = format!("--pg1-path={}", data.display());
+    let set = format!("--set={label}");
+    let refuses_to_start = |when: &str| {
+        assert!(
+            !data.join("global/pg_control").exists(),
+            "{when}: pg_control must not be there"
+        );
+        let out = harness::run_as_postgres(
+            format!("{}/pg_ctl", harness::PG_BIN),
+            &["-D", &data.display().to_string(), "-w", "-t", "20", "start"],
+        );
+        assert!(!out.success(), "{when}: PostgreSQL started:\n{out}");
+        assert!(!data.join("postmaster.pid").exists(), "{when}");
+    };
+
+    fs::write(&stored, &bad).unwrap();
+    let out = site.pgbr(&["restore", &pg1, &set, "--process-max=2"]);
+    assert_error(&out, 44, &format!("{relation}.gz"));
+    assert!(data.join("base").is_dir(), "the restore had begun");
+    refuses_to_start("plain restore stopped");
+
+    fs::write(&stored, &good).unwrap();
+    let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(data.join("global/pg_control").exists());
+
+    // The copy now differs in the damaged relation, so the delta restore must fetch it.
+    let local = data.join(&relation);
+    let mut bytes = fs::read(&local).unwrap();
+    bytes[100_000] ^= 0xff;
+    fs::write(&local, bytes).unwrap();
+    fs::write(&stored, &bad).unwrap();
+    let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
+    assert_error(&out, 44, &format!("{relation}.gz"));
+    refuses_to_start("delta restore stopped");
+
+    fs::write(&stored, &good).unwrap();
+    let copy = Restored::restore(&site, "half", Some(&label), &["--delta"]);
+    copy.start_and_wait_promoted();
+    assert_eq!(
+        copy.psql("select count(*), sum(abalance) from pgbench_accounts"),
+        expected
+    );
+}
+
 fn rechecksum(text: &str) -> String {
     let mut sections: std::collections::BTreeMap<
         String,

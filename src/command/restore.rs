@@ -128,6 +128,10 @@ pub fn restore(
     crate::info!("restore backup {label} into '{}'", pg_path.display());
     create_dir_durable(&pg_path)?;
     set_mode(&pg_path, 0o700)?;
+    if delta {
+        // Until the restore is complete, the directory must not start as a cluster.
+        remove_control_file(&pg_path)?;
+    }
     let removed = if delta {
         remove_unlisted(&manifest, &pg_path)?
     } else {
@@ -172,17 +176,40 @@ pub fn restore(
         }
     }
 
-    let counts = restore_files(
-        cfg,
-        repo.as_ref(),
-        &layout,
-        &manifest,
-        &label,
-        &compress_of,
-        &pg_path,
+    // pg_control comes back last, once everything else is durable, so that a restore stopped
+    // at any instant leaves a directory PostgreSQL refuses to start rather than a cluster
+    // with files missing. PG_VERSION comes first, so that such a directory still looks like
+    // a data directory to the delta restore that finishes the job.
+    let (control, files): (Vec<_>, Vec<_>) = manifest
+        .files
+        .iter()
+        .partition(|(key, _)| key.as_str() == CONTROL_FILE);
+    let (version, files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(key, _)| key.as_str() == VERSION_FILE);
+    let progress =
+        crate::progress::Progress::new("restore", manifest.files.values().map(|e| e.size).sum());
+    let job = FileJob {
+        repo: repo.as_ref(),
+        layout: &layout,
+        manifest: &manifest,
+        label: &label,
+        compress_of: &compress_of,
+        pg_path: &pg_path,
         delta,
-        &zeroed,
-    )?;
+        zeroed: &zeroed,
+        progress: &progress,
+    };
+    let workers = crate::parallel::Workers::new(cfg)?;
+    let mut counts = restore_files(&workers, &job, version)?;
+    sync_dir(&pg_path)?;
+    counts.add(restore_files(&workers, &job, files)?);
+    sync_restored_dirs(&manifest, &pg_path)?;
+    write_recovery_settings(cfg, target, &pg_path, stanza, manifest.paths.get("pg_data"))?;
+    counts.add(restore_files(&workers, &job, control)?);
+    drop(progress);
+    sync_dir(&pg_path.join("global"))?;
+    sync_dir(&pg_path)?;
     if !zeroed.is_empty() {
         crate::info!(
             "db-include: {} files of {} excluded databases restored as sparse zeroed files; drop those databases",
@@ -199,8 +226,6 @@ pub fn restore(
             removed
         );
     }
-    write_recovery_settings(cfg, target, &pg_path, stanza, manifest.paths.get("pg_data"))?;
-    sync_dir(&pg_path)?;
     crate::info!(
         "restore of backup {label} complete: {} files",
         manifest.files.len()
@@ -397,19 +422,41 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// Gives `path` its recorded owner when we can (running as root); otherwise files belong to
 /// the user running restore, which is what a DBA restoring as postgres wants.
 fn chown(path: &Path, user: &str, group: &str) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    let Some((uid, gid)) = owner_ids(user, group) else {
         return Ok(());
+    };
+    std::os::unix::fs::lchown(path, uid, gid).map_err(|e| Error::io("change owner of", path, e))
+}
+
+/// As [`chown`], on a file still open under its temp name.
+fn fchown(file: &fs::File, temp: &Path, user: &str, group: &str) -> Result<()> {
+    let Some((uid, gid)) = owner_ids(user, group) else {
+        return Ok(());
+    };
+    std::os::unix::fs::fchown(file, uid, gid).map_err(|e| Error::io("change owner of", temp, e))
+}
+
+/// The ids of a recorded owner, or `None` when not running as root. Looked up once per name:
+/// a cluster has thousands of files and usually one owner.
+fn owner_ids(user: &str, group: &str) -> Option<(Option<u32>, Option<u32>)> {
+    use std::sync::{Mutex, OnceLock};
+    type Ids = (Option<u32>, Option<u32>);
+    static CACHE: OnceLock<Mutex<BTreeMap<(String, String), Ids>>> = OnceLock::new();
+    if !nix::unistd::geteuid().is_root() {
+        return None;
     }
-    let uid = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .map(|u| u.uid);
-    let gid = nix::unistd::Group::from_name(group)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
-    std::os::unix::fs::lchown(path, uid.map(|u| u.as_raw()), gid.map(|g| g.as_raw()))
-        .map_err(|e| Error::io("change owner of", path, e))
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let ids = cache
+        .entry((user.to_string(), group.to_string()))
+        .or_insert_with(|| {
+            let uid = nix::unistd::User::from_name(user).ok().flatten();
+            let gid = nix::unistd::Group::from_name(group).ok().flatten();
+            (uid.map(|u| u.uid.as_raw()), gid.map(|g| g.gid.as_raw()))
+        });
+    Some(*ids)
 }
 
 #[derive(Debug, Default)]
@@ -420,23 +467,72 @@ struct Counts {
     zeroed: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_files(
-    cfg: &Config,
-    repo: &dyn Storage,
-    layout: &RepoLayout,
-    manifest: &Manifest,
-    label: &str,
-    compress_of: &BTreeMap<String, Compress>,
-    pg_path: &Path,
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.kept += other.kept;
+        self.restored += other.restored;
+        self.restored_bytes += other.restored_bytes;
+        self.zeroed += other.zeroed;
+    }
+}
+
+/// The manifest keys of the file restored last and of the one restored first.
+const CONTROL_FILE: &str = "pg_data/global/pg_control";
+const VERSION_FILE: &str = "pg_data/PG_VERSION";
+
+/// Delta: removes the old pg_control (durably) before any file changes.
+fn remove_control_file(pg_path: &Path) -> Result<()> {
+    let control = pg_path.join("global/pg_control");
+    match fs::remove_file(&control) {
+        Ok(()) => sync_dir(&pg_path.join("global")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &control, e)),
+    }
+}
+
+/// Files are renamed into place without a directory fsync each; this makes every directory
+/// of the restore durable at once, before the restore goes on to pg_control.
+fn sync_restored_dirs(manifest: &Manifest, pg_path: &Path) -> Result<()> {
+    use rayon::prelude::*;
+    let dirs = manifest
+        .paths
+        .keys()
+        .filter(|key| !manifest.links.contains_key(*key))
+        .map(|key| local_path(manifest, pg_path, key))
+        .collect::<Result<Vec<_>>>()?;
+    dirs.par_iter().try_for_each(|dir| sync_dir(dir))
+}
+
+/// What every file of one restore shares.
+struct FileJob<'a> {
+    repo: &'a dyn Storage,
+    layout: &'a RepoLayout,
+    manifest: &'a Manifest,
+    label: &'a str,
+    compress_of: &'a BTreeMap<String, Compress>,
+    pg_path: &'a Path,
     delta: bool,
-    zeroed: &std::collections::BTreeSet<u32>,
+    zeroed: &'a std::collections::BTreeSet<u32>,
+    progress: &'a crate::progress::Progress,
+}
+
+fn restore_files(
+    workers: &crate::parallel::Workers,
+    job: &FileJob,
+    mut files: Vec<(&String, &FileEntry)>,
 ) -> Result<Counts> {
-    let workers = crate::parallel::Workers::new(cfg)?;
-    let mut files: Vec<(&String, &FileEntry)> = manifest.files.iter().collect();
+    let FileJob {
+        repo,
+        layout,
+        manifest,
+        label,
+        compress_of,
+        pg_path,
+        delta,
+        zeroed,
+        progress,
+    } = *job;
     files.sort_by_key(|f| std::cmp::Reverse(f.1.size));
-    let total: u64 = files.iter().map(|(_, e)| e.size).sum();
-    let progress = crate::progress::Progress::new("restore", total);
     let failed = AtomicBool::new(false);
     let kept = AtomicU64::new(0);
     let restored = AtomicU64::new(0);
@@ -562,8 +658,21 @@ fn restore_zeroed(local: &Path, entry: &FileEntry) -> Result<()> {
     let mut writer =
         PosixWriter::create_with_mode(dir.to_path_buf(), parse_mode(&entry.mode).unwrap_or(0o600))?;
     writer.set_len(entry.size)?;
-    Box::new(writer).commit(name)?;
-    set_attributes(local, entry)
+    commit_restored(writer, name, entry)
+}
+
+/// Gives a written temp file its recorded mtime and owner, then its name. Its directory is
+/// synced later, once for all its files (see [`sync_restored_dirs`]).
+fn commit_restored(writer: PosixWriter, name: &str, entry: &FileEntry) -> Result<()> {
+    let (file, temp) = writer.temp_file()?;
+    file.set_modified(recorded_mtime(entry))
+        .map_err(|e| Error::io("set mtime of", temp, e))?;
+    fchown(file, temp, &entry.user, &entry.group)?;
+    writer.commit_leaving_dir_unsynced(name)
+}
+
+fn recorded_mtime(entry: &FileEntry) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64)
 }
 
 /// Delta: whether the file already on disk has the manifest's size and SHA-1.
@@ -581,12 +690,10 @@ fn matches_manifest(local: &Path, entry: &FileEntry) -> Result<bool> {
 /// Mode, mtime and owner of a restored (or kept) file, as the manifest says.
 fn set_attributes(local: &Path, entry: &FileEntry) -> Result<()> {
     set_mode(local, parse_mode(&entry.mode).unwrap_or(0o600))?;
-    let mtime =
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64);
     fs::File::options()
         .write(true)
         .open(local)
-        .and_then(|f| f.set_modified(mtime))
+        .and_then(|f| f.set_modified(recorded_mtime(entry)))
         .map_err(|e| Error::io("set mtime of", local, e))?;
     chown(local, &entry.user, &entry.group)
 }
@@ -734,8 +841,7 @@ fn restore_file(
         },
     )?;
     drop(reader);
-    Box::new(writer).commit(name)?;
-    set_attributes(local, entry)
+    commit_restored(writer, name, entry)
 }
 
 /// restore_command pointing back at this repository, the recovery target settings, and the

@@ -189,8 +189,24 @@ impl Write for PosixWriter {
     }
 }
 
-impl AtomicWrite for PosixWriter {
-    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+impl PosixWriter {
+    /// The open temp file, so that attributes (mtime, owner) are set before the name appears.
+    pub fn temp_file(&self) -> Result<(&File, &Path)> {
+        match self.file.as_ref() {
+            Some(f) => Ok((f, &self.temp)),
+            None => Err(Error::internal("temp file used after commit")),
+        }
+    }
+
+    /// As [`AtomicWrite::commit`], but the directory is not fsynced: a caller writing many
+    /// files into a few directories (restore) syncs each directory once, after its last
+    /// file, instead of once per file. The rename is as atomic as ever; what the caller owes
+    /// is that sync before it reports the files as written.
+    pub fn commit_leaving_dir_unsynced(mut self, name: &str) -> Result<()> {
+        self.sync_and_rename(name)
+    }
+
+    fn sync_and_rename(&mut self, name: &str) -> Result<()> {
         let Some(file) = self.file.take() else {
             return Err(Error::internal("commit called twice"));
         };
@@ -202,6 +218,13 @@ impl AtomicWrite for PosixWriter {
             .map_err(|e| Error::io("rename temp file to", &target, e))?;
         // Renamed: nothing left for Drop to remove.
         self.temp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl AtomicWrite for PosixWriter {
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        self.sync_and_rename(name)?;
         sync_dir(&self.dir)
     }
 }
