@@ -558,7 +558,8 @@ fn restore_files(
                     progress.add(entry.size);
                     return restore_zeroed(&local, entry);
                 }
-                if delta && matches_manifest(&local, entry)? {
+                let stored_path = layout.backup_file(holder, &stored);
+                if delta && matches_manifest(&local, entry, worker_repo, &stored_path, compress)? {
                     kept.fetch_add(1, Ordering::Relaxed);
                     progress.add(entry.size);
                     return set_attributes(&local, entry);
@@ -675,16 +676,77 @@ fn recorded_mtime(entry: &FileEntry) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.timestamp.max(0) as u64)
 }
 
+/// Files at least this large are compared with the start of their stored copy before being
+/// hashed whole, over at most [`PREFIX_COMPARED`] bytes.
+const PREFIX_CHECK_MIN: u64 = 1 << 20;
+const PREFIX_COMPARED: u64 = 8 << 20;
+
 /// Delta: whether the file already on disk has the manifest's size and SHA-1.
-fn matches_manifest(local: &Path, entry: &FileEntry) -> Result<bool> {
+///
+/// A large file is first compared with the start of its stored copy. Updates spread over a
+/// table change its first megabytes, so a changed relation is told apart after a few
+/// megabytes instead of after a SHA-1 of the whole of it, which the restore then computes a
+/// second time. Only a file whose start matches is hashed, so what is kept is exactly what
+/// the SHA-1 says; the prefix can only show that a file differs.
+fn matches_manifest(
+    local: &Path,
+    entry: &FileEntry,
+    repo: &dyn Storage,
+    stored: &str,
+    compress: Compress,
+) -> Result<bool> {
     match fs::symlink_metadata(local) {
         Ok(m) if m.is_file() && m.len() == entry.size => {}
         Ok(_) => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("stat", local, e)),
     }
+    if entry.size >= PREFIX_CHECK_MIN && !prefix_matches(local, repo, stored, compress)? {
+        return Ok(false);
+    }
     let mut f = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
     Ok(pipeline::digest(&mut f, &local.display().to_string())?.sha1 == entry.checksum)
+}
+
+/// Whether the first [`PREFIX_COMPARED`] bytes of `local` equal those of the stored copy. A
+/// stored copy that is missing or does not decompress counts as different: the restore of
+/// the file that follows reports it properly.
+fn prefix_matches(
+    local: &Path,
+    repo: &dyn Storage,
+    stored: &str,
+    compress: Compress,
+) -> Result<bool> {
+    use std::io::Read;
+    let Some(reader) = repo.open_read(stored)? else {
+        return Ok(false);
+    };
+    let mut stored_bytes: Box<dyn Read + '_> = match compress {
+        Compress::None => reader,
+        Compress::Gz(_) => Box::new(flate2::read::GzDecoder::new(reader)),
+    };
+    let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    let mut ours = vec![0u8; pipeline::CHUNK];
+    let mut theirs = vec![0u8; pipeline::CHUNK];
+    let mut compared = 0;
+    while compared < PREFIX_COMPARED {
+        let n = match stored_bytes.read(&mut theirs) {
+            Ok(0) => return Ok(true),
+            Ok(n) => n,
+            Err(_) => return Ok(false),
+        };
+        match file.read_exact(&mut ours[..n]) {
+            Ok(()) => {}
+            // The stored copy is longer than the manifest says: restoring reports it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(Error::io("read", local, e)),
+        }
+        if ours[..n] != theirs[..n] {
+            return Ok(false);
+        }
+        compared += n as u64;
+    }
+    Ok(true)
 }
 
 /// Mode, mtime and owner of a restored (or kept) file, as the manifest says.
