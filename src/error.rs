@@ -40,12 +40,14 @@ pub enum Kind {
     Timeout,
     /// A command exists in the contract but this build does not have it yet.
     NotImplemented,
+    /// SIGINT, SIGTERM or SIGHUP stopped a command that cleans up after itself (drill).
+    Terminated,
     /// A bug in pg_backrest.
     Internal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Config,
         Kind::LockHeld,
         Kind::HookAborted,
@@ -57,6 +59,7 @@ impl Kind {
         Kind::WalFormat,
         Kind::Timeout,
         Kind::NotImplemented,
+        Kind::Terminated,
         Kind::Internal,
     ];
 
@@ -74,6 +77,7 @@ impl Kind {
             Kind::WalFormat => 40,
             Kind::Timeout => 82,
             Kind::NotImplemented => 32,
+            Kind::Terminated => 63,
             Kind::Internal => 25,
         }
     }
@@ -92,6 +96,7 @@ impl Kind {
             Kind::WalFormat => "wal-format",
             Kind::Timeout => "timeout",
             Kind::NotImplemented => "not-implemented",
+            Kind::Terminated => "terminated",
             Kind::Internal => "internal",
         }
     }

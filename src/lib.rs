@@ -9,6 +9,7 @@
 //! - [`info`], [`repo`]: the repository's info files and its path layout
 //! - [`pg`]: WAL names and headers, the database connection
 //! - [`lock`], [`log`], [`error`]: locks, logging, the error type and exit codes
+//! - [`signal`]: termination signals for commands that clean up after themselves (drill)
 // unsafe is denied everywhere but in the one module that speaks zlib's interface
 // (pipeline/gzip.rs, which says why); a new exception needs the same justification.
 #![deny(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod repo;
+pub mod signal;
 pub mod storage;
 
 use command::Outcome;

@@ -1,10 +1,13 @@
 //! drill end to end: on a good backup it restores, recovers, checks and cleans up, reporting
 //! what it recovered; on a backup with a damaged file it fails with the integrity code; on a
-//! target it cannot reach it fails; it never leaves its copy or a running server behind.
+//! target it cannot reach it fails; stopped by SIGTERM it cleans up too; it never leaves its
+//! copy or a running server behind.
 
 use std::fs;
+use std::time::Duration;
 
-use crate::fixture::{assert_error, Site};
+use crate::fixture::{assert_error, Site, STANZA};
+use crate::harness::{self, wait_until};
 
 fn drill_dirs(site: &Site) -> Vec<String> {
     fs::read_dir(site.dir.join("drill"))
@@ -15,12 +18,22 @@ fn drill_dirs(site: &Site) -> Vec<String> {
         .collect()
 }
 
+/// Processes whose command line names a drill directory (its PostgreSQL), as "pid: cmdline".
+fn drill_processes() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = fs::read_to_string(e.path().join("cmdline")).ok()?;
+            cmdline.contains("pg_backrest-drill-").then(|| {
+                format!("{}: {}", e.file_name().to_string_lossy(), cmdline.replace('\0', " "))
+            })
+        })
+        .collect()
+}
+
 fn no_drill_server_running() -> bool {
-    !fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        fs::read_to_string(e.path().join("cmdline"))
-            .unwrap_or_default()
-            .contains("pg_backrest-drill-")
-    })
+    drill_processes().is_empty()
 }
 
 #[test]
@@ -93,4 +106,73 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
         drill_dirs(&site)
     );
     assert!(no_drill_server_running());
+}
+
+/// SIGTERM (as a scheduler sends it) while the drill's PostgreSQL is starting: the drill stops
+/// that server, removes its copy and exits 63 with one ERROR line.
+#[test]
+fn drill_stopped_by_sigterm_removes_its_copy_and_server() {
+    let site = Site::local();
+    let drill = site.dir.mkdir("drill");
+    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
+    assert_eq!(out.status, 0, "{out}");
+    site.one_segment();
+
+    let config = format!("--config={}", site.conf.display());
+    let stanza = format!("--stanza={STANZA}");
+    let drill_path = format!("--drill-path={}", drill.display());
+    let child = harness::pgbr(&[&config, &stanza, "drill", &drill_path])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning drill");
+    let server_starting = || {
+        drill_dirs(&site)
+            .iter()
+            .any(|d| drill.join(d).join("pgdata/postmaster.pid").exists())
+    };
+    wait_until(
+        "the drill's PostgreSQL to start",
+        Duration::from_secs(60),
+        server_starting,
+    );
+    // runuser's own child; PostgreSQL's restore_command runs other pg_backrest processes.
+    let parent_of = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            })
+    };
+    let ours: Vec<u32> = harness::descendants(child.id())
+        .into_iter()
+        .filter(|&pid| parent_of(pid) == Some(child.id()))
+        .collect();
+    assert_eq!(ours.len(), 1, "the drill process: {ours:?}");
+    // Frozen while the signal arrives, so the drill cannot finish in between.
+    harness::signal(&ours, "STOP");
+    harness::signal(&ours, "TERM");
+    harness::signal(&ours, "CONT");
+    // runuser stops itself when its child stops (as su does) and waits to be continued.
+    harness::signal(&[child.id()], "CONT");
+    let out = child.wait_with_output().unwrap();
+    let out = harness::Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_error(&out, 63, "terminated by a signal");
+    assert!(
+        drill_dirs(&site).is_empty(),
+        "drill left {:?}",
+        drill_dirs(&site)
+    );
+    assert!(no_drill_server_running(), "{:?}", drill_processes());
 }

@@ -3,7 +3,8 @@
 //! that cannot touch production (no TCP listener, archiving off, no replication), waits for
 //! recovery to reach its target, runs pg_amcheck when installed and a sanity query in every
 //! database, reports what was recovered and how long each step took, then stops the copy and
-//! removes it, whatever happened. Any failure is the command's failure.
+//! removes it, whatever happened, also when SIGINT, SIGTERM or SIGHUP stops it (exit 63).
+//! Any failure is the command's failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,6 +48,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
     let stanza = cfg.stanza_required()?;
     let target = RecoveryTarget::from_config(cfg)?;
+    crate::signal::catch()?;
     let timeout = cfg.seconds("drill-timeout");
     let base = cfg
         .required_path("drill-path")?
@@ -63,6 +65,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     // Tablespaces and a linked pg_wal go inside the drill directory too: the copy must never
     // write where production lives.
     let restored = restore::restore(cfg, &copy.data, &target, false, Some(&base.join("links")))?;
+    crate::signal::check()?;
     write_missing_configs(&copy.data)?;
     let restore_secs = t_restore.elapsed();
     let bin = pg_bin(&restored.version);
@@ -94,6 +97,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         .output()
         .map_err(|e| Error::io("run", &copy.pg_ctl, e))?;
     copy.started = true;
+    crate::signal::check()?;
     if !started.status.success() {
         return Err(Error::new(
             Kind::Database,
@@ -124,6 +128,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let time = position.get(1).cloned().flatten().unwrap_or_default();
 
     let t_checks = Instant::now();
+    crate::signal::check()?;
     let amcheck = run_amcheck(&bin, &base, port, promoted)?;
     let databases: Vec<String> = db
         .query_rows("select datname from pg_database where datallowconn order by datname")?
@@ -132,6 +137,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         .collect();
     drop(db);
     for name in &databases {
+        crate::signal::check()?;
         let d = Db::connect_socket(&base, port, &user, name, timeout)?;
         d.query_row("select count(*) from pg_class").map_err(|e| {
             e.context(format!(
@@ -242,6 +248,7 @@ fn wait_recovered(
 ) -> Result<Db> {
     let deadline = Instant::now() + timeout;
     loop {
+        crate::signal::check()?;
         if let Ok(db) = Db::connect_socket(socket, port, user, "postgres", Duration::from_secs(10))
         {
             if let Ok(row) = db.query_row(

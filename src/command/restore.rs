@@ -548,6 +548,10 @@ fn restore_files(
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
                 }
+                if let Err(e) = crate::signal::check() {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
                 let worker_repo = workers.repo(repo);
                 let holder = entry.reference.as_deref().unwrap_or(label);
                 let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
