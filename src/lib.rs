@@ -8,12 +8,13 @@
 //! - [`pipeline`]: the one copy pipeline (read, SHA-1, gzip, write)
 //! - [`info`], [`repo`]: the repository's info files and its path layout
 //! - [`pg`]: WAL names and headers, the database connection
-//! - [`lock`], [`log`], [`error`]: locks, logging, the error type and exit codes
+//! - [`lock`], [`hook`], [`log`], [`error`]: locks, hooks, logging, the error type and exit codes
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod hook;
 pub mod info;
 pub mod lock;
 pub mod log;
