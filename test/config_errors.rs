@@ -113,10 +113,29 @@ fn version_and_help_come_from_the_tables() {
             .starts_with("pg_backrest archive-get WAL_NAME DEST_PATH"),
         "{flag}"
     );
-    // A command of the contract this build does not have yet says so, with its own code.
+    // expire is available: its help lists its own options, and it runs (here against a
+    // repository without the stanza, so it stops with the missing-stanza code).
+    let expire = run(pgbr(&["help", "expire"])).expect_ok("help expire");
+    for option in [
+        "--dry-run",
+        "--set=",
+        "--force",
+        "--repo1-retention-full-type=",
+    ] {
+        assert!(
+            expire.stdout.contains(option),
+            "{option} missing:\n{expire}"
+        );
+    }
     assert_error(
-        &run(pgbr(&["--config=/dev/null", "--stanza=main", "expire"])),
-        32,
-        "command 'expire' is not available",
+        &run(pgbr(&[
+            "--config=/dev/null",
+            "--stanza=main",
+            "--repo1-path=/nonexistent/repo",
+            "--log-level-file=off",
+            "expire",
+        ])),
+        55,
+        "stanza 'main' has no archive.info",
     );
 }

@@ -8,6 +8,7 @@ pub mod backup;
 mod backup_ssh;
 mod config_errors;
 mod drill;
+mod expire;
 mod fixture;
 mod harness;
 mod harness_smoke;
