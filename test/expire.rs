@@ -278,9 +278,9 @@ fn set_expires_one_backup_with_its_dependents_and_guards_the_newest_full() {
     restores_with_marks(&site, &f1, 1, false);
 }
 
-/// Starts `expire ARGS` with the test pause at `step`, waits until it is there and SIGKILLs
-/// it (and everything it started).
-fn expire_killed_at(site: &Site, step: &str, args: &[&str]) {
+/// Starts `expire ARGS` with the test pause at `step` and waits until it is there (holding
+/// the backup lock). The caller kills it.
+pub fn expire_paused_at(site: &Site, step: &str, args: &[&str]) -> std::process::Child {
     let marker = format!("test pause at {step}");
     let seen_before = site.log("expire").matches(&marker).count();
     let config = format!("--config={}", p(&site.conf));
@@ -303,9 +303,19 @@ fn expire_killed_at(site: &Site, step: &str, args: &[&str]) {
         }
         site.log("expire").matches(&marker).count() > seen_before
     });
+    child
+}
+
+/// SIGKILLs `child` and everything it started, and reaps it.
+pub fn kill(mut child: std::process::Child) {
     let alive = harness::kill_tree(child.id());
     assert!(alive.is_empty(), "still alive: {alive:?}");
     let _ = child.wait();
+}
+
+/// Runs `expire ARGS` up to the test pause at `step`, then SIGKILLs it.
+fn expire_killed_at(site: &Site, step: &str, args: &[&str]) {
+    kill(expire_paused_at(site, step, args));
 }
 
 #[test]

@@ -12,6 +12,8 @@ mod expire;
 mod fixture;
 mod harness;
 mod harness_smoke;
+mod hooks;
+mod locks;
 mod remote;
 mod restore_delta;
 mod restore_targets;
