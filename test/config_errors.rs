@@ -35,6 +35,15 @@ const CASES: &[Case] = &[
     Case { file: "", args: &["--stanza=main", "--lock-timeout=soon", "archive-push", "/tmp/x"], env: &[], expect: "invalid value 'soon' for option '--lock-timeout': must be an integer" },
     Case { file: "", args: PUSH, env: &[("PG_BACKREST_IO_TIMEOUT", "0")], expect: "invalid value '0' in environment variable 'PG_BACKREST_IO_TIMEOUT': must be between 1 and 604800" },
     Case { file: "", args: &["--stanza=main", "backupp"], env: &[], expect: "invalid command 'backupp'" },
+    // Retention, expire and hooks.
+    Case { file: "[global]\nrepo1-retention-full-type=weeks\n", args: &["--stanza=main", "expire"], env: &[], expect: "invalid value 'weeks' for option 'repo1-retention-full-type' in section '[global]' of 'CONF': must be one of: count, time" },
+    Case { file: "[global]\nrepo1-retention-full=0\n", args: &["--stanza=main", "expire"], env: &[], expect: "invalid value '0' for option 'repo1-retention-full' in section '[global]' of 'CONF': must be between 1 and 9999999" },
+    Case { file: "[main]\ndry-run=y\n", args: &["--stanza=main", "expire"], env: &[], expect: "option 'dry-run' in section '[main]' of 'CONF' cannot be set in a config file" },
+    Case { file: "", args: &["--stanza=main", "--dry-run", "backup"], env: &[], expect: "option '--dry-run' is not valid for command 'backup'" },
+    Case { file: "[global]\nhook-info-start=true\n", args: PUSH, env: &[], expect: "unknown option 'hook-info-start' in section '[global]' of 'CONF'" },
+    Case { file: "[global:archive-get]\nhook-backup-start=true\n", args: PUSH, env: &[], expect: "option 'hook-backup-start' in section '[global:archive-get]' of 'CONF' cannot apply to command 'archive-get'" },
+    Case { file: "", args: &["--stanza=main", "--hook-timeout=0", "expire"], env: &[], expect: "invalid value '0' for option '--hook-timeout': must be between 1 and 604800" },
+    Case { file: "", args: &["--stanza=main", "--hook-restore-start=", "restore"], env: &[], expect: "invalid value '' for option '--hook-restore-start': must not be empty" },
 ];
 
 #[test]

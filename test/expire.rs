@@ -378,3 +378,32 @@ fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finish
     site.pgbr(&["verify"]).expect_ok("verify at the end");
     restores_with_marks(&site, &f5, 5, true);
 }
+
+#[test]
+fn a_backup_ends_with_an_expire_that_works_over_ssh() {
+    let site = Site::remote();
+    let f1 = site.backup("full", &[]);
+    let i1 = site.backup("incr", &[]);
+    site.one_segment();
+    let f2 = site.backup("full", &["--repo1-retention-full=1"]);
+    assert_eq!(site.backup_labels(), vec![f2.clone()]);
+    assert_eq!(site.backup_dir_entries(), entries(&[&f2]));
+    let (f2_start, _) = site.backup_wal_range(&f2);
+    assert_eq!(site.stored_segments(), expected_wal(&site, &f2_start, &[]));
+    let log = site.log("backup");
+    for gone in [format!("full backup {f1}"), format!("incr backup {i1}")] {
+        assert!(log.contains(&format!("expire {gone}")), "{gone}:\n{log}");
+    }
+    assert!(
+        log.contains("expire complete: removed 2 backup(s)"),
+        "{log}"
+    );
+    // The backup's own output stays its own.
+    let out = site.pgbr(&[
+        "backup",
+        "--type=incr",
+        "--start-fast",
+        "--repo1-retention-full=1",
+    ]);
+    assert!(out.success() && !out.stdout.contains("expire"), "{out}");
+}
