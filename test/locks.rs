@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::expire::{expire_paused_at, kill};
 use crate::fixture::{assert_error, label_of, Site, STANZA};
@@ -39,7 +39,13 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
 
     // The start hook runs once the lock is held: a backup parked in it holds the lock.
     let parked = site.dir.join("parked");
-    let hook = format!("--hook-backup-start=touch {}; sleep 4", p(&parked));
+    let release = site.dir.join("release");
+    // (Bounded, so a failing test leaves no process parked for ever.)
+    let hook = format!(
+        "--hook-backup-start=touch {}; i=0; while [ ! -e {} ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done",
+        p(&parked),
+        p(&release)
+    );
     let config = format!("--config={}", p(&site.conf));
     let stanza = format!("--stanza={STANZA}");
     let running = harness::pgbr(&[
@@ -96,10 +102,32 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
     archive_push_goes_through(&site);
 
     // With lock-timeout the expire waits for the backup instead of failing, then runs.
-    let t = Instant::now();
-    let out = site.pgbr(&["expire", "--lock-timeout=120", "--repo1-retention-full=1"]);
+    let mut waiting = harness::pgbr(&[
+        &config,
+        &stanza,
+        "expire",
+        "--lock-timeout=120",
+        "--repo1-retention-full=1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawning expire");
+    std::thread::sleep(Duration::from_secs(2));
+    let status = waiting.try_wait().expect("try_wait");
+    assert!(
+        status.is_none(),
+        "expire did not wait for the lock: {status:?}"
+    );
+    std::fs::write(&release, "").unwrap();
+    let out = waiting.wait_with_output().expect("expire output");
+    let out = harness::Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     assert!(out.success(), "{out}");
-    assert!(t.elapsed() >= Duration::from_secs(1), "it did wait");
     let done = running.wait_with_output().expect("backup output");
     assert!(done.status.success(), "backup: {done:?}");
     let second = label_of(&harness::Out {

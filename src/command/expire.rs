@@ -96,8 +96,7 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
             crate::info!("{what}");
         }
     };
-    for label in &expired {
-        let b = &info.backups[label];
+    for (label, b) in info.backups.iter().filter(|(l, _)| expired.contains(*l)) {
         say(format!("expire {} backup {label}", b.backup_type.name()));
     }
     if !dry_run {
