@@ -137,6 +137,23 @@ fn retention_by_count_removes_whole_chains_and_the_wal_no_kept_backup_needs() {
         vec![f2.clone(), d2b.clone(), f3.clone()]
     );
     assert_eq!(site.backup_dir_entries(), entries(&[&f2, &d2b, &f3]));
+    // info's last backup of each type follows.
+    let last = &site.info_json()["last-backup"];
+    assert_eq!(last["full"]["label"], f3.as_str(), "{last}");
+    assert_eq!(last["diff"]["label"], d2b.as_str(), "{last}");
+    assert!(last["incr"].is_null(), "every incr was expired: {last}");
+    assert!(last["full"]["stop"].as_i64().unwrap_or(0) > 0, "{last}");
+    let text = site.pgbr(&["info"]).expect_ok("info");
+    assert!(
+        text.stdout
+            .contains(&format!("last full backup: {f3}, finished "))
+            && text
+                .stdout
+                .contains(&format!("last diff backup: {d2b}, finished "))
+            && !text.stdout.contains("last incr backup")
+            && text.stdout.contains("running now: no backup or expire"),
+        "{text}"
+    );
     // Archive retention follows retention-full: WAL from the older kept full on stays.
     let (f2_start, _) = site.backup_wal_range(&f2);
     let kept = site.stored_segments();
