@@ -192,6 +192,27 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     );
     assert!(get(&env, "PG_BACKREST_ERROR").is_some_and(|e| !e.is_empty()));
 
+    // restore's start hook learns the --set label, and failing stops the restore before it
+    // creates its target.
+    let target = site.dir.join("restored");
+    let seen = site.dir.join("restore-label");
+    let out = site.pgbr(&[
+        "restore",
+        &format!("--set={full}"),
+        &format!("--pg1-path={}", p(&target)),
+        &format!(
+            "--hook-restore-start=echo $PG_BACKREST_COMMAND $PG_BACKREST_BACKUP_LABEL > {}; \
+             echo 'not now' >&2; exit 2",
+            p(&seen)
+        ),
+    ]);
+    assert_error(&out, 61, "hook-restore-start exited with code 2: 'not now'");
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("restore {full}")
+    );
+    assert!(!target.exists(), "restore did not start");
+
     // expire has hooks too: a failing start hook stops it before it removes anything.
     let second = site.backup("full", &[]);
     let out = site.pgbr(&[

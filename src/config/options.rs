@@ -94,8 +94,8 @@ const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify, Cmd::Drill];
 const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info, Cmd::Drill, Cmd::Expire];
 const EXPIRE: &[Cmd] = &[Cmd::Expire];
 const FORCE_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Expire];
-/// Commands that run hooks: the command table's `hooks` column, which a unit test keeps in
-/// step with this list and with the generated hook options.
+/// Commands that run hooks. The generated hook rows below follow this order, which
+/// [`hook_option`] relies on and a unit test checks.
 pub const HOOK_CMDS: &[Cmd] = &[
     Cmd::Backup,
     Cmd::Expire,
@@ -158,7 +158,7 @@ pub const HOOK_POINTS: [&str; 3] = ["start", "success", "failure"];
 /// One `hook-COMMAND-POINT` row. Hook commands are secret: a shell line may carry a
 /// password, so it is never echoed in the log's command line.
 macro_rules! hook_opt {
-    ($cmd:expr, $name:literal, $point:literal, $when:literal) => {
+    ($cmd:expr, $name:literal, $point:literal, $help:expr) => {
         OptDef {
             name: concat!("hook-", $name, "-", $point),
             kind: OptKind::Str,
@@ -166,7 +166,7 @@ macro_rules! hook_opt {
             scope: Scope::Global,
             commands: Some(&[$cmd]),
             secret: true,
-            help: concat!("shell command run ", $when, " ", $name),
+            help: $help,
         }
     };
 }
@@ -175,9 +175,12 @@ macro_rules! hook_opt {
 macro_rules! hook_opts {
     ($(($cmd:expr, $name:literal)),* $(,)?) => {
         &[$(
-            hook_opt!($cmd, $name, "start", "before (aborts it when it fails)"),
-            hook_opt!($cmd, $name, "success", "after a successful"),
-            hook_opt!($cmd, $name, "failure", "after a failed"),
+            hook_opt!($cmd, $name, "start",
+                concat!("shell command run before ", $name, "; if it fails, ", $name, " does not run")),
+            hook_opt!($cmd, $name, "success",
+                concat!("shell command run after ", $name, " succeeded")),
+            hook_opt!($cmd, $name, "failure",
+                concat!("shell command run after ", $name, " failed")),
         )*]
     };
 }
