@@ -348,7 +348,25 @@ fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finish
     // 1. Manifests of the expired backups gone, backup.info untouched: still all restorable.
     expire_killed_at(&site, "manifest-removed", &keep_one);
     assert_eq!(site.backup_labels().len(), 4);
+    let manifest = |label: &str| {
+        site.repo
+            .join("backup")
+            .join(STANZA)
+            .join(label)
+            .join("backup.manifest")
+    };
+    assert!(!manifest(&f1).exists() && manifest(&f3).exists());
     site.pgbr(&["verify"]).expect_ok("verify after kill 1");
+    // An expire whose retention keeps them after all gives them their manifests back.
+    let out = site
+        .pgbr(&["expire", "--repo1-retention-full=9"])
+        .expect_ok("expire keeping all");
+    assert!(out.stdout.contains("removed 0 backup(s)"), "{out}");
+    for label in [&f1, &i1, &f2] {
+        assert!(manifest(label).exists(), "{label}");
+    }
+    // Killed there again, for the next step.
+    expire_killed_at(&site, "manifest-removed", &keep_one);
 
     // 2. backup.info written without them; their directories are still there.
     expire_killed_at(&site, "backup-info-saved", &keep_one);
@@ -358,7 +376,7 @@ fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finish
 
     // 3. The next expire removes the orphans with a log line each, then WAL oldest first;
     //    killed after the first WAL file, only the oldest segment is gone.
-    let originals = site.original_segments();
+    let stored = site.stored_segments();
     expire_killed_at(&site, "wal-removed", &keep_one);
     let log = site.log("expire");
     for orphan in [&f1, &i1, &f2] {
@@ -369,7 +387,7 @@ fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finish
         );
     }
     assert_eq!(site.backup_dir_entries(), entries(&[&f3]));
-    assert_eq!(site.stored_segments(), originals[1..].to_vec());
+    assert_eq!(site.stored_segments(), stored[1..].to_vec());
     site.pgbr(&["verify"]).expect_ok("verify after kill 3");
 
     // 4. Finished by the next run.

@@ -18,7 +18,8 @@
 //!    will resume (left by step 3 or by a crash) are removed, with a log line;
 //! 5. WAL is removed oldest first, so what is left is always one unbroken range.
 //!
-//! The next expire (or backup, which ends with one) repeats whatever a crash left undone.
+//! The next expire (or backup, which ends with one) repeats whatever a crash left undone, and
+//! gives a backup that step 1 had started on but that is kept after all its manifest back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,7 +28,7 @@ use super::backup::{adopt_complete_backups, is_label};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{BackupType, MANIFEST_FILE};
+use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
 use crate::repo::{RepoLayout, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
@@ -101,6 +102,7 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
     }
     if !dry_run {
         remove_backups(repo.as_ref(), &layout, &mut info, &expired)?;
+        restore_manifests(repo.as_ref(), &layout, &info)?;
     }
     remove_orphans(repo.as_ref(), &layout, &info, &expired, dry_run)?;
 
@@ -322,6 +324,26 @@ fn remove_backup_dir(repo: &dyn Storage, layout: &RepoLayout, label: &str) -> Re
     repo.remove_tree(&layout.backup_path(label))
 }
 
+/// A kept backup whose `backup.manifest` an expire killed after step 1 removed (and that the
+/// retention now in force keeps after all) gets it back from its copy, so that loading it
+/// stops warning.
+fn restore_manifests(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Result<()> {
+    for label in info.backups.keys() {
+        if repo
+            .list(&layout.backup_path(label))?
+            .iter()
+            .any(|f| f == MANIFEST_FILE)
+        {
+            continue;
+        }
+        if let Some(m) = Manifest::load_copy(repo, &layout.manifest(label))? {
+            crate::warn!("backup {label} lacks its backup.manifest; restoring it from its copy");
+            m.save(repo, &layout.manifest(label))?;
+        }
+    }
+    Ok(())
+}
+
 /// Step 4: backup directories that are neither in backup.info nor the newest interrupted
 /// backup of the current cluster (which the next backup may resume).
 fn remove_orphans(
@@ -342,7 +364,7 @@ fn remove_orphans(
             continue;
         }
         let resumable = !resumable_seen
-            && crate::manifest::Manifest::load_copy(repo, &layout.manifest(&entry))?
+            && Manifest::load_copy(repo, &layout.manifest(&entry))?
                 .is_some_and(|m| m.backup.timestamp_stop.is_none() && m.db == info.db.current);
         if resumable {
             resumable_seen = true;
