@@ -3,7 +3,9 @@
 //! a local directory or on "another host" reached through the harness's real sshd.
 //!
 //! archive_command also copies each segment it archived to `originals/`, so tests can compare
-//! what archive-get returns with exactly what PostgreSQL handed over.
+//! what archive-get returns with exactly what PostgreSQL handed over. The lifecycle tests
+//! (expire, locks, hooks) add helpers to take a backup and to read what the repository holds:
+//! labels, backup directories, stored WAL segments, a command's log.
 
 #![allow(dead_code)]
 
