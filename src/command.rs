@@ -1,11 +1,19 @@
-//! The dispatcher: takes the lock the command table names, runs the command, and reports.
-//! Each command is a function from the resolved [`Config`] to a [`Result`] in its own file.
+//! The dispatcher: takes the lock the command table names, runs the command's hooks around
+//! it, runs the command, and reports. Each command is a function from the resolved
+//! [`Config`] to a [`Result`] in its own file.
+//!
+//! Order: lock, start hook, command (a backup then expires under the same lock), success or
+//! failure hook, unlock. The start hook runs once the lock is held, so it is serialized like
+//! the command and can still stop it before it changes anything; the failure hook runs for
+//! every failure, a lock that could not be taken or a start hook that aborted included, so
+//! that a scheduler hears about each one.
 
 pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
 pub mod check;
 pub mod drill;
+pub mod expire;
 pub mod info;
 pub mod remote;
 pub mod restore;
@@ -16,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{help, Cmd, Config, LockType};
 use crate::error::{Error, Kind, Result};
+use crate::hook::{self, Point, RunFacts};
 use crate::lock;
 
 /// How a successful command ended.
@@ -38,16 +47,39 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             ),
         ));
     }
-    let _lock = match (def.lock, cfg.stanza()) {
-        (LockType::None, _) | (_, None) => None,
-        (lock_type, Some(stanza)) => lock::acquire(
-            &cfg.required_path("lock-path")?,
-            stanza,
-            lock_type,
-            def.name,
-            cfg.seconds("lock-timeout"),
-        )?,
+    let mut facts = RunFacts {
+        // restore, drill and expire name their backup up front when --set picks one.
+        backup_label: cfg.str("set").filter(|s| *s != "latest").map(String::from),
+        backup_type: None,
     };
+    let lock = match (def.lock, cfg.stanza()) {
+        (LockType::None, _) | (_, None) => Ok(None),
+        (lock_type, Some(stanza)) => cfg.required_path("lock-path").and_then(|path| {
+            lock::acquire(
+                &path,
+                stanza,
+                lock_type,
+                def.name,
+                cfg.seconds("lock-timeout"),
+            )
+        }),
+    };
+    let result = match &lock {
+        Ok(_) => hook::run(cfg, Point::Start, &facts, None).and_then(|_| dispatch(cfg, &mut facts)),
+        Err(e) => Err(e.clone()),
+    };
+    let (point, failure) = match &result {
+        Ok(_) => (Point::Success, None),
+        Err(e) => (Point::Failure, Some(e)),
+    };
+    if let Err(w) = hook::run(cfg, point, &facts, failure) {
+        crate::warn!("{}", w.message);
+    }
+    drop(lock);
+    result
+}
+
+fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {
     match cfg.command {
         Cmd::StanzaCreate => stanza_create::run(cfg).map(|_| Outcome::Done),
         Cmd::Check => check::run(cfg).map(|_| Outcome::Done),
@@ -73,14 +105,15 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             print!("{text}");
             Ok(Outcome::Done)
         }
-        Cmd::Backup => backup::run(cfg).map(|_| Outcome::Done),
+        // As in pgBackRest, a successful backup ends with an expire under the same lock.
+        Cmd::Backup => backup::run(cfg, facts)
+            .and_then(|_| expire::after_backup(cfg))
+            .map(|_| Outcome::Done),
+        Cmd::Expire => expire::run(cfg).map(|_| Outcome::Done),
         Cmd::Restore => restore::run(cfg).map(|_| Outcome::Done),
         Cmd::Info => info::run(cfg).map(|_| Outcome::Done),
         Cmd::Verify => verify::run(cfg).map(|_| Outcome::Done),
         Cmd::Drill => drill::run(cfg).map(|_| Outcome::Done),
-        Cmd::Expire => Err(Error::internal(
-            "unimplemented command passed the table check",
-        )),
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`pipeline`]: the one copy pipeline (read, SHA-1, gzip, write)
 //! - [`info`], [`repo`]: the repository's info files and its path layout
 //! - [`pg`]: WAL names and headers, the database connection
-//! - [`lock`], [`log`], [`error`]: locks, logging, the error type and exit codes
+//! - [`lock`], [`hook`], [`log`], [`error`]: locks, hooks, logging, the error type and exit codes
 //! - [`signal`]: termination signals for commands that clean up after themselves (drill)
 // unsafe is denied everywhere but in the one module that speaks zlib's interface
 // (pipeline/gzip.rs, which says why); a new exception needs the same justification.
@@ -17,6 +17,7 @@
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod hook;
 pub mod info;
 pub mod lock;
 pub mod log;

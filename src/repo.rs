@@ -58,6 +58,11 @@ impl RepoLayout {
         format!("backup/{}/{label}/{stored_name}", self.stanza)
     }
 
+    /// The directory of one archive id: history files and one subdirectory per 16-hex prefix.
+    pub fn archive_id_path(&self, archive_id: &str) -> String {
+        format!("archive/{}/{archive_id}", self.stanza)
+    }
+
     /// The directory a WAL file of this archive id lives in.
     pub fn wal_dir(&self, archive_id: &str, wal: &WalName) -> String {
         match wal.archive_subdir() {

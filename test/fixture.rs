@@ -3,7 +3,9 @@
 //! a local directory or on "another host" reached through the harness's real sshd.
 //!
 //! archive_command also copies each segment it archived to `originals/`, so tests can compare
-//! what archive-get returns with exactly what PostgreSQL handed over.
+//! what archive-get returns with exactly what PostgreSQL handed over. The lifecycle tests
+//! (expire, locks, hooks) add helpers to take a backup and to read what the repository holds:
+//! labels, backup directories, stored WAL segments, a command's log.
 
 #![allow(dead_code)]
 
@@ -261,6 +263,102 @@ impl Site {
             .collect();
         names.sort();
         names
+    }
+}
+
+// Helpers for the lifecycle tests (expire, locks, hooks).
+impl Site {
+    /// Runs `backup --start-fast --type=T` with `extra` args; panics unless it exits 0, with
+    /// the tail of the backup log. Returns the label.
+    pub fn backup(&self, backup_type: &str, extra: &[&str]) -> String {
+        let t = format!("--type={backup_type}");
+        let mut args = vec!["backup", "--start-fast", t.as_str()];
+        args.extend_from_slice(extra);
+        let out = self.pgbr(&args);
+        if !out.success() {
+            panic!(
+                "backup {backup_type} failed:\n{out}\n--- log (tail) ---\n{}",
+                harness::tail(&self.log("backup"), 40)
+            );
+        }
+        label_of(&out)
+    }
+
+    /// The log file of `command` for this stanza.
+    pub fn log(&self, command: &str) -> String {
+        std::fs::read_to_string(self.dir.join("log").join(format!("{STANZA}-{command}.log")))
+            .unwrap_or_default()
+    }
+
+    /// `info --output=json` for this stanza, parsed.
+    pub fn info_json(&self) -> serde_json::Value {
+        let out = self.pgbr(&["info", "--output=json"]).expect_ok("info");
+        let v: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("info json: {e}\n{out}"));
+        v.as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == STANZA).cloned())
+            .unwrap_or_else(|| panic!("stanza {STANZA} not in info:\n{out}"))
+    }
+
+    /// Labels in backup.info (through `info`), oldest first.
+    pub fn backup_labels(&self) -> Vec<String> {
+        self.info_json()["backup"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["label"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A backup's WAL range (`archive.start`, `archive.stop`) from `info`.
+    pub fn backup_wal_range(&self, label: &str) -> (String, String) {
+        let info = self.info_json();
+        let b = info["backup"]
+            .as_array()
+            .and_then(|a| a.iter().find(|b| b["label"] == label).cloned())
+            .unwrap_or_else(|| panic!("{label} not in info"));
+        let s = |k: &str| b["archive"][k].as_str().unwrap_or_default().to_string();
+        (s("start"), s("stop"))
+    }
+
+    /// Entries of the stanza's backup directory (labels and info files), sorted.
+    pub fn backup_dir_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.repo.join("backup").join(STANZA))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// WAL segment names (24 hex digits) stored in archive id 15-1, sorted.
+    pub fn stored_segments(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for dir in std::fs::read_dir(self.archive_id_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let Some((seg, _)) = name.split_once('-') {
+                    if seg.len() == 24 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        out.push(seg.to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }
 

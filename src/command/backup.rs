@@ -26,6 +26,7 @@ use walk::{SourceFile, Tablespace};
 use super::archive_push::missing_stanza;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
+use crate::hook::RunFacts;
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
@@ -38,7 +39,9 @@ use crate::storage::{self, Storage};
 /// How often the in-progress manifest is saved for resume.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(3);
 
-pub fn run(cfg: &Config) -> Result<()> {
+/// Takes the backup; `run_facts` learns its label and type as soon as they are chosen, for the
+/// dispatcher's hooks.
+pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let pg_path = cfg.required_path("pg1-path")?;
     if cfg.str("pg1-host").is_some() && cfg.str("repo1-host").is_some() {
@@ -102,6 +105,8 @@ pub fn run(cfg: &Config) -> Result<()> {
         Some(m) => m.backup.label.clone(),
         None => new_label(backup_type, prior.as_deref(), &info),
     };
+    run_facts.backup_label = Some(label.clone());
+    run_facts.backup_type = Some(backup_type);
 
     let timestamp_start = chrono::Utc::now().timestamp();
     let start = db.backup_start(&label, cfg.bool("start-fast"))?;
@@ -380,7 +385,7 @@ fn prior_entry(prior: &Manifest, src: &SourceFile) -> Option<FileEntry> {
 
 /// A backup whose manifest was written but which a crash kept out of backup.info is
 /// complete: add it rather than lose it.
-fn adopt_complete_backups(
+pub(crate) fn adopt_complete_backups(
     repo: &dyn Storage,
     layout: &RepoLayout,
     info: &mut BackupInfo,
@@ -408,7 +413,7 @@ fn adopt_complete_backups(
     Ok(())
 }
 
-fn is_label(name: &str) -> bool {
+pub(crate) fn is_label(name: &str) -> bool {
     name.len() >= 16 && name.as_bytes()[8] == b'-' && name.ends_with(['F', 'D', 'I'])
 }
 
@@ -432,6 +437,8 @@ fn find_resumable(
         let usable = partial.filter(|m| {
             resume
                 && found.is_none()
+                // A finished manifest here is a backup expire was removing, not one to go on with.
+                && m.backup.timestamp_stop.is_none()
                 && m.backup.backup_type == t
                 && m.backup.prior.as_deref() == prior
                 && m.db == info.db.current

@@ -1,14 +1,16 @@
 //! info [--stanza=NAME] [--output=text|json]: what the repository holds, per stanza: its
 //! cluster, the range of archived WAL, and every complete backup with its type, prior and
-//! references, times, LSNs, WAL range and sizes. The JSON form is documented in
-//! docs/info-json.md and is what scripts should read.
+//! references, times, LSNs, WAL range and sizes; when the last backup of each type finished;
+//! and whether a backup, expire or stanza-create holds the stanza's lock on this host right
+//! now. The JSON form is documented in docs/info-json.md and is what scripts should read.
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, LockType};
 use crate::error::Result;
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
+use crate::manifest::BackupType;
 use crate::repo::RepoLayout;
 use crate::storage::{self, Storage};
 
@@ -22,7 +24,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let set = cfg.str("set").filter(|s| *s != "latest");
     let mut report: Vec<Value> = stanzas
         .iter()
-        .map(|s| stanza_report(repo.as_ref(), s))
+        .map(|s| stanza_report(cfg, repo.as_ref(), s))
         .collect::<Result<_>>()?;
     if let Some(set) = set {
         for st in &mut report {
@@ -51,13 +53,17 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn stanza_report(repo: &dyn Storage, stanza: &str) -> Result<Value> {
+fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value> {
     let layout = RepoLayout::new(stanza);
+    let running = cfg
+        .path("lock-path")
+        .and_then(|p| crate::lock::holder(&p, stanza, LockType::Backup))
+        .map(|h| json!({"command": h.command, "pid": h.pid, "start": h.start}));
     let backup = BackupInfo::load(repo, &layout)?;
     let archive = ArchiveInfo::load(repo, &layout)?;
     let (Some(backup), Some(archive)) = (backup, archive) else {
         return Ok(
-            json!({"name": stanza, "status": {"code": 1, "message": "missing stanza data"}, "backup": [], "archive": []}),
+            json!({"name": stanza, "status": {"code": 1, "message": "missing stanza data"}, "backup": [], "archive": [], "running": running}),
         );
     };
     let archive_id = archive.db.current.archive_id();
@@ -84,6 +90,19 @@ fn stanza_report(repo: &dyn Storage, stanza: &str) -> Result<Value> {
         })
         .collect();
     let in_progress = unfinished(repo, &layout, &backup)?;
+    let last = |t: BackupType| {
+        backup
+            .backups
+            .iter()
+            .rev()
+            .find(|(_, b)| b.backup_type == t)
+            .map(|(label, b)| json!({"label": label, "stop": b.backup_timestamp_stop}))
+    };
+    let last_backup = json!({
+        "full": last(BackupType::Full),
+        "diff": last(BackupType::Diff),
+        "incr": last(BackupType::Incr),
+    });
     let status = if backups.is_empty() {
         json!({"code": 2, "message": "no valid backups"})
     } else {
@@ -96,6 +115,8 @@ fn stanza_report(repo: &dyn Storage, stanza: &str) -> Result<Value> {
         "archive": [{"id": archive_id, "min": min, "max": max}],
         "backup": backups,
         "in-progress": in_progress,
+        "last-backup": last_backup,
+        "running": running,
     }))
 }
 
@@ -206,6 +227,24 @@ fn render_text(report: &[Value]) -> String {
                 s(&a["min"]),
                 s(&a["max"])
             ));
+        }
+        for t in ["full", "diff", "incr"] {
+            if let Some(b) = st["last-backup"][t].as_object() {
+                out.push_str(&format!(
+                    "    last {t} backup: {}, finished {}\n",
+                    s(&b["label"]),
+                    time(&b["stop"])
+                ));
+            }
+        }
+        match st["running"].as_object() {
+            Some(r) => out.push_str(&format!(
+                "    running now: {} (pid {}, started {})\n",
+                s(&r["command"]),
+                r["pid"],
+                s(&r["start"])
+            )),
+            None => out.push_str("    running now: no backup or expire\n"),
         }
         for b in st["in-progress"].as_array().into_iter().flatten() {
             out.push_str(&format!(

@@ -1,12 +1,14 @@
 //! verify: reads back everything the repository holds and checks it against its checksum:
 //! every stored backup file against its manifest entry (size and SHA-1 of the original
 //! content), every archived WAL segment against the SHA-1 in its name, every backup's WAL
-//! range from start to stop, gaps in the archived WAL from the oldest backup on, and files
+//! range from start to stop, gaps in the archived WAL from the oldest backup on (a stretch
+//! between two backups that expire emptied entirely is not a gap), and files
 //! in backup directories that no manifest lists. Files stream through the copy pipeline's
 //! restore direction, in parallel; nothing is held whole. Any problem fails the command with
 //! the integrity exit code, after the full report.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::Excluded;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -174,9 +176,36 @@ pub fn run(cfg: &Config) -> Result<()> {
     if let (Some(oldest), Some(newest)) = (loaded.first(), current.iter().next_back()) {
         let start = &oldest.backup.archive_start;
         if start[..8] == newest[..8] && start.as_str() <= newest.as_str() {
+            // Between two backups whose archive retention expire removed, nothing is left
+            // at all: that stretch is expired, not a gap. A gap is a hole among what is kept.
+            let mut ranges: Vec<(&str, &str)> = loaded
+                .iter()
+                .filter_map(|m| {
+                    Some((
+                        m.backup.archive_start.as_str(),
+                        m.backup.archive_stop.as_deref()?,
+                    ))
+                })
+                .collect();
+            ranges.sort();
+            let expired: Vec<(&str, &str)> = ranges
+                .windows(2)
+                .map(|w| (w[0].1, w[1].0))
+                .filter(|(stop, next)| {
+                    current
+                        .range::<str, _>((Excluded(*stop), Excluded(*next)))
+                        .next()
+                        .is_none()
+                })
+                .collect();
             report.wal_gaps = segment_range(start, newest, seg_size)?
                 .into_iter()
                 .filter(|s| !current.contains(s))
+                .filter(|s| {
+                    !expired
+                        .iter()
+                        .any(|(stop, next)| *stop < s.as_str() && s.as_str() < *next)
+                })
                 .collect();
         }
     }

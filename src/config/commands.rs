@@ -117,10 +117,17 @@ pub const COMMANDS: &[CmdDef] = &[
         lock: LockType::Backup,
         needs_stanza: true,
         args: &[],
-        implemented: false,
+        implemented: true,
         hidden: false,
         summary: "remove backups and WAL beyond the retention settings",
-        help: "Not available in this version yet.",
+        help: "Removes full backups beyond repo1-retention-full (a count, or days with \
+               repo1-retention-full-type=time) with every backup that depends on them, \
+               differential backups beyond repo1-retention-diff, and WAL older than the oldest \
+               backup that repo1-retention-archive keeps, except the WAL each kept backup needs \
+               to be consistent. --set=LABEL expires one backup and its dependents (the newest \
+               full only with --force); --dry-run shows what would go. Also runs at the end of \
+               every successful backup. A killed expire leaves a valid repository; the next one \
+               finishes the job.",
     },
     CmdDef {
         cmd: Cmd::Restore,

@@ -44,6 +44,7 @@ pub enum Scope {
     Stanza,
 }
 
+#[derive(Clone, Copy)]
 pub struct OptDef {
     pub name: &'static str,
     pub kind: OptKind,
@@ -90,7 +91,22 @@ const RECOVERY: &[Cmd] = &[Cmd::Restore, Cmd::Drill];
 const DRILL: &[Cmd] = &[Cmd::Drill];
 const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
 const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify, Cmd::Drill];
-const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info, Cmd::Drill];
+const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info, Cmd::Drill, Cmd::Expire];
+const EXPIRE: &[Cmd] = &[Cmd::Expire];
+const FORCE_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Expire];
+/// Commands that run hooks. The generated hook rows below follow this order, which
+/// [`hook_option`] relies on and a unit test checks.
+pub const HOOK_CMDS: &[Cmd] = &[
+    Cmd::Backup,
+    Cmd::Expire,
+    Cmd::Restore,
+    Cmd::Verify,
+    Cmd::Drill,
+    Cmd::Check,
+    Cmd::StanzaCreate,
+    Cmd::ArchivePush,
+    Cmd::ArchiveGet,
+];
 const OUTPUT_CMDS: &[Cmd] = &[Cmd::Info, Cmd::Verify];
 const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Drill];
 const DELTA_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
@@ -114,7 +130,82 @@ const SECONDS: OptKind = OptKind::Int {
     max: 7 * 86400,
 };
 
-pub const OPTIONS: &[OptDef] =
+/// Every option: the hand-written rows followed by the generated hook rows.
+pub const OPTIONS: &[OptDef] = &ALL_OPTIONS;
+
+const ALL_OPTIONS: [OptDef; BASE_OPTIONS.len() + HOOK_OPTIONS.len()] =
+    concat_options(BASE_OPTIONS, HOOK_OPTIONS);
+
+/// Joins two option lists at compile time, so the table stays one constant slice.
+const fn concat_options<const N: usize>(a: &[OptDef], b: &[OptDef]) -> [OptDef; N] {
+    let mut out = [a[0]; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[a.len() + j] = b[j];
+        j += 1;
+    }
+    out
+}
+
+/// The three hook points, in the order a command meets them.
+pub const HOOK_POINTS: [&str; 3] = ["start", "success", "failure"];
+
+/// One `hook-COMMAND-POINT` row. Hook commands are secret: a shell line may carry a
+/// password, so it is never echoed in the log's command line.
+macro_rules! hook_opt {
+    ($cmd:expr, $name:literal, $point:literal, $help:expr) => {
+        OptDef {
+            name: concat!("hook-", $name, "-", $point),
+            kind: OptKind::Str,
+            default: None,
+            scope: Scope::Global,
+            commands: Some(&[$cmd]),
+            secret: true,
+            help: $help,
+        }
+    };
+}
+
+/// The start, success and failure rows of each hooked command.
+macro_rules! hook_opts {
+    ($(($cmd:expr, $name:literal)),* $(,)?) => {
+        &[$(
+            hook_opt!($cmd, $name, "start",
+                concat!("shell command run before ", $name, "; if it fails, ", $name, " does not run")),
+            hook_opt!($cmd, $name, "success",
+                concat!("shell command run after ", $name, " succeeded")),
+            hook_opt!($cmd, $name, "failure",
+                concat!("shell command run after ", $name, " failed")),
+        )*]
+    };
+}
+
+const HOOK_OPTIONS: &[OptDef] = hook_opts![
+    (Cmd::Backup, "backup"),
+    (Cmd::Expire, "expire"),
+    (Cmd::Restore, "restore"),
+    (Cmd::Verify, "verify"),
+    (Cmd::Drill, "drill"),
+    (Cmd::Check, "check"),
+    (Cmd::StanzaCreate, "stanza-create"),
+    (Cmd::ArchivePush, "archive-push"),
+    (Cmd::ArchiveGet, "archive-get"),
+];
+
+/// The option naming `cmd`'s hook at `point` (one of [`HOOK_POINTS`]); `None` for commands
+/// without hooks. Static names, so the hot path of archive-push allocates nothing.
+pub fn hook_option(cmd: Cmd, point: &str) -> Option<&'static str> {
+    let i = HOOK_CMDS.iter().position(|c| *c == cmd)?;
+    let j = HOOK_POINTS.iter().position(|p| *p == point)?;
+    Some(HOOK_OPTIONS[i * HOOK_POINTS.len() + j].name)
+}
+
+const BASE_OPTIONS: &[OptDef] =
     &[
         opt!(
             "config",
@@ -282,7 +373,15 @@ pub const OPTIONS: &[OptDef] =
             None,
             Scope::Global,
             Some(BACKUP_EXPIRE),
-            "number of full backups to keep"
+            "number of full backups to keep (or days, with repo1-retention-full-type=time)"
+        ),
+        opt!(
+            "repo1-retention-full-type",
+            OptKind::Enum(&["count", "time"]),
+            Some("count"),
+            Scope::Global,
+            Some(BACKUP_EXPIRE),
+            "whether repo1-retention-full counts full backups or days"
         ),
         opt!(
             "repo1-retention-diff",
@@ -441,8 +540,24 @@ pub const OPTIONS: &[OptDef] =
             OptKind::Bool,
             Some("n"),
             Scope::CommandLine,
-            Some(RESTORE),
-            "delta restore over a directory that holds another cluster"
+            Some(FORCE_CMDS),
+            "restore: delta restore over another cluster; expire: allow --set on the newest full"
+        ),
+        opt!(
+            "dry-run",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(EXPIRE),
+            "show what expire would remove, and remove nothing"
+        ),
+        opt!(
+            "hook-timeout",
+            SECONDS,
+            Some("300"),
+            Scope::Global,
+            Some(HOOK_CMDS),
+            "seconds a hook may run before it is killed (a start hook then aborts the command)"
         ),
         opt!(
             "tablespace-map",
@@ -663,6 +778,30 @@ mod tests {
             }
             assert!(!o.help.is_empty());
         }
+    }
+
+    #[test]
+    fn hook_options_are_generated_for_every_hooked_command_and_no_other() {
+        for cmd in HOOK_CMDS {
+            for point in HOOK_POINTS {
+                let name = hook_option(*cmd, point).unwrap();
+                assert_eq!(name, format!("hook-{}-{point}", cmd.name()));
+                let o = OptDef::find(name).unwrap();
+                assert_eq!(o.commands, Some(&[*cmd][..]), "{name}");
+                assert!(o.secret && o.scope == Scope::Global, "{name}");
+            }
+        }
+        let hooks = OPTIONS
+            .iter()
+            .filter(|o| o.name.starts_with("hook-") && o.name != "hook-timeout")
+            .count();
+        assert_eq!(hooks, HOOK_CMDS.len() * HOOK_POINTS.len());
+        assert_eq!(hook_option(Cmd::Info, "start"), None);
+        assert_eq!(hook_option(Cmd::Backup, "later"), None);
+        assert!(OptDef::find("hook-timeout")
+            .unwrap()
+            .commands
+            .is_some_and(|c| c == HOOK_CMDS));
     }
 
     #[test]

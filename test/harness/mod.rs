@@ -14,7 +14,7 @@ mod sshd;
 mod testdir;
 
 pub use pg::{PgCluster, PG_BIN};
-pub use proc::{descendants, is_dead, signal};
+pub use proc::{descendants, is_dead, kill_tree, signal};
 pub use sshd::Sshd;
 pub use testdir::TestDir;
 
