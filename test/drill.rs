@@ -26,7 +26,11 @@ fn drill_processes() -> Vec<String> {
         .filter_map(|e| {
             let cmdline = fs::read_to_string(e.path().join("cmdline")).ok()?;
             cmdline.contains("pg_backrest-drill-").then(|| {
-                format!("{}: {}", e.file_name().to_string_lossy(), cmdline.replace('\0', " "))
+                format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    cmdline.replace('\0', " ")
+                )
             })
         })
         .collect()
