@@ -12,6 +12,8 @@
 # Environment:
 #   SCALES="50 100"  pgbench -i scales, one fresh cluster and fresh repositories each
 #   OUT=file.md      also write the markdown report there
+#   ROUNDS=3         how often each restore variant is measured (interleaved, tool order
+#                    alternating); the report gives the median and the range
 #   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
 #   PGBIN=...        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -23,6 +25,7 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
 SCALES=${SCALES:-"50 100"}
 KEEP=${KEEP:-0}
+ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,6 +39,7 @@ as_pg() { runuser -u postgres -- env HOME=/var/lib/postgresql "$@"; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts sshd, uses runuser)"
 for s in $SCALES; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || die "SCALES must be positive integers"; done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 fi
@@ -252,28 +256,36 @@ EOF
     [ "$KEEP" = 1 ] || rm -rf "$dir"
 }
 
-# restore_and_delta TOOL NAME CONF LABEL: plain restore of LABEL into an empty directory
+# verify_or_remove ROUND TOOL DIR TAG EXPECTED: the first round's copies are started and
+# checked (verify_copy); later rounds' are only removed
+verify_or_remove() {
+    local round=$1
+    shift
+    if [ "$round" = 1 ]; then verify_copy "$@"; else rm -rf "$2"; fi
+}
+
+# restore_and_delta ROUND TOOL NAME CONF LABEL: plain restore of LABEL into an empty directory
 # (measured), a copy of it taken before it is started, the restore verified; then a delta
 # restore of the same LABEL onto the unchanged, never started copy (measured), verified too
 restore_and_delta() {
-    local tool=$1 name=$2 conf=$3 label=$4 dir=$SD/restore-$2 copy=$SD/delta-same-$2
+    local round=$1 tool=$2 name=$3 conf=$4 label=$5 dir=$SD/restore-$3 copy=$SD/delta-same-$3
     rm -rf "$dir" "$copy"
     pgdir "$dir"
     chmod 0700 "$dir"
     restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
     cp -a "$dir" "$copy"
-    verify_copy "$tool" "$dir" restore-p2-local "$EXPECTED"
+    verify_or_remove "$round" "$tool" "$dir" restore-p2-local "$EXPECTED"
     restore_into "$tool" "$conf" "$label" "$copy" delta-same-p2-local --delta
-    verify_copy "$tool" "$copy" delta-same-p2-local "$EXPECTED"
+    verify_or_remove "$round" "$tool" "$copy" delta-same-p2-local "$EXPECTED"
 }
 
-# delta_incr TOOL NAME CONF FULL INCR: plain restore of FULL (not measured), then a delta restore
-# of INCR onto it (measured), verified against the original after the update
+# delta_incr ROUND TOOL NAME CONF FULL INCR: plain restore of FULL (not measured), then a delta
+# restore of INCR onto it (measured), verified against the original after the update
 delta_incr() {
-    local tool=$1 name=$2 conf=$3 full=$4 incr=$5 dir=$SD/delta-1pct-$2
+    local round=$1 tool=$2 name=$3 conf=$4 full=$5 incr=$6 dir=$SD/delta-1pct-$3
     restore_plain "$tool" "$conf" "$full" "$dir"
     restore_into "$tool" "$conf" "$incr" "$dir" delta-1pct-p2-local --delta
-    verify_copy "$tool" "$dir" delta-1pct-p2-local "$EXPECTED2"
+    verify_or_remove "$round" "$tool" "$dir" delta-1pct-p2-local "$EXPECTED2"
 }
 
 CHECK_SQL='select sum(abalance), count(*) from pgbench_accounts'
@@ -447,15 +459,18 @@ EOF
     as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
     archive_idle
 
-    order=(theirs ours)
-    [ $((idx % 2)) = 0 ] || order=(ours theirs)
-    log "scale $SCALE: restore of the process-max 2 local full, delta restore onto its copy (${order[*]})"
-    for first in "${order[@]}"; do
-        if [ "$first" = ours ]; then
-            restore_and_delta pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS"
-        else
-            restore_and_delta pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS"
-        fi
+    local round
+    for round in $(seq "$ROUNDS"); do
+        order=(theirs ours)
+        [ $(((idx + round) % 2)) = 1 ] || order=(ours theirs)
+        log "scale $SCALE: restore of the process-max 2 local full, delta restore onto its copy, round $round (${order[*]})"
+        for first in "${order[@]}"; do
+            if [ "$first" = ours ]; then
+                restore_and_delta "$round" pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS"
+            else
+                restore_and_delta "$round" pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS"
+            fi
+        done
     done
 
     # About 1 % of the rows change (every 100th account), then an incr of each tool (its prior:
@@ -481,15 +496,17 @@ EOF
     as_pg "${PSQL[@]}" -c 'select pg_switch_wal()' >/dev/null
     archive_idle
 
-    order=(theirs ours)
-    [ $((idx % 2)) = 0 ] || order=(ours theirs)
-    log "scale $SCALE: delta restore of the 1 % incr onto a copy restored from the full (${order[*]})"
-    for first in "${order[@]}"; do
-        if [ "$first" = ours ]; then
-            delta_incr pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS" "$INCR_OURS"
-        else
-            delta_incr pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS" "$INCR_THEIRS"
-        fi
+    for round in $(seq "$ROUNDS"); do
+        order=(theirs ours)
+        [ $(((idx + round) % 2)) = 1 ] || order=(ours theirs)
+        log "scale $SCALE: delta restore of the 1 % incr onto a copy restored from the full, round $round (${order[*]})"
+        for first in "${order[@]}"; do
+            if [ "$first" = ours ]; then
+                delta_incr "$round" pg_backrest ours-local "$SD/conf/ours-local.conf" "$FULL_OURS" "$INCR_OURS"
+            else
+                delta_incr "$round" pgBackRest theirs-local "$SD/conf/theirs-local.conf" "$FULL_THEIRS" "$INCR_THEIRS"
+            fi
+        done
     done
 
     log "scale $SCALE: done, stopping the cluster"

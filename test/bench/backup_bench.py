@@ -234,11 +234,24 @@ REFERENCE = {
 def cmd_report(results, meta_path, out_path=None):
     with open(meta_path) as f:
         meta = json.load(f)
-    recs = {}
+    # A tag measured several times (ROUNDS) is reported by its median run by wall time, with
+    # the range; notes (no "wall") apply to the tag whatever the run.
+    runs, notes = {}, {}
     with open(results) as f:
         for line in f:
             r = json.loads(line)
-            recs.setdefault(r["tag"], {}).update(r)
+            if "wall" in r:
+                runs.setdefault(r["tag"], []).append(r)
+            else:
+                notes.setdefault(r["tag"], {}).update(r)
+    recs = {}
+    for tag in set(runs) | set(notes):
+        rs = sorted(runs.get(tag, []), key=lambda r: r["wall"])
+        rec = dict(rs[len(rs) // 2]) if rs else {}
+        if len(rs) > 1:
+            rec["walls"] = [r["wall"] for r in rs]
+        rec.update(notes.get(tag, {}))
+        recs[tag] = rec
     mib = 1048576
     lines = []
     w = lines.append
@@ -290,7 +303,11 @@ def cmd_report(results, meta_path, out_path=None):
                     tgt = f"earlier: {REFERENCE[key]}"
                 if tool == "pg_basebackup" and scale == 100:
                     tgt = "earlier: 29.6 s"
-                w(f"| {title} | {tool} | {r['wall']:.1f} | {cpu:.1f} | {remote} | {repo} | "
+                wall = f"{r['wall']:.1f}"
+                if "walls" in r:
+                    wall += (f" (median of {len(r['walls'])}: {min(r['walls']):.1f}–"
+                             f"{max(r['walls']):.1f})")
+                w(f"| {title} | {tool} | {wall} | {cpu:.1f} | {remote} | {repo} | "
                   f"{r['rss_max_proc'] / mib:.0f} | {csum} | {rrss} | "
                   f"{ratio} | {tgt} |")
         for key, what, exp in VERIFIED:
