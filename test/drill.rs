@@ -1,7 +1,7 @@
 //! drill end to end: on a good backup it restores, recovers, checks and cleans up, reporting
 //! what it recovered; on a backup with a damaged file it fails with the integrity code; on a
 //! target it cannot reach it fails; stopped by SIGTERM it cleans up too; it never leaves its
-//! copy or a running server behind.
+//! copy or a running server behind; hook-drill-success and -failure report each outcome.
 
 use std::fs;
 use std::time::Duration;
@@ -18,14 +18,16 @@ fn drill_dirs(site: &Site) -> Vec<String> {
         .collect()
 }
 
-/// Processes whose command line names a drill directory (its PostgreSQL), as "pid: cmdline".
-fn drill_processes() -> Vec<String> {
+/// Processes whose command line names a drill directory of this site (its PostgreSQL), as
+/// "pid: cmdline". Other tests run drills at the same time, so only this site's count.
+fn drill_processes(site: &Site) -> Vec<String> {
+    let ours = format!("{}/pg_backrest-drill-", site.dir.join("drill").display());
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| {
             let cmdline = fs::read_to_string(e.path().join("cmdline")).ok()?;
-            cmdline.contains("pg_backrest-drill-").then(|| {
+            cmdline.contains(&ours).then(|| {
                 format!(
                     "{}: {}",
                     e.file_name().to_string_lossy(),
@@ -36,8 +38,8 @@ fn drill_processes() -> Vec<String> {
         .collect()
 }
 
-fn no_drill_server_running() -> bool {
-    drill_processes().is_empty()
+fn no_drill_server_running(site: &Site) -> bool {
+    drill_processes(site).is_empty()
 }
 
 #[test]
@@ -58,8 +60,26 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
     site.one_segment();
     let drill_path = format!("--drill-path={}", site.dir.join("drill").display());
 
-    let out = site.pgbr(&["drill", &drill_path, "--process-max=2"]);
+    // hook-drill-* let a scheduler alert: the success hook runs after a good drill, the
+    // failure hook after a failed one, with the exit code.
+    let hooked = site.dir.join("hook.out");
+    let success_hook = format!(
+        "--hook-drill-success=echo $PG_BACKREST_HOOK $PG_BACKREST_COMMAND > {}",
+        hooked.display()
+    );
+    let failure_hook = format!(
+        "--hook-drill-failure=echo $PG_BACKREST_HOOK $PG_BACKREST_EXIT_CODE > {}",
+        hooked.display()
+    );
+    let out = site.pgbr(&[
+        "drill",
+        &drill_path,
+        "--process-max=2",
+        &success_hook,
+        &failure_hook,
+    ]);
     assert_eq!(out.status, 0, "{out}");
+    assert_eq!(fs::read_to_string(&hooked).unwrap(), "success drill\n");
     assert!(out.stdout.contains(": ok\n"), "{out}");
     assert!(out.stdout.contains("recovery: promoted at LSN "), "{out}");
     assert!(out.stdout.contains("pg_amcheck: ok in"), "{out}");
@@ -73,7 +93,11 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
         "drill left {:?}",
         drill_dirs(&site)
     );
-    assert!(no_drill_server_running());
+    assert!(
+        no_drill_server_running(&site),
+        "{:?}",
+        drill_processes(&site)
+    );
     let ts_entries: Vec<_> = fs::read_dir(&ts)
         .unwrap()
         .flatten()
@@ -98,8 +122,9 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     fs::write(&stored, bytes).unwrap();
-    let out = site.pgbr(&["drill", &drill_path]);
+    let out = site.pgbr(&["drill", &drill_path, &success_hook, &failure_hook]);
     assert_eq!(out.status, 44, "{out}");
+    assert_eq!(fs::read_to_string(&hooked).unwrap(), "failure 44\n");
     assert!(
         out.stderr.contains(&relation),
         "the error names the damaged file:\n{out}"
@@ -109,7 +134,11 @@ fn drill_passes_on_a_good_backup_and_fails_on_a_damaged_one() {
         "drill left {:?}",
         drill_dirs(&site)
     );
-    assert!(no_drill_server_running());
+    assert!(
+        no_drill_server_running(&site),
+        "{:?}",
+        drill_processes(&site)
+    );
 }
 
 /// SIGTERM (as a scheduler sends it) while the drill's PostgreSQL is starting: the drill stops
@@ -126,7 +155,12 @@ fn drill_stopped_by_sigterm_removes_its_copy_and_server() {
     let config = format!("--config={}", site.conf.display());
     let stanza = format!("--stanza={STANZA}");
     let drill_path = format!("--drill-path={}", drill.display());
-    let child = harness::pgbr(&[&config, &stanza, "drill", &drill_path])
+    let hooked = site.dir.join("hook.out");
+    let failure_hook = format!(
+        "--hook-drill-failure=echo $PG_BACKREST_HOOK $PG_BACKREST_EXIT_CODE > {}",
+        hooked.display()
+    );
+    let child = harness::pgbr(&[&config, &stanza, "drill", &drill_path, &failure_hook])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -173,10 +207,15 @@ fn drill_stopped_by_sigterm_removes_its_copy_and_server() {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     assert_error(&out, 63, "terminated by a signal");
+    assert_eq!(fs::read_to_string(&hooked).unwrap(), "failure 63\n");
     assert!(
         drill_dirs(&site).is_empty(),
         "drill left {:?}",
         drill_dirs(&site)
     );
-    assert!(no_drill_server_running(), "{:?}", drill_processes());
+    assert!(
+        no_drill_server_running(&site),
+        "{:?}",
+        drill_processes(&site)
+    );
 }
