@@ -12,7 +12,7 @@
 # Environment:
 #   SCALES="50 100"  pgbench -i scales, one fresh cluster and fresh repositories each
 #   OUT=file.md      also write the markdown report there
-#   ROUNDS=3         how often each restore variant is measured (interleaved, tool order
+#   ROUNDS=5         how often each restore variant is measured (interleaved, tool order
 #                    alternating); the report gives the median and the range
 #   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
 #   PGBIN=...        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
@@ -25,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
 SCALES=${SCALES:-"50 100"}
 KEEP=${KEEP:-0}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -133,6 +133,12 @@ as_pg ssh -F "$S/ssh_config" 127.0.0.1 true || die "ssh as postgres to 127.0.0.1
 measure() { # TAG CMD... (runs as postgres; dies on error)
     local tag=$1
     shift
+    # Every measurement starts alike: no dirty pages left by the previous step (a restored
+    # copy, cp -a, rm -rf) to be written back during it and charged to whichever tool runs
+    # next, and a cold page cache, so that the repository and the data directory are read
+    # from disk as after a night of other work (root only; skipped otherwise).
+    sync
+    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     python3 "$HELPER" run "$RES" "$tag" "$SSHD_PID" postgres -- "$@" || die "$tag failed (see above)"
     close_masters
 }
