@@ -2,7 +2,9 @@
 //! backup before it writes anything (exit 61, the hook's last stderr line quoted) and the
 //! failure hook then runs; success and failure hooks see the stanza, command, backup label
 //! and type, exit code and error; a failing success or failure hook is only a warning; hook
-//! output reaches the log and the hook's command line does not.
+//! output reaches the log and the hook's command line does not. archive-push and archive-get,
+//! PostgreSQL's own commands, have hooks too: a failing start hook stores or fetches nothing,
+//! and archive-get's "not in the archive" (exit 1) runs the success hook.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -238,4 +240,83 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("expire"));
     assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("success"));
     assert_eq!(get(&env, "PG_BACKREST_BACKUP_LABEL"), None);
+}
+
+#[test]
+fn archive_push_and_archive_get_run_their_hooks_and_a_failing_start_hook_stores_nothing() {
+    let site = Site::local();
+    let seg = site.one_segment();
+    let source = site.originals.join(&seg);
+    for stored in site.stored(&seg) {
+        std::fs::remove_file(stored).unwrap();
+    }
+
+    // A failing start hook stops archive-push before it writes into the repository; PostgreSQL
+    // sees exit 61 and keeps the segment for its next attempt.
+    let failed_env = site.dir.join("push-failure.env");
+    let out = site.pgbr(&[
+        "archive-push",
+        p(&source),
+        "--hook-archive-push-start=echo 'archive volume not mounted' >&2; exit 7",
+        &env_hook("hook-archive-push-failure", &failed_env, "true"),
+    ]);
+    assert_error(
+        &out,
+        61,
+        "hook-archive-push-start exited with code 7: 'archive volume not mounted'",
+    );
+    assert!(site.stored(&seg).is_empty(), "{:?}", site.stored(&seg));
+    assert!(site.temp_files().is_empty(), "{:?}", site.temp_files());
+    let env = saved_env(&failed_env);
+    assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("archive-push"));
+    assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("failure"));
+    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("61"));
+
+    let pushed_env = site.dir.join("push-success.env");
+    site.pgbr(&[
+        "archive-push",
+        p(&source),
+        &env_hook("hook-archive-push-success", &pushed_env, "true"),
+    ])
+    .expect_ok("archive-push");
+    assert_eq!(site.stored(&seg).len(), 1, "{:?}", site.stored(&seg));
+    let env = saved_env(&pushed_env);
+    assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("archive-push"));
+    assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("success"));
+    assert_eq!(get(&env, "PG_BACKREST_STANZA"), Some("main"));
+
+    // archive-get: a failing start hook leaves the destination unwritten; a segment that is not
+    // in the archive (exit 1) is an answer, not a failure, so the success hook runs.
+    let dest = site.dir.join("fetched");
+    harness::mkdir_postgres(&dest);
+    let fetched = dest.join("RECOVERYXLOG");
+    let out = site.pgbr(&[
+        "archive-get",
+        &seg,
+        p(&fetched),
+        "--hook-archive-get-start=exit 3",
+    ]);
+    assert_error(
+        &out,
+        61,
+        "hook-archive-get-start exited with code 3: (nothing on stderr)",
+    );
+    assert!(!fetched.exists());
+    let missing_env = site.dir.join("get-missing.env");
+    let out = site.pgbr(&[
+        "archive-get",
+        "0000000100000099000000FE",
+        p(&fetched),
+        &env_hook("hook-archive-get-success", &missing_env, "true"),
+    ]);
+    assert_eq!(out.status, 1, "{out}");
+    let env = saved_env(&missing_env);
+    assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("archive-get"));
+    assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("success"));
+    site.pgbr(&["archive-get", &seg, p(&fetched)])
+        .expect_ok("archive-get");
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&source).unwrap()
+    );
 }
