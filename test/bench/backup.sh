@@ -5,7 +5,7 @@
 # no-change incr, a restore, a delta restore of the same full onto its unchanged restored copy,
 # an incr after updating 1 % of the rows and a delta restore of it onto a copy restored from the
 # full (every restored copy started and checked), and pg_basebackup as a third reference for the
-# full backup.
+# full backup; then a pg_backrest drill of the full, whose own report shows its overhead.
 #
 #   bash test/bench/backup.sh             run as root on Debian 12 (installs what is missing)
 #
@@ -478,6 +478,13 @@ EOF
             fi
         done
     done
+
+    # A drill of the same full (pg_backrest only: pgBackRest has none). Its report splits
+    # restore, recovery and the checks, so what a drill costs beyond a restore shows apart.
+    log "scale $SCALE: drill of the process-max 2 local full"
+    pgdir "$SD/drill"
+    measure "s$SCALE/drill-p2-local/pg_backrest" "$BIN" --config="$SD/conf/ours-local.conf" \
+        --stanza=bench --set="$FULL_OURS" --process-max=2 --drill-path="$SD/drill" drill
 
     # About 1 % of the rows change (every 100th account), then an incr of each tool (its prior:
     # the no-change incr above). The update's WAL goes to both local archives first.

@@ -318,6 +318,17 @@ def cmd_report(results, meta_path, out_path=None):
                 w(f"Verified, {what} (started on another port, promoted, `sum(abalance), "
                   f"count(*)` equal to the original's `{db.get(exp, '?')}`): "
                   + "; ".join(ver) + ".")
+        drill = recs.get(f"s{scale}/drill-p2-local/pg_backrest")
+        if drill:
+            w("")
+            w(f"Drill of the process-max 2 local full, process-max 2 (pg_backrest only; "
+              f"pgBackRest has no drill): {drill['wall']:.1f} s wall, "
+              f"{drill['cpu_client']:.1f} s CPU (not counting the copy's server), "
+              f"max RSS {drill['rss_max_proc'] / mib:.0f} MiB. Its report (restore, then "
+              f"start and recovery, then its own checks and stop):")
+            w("")
+            for line in drill.get("stdout", "").splitlines():
+                w(f"    {line}")
     text = "\n".join(lines) + "\n"
     print(text)
     if out_path:
