@@ -48,6 +48,12 @@ pub fn page_checksum(page: &[u8], blkno: u32) -> u16 {
             *sum = mix(*sum, word);
         }
     }
+    finish(sums, blkno)
+}
+
+/// The end of PostgreSQL's checksum: two rounds of zeros through every lane, the lanes xored
+/// together and with the block number, then mod 65535 plus one (0 means "no checksum").
+fn finish(mut sums: [u32; N_SUMS], blkno: u32) -> u16 {
     for _ in 0..2 {
         for sum in sums.iter_mut() {
             *sum = mix(*sum, 0);
@@ -161,8 +167,8 @@ mod tests {
         p
     }
 
-    /// PostgreSQL's algorithm word by word, as checksum_impl.h writes it: the reference the
-    /// vectorised [`page_checksum`] must agree with.
+    /// PostgreSQL's lane loop word by word, as checksum_impl.h writes it: the reference the
+    /// vectorised [`page_checksum`] must agree with (the shared [`finish`] is unchanged).
     fn reference_checksum(page: &[u8], blkno: u32) -> u16 {
         let mut sums = BASE_OFFSETS;
         for i in 0..PAGE_SIZE / 4 {
@@ -173,13 +179,7 @@ mod tests {
             }
             sums[i % N_SUMS] = mix(sums[i % N_SUMS], w);
         }
-        for _ in 0..2 {
-            for sum in sums.iter_mut() {
-                *sum = mix(*sum, 0);
-            }
-        }
-        let folded = sums.iter().fold(0u32, |acc, s| acc ^ s) ^ blkno;
-        ((folded % 65535) + 1) as u16
+        finish(sums, blkno)
     }
 
     #[test]
