@@ -3,6 +3,9 @@
 //! stream per connection, so each worker gets a connection of its own (all multiplexed over
 //! one SSH master when ssh-persist is on).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::storage::{self, Storage};
@@ -23,6 +26,10 @@ impl Workers {
         } else {
             Vec::new()
         };
+        Workers::with_repos(count, repos)
+    }
+
+    fn with_repos(count: usize, repos: Vec<Box<dyn Storage>>) -> Result<Workers> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(count)
             .build()
@@ -41,5 +48,103 @@ impl Workers {
     /// Runs `work` inside the pool (rayon's parallel iterators then use these workers).
     pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         self.pool.install(work)
+    }
+
+    /// Runs `work` on every item, each worker taking the next item in the order given as
+    /// soon as it is free, and stops handing out items at the first error, which it returns.
+    ///
+    /// Callers sort their files largest first, so that the largest files start first on
+    /// different workers and the small ones fill in around them. A rayon parallel iterator
+    /// does not keep that order: it splits the list in halves, a second worker starts on the
+    /// small files of the middle, and the worker that began with the largest file goes on
+    /// with the next largest ones, all on its own (at scale 100 the 1 GiB, 270 MiB and
+    /// 214 MiB files, so a delta restore's hashing took 1.2 s on one core instead of 0.8 s).
+    pub fn try_each_in_order<T: Sync>(
+        &self,
+        items: &[T],
+        work: impl Fn(&T) -> Result<()> + Sync,
+    ) -> Result<()> {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let first_error = Mutex::new(None);
+        self.pool.broadcast(|_| {
+            while !failed.load(Ordering::Relaxed) {
+                let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return;
+                };
+                if let Err(e) = work(item) {
+                    failed.store(true, Ordering::Relaxed);
+                    if let Ok(mut first) = first_error.lock() {
+                        first.get_or_insert(e);
+                    }
+                    return;
+                }
+            }
+        });
+        match first_error.into_inner() {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(_) => Err(Error::internal("a worker panicked")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    /// The property the largest-first order is for: the first two items run side by side.
+    /// The first waits (boundedly) for the second to start. A rayon parallel iterator fails
+    /// this: its second worker starts in the middle of the list and goes through the later,
+    /// here slow, items before it comes back for the second one.
+    #[test]
+    fn the_first_items_start_together_on_different_workers() {
+        let workers = Workers::with_repos(2, Vec::new()).unwrap();
+        let (started, second_started) = channel();
+        let second_started = Mutex::new(second_started);
+        let items: Vec<usize> = (0..20).collect();
+        let seen = Mutex::new(Vec::new());
+        workers
+            .try_each_in_order(&items, |&i| {
+                if i == 1 {
+                    started.send(()).unwrap();
+                }
+                if i == 0 {
+                    let waited = second_started
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_millis(500));
+                    assert!(waited.is_ok(), "item 1 did not start while item 0 ran");
+                }
+                if i >= 2 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                seen.lock().unwrap().push(i);
+                Ok(())
+            })
+            .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_unstable();
+        assert_eq!(seen, items, "every item ran once");
+    }
+
+    #[test]
+    fn the_first_error_stops_the_rest_and_is_returned() {
+        let workers = Workers::with_repos(1, Vec::new()).unwrap();
+        let ran = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..10).collect();
+        let e = workers
+            .try_each_in_order(&items, |&i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                if i == 3 {
+                    return Err(Error::internal("item 3 failed"));
+                }
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.message.contains("item 3 failed"), "{e:?}");
+        assert_eq!(ran.into_inner(), 4, "nothing after the failed item ran");
     }
 }

@@ -19,6 +19,7 @@ mod digest;
 mod gzip;
 use digest::Digester;
 use gzip::GzipWriter;
+pub use gzip::PARALLEL_AFTER;
 
 /// Chunk size of the pipeline: large enough to amortize system calls, protocol frames and
 /// hand-offs to the hashing thread, small enough to keep memory flat. 512 KiB restored the
@@ -58,11 +59,14 @@ pub struct Ends<'a> {
     pub dest: &'a str,
 }
 
-/// Copies original content from `src` into storage format on `dst`.
+/// Copies original content from `src` into storage format on `dst`. Past
+/// [`PARALLEL_AFTER`] bytes, compression may spread over `threads` threads (one gzip member
+/// all the same); 1 keeps it on the calling thread.
 pub fn store(
     src: &mut dyn Read,
     dst: &mut dyn Write,
     compress: Compress,
+    threads: usize,
     ends: &Ends,
 ) -> Result<CopyResult> {
     let mut counted = CountingWriter {
@@ -76,7 +80,7 @@ pub fn store(
         let mut sink = match compress {
             Compress::None => Sink::Plain(&mut counted),
             Compress::Gz(level) => Sink::Gz(Box::new(
-                GzipWriter::new(&mut counted, level)
+                GzipWriter::new(&mut counted, level, threads)
                     .map_err(|e| io_error("compress for", ends.dest, e))?,
             )),
         };
@@ -181,6 +185,7 @@ pub fn digest(src: &mut dyn Read, source: &str) -> Result<CopyResult> {
         src,
         &mut io::sink(),
         Compress::None,
+        1,
         &Ends {
             source,
             dest: "checksum",
@@ -277,7 +282,7 @@ mod tests {
         for compress in [Compress::None, Compress::Gz(6)] {
             let data = sample(3 * CHUNK + 17);
             let mut stored = Vec::new();
-            let r = store(&mut &data[..], &mut stored, compress, &ENDS).unwrap();
+            let r = store(&mut &data[..], &mut stored, compress, 1, &ENDS).unwrap();
             assert_eq!(r.size, data.len() as u64);
             assert_eq!(r.stored_size, stored.len() as u64);
             assert_eq!(r.sha1, hex::encode(Sha1::digest(&data)));
@@ -300,7 +305,7 @@ mod tests {
             let data = sample(len);
             let expected = hex::encode(Sha1::digest(&data));
             let mut stored = Vec::new();
-            let r = store(&mut &data[..], &mut stored, Compress::Gz(1), &ENDS).unwrap();
+            let r = store(&mut &data[..], &mut stored, Compress::Gz(1), 2, &ENDS).unwrap();
             assert_eq!((r.size, r.sha1.as_str()), (len as u64, expected.as_str()));
             let mut back = Vec::new();
             let r2 = restore(&mut &stored[..], &mut back, true, Some(&expected), &ENDS).unwrap();
@@ -314,7 +319,7 @@ mod tests {
     fn corrupt_or_truncated_gzip_and_wrong_checksum_are_integrity_errors() {
         let data = sample(200_000);
         let mut stored = Vec::new();
-        let r = store(&mut &data[..], &mut stored, Compress::Gz(6), &ENDS).unwrap();
+        let r = store(&mut &data[..], &mut stored, Compress::Gz(6), 1, &ENDS).unwrap();
         let truncated = &stored[..stored.len() / 2];
         let e = restore(
             &mut &truncated[..],
@@ -351,7 +356,7 @@ mod tests {
         }
         let e = restore(&mut Broken, &mut Vec::new(), true, None, &ENDS).unwrap_err();
         assert_eq!(e.kind, Kind::Remote);
-        let e = store(&mut Broken, &mut Vec::new(), Compress::Gz(1), &ENDS).unwrap_err();
+        let e = store(&mut Broken, &mut Vec::new(), Compress::Gz(1), 2, &ENDS).unwrap_err();
         assert_eq!(e.kind, Kind::Remote);
     }
 }

@@ -169,6 +169,21 @@ fn assert_stored_like_gzip_6(site: &Site, label: &str) {
         "{}: {original} bytes stored in {stored}, gzip -6 makes {theirs}: ratio {ratio:.4}",
         path.display()
     );
+    // Taken at process-max 2, a file this large is compressed in 1 MiB blocks on two threads
+    // past its first 8 MiB (pipeline::gzip), and gzip -d above read it as one member. Each
+    // block ends with the empty stored block of a sync flush, 00 00 ff ff, which a single
+    // stream does not emit; count them to be sure that is the path this test covered.
+    let bytes = fs::read(&path).unwrap();
+    let flushes = bytes
+        .windows(4)
+        .filter(|w| *w == [0, 0, 0xff, 0xff])
+        .count() as u64;
+    let blocks = (original - (8 << 20)) / (1 << 20);
+    assert!(
+        flushes >= blocks,
+        "{}: {flushes} sync flushes, expected one per 1 MiB block past 8 MiB ({blocks})",
+        path.display()
+    );
 }
 
 fn backup_dir(site: &Site) -> PathBuf {

@@ -81,6 +81,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         &mut file,
         &mut writer,
         compress,
+        1,
         &Ends {
             source: &source,
             dest: &dest,

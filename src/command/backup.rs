@@ -200,6 +200,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         compress: manifest.options.compress(),
         verify_pages,
         start_lsn,
+        compress_threads: cfg.int("process-max").unwrap_or(1).max(1) as u32,
     };
     let source: Box<dyn FileSource> = match db.remote() {
         None => Box::new(LocalFiles),
@@ -523,29 +524,24 @@ fn copy_all(
         let cancel = &cancel;
         let workers = &workers;
         scope.spawn(move || {
-            workers.install(|| {
-                use rayon::prelude::*;
-                // One task per file: rayon would otherwise split the sorted list into
-                // contiguous halves and leave the big files to one worker.
-                files
-                    .into_par_iter()
-                    .with_max_len(1)
-                    .for_each_with(tx, |tx, (src, prior)| {
-                        if cancel.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let worker_repo = workers.repo(repo);
-                        let result = backup_file(
-                            source,
-                            worker_repo,
-                            layout,
-                            &label,
-                            &src,
-                            prior.as_ref(),
-                            params,
-                        );
-                        let _ = tx.send((src, result));
-                    });
+            // Errors travel with the results, so the copy itself never stops early here;
+            // `cancel` makes the remaining files no-ops instead.
+            let _ = workers.try_each_in_order(&files, |(src, prior)| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let worker_repo = workers.repo(repo);
+                let result = backup_file(
+                    source,
+                    worker_repo,
+                    layout,
+                    &label,
+                    src,
+                    prior.as_ref(),
+                    params,
+                );
+                let _ = tx.send((src.clone(), result));
+                Ok(())
             });
         });
 
@@ -612,6 +608,7 @@ fn store_generated(
         &mut &data[..],
         &mut w,
         p.compress,
+        1,
         &Ends {
             source: key,
             dest: &dest,

@@ -538,51 +538,44 @@ fn restore_files(
     let restored = AtomicU64::new(0);
     let restored_bytes = AtomicU64::new(0);
     let zeroed_count = AtomicU64::new(0);
-    workers.install(|| {
-        use rayon::prelude::*;
-        // One task per file, so the largest files spread over the workers.
-        files
-            .par_iter()
-            .with_max_len(1)
-            .try_for_each(|(key, entry)| -> Result<()> {
-                if failed.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                if let Err(e) = crate::signal::check() {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-                let worker_repo = workers.repo(repo);
-                let holder = entry.reference.as_deref().unwrap_or(label);
-                let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
-                let stored = format!("{key}{}", compress.extension());
-                let local = local_path(manifest, pg_path, key)?;
-                if is_zeroed(key, zeroed) {
-                    zeroed_count.fetch_add(1, Ordering::Relaxed);
-                    progress.add(entry.size);
-                    return restore_zeroed(&local, entry);
-                }
-                let stored_path = layout.backup_file(holder, &stored);
-                if delta && matches_manifest(&local, entry, worker_repo, &stored_path, compress)? {
-                    kept.fetch_add(1, Ordering::Relaxed);
-                    progress.add(entry.size);
-                    return set_attributes(&local, entry);
-                }
-                restored.fetch_add(1, Ordering::Relaxed);
-                restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
-                let result = if delta {
-                    remove_outdated(&local)
-                } else {
-                    Ok(())
-                }
-                .and_then(|_| restore_file(worker_repo, &stored_path, compress, entry, &local));
-                if result.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                result?;
-                progress.add(entry.size);
-                Ok(())
-            })
+    workers.try_each_in_order(&files, |(key, entry)| -> Result<()> {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Err(e) = crate::signal::check() {
+            failed.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        let worker_repo = workers.repo(repo);
+        let holder = entry.reference.as_deref().unwrap_or(label);
+        let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
+        let stored = format!("{key}{}", compress.extension());
+        let local = local_path(manifest, pg_path, key)?;
+        if is_zeroed(key, zeroed) {
+            zeroed_count.fetch_add(1, Ordering::Relaxed);
+            progress.add(entry.size);
+            return restore_zeroed(&local, entry);
+        }
+        let stored_path = layout.backup_file(holder, &stored);
+        if delta && matches_manifest(&local, entry, worker_repo, &stored_path, compress)? {
+            kept.fetch_add(1, Ordering::Relaxed);
+            progress.add(entry.size);
+            return set_attributes(&local, entry);
+        }
+        restored.fetch_add(1, Ordering::Relaxed);
+        restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
+        let result = if delta {
+            remove_outdated(&local)
+        } else {
+            Ok(())
+        }
+        .and_then(|_| restore_file(worker_repo, &stored_path, compress, entry, &local));
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        result?;
+        progress.add(entry.size);
+        Ok(())
     })?;
     Ok(Counts {
         kept: kept.into_inner(),

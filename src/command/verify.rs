@@ -265,49 +265,49 @@ pub fn run(cfg: &Config) -> Result<()> {
 fn run_checks(
     cfg: &Config,
     repo: &dyn Storage,
-    checks: Vec<Check>,
+    mut checks: Vec<Check>,
     report: &mut Report,
 ) -> Result<()> {
     let workers = crate::parallel::Workers::new(cfg)?;
-    let total: u64 = checks
-        .iter()
-        .map(|c| {
-            if let Check::BackupFile { size, .. } = c {
-                *size
-            } else {
-                16 << 20
-            }
-        })
-        .sum();
+    let size_of = |c: &Check| {
+        if let Check::BackupFile { size, .. } = c {
+            *size
+        } else {
+            16 << 20
+        }
+    };
+    // Largest first, so the largest files start first, each on a worker of its own.
+    checks.sort_by_key(|c| std::cmp::Reverse(size_of(c)));
+    let total: u64 = checks.iter().map(size_of).sum();
     let progress = crate::progress::Progress::new("verify", total);
     let shared = Mutex::new(std::mem::take(report));
-    workers.install(|| {
-        use rayon::prelude::*;
-        checks.par_iter().with_max_len(1).for_each(|check| {
-            let worker_repo = workers.repo(repo);
-            let outcome = verify_one(worker_repo, check);
-            let Ok(mut r) = shared.lock() else { return };
-            match (check, outcome) {
-                (Check::BackupFile { backup, size, .. }, Ok(())) => {
-                    r.backups[*backup].checked_bytes += size;
-                    progress.add(*size);
-                }
-                (Check::BackupFile { backup, key, .. }, Err(Problem::Missing)) => {
-                    r.backups[*backup].missing.push(key.clone())
-                }
-                (Check::BackupFile { backup, key, .. }, Err(Problem::Bad(why))) => {
-                    r.backups[*backup].corrupt.push(format!("{key}: {why}"))
-                }
-                (Check::Wal { .. }, Ok(())) => progress.add(16 << 20),
-                (Check::Wal { name, .. }, Err(Problem::Missing)) => {
-                    r.wal_corrupt.push(format!("{name}: vanished"))
-                }
-                (Check::Wal { name, .. }, Err(Problem::Bad(why))) => {
-                    r.wal_corrupt.push(format!("{name}: {why}"))
-                }
+    workers.try_each_in_order(&checks, |check| {
+        let worker_repo = workers.repo(repo);
+        let outcome = verify_one(worker_repo, check);
+        let mut r = shared
+            .lock()
+            .map_err(|_| Error::internal("verify report lock poisoned"))?;
+        match (check, outcome) {
+            (Check::BackupFile { backup, size, .. }, Ok(())) => {
+                r.backups[*backup].checked_bytes += size;
+                progress.add(*size);
             }
-        });
-    });
+            (Check::BackupFile { backup, key, .. }, Err(Problem::Missing)) => {
+                r.backups[*backup].missing.push(key.clone())
+            }
+            (Check::BackupFile { backup, key, .. }, Err(Problem::Bad(why))) => {
+                r.backups[*backup].corrupt.push(format!("{key}: {why}"))
+            }
+            (Check::Wal { .. }, Ok(())) => progress.add(16 << 20),
+            (Check::Wal { name, .. }, Err(Problem::Missing)) => {
+                r.wal_corrupt.push(format!("{name}: vanished"))
+            }
+            (Check::Wal { name, .. }, Err(Problem::Bad(why))) => {
+                r.wal_corrupt.push(format!("{name}: {why}"))
+            }
+        }
+        Ok(())
+    })?;
     *report = shared
         .into_inner()
         .map_err(|_| Error::internal("verify report lock poisoned"))?;

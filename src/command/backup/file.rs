@@ -25,6 +25,24 @@ pub struct CopyParams {
     /// Verify page checksums of relation files.
     pub verify_pages: bool,
     pub start_lsn: u64,
+    /// Threads that may compress one large file: process-max, so that the backup's last
+    /// large file is not compressed on one core while the others idle (see pipeline::gzip).
+    #[serde(default = "one_thread")]
+    pub compress_threads: u32,
+}
+
+/// More threads per file than this would only multiply threads and buffers at a large
+/// process-max, where the workers keep the cores busy anyway.
+pub const MAX_COMPRESS_THREADS: u32 = 4;
+
+fn one_thread() -> u32 {
+    1
+}
+
+impl CopyParams {
+    pub fn threads(&self) -> usize {
+        self.compress_threads.clamp(1, MAX_COMPRESS_THREADS) as usize
+    }
 }
 
 mod compress_serde {
@@ -77,7 +95,7 @@ pub fn copy_source(
     let (copied, bad_blocks) = match (p.verify_pages, src.first_block) {
         (true, Some(first)) => {
             let mut checker = PageChecker::new(file, first, p.start_lsn);
-            let copied = pipeline::store(&mut checker, dest, p.compress, &ends)?;
+            let copied = pipeline::store(&mut checker, dest, p.compress, p.threads(), &ends)?;
             let suspects = std::mem::take(&mut checker.bad_blocks);
             (
                 copied,
@@ -85,7 +103,7 @@ pub fn copy_source(
             )
         }
         _ => (
-            pipeline::store(&mut &*file, dest, p.compress, &ends)?,
+            pipeline::store(&mut &*file, dest, p.compress, p.threads(), &ends)?,
             Vec::new(),
         ),
     };
