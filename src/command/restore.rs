@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::archive_push::missing_stanza;
 pub mod target;
@@ -533,19 +533,13 @@ fn restore_files(
         progress,
     } = *job;
     files.sort_by_key(|f| std::cmp::Reverse(f.1.size));
-    let failed = AtomicBool::new(false);
     let kept = AtomicU64::new(0);
     let restored = AtomicU64::new(0);
     let restored_bytes = AtomicU64::new(0);
     let zeroed_count = AtomicU64::new(0);
+    // The first error stops the other workers from starting files.
     workers.try_each_in_order(&files, |(key, entry)| -> Result<()> {
-        if failed.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if let Err(e) = crate::signal::check() {
-            failed.store(true, Ordering::Relaxed);
-            return Err(e);
-        }
+        crate::signal::check()?;
         let worker_repo = workers.repo(repo);
         let holder = entry.reference.as_deref().unwrap_or(label);
         let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
@@ -564,16 +558,10 @@ fn restore_files(
         }
         restored.fetch_add(1, Ordering::Relaxed);
         restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
-        let result = if delta {
-            remove_outdated(&local)
-        } else {
-            Ok(())
+        if delta {
+            remove_outdated(&local)?;
         }
-        .and_then(|_| restore_file(worker_repo, &stored_path, compress, entry, &local));
-        if result.is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-        result?;
+        restore_file(worker_repo, &stored_path, compress, entry, &local)?;
         progress.add(entry.size);
         Ok(())
     })?;
