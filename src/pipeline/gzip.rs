@@ -524,7 +524,12 @@ fn deflate_blocks(
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let result = deflate_block(level, &job).map(|(output, crc)| Deflated {
+        // A panic must come back as an error: the writer waits for every block's report,
+        // and would wait forever for the one a dead thread never sent.
+        let deflated =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deflate_block(level, &job)))
+                .unwrap_or_else(|_| Err(io::Error::other("gzip: a deflate thread panicked")));
+        let result = deflated.map(|(output, crc)| Deflated {
             seq: job.seq,
             output,
             crc,
