@@ -12,7 +12,7 @@
 //! Why parallel: a backup's wall time ends with one worker compressing the largest relation
 //! segment (1 GiB) alone while the other cores idle. Past [`PARALLEL_AFTER`] bytes a writer
 //! given more than one thread cuts the rest of its input into [`BLOCK`]-sized blocks that
-//! worker threads deflate side by side, the way pigz does: each block is primed with the 32 KiB
+//! deflate threads compress side by side, the way pigz does: each block is primed with the 32 KiB
 //! of input before it (the whole deflate window, so matches reach back as far as in one
 //! stream) and ends on a byte boundary (`Z_SYNC_FLUSH`), so the blocks' output, written in
 //! order, is one continuous deflate stream. The gzip header and trailer are written here, with
@@ -51,9 +51,9 @@ const ZLIB_LEVELS: [(i32, Option<[i32; 4]>); 10] = [
 const OUT_CHUNK: usize = 128 * 1024;
 /// The deflate window: what a block is primed with.
 const WINDOW: usize = 32 * 1024;
-/// A writer with threads to spare goes parallel once it has taken this much input: smaller
-/// files (most of a cluster) are not worth the threads, and the first part of a large one is
-/// compressed as one stream anyway.
+/// A writer with threads to spare goes parallel once it has taken this much input, all of
+/// it compressed on the calling thread: smaller files (most of a cluster) are not worth
+/// starting threads for.
 pub const PARALLEL_AFTER: u64 = 8 << 20;
 /// Input per parallel block. Each block costs a flush (a few bytes and a fresh Huffman
 /// table, under 0.5 % of its compressed size on PostgreSQL data at level 6) and keeps the
