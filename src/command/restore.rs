@@ -26,7 +26,9 @@ use crate::info::backup::BackupInfo;
 use crate::manifest::{FileEntry, Manifest, Owner};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
-use crate::storage::posix::{create_dir_durable, sync_dir, PosixWriter, DIR_MODE};
+use crate::storage::posix::{
+    create_dir_durable, sync_dir, DropBehindReader, PosixWriter, DIR_MODE,
+};
 use crate::storage::{self, AtomicWrite, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
@@ -701,7 +703,8 @@ fn matches_manifest(
     if entry.size >= PREFIX_CHECK_MIN && !prefix_matches(local, repo, stored, compress)? {
         return Ok(false);
     }
-    let mut f = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    let f = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    let mut f = DropBehindReader::new(f);
     Ok(pipeline::digest(&mut f, &local.display().to_string())?.sha1 == entry.checksum)
 }
 
