@@ -19,7 +19,7 @@ mod digest;
 mod gzip;
 use digest::Digester;
 use gzip::GzipWriter;
-pub use gzip::PARALLEL_AFTER;
+pub use gzip::{BLOCK as PARALLEL_BLOCK, PARALLEL_AFTER};
 
 /// Chunk size of the pipeline: large enough to amortize system calls, protocol frames and
 /// hand-offs to the hashing thread, small enough to keep memory flat. 512 KiB restored the

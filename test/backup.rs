@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pg_backrest::pipeline;
+
 use crate::fixture::{assert_error, label_of, Site, STANZA};
 use crate::harness::{self, free_port, run, wait_until, PgCluster, PG_BIN};
 
@@ -169,8 +171,8 @@ fn assert_stored_like_gzip_6(site: &Site, label: &str) {
         "{}: {original} bytes stored in {stored}, gzip -6 makes {theirs}: ratio {ratio:.4}",
         path.display()
     );
-    // Taken at process-max 2, a file this large is compressed in 1 MiB blocks on two threads
-    // past its first 8 MiB (pipeline::gzip), and gzip -d above read it as one member. Each
+    // Taken at process-max 2, a file this large is compressed in blocks on two threads past
+    // its first PARALLEL_AFTER bytes (pipeline::gzip), and gzip -d above read it as one member. Each
     // block ends with the empty stored block of a sync flush, 00 00 ff ff, which a single
     // stream does not emit; count them to be sure that is the path this test covered.
     let bytes = fs::read(&path).unwrap();
@@ -178,10 +180,10 @@ fn assert_stored_like_gzip_6(site: &Site, label: &str) {
         .windows(4)
         .filter(|w| *w == [0, 0, 0xff, 0xff])
         .count() as u64;
-    let blocks = (original - (8 << 20)) / (1 << 20);
+    let blocks = (original - pipeline::PARALLEL_AFTER) / pipeline::PARALLEL_BLOCK as u64;
     assert!(
         flushes >= blocks,
-        "{}: {flushes} sync flushes, expected one per 1 MiB block past 8 MiB ({blocks})",
+        "{}: {flushes} sync flushes, expected one per parallel block ({blocks})",
         path.display()
     );
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -700,18 +700,22 @@ fn matches_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("stat", local, e)),
     }
-    if entry.size >= PREFIX_CHECK_MIN && !prefix_matches(local, repo, stored, compress)? {
-        return Ok(false);
+    let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    if entry.size >= PREFIX_CHECK_MIN {
+        if !prefix_matches(&mut file, local, repo, stored, compress)? {
+            return Ok(false);
+        }
+        file.rewind().map_err(|e| Error::io("seek", local, e))?;
     }
-    let f = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
-    let mut f = DropBehindReader::new(f);
-    Ok(pipeline::digest(&mut f, &local.display().to_string())?.sha1 == entry.checksum)
+    let mut reader = DropBehindReader::new(&file);
+    Ok(pipeline::digest(&mut reader, &local.display().to_string())?.sha1 == entry.checksum)
 }
 
-/// Whether the first [`PREFIX_COMPARED`] bytes of `local` equal those of the stored copy. A
+/// Whether the first [`PREFIX_COMPARED`] bytes of `file` (at `local`) equal those of the stored copy. A
 /// stored copy that is missing or does not decompress counts as different: the restore of
 /// the file that follows reports it properly.
 fn prefix_matches(
+    file: &mut fs::File,
     local: &Path,
     repo: &dyn Storage,
     stored: &str,
@@ -725,7 +729,6 @@ fn prefix_matches(
         Compress::None => reader,
         Compress::Gz(_) => Box::new(flate2::read::GzDecoder::new(reader)),
     };
-    let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
     let mut ours = vec![0u8; pipeline::CHUNK];
     let mut theirs = vec![0u8; pipeline::CHUNK];
     let mut compared = 0;

@@ -679,6 +679,40 @@ mod tests {
         }
     }
 
+    /// A destination that fails (disk full) while blocks are in flight: the error comes back
+    /// from write or finish, and dropping the writer stops and joins its threads.
+    #[test]
+    fn a_failing_destination_in_the_parallel_part_is_an_error_not_a_hang() {
+        struct FullAfter(usize);
+        impl Write for FullAfter {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if buf.len() > self.0 {
+                    return Err(io::Error::other("no space left on device"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let data = sample(PARALLEL_AFTER as usize + 6 * BLOCK);
+        // Room for the one-stream part but not for all the blocks.
+        let room = gzip(&data[..PARALLEL_AFTER as usize], 6, 512 * 1024).len() + 1000;
+        let mut w = GzipWriter::new(FullAfter(room), 6, 2).unwrap();
+        let result = data
+            .chunks(512 * 1024)
+            .try_for_each(|part| w.write_all(part))
+            .and_then(|()| w.finish());
+        let e = result.expect_err("the full destination must fail the copy");
+        assert!(e.to_string().contains("no space left"), "{e}");
+        assert!(
+            w.parallel.is_some(),
+            "the failure came from the parallel part"
+        );
+        drop(w);
+    }
+
     /// Not only our decoder: gzip itself reads it, and tests it (CRC-32, length, one member).
     #[test]
     fn gzip_reads_what_the_threads_wrote() {
