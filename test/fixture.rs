@@ -3,7 +3,8 @@
 //! a local directory or on "another host" reached through the harness's real sshd.
 //!
 //! archive_command also copies each segment it archived to `originals/`, so tests can compare
-//! what archive-get returns with exactly what PostgreSQL handed over. The lifecycle tests
+//! what archive-get returns with exactly what PostgreSQL handed over. The copy is made under a
+//! `.part` name and renamed, so a test that sees a segment there sees all of it. The lifecycle tests
 //! (expire, locks, hooks) add helpers to take a backup and to read what the repository holds:
 //! labels, backup directories, stored WAL segments, a command's log.
 
@@ -65,10 +66,10 @@ impl Site {
         let repo = dir.join("repo");
         let originals = dir.mkdir("originals");
         let archive_command = format!(
-            "{} --config={} --stanza={STANZA} archive-push %p && cp %p {}/%f",
+            "{} --config={} --stanza={STANZA} archive-push %p && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
             p(&bin()),
             p(&conf),
-            p(&originals)
+            o = p(&originals)
         );
         let mut settings = vec![
             ("archive_mode", "on"),
