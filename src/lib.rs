@@ -10,8 +10,9 @@
 //! - [`pg`]: WAL names and headers, the database connection
 //! - [`lock`], [`hook`], [`log`], [`error`]: locks, hooks, logging, the error type and exit codes
 //! - [`signal`]: termination signals for commands that clean up after themselves (drill)
-// unsafe is denied everywhere but in the one module that speaks zlib's interface
-// (pipeline/gzip.rs, which says why); a new exception needs the same justification.
+// unsafe is denied everywhere but in the module that speaks zlib's interface
+// (pipeline/gzip.rs) and the one that maps files to ask what the page cache holds
+// (storage/scan.rs), each saying why; a new exception needs the same justification.
 #![deny(unsafe_code)]
 
 pub mod command;

@@ -13,6 +13,8 @@
 
 pub mod posix;
 pub mod remote;
+#[allow(unsafe_code)]
+pub mod scan;
 
 use std::io::{Read, Write};
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +26,8 @@ use crate::info::backup::BackupInfo;
 use crate::manifest::{FileEntry, Manifest, Owner};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
-use crate::storage::posix::{
-    create_dir_durable, sync_dir, DropBehindReader, PosixWriter, DIR_MODE,
-};
+use crate::storage::posix::{create_dir_durable, sync_dir, PosixWriter, DIR_MODE};
+use crate::storage::scan::ScanReader;
 use crate::storage::{self, AtomicWrite, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
@@ -701,13 +700,12 @@ fn matches_manifest(
         Err(e) => return Err(Error::io("stat", local, e)),
     }
     let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
-    if entry.size >= PREFIX_CHECK_MIN {
-        if !prefix_matches(&mut file, local, repo, stored, compress)? {
-            return Ok(false);
-        }
-        file.rewind().map_err(|e| Error::io("seek", local, e))?;
+    if entry.size >= PREFIX_CHECK_MIN && !prefix_matches(&mut file, local, repo, stored, compress)?
+    {
+        return Ok(false);
     }
-    let mut reader = DropBehindReader::new(&file);
+    // Reads from the start by position, wherever the prefix check left the file offset.
+    let mut reader = ScanReader::new(&file);
     Ok(pipeline::digest(&mut reader, &local.display().to_string())?.sha1 == entry.checksum)
 }
 

@@ -20,8 +20,8 @@
 //! and this crate's restore, reads as before: the storage format does not change.
 //!
 //! flate2 has no way to tune a stream or prime it with a dictionary, so this speaks to
-//! zlib-rs through libz-rs-sys, its zlib-compatible interface, the one place in the crate with
-//! `unsafe`. Decompression needs neither and stays with flate2.
+//! zlib-rs through libz-rs-sys, its zlib-compatible interface, with `unsafe` (as only
+//! storage/scan.rs does besides). Decompression needs neither and stays with flate2.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

@@ -1,8 +1,8 @@
 //! The per-file worker of a backup: explicit parameters, no config. It runs wherever a
 //! worker thread runs and only needs a source file and a repository.
 //!
-//! A file is read once, through the page checker (relation files of a cluster with data
-//! checksums) and the copy pipeline, into a temp file of the repository that is committed
+//! A file is read once, without filling the page cache ([`ScanReader`]), through the page
+//! checker (relation files of a cluster with data checksums) and the copy pipeline, into a temp file of the repository that is committed
 //! under the file's stored name. A failed page is read again before it is reported, because
 //! PostgreSQL may have been writing it while we read (a torn read, not corruption).
 
@@ -15,6 +15,7 @@ use crate::manifest::FileEntry;
 use crate::pg::page::{page_is_bad, PageChecker, PAGE_SIZE};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
+use crate::storage::scan::ScanReader;
 use crate::storage::Storage;
 
 /// What the per-file worker needs to know; nothing else of the configuration.
@@ -94,16 +95,24 @@ pub fn copy_source(
     };
     let (copied, bad_blocks) = match (p.verify_pages, src.first_block) {
         (true, Some(first)) => {
-            let mut checker = PageChecker::new(file, first, p.start_lsn);
+            let mut checker = PageChecker::new(ScanReader::new(file), first, p.start_lsn);
             let copied = pipeline::store(&mut checker, dest, p.compress, p.threads(), &ends)?;
             let suspects = std::mem::take(&mut checker.bad_blocks);
+            // The scan's reader gives the descriptor back to plain reads.
+            drop(checker);
             (
                 copied,
                 confirm_bad_blocks(file, first, suspects, p.start_lsn),
             )
         }
         _ => (
-            pipeline::store(&mut &*file, dest, p.compress, p.threads(), &ends)?,
+            pipeline::store(
+                &mut ScanReader::new(file),
+                dest,
+                p.compress,
+                p.threads(),
+                &ends,
+            )?,
             Vec::new(),
         ),
     };
