@@ -286,7 +286,11 @@ mod tests {
     }
 
     fn scan(file: &File, out_len: usize) -> Vec<u8> {
-        let mut reader = ScanReader::new(file);
+        drain(&mut ScanReader::new(file), out_len)
+    }
+
+    /// The rest of what `reader` gives, read `out_len` bytes at a time.
+    fn drain(reader: &mut ScanReader<'_>, out_len: usize) -> Vec<u8> {
         let mut back = Vec::new();
         let mut out = vec![0u8; out_len];
         loop {
@@ -367,7 +371,7 @@ mod tests {
         assert_eq!(n, RANGE, "one range per read at most");
         assert!(is_direct(&file), "the cold first range is read direct");
         let mut back = back[..n].to_vec();
-        back.extend(scan_rest(&mut reader));
+        back.extend(drain(&mut reader, 300_000));
         assert!(back == data);
         assert!(!is_direct(&file));
         assert_eq!(cached_pages(&file, 0, RANGE), 0, "range 0 was not cached");
@@ -388,18 +392,6 @@ mod tests {
         assert!(page[1..] == data[12_345..12_345 + 8192]);
     }
 
-    fn scan_rest(reader: &mut ScanReader<'_>) -> Vec<u8> {
-        let mut back = Vec::new();
-        let mut out = vec![0u8; 300_000];
-        loop {
-            let n = reader.read(&mut out).unwrap();
-            if n == 0 {
-                return back;
-            }
-            back.extend_from_slice(&out[..n]);
-        }
-    }
-
     /// The mapping is only asked about, so truncation cannot fault (SIGBUS), and growth past
     /// what was mapped is read too.
     #[test]
@@ -417,7 +409,7 @@ mod tests {
             .unwrap()
             .set_len(RANGE as u64 + 100)
             .unwrap();
-        let rest = scan_rest(&mut reader);
+        let rest = drain(&mut reader, 300_000);
         assert!(rest == data[RANGE..RANGE + 100]);
 
         let path = tmp.path().join("grows");
@@ -433,7 +425,7 @@ mod tests {
             .unwrap()
             .write_all(&more)
             .unwrap();
-        let rest = scan_rest(&mut reader);
+        let rest = drain(&mut reader, 300_000);
         assert!(rest[..RANGE] == data[RANGE..] && rest[RANGE..] == more[..]);
     }
 
