@@ -699,21 +699,22 @@ fn matches_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("stat", local, e)),
     }
-    let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
-    if entry.size >= PREFIX_CHECK_MIN && !prefix_matches(&mut file, local, repo, stored, compress)?
+    let file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    if entry.size >= PREFIX_CHECK_MIN
+        && !prefix_matches(&mut ScanReader::new(&file), local, repo, stored, compress)?
     {
         return Ok(false);
     }
-    // Reads from the start by position, wherever the prefix check left the file offset.
+    // From the start again: the prefix is read twice, which costs less than holding it.
     let mut reader = ScanReader::new(&file);
     Ok(pipeline::digest(&mut reader, &local.display().to_string())?.sha1 == entry.checksum)
 }
 
-/// Whether the first [`PREFIX_COMPARED`] bytes of `file` (at `local`) equal those of the stored copy. A
+/// Whether the first [`PREFIX_COMPARED`] bytes of `local_bytes` (the file at `local`) equal those of the stored copy. A
 /// stored copy that is missing or does not decompress counts as different: the restore of
 /// the file that follows reports it properly.
 fn prefix_matches(
-    file: &mut fs::File,
+    local_bytes: &mut ScanReader<'_>,
     local: &Path,
     repo: &dyn Storage,
     stored: &str,
@@ -736,7 +737,7 @@ fn prefix_matches(
             Ok(n) => n,
             Err(_) => return Ok(false),
         };
-        match file.read_exact(&mut ours[..n]) {
+        match local_bytes.read_exact(&mut ours[..n]) {
             Ok(()) => {}
             // The stored copy is longer than the manifest says: restoring reports it.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
