@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +26,9 @@ use crate::info::backup::BackupInfo;
 use crate::manifest::{FileEntry, Manifest, Owner};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
-use crate::storage::posix::{create_dir_durable, sync_dir, PosixWriter, DIR_MODE};
-use crate::storage::scan::ScanReader;
+use crate::storage::posix::{
+    create_dir_durable, sync_dir, DropBehindReader, PosixWriter, DIR_MODE,
+};
 use crate::storage::{self, AtomicWrite, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
@@ -699,22 +700,22 @@ fn matches_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("stat", local, e)),
     }
-    let file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
-    if entry.size >= PREFIX_CHECK_MIN
-        && !prefix_matches(&mut ScanReader::new(&file), local, repo, stored, compress)?
-    {
-        return Ok(false);
+    let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
+    if entry.size >= PREFIX_CHECK_MIN {
+        if !prefix_matches(&mut file, local, repo, stored, compress)? {
+            return Ok(false);
+        }
+        file.rewind().map_err(|e| Error::io("seek", local, e))?;
     }
-    // From the start again: the prefix is read twice, which costs less than holding it.
-    let mut reader = ScanReader::new(&file);
+    let mut reader = DropBehindReader::new(&file);
     Ok(pipeline::digest(&mut reader, &local.display().to_string())?.sha1 == entry.checksum)
 }
 
-/// Whether the first [`PREFIX_COMPARED`] bytes of `local_bytes` (the file at `local`) equal those of the stored copy. A
+/// Whether the first [`PREFIX_COMPARED`] bytes of `file` (at `local`) equal those of the stored copy. A
 /// stored copy that is missing or does not decompress counts as different: the restore of
 /// the file that follows reports it properly.
 fn prefix_matches(
-    local_bytes: &mut ScanReader<'_>,
+    file: &mut fs::File,
     local: &Path,
     repo: &dyn Storage,
     stored: &str,
@@ -737,7 +738,7 @@ fn prefix_matches(
             Ok(n) => n,
             Err(_) => return Ok(false),
         };
-        match local_bytes.read_exact(&mut ours[..n]) {
+        match file.read_exact(&mut ours[..n]) {
             Ok(()) => {}
             // The stored copy is longer than the manifest says: restoring reports it.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),

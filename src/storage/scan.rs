@@ -40,8 +40,8 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Bytes read per system call, and the unit of the cached-or-not decision. Large enough for
-/// a direct read to run at the disk's streaming rate (1 MiB reads took 0.7 s per GiB on the
-/// benchmark VM, as fast as a cold `cat`), small enough to keep memory flat.
+/// a direct read to run at the disk's streaming rate (1 MiB reads took 0.7–1.0 s per GiB on
+/// the benchmark VM, no slower than 8 MiB reads), small enough to keep memory flat.
 pub const RANGE: usize = 1 << 20;
 
 fn page_size() -> usize {
@@ -418,7 +418,7 @@ mod tests {
     /// Sequential buffered reads leave readahead marks on the pages they bring in. Reading
     /// those cached ranges through the cache sets off readahead of the next ranges; were they
     /// then judged cached and read buffered in turn, the whole file would end up in the cache
-    /// (a delta restore's prefix check did that, and the check took twice the kernel time).
+    /// (reading a delta restore's files this way after its prefix check did that).
     /// That readahead now reaches one window past the cached part, at most: with 8 MiB read
     /// and windows of up to 16 MiB, the last 24 MiB of 64 stay out.
     #[test]

@@ -2,9 +2,10 @@
 //! worker thread runs and only needs a source file and a repository.
 //!
 //! A file is read once, without filling the page cache ([`ScanReader`]), through the page
-//! checker (relation files of a cluster with data checksums) and the copy pipeline, into a temp file of the repository that is committed
-//! under the file's stored name. A failed page is read again before it is reported, because
-//! PostgreSQL may have been writing it while we read (a torn read, not corruption).
+//! checker (relation files of a cluster with data checksums) and the copy pipeline, into a
+//! temp file of the repository that is committed under the file's stored name. A failed page
+//! is read again before it is reported, because PostgreSQL may have been writing it while we
+//! read (a torn read, not corruption).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
