@@ -4,9 +4,9 @@
 //!
 //! archive_command also copies each segment it archived to `originals/`, so tests can compare
 //! what archive-get returns with exactly what PostgreSQL handed over. The copy is made under a
-//! `.part` name and renamed, so a test that sees a segment there sees all of it. The lifecycle tests
-//! (expire, locks, hooks) add helpers to take a backup and to read what the repository holds:
-//! labels, backup directories, stored WAL segments, a command's log.
+//! `.part` name and renamed, so a test that sees a segment there sees all of it. The lifecycle
+//! tests (expire, locks, hooks) add helpers to take a backup and to read what the repository
+//! holds: labels, backup directories, stored WAL segments, a command's log.
 
 #![allow(dead_code)]
 
