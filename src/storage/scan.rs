@@ -54,7 +54,8 @@ fn page_size() -> usize {
 /// How the reader currently reads: through the cache, or around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direct {
-    /// The file system refused `O_DIRECT`, or a direct read failed: always buffered.
+    /// What is cached is unknown, the file system refused `O_DIRECT`, or a direct read
+    /// failed: always buffered.
     Unavailable,
     Off,
     On,
