@@ -45,10 +45,6 @@ impl Workers {
         }
     }
 
-    /// Runs `work` inside the pool (rayon's parallel iterators then use these workers).
-    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(work)
-    }
 
     /// Runs `work` on every item, each worker taking the next item in the order given as
     /// soon as it is free, and stops handing out items at the first error, which it returns.

@@ -524,11 +524,11 @@ fn copy_all(
         let cancel = &cancel;
         let workers = &workers;
         scope.spawn(move || {
-            // Errors travel with the results, so the copy itself never stops early here;
-            // `cancel` makes the remaining files no-ops instead.
+            // Errors travel with the results to the loop below, which owns them; once it
+            // sets `cancel`, the hand-out of files stops. The error returned here only says so.
             let _ = workers.try_each_in_order(&files, |(src, prior)| {
                 if cancel.load(Ordering::Relaxed) {
-                    return Ok(());
+                    return Err(Error::internal("backup cancelled"));
                 }
                 let worker_repo = workers.repo(repo);
                 let result = backup_file(

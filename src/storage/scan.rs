@@ -61,7 +61,9 @@ enum Direct {
     On,
 }
 
-/// See the module docs. Reads positionally (`pread`) and never moves the file's offset; the
+/// See the module docs. Direct reads need an aligned buffer and the caller's is not, so each
+/// byte is copied out of the reader's own window once, as the kernel copied it out of the page
+/// cache before. Reads positionally (`pread`) and never moves the file's offset; the
 /// descriptor's `O_DIRECT` flag is switched back off at the end of the file and on drop, so
 /// the caller can go on reading `file` as before (the page checker re-reads suspect pages).
 pub struct ScanReader<'a> {
