@@ -45,7 +45,6 @@ impl Workers {
         }
     }
 
-
     /// Runs `work` on every item, each worker taking the next item in the order given as
     /// soon as it is free, and stops handing out items at the first error, which it returns.
     ///
