@@ -4,6 +4,7 @@
 //! (with a correct checksum) that tries to write outside the data directory.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
@@ -19,6 +20,20 @@ fn delta_line(site: &Site) -> String {
         .find(|l| l.contains("delta restore: "))
         .expect("delta line")
         .to_string()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+fn mtime_of(path: &Path) -> (i64, i64) {
+    let m = fs::metadata(path).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+fn ctime_of(path: &Path) -> (i64, i64) {
+    let m = fs::metadata(path).unwrap();
+    (m.ctime(), m.ctime_nsec())
 }
 
 fn count_before(line: &str, marker: &str) -> u64 {
@@ -121,8 +136,28 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
         "the delta-restored directory differs from a fresh restore in {differing:?}"
     );
 
-    // Nothing changed since: only the recovery settings file differs again, and pg_control
-    // is rewritten as every delta restore does.
+    // Nothing changed since but one file's mode and another's mtime: only the recovery
+    // settings file differs again, and pg_control is rewritten as every delta restore does.
+    // The two attributes are put back; every other kept file is left alone, its inode not
+    // even written (its ctime stays).
+    let branches = copy.data.join(
+        site.cluster
+            .psql("select pg_relation_filepath('pgbench_branches')"),
+    );
+    let tellers = copy.data.join(
+        site.cluster
+            .psql("select pg_relation_filepath('pgbench_tellers')"),
+    );
+    let untouched = copy.data.join(&relation);
+    let (branches_mode, tellers_mtime) = (mode_of(&branches), mtime_of(&tellers));
+    fs::set_permissions(&branches, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&tellers)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
+    let untouched_ctime = ctime_of(&untouched);
     let out = site.pgbr(&["restore", "--delta", &pg1, &set]);
     assert_eq!(out.status, 0, "{out}");
     assert_eq!(
@@ -130,6 +165,13 @@ fn delta_restore_copies_only_what_changed_and_removes_what_the_backup_lacks() {
         2,
         "{}",
         delta_line(&site)
+    );
+    assert_eq!(mode_of(&branches), branches_mode, "mode put back");
+    assert_eq!(mtime_of(&tellers), tellers_mtime, "mtime put back");
+    assert_eq!(
+        ctime_of(&untouched),
+        untouched_ctime,
+        "a kept file that was right was written to"
     );
 
     copy.start_and_wait_promoted();

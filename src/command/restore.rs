@@ -553,10 +553,14 @@ fn restore_files(
             return restore_zeroed(&local, entry);
         }
         let stored_path = layout.backup_file(holder, &stored);
-        if delta && matches_manifest(&local, entry, worker_repo, &stored_path, compress)? {
-            kept.fetch_add(1, Ordering::Relaxed);
-            progress.add(entry.size);
-            return set_attributes(&local, entry);
+        if delta {
+            if let Some(found) =
+                matches_manifest(&local, entry, worker_repo, &stored_path, compress)?
+            {
+                kept.fetch_add(1, Ordering::Relaxed);
+                progress.add(entry.size);
+                return correct_attributes(&local, entry, &found);
+            }
         }
         restored.fetch_add(1, Ordering::Relaxed);
         restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
@@ -680,7 +684,8 @@ fn remove_outdated(local: &Path) -> Result<()> {
 const PREFIX_CHECK_MIN: u64 = 1 << 20;
 const PREFIX_COMPARED: u64 = 8 << 20;
 
-/// Delta: whether the file already on disk has the manifest's size and SHA-1.
+/// Delta: whether the file already on disk has the manifest's size and SHA-1; if so, what
+/// `stat` said of it, for [`correct_attributes`].
 ///
 /// A large file is first compared with the start of its stored copy. Updates spread over a
 /// table change its first megabytes, so a changed relation is told apart after a few
@@ -693,22 +698,23 @@ fn matches_manifest(
     repo: &dyn Storage,
     stored: &str,
     compress: Compress,
-) -> Result<bool> {
-    match fs::symlink_metadata(local) {
-        Ok(m) if m.is_file() && m.len() == entry.size => {}
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+) -> Result<Option<fs::Metadata>> {
+    let found = match fs::symlink_metadata(local) {
+        Ok(m) if m.is_file() && m.len() == entry.size => m,
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("stat", local, e)),
-    }
+    };
     let mut file = fs::File::open(local).map_err(|e| Error::io("open", local, e))?;
     if entry.size >= PREFIX_CHECK_MIN {
         if !prefix_matches(&mut file, local, repo, stored, compress)? {
-            return Ok(false);
+            return Ok(None);
         }
         file.rewind().map_err(|e| Error::io("seek", local, e))?;
     }
     let mut reader = DropBehindReader::new(&file);
-    Ok(pipeline::digest(&mut reader, &local.display().to_string())?.sha1 == entry.checksum)
+    let sha1 = pipeline::digest(&mut reader, &local.display().to_string())?.sha1;
+    Ok((sha1 == entry.checksum).then_some(found))
 }
 
 /// Whether the first [`PREFIX_COMPARED`] bytes of `file` (at `local`) equal those of the stored copy. A
@@ -752,15 +758,29 @@ fn prefix_matches(
     Ok(true)
 }
 
-/// Mode, mtime and owner of a restored (or kept) file, as the manifest says.
-fn set_attributes(local: &Path, entry: &FileEntry) -> Result<()> {
-    set_mode(local, parse_mode(&entry.mode).unwrap_or(0o600))?;
-    fs::File::options()
-        .write(true)
-        .open(local)
-        .and_then(|f| f.set_modified(recorded_mtime(entry)))
-        .map_err(|e| Error::io("set mtime of", local, e))?;
-    chown(local, &entry.user, &entry.group)
+/// Delta: gives a kept file (`found` is its `stat`) the manifest's mode, mtime and owner
+/// where they differ. A file already right is not touched at all: setting them anyway would
+/// change its ctime and write its inode, for every file of the cluster.
+fn correct_attributes(local: &Path, entry: &FileEntry, found: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = parse_mode(&entry.mode).unwrap_or(0o600);
+    if found.mode() & 0o7777 != mode {
+        set_mode(local, mode)?;
+    }
+    if (found.mtime(), found.mtime_nsec()) != (entry.timestamp.max(0), 0) {
+        fs::File::options()
+            .write(true)
+            .open(local)
+            .and_then(|f| f.set_modified(recorded_mtime(entry)))
+            .map_err(|e| Error::io("set mtime of", local, e))?;
+    }
+    if let Some((uid, gid)) = owner_ids(&entry.user, &entry.group) {
+        if uid.is_some_and(|u| u != found.uid()) || gid.is_some_and(|g| g != found.gid()) {
+            std::os::unix::fs::lchown(local, uid, gid)
+                .map_err(|e| Error::io("change owner of", local, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Delta: refuses a running cluster, and a directory of another cluster unless forced.

@@ -15,6 +15,10 @@
 #   ROUNDS=5         how often each restore variant is measured (interleaved, tool order
 #                    alternating); the report gives the median and the range
 #   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
+#   PREFAULT=1       before each measurement, write to (and free) 6 GiB of memory, so that
+#                    every free page the tools get is backed by the host (see "Measures" in
+#                    docs/benchmarks.md: on a VM with free page reporting, a page the guest
+#                    freed a while ago faults on the host when used again)
 #   PGBIN=...        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
 # See docs/benchmarks.md ("Backup and restore") for what is measured and how.
@@ -26,6 +30,7 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 SCALES=${SCALES:-"50 100"}
 KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-5}
+PREFAULT=${PREFAULT:-0}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -137,6 +142,7 @@ measure() { # TAG CMD... (runs as postgres; dies on error)
     # copy, cp -a, rm -rf) to be written back during it and charged to whichever tool runs
     # next, and a cold page cache, so that the repository and the data directory are read
     # from disk as after a night of other work (root only; skipped otherwise).
+    [ "$PREFAULT" != 1 ] || python3 -c "b = b'\x01' * (6 << 30)"
     sync
     echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     python3 "$HELPER" run "$RES" "$tag" "$SSHD_PID" postgres -- "$@" || die "$tag failed (see above)"
@@ -272,7 +278,9 @@ verify_or_remove() {
 
 # restore_and_delta ROUND TOOL NAME CONF LABEL: plain restore of LABEL into an empty directory
 # (measured), a copy of it taken before it is started, the restore verified; then a delta
-# restore of the same LABEL onto the unchanged, never started copy (measured), verified too
+# restore of the same LABEL onto the unchanged, never started copy (measured), verified too.
+# Before pg_backrest's delta, the floor of that check is measured on the same copy: reading
+# and hashing its files and nothing else (test/bench/read_hash.py, 2 processes).
 restore_and_delta() {
     local round=$1 tool=$2 name=$3 conf=$4 label=$5 dir=$SD/restore-$3 copy=$SD/delta-same-$3
     rm -rf "$dir" "$copy"
@@ -281,6 +289,9 @@ restore_and_delta() {
     restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
     cp -a "$dir" "$copy"
     verify_or_remove "$round" "$tool" "$dir" restore-p2-local "$EXPECTED"
+    if [ "$tool" = pg_backrest ]; then
+        measure "s$SCALE/delta-same-p2-local/read+SHA-1 only" python3 "$ROOT/test/bench/read_hash.py" 2 "$copy"
+    fi
     restore_into "$tool" "$conf" "$label" "$copy" delta-same-p2-local --delta
     verify_or_remove "$round" "$tool" "$copy" delta-same-p2-local "$EXPECTED"
 }
@@ -547,7 +558,7 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
            "pg_version": "$("$PGBIN/postgres" --version | awk '{print $3}')",
            "pgbackrest_version": "$(pgbackrest version | awk '{print $2}')",
            "ours_version": "$("$BIN" version | awk '{print $2}')", "commit": "$COMMIT",
-           "total": $(($(date +%s) - T0))}, open(sys.argv[1], "w"))
+           "total": $(($(date +%s) - T0)), "prefault": "$PREFAULT" == "1"}, open(sys.argv[1], "w"))
 EOF
 log "done; report:"
 echo

@@ -223,7 +223,7 @@ VARIANTS = [
 VERIFIED = [("restore-p2-local", "restore", "expected"),
             ("delta-same-p2-local", "delta restore onto the unchanged copy", "expected"),
             ("delta-1pct-p2-local", "delta restore of the incr after the update", "expected2")]
-TOOLS = ["pg_backrest", "pgBackRest", "pg_basebackup"]
+TOOLS = ["pg_backrest", "pgBackRest", "pg_basebackup", "read+SHA-1 only"]
 # pgBackRest 2.45 at scale 100 measured earlier on this kind of machine (from the issue)
 REFERENCE = {
     "full-p1-local": "39.1 s", "full-p2-local": "21.2 s", "full-p1-ssh": "40.9 s",
@@ -257,7 +257,9 @@ def cmd_report(results, meta_path, out_path=None):
     w = lines.append
     w(f"Measured {meta['date']} on {meta['machine']}; PostgreSQL {meta['pg_version']}, "
       f"pgBackRest {meta['pgbackrest_version']}, pg_backrest {meta['ours_version']} "
-      f"(commit {meta['commit']}); gz level 6; total run time {meta.get('total', '?')} s.")
+      f"(commit {meta['commit']}); gz level 6; total run time {meta.get('total', '?')} s; "
+      + ("PREFAULT=1 (6 GiB of memory written and freed before each measurement)."
+         if meta.get("prefault") else "page cache dropped before each measurement, no prefault."))
     w("")
     w("CPU = user+sys of the command and the children it waited for, plus (pg_backrest over "
       "SSH) its detached ssh master; **remote CPU** = everything run under the sshd (remote "
@@ -303,6 +305,12 @@ def cmd_report(results, meta_path, out_path=None):
                     tgt = f"earlier: {REFERENCE[key]}"
                 if tool == "pg_basebackup" and scale == 100:
                     tgt = "earlier: 29.6 s"
+                if tool == "read+SHA-1 only":
+                    # the floor of the check (test/bench/read_hash.py): what each tool takes
+                    # compared with it
+                    ratio = "; ".join(f"{name} {t['wall'] / r['wall']:.2f}×" for name, t in
+                                      (("ours", ours), ("pgBackRest", theirs)) if t)
+                    tgt = "floor: reading and hashing the copy, nothing else"
                 wall = f"{r['wall']:.1f}"
                 if "walls" in r:
                     wall += (f" (median of {len(r['walls'])}: {min(r['walls']):.1f}–"
