@@ -20,6 +20,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -88,7 +89,7 @@ def main():
         for n in names:
             p = os.path.join(d, n)
             st = os.lstat(p)
-            if os.path.isfile(p) and not os.path.islink(p):
+            if stat.S_ISREG(st.st_mode):
                 files.append((p, st.st_size))
     files.sort(key=lambda f: -f[1])
     next_file, lock = multiprocessing.Value("l", 0, lock=False), multiprocessing.Lock()
