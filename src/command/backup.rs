@@ -210,12 +210,9 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
             let args = crate::protocol::ssh::remote_args(cfg, "pg1-host-config");
             let program = cfg.str("pg1-host-cmd").unwrap_or("pg_backrest");
             let clients = (0..workers)
-                .map(|_| {
-                    crate::protocol::ssh::spawn_remote(&target, program, &args)
-                        .map(std::sync::Mutex::new)
-                })
+                .map(|_| crate::protocol::ssh::spawn_remote(&target, program, &args))
                 .collect::<Result<_>>()?;
-            Box::new(RemoteFiles { clients })
+            Box::new(RemoteFiles::new(clients))
         }
     };
     copy_all(
@@ -513,6 +510,7 @@ fn copy_all(
     // Largest first, so one big file does not finish last on its own.
     files.sort_by_key(|f| std::cmp::Reverse(f.0.size));
     let total: u64 = files.iter().map(|f| f.0.size).sum();
+    let batches = file::batches(files.iter().map(|f| f.0.size));
     let workers = crate::parallel::Workers::new(cfg)?;
     let cancel = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(SourceFile, Result<FileOutcome>)>();
@@ -525,22 +523,31 @@ fn copy_all(
         let workers = &workers;
         scope.spawn(move || {
             // Errors travel with the results to the loop below, which owns them; once it
-            // sets `cancel`, the hand-out of files stops. The error returned here only says so.
-            let _ = workers.try_each_in_order(&files, |(src, prior)| {
+            // sets `cancel`, the hand-out of batches stops. The error returned here only says
+            // so. A batch that was started is finished: its files were asked for at once.
+            let _ = workers.try_each_in_order(&batches, |batch| {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(Error::internal("backup cancelled"));
                 }
+                let batch = &files[batch.clone()];
+                let srcs: Vec<&SourceFile> = batch.iter().map(|(src, _)| src).collect();
+                if let Err(e) = source.announce(&srcs, params) {
+                    let _ = tx.send((batch[0].0.clone(), Err(e)));
+                    return Err(Error::internal("backup cancelled"));
+                }
                 let worker_repo = workers.repo(repo);
-                let result = backup_file(
-                    source,
-                    worker_repo,
-                    layout,
-                    &label,
-                    src,
-                    prior.as_ref(),
-                    params,
-                );
-                let _ = tx.send((src.clone(), result));
+                for (src, prior) in batch {
+                    let result = backup_file(
+                        source,
+                        worker_repo,
+                        layout,
+                        &label,
+                        src,
+                        prior.as_ref(),
+                        params,
+                    );
+                    let _ = tx.send((src.clone(), result));
+                }
                 Ok(())
             });
         });

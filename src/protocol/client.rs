@@ -313,3 +313,47 @@ pub fn reply_value(v: Value) -> Result<Value> {
         .cloned()
         .ok_or_else(|| Error::remote(format!("malformed reply {v}")))
 }
+
+/// For tests: a client over one end of a socket pair, and a server over the other.
+#[cfg(test)]
+pub mod test_pair {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A protocol client over our end of a socket pair.
+    pub fn client_over(ours: UnixStream, io_timeout: Duration, peer: &str) -> Result<Client> {
+        let rt = runtime().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let stream = rt
+            .block_on(async { tokio::net::UnixStream::from_std(ours) })
+            .unwrap();
+        let (r, w) = stream.into_split();
+        let protocol_timeout = Duration::from_secs(60);
+        Client::new(
+            rt,
+            Box::pin(r),
+            Box::pin(w),
+            None,
+            io_timeout,
+            protocol_timeout,
+            peer.into(),
+        )
+    }
+
+    /// A server thread serving the storage at `root` (no database), and a client of it.
+    pub fn serve(
+        root: &std::path::Path,
+        io_timeout: Duration,
+    ) -> (Client, std::thread::JoinHandle<Result<()>>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let root = root.to_path_buf();
+        let server = std::thread::spawn(move || {
+            let storage = crate::storage::posix::PosixStorage::new(root);
+            let mut input = theirs.try_clone().unwrap();
+            let mut output = theirs;
+            let no_db = || Err(Error::config("no database here"));
+            super::super::server::serve(&storage, &no_db, &mut input, &mut output)
+        });
+        (client_over(ours, io_timeout, "test peer").unwrap(), server)
+    }
+}

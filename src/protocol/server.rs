@@ -107,7 +107,19 @@ pub fn serve(
             }
             "walk" => serve_walk(&request),
             "backup-file" => {
-                serve_backup_file(&request, output)?;
+                serve_backup_file(&request, &request["src"], output)?;
+                continue;
+            }
+            "backup-files" => {
+                // Each file is answered as its own backup-file request would be, back to
+                // back. A request that is not a list cannot be answered file by file: the
+                // connection ends, so that the client does not wait for replies.
+                let Some(srcs) = request.get("srcs").and_then(Value::as_array) else {
+                    return Err(Error::remote("invalid backup-files request: no srcs list"));
+                };
+                for src in srcs {
+                    serve_backup_file(&request, src, output)?;
+                }
                 continue;
             }
             "write" => match receive_write(storage, &path("dir"), input) {
@@ -163,9 +175,10 @@ impl Write for FrameWriter<'_> {
     }
 }
 
-fn serve_backup_file(request: &Value, output: &mut dyn Write) -> Result<()> {
+/// Answers for one file, `src`, with the `params` of `request`.
+fn serve_backup_file(request: &Value, src: &Value, output: &mut dyn Write) -> Result<()> {
     let parsed: std::result::Result<(SourceFile, CopyParams), _> =
-        serde_json::from_value(request.get("src").cloned().unwrap_or_default()).and_then(|src| {
+        serde_json::from_value(src.clone()).and_then(|src| {
             serde_json::from_value(request.get("params").cloned().unwrap_or_default())
                 .map(|p| (src, p))
         });

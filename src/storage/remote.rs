@@ -218,46 +218,16 @@ impl Drop for RemoteWriter<'_> {
 mod tests {
     use super::*;
     use crate::error::Kind;
-    use crate::protocol::client;
-    use crate::storage::posix::PosixStorage;
+    use crate::protocol::client::test_pair::client_over;
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
-
-    /// A protocol client over our end of a socket pair.
-    fn client_over(ours: UnixStream, io_timeout: Duration, peer: &str) -> Result<Client> {
-        let rt = client::runtime().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let stream = rt
-            .block_on(async { tokio::net::UnixStream::from_std(ours) })
-            .unwrap();
-        let (r, w) = stream.into_split();
-        let protocol_timeout = Duration::from_secs(60);
-        Client::new(
-            rt,
-            Box::pin(r),
-            Box::pin(w),
-            None,
-            io_timeout,
-            protocol_timeout,
-            peer.into(),
-        )
-    }
 
     /// A server thread over one end of a socket pair, a client over the other.
     fn pair(
         root: &std::path::Path,
         io_timeout: Duration,
     ) -> (RemoteStorage, std::thread::JoinHandle<Result<()>>) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let root = root.to_path_buf();
-        let server = std::thread::spawn(move || {
-            let storage = PosixStorage::new(root);
-            let mut input = theirs.try_clone().unwrap();
-            let mut output = theirs;
-            let no_db = || Err(crate::error::Error::config("no database here"));
-            crate::protocol::server::serve(&storage, &no_db, &mut input, &mut output)
-        });
-        let c = client_over(ours, io_timeout, "test peer").unwrap();
+        let (c, server) = crate::protocol::client::test_pair::serve(root, io_timeout);
         (RemoteStorage::from_client(c, "peer".into()), server)
     }
 
@@ -328,7 +298,7 @@ mod tests {
         let mut greeter = theirs.try_clone().unwrap();
         crate::protocol::frame::write_json(
             &mut greeter,
-            &serde_json::json!({"hello": "pg_backrest", "protocol": 1}),
+            &serde_json::json!({"hello": "pg_backrest", "protocol": crate::protocol::PROTOCOL_VERSION}),
         )
         .unwrap();
         let c = client_over(ours, Duration::from_millis(300), "silent").unwrap();
