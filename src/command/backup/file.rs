@@ -155,7 +155,7 @@ pub const BATCH_FILES: usize = 16;
 /// streams its files back to back, while the repository host commits the one before.
 pub const BATCH_BYTES: u64 = 1 << 20;
 
-/// Cuts files sorted largest first into the batches described at [`BATCH_FILES`], keeping
+/// Cuts files sorted largest first into the batches described at [`BATCH_BYTES`], keeping
 /// their order.
 pub fn batches(sizes: impl IntoIterator<Item = u64>) -> Vec<std::ops::Range<usize>> {
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
@@ -171,13 +171,9 @@ pub fn batches(sizes: impl IntoIterator<Item = u64>) -> Vec<std::ops::Range<usiz
                 bytes += size;
             }
             _ => {
+                // A file larger than BATCH_BYTES leaves no room: nothing joins its batch.
                 out.push(i..i + 1);
-                // A large file's batch takes nothing more.
-                bytes = if size <= BATCH_BYTES {
-                    size
-                } else {
-                    u64::MAX / 2
-                };
+                bytes = size;
             }
         }
     }
