@@ -774,13 +774,14 @@ fn correct_attributes(local: &Path, entry: &FileEntry, found: &fs::Metadata) -> 
             .and_then(|f| f.set_modified(recorded_mtime(entry)))
             .map_err(|e| Error::io("set mtime of", local, e))?;
     }
-    if let Some((uid, gid)) = owner_ids(&entry.user, &entry.group) {
-        if uid.is_some_and(|u| u != found.uid()) || gid.is_some_and(|g| g != found.gid()) {
-            std::os::unix::fs::lchown(local, uid, gid)
-                .map_err(|e| Error::io("change owner of", local, e))?;
+    match owner_ids(&entry.user, &entry.group) {
+        Some((uid, gid))
+            if uid.is_some_and(|u| u != found.uid()) || gid.is_some_and(|g| g != found.gid()) =>
+        {
+            chown(local, &entry.user, &entry.group)
         }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Delta: refuses a running cluster, and a directory of another cluster unless forced.

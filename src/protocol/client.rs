@@ -76,10 +76,7 @@ impl Client {
         let hello = match c.recv()? {
             Frame::Json(v) => v,
             other => {
-                return Err(c.fail(
-                    Error::remote(format!("unexpected greeting {other:?}")),
-                    false,
-                ))
+                return Err(c.fail(Error::remote(format!("unexpected greeting {other}")), false))
             }
         };
         let protocol = hello.get("protocol").and_then(Value::as_u64);
@@ -267,7 +264,7 @@ impl Client {
             Frame::Json(v) => reply_value(v),
             other => {
                 let e = Error::remote(format!(
-                    "{} sent {other:?} where a reply was expected",
+                    "{} sent {other} where a reply was expected",
                     self.peer
                 ));
                 Err(self.fail(e, false))

@@ -23,6 +23,26 @@ pub enum Frame {
     Abort,
 }
 
+/// For messages about a frame that came where another was expected: its kind and size, and
+/// the start of a JSON one. Never the payload of a data frame, which is up to a chunk of file
+/// content, in an error line or a log.
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Json(v) => {
+                let text = v.to_string();
+                match text.char_indices().nth(200) {
+                    Some((cut, _)) => write!(f, "a JSON frame {}...", &text[..cut]),
+                    None => write!(f, "a JSON frame {text}"),
+                }
+            }
+            Frame::Data(d) => write!(f, "a data frame of {} bytes", d.len()),
+            Frame::End => f.write_str("an end frame"),
+            Frame::Abort => f.write_str("an abort frame"),
+        }
+    }
+}
+
 fn header(tag: u8, len: usize) -> [u8; 5] {
     let l = (len as u32).to_be_bytes();
     [tag, l[0], l[1], l[2], l[3]]
@@ -141,5 +161,23 @@ mod tests {
         assert!(read_frame(&mut &huge[..]).is_err());
         assert!(read_frame(&mut &b"X\0\0\0\0"[..]).is_err());
         assert!(read_frame(&mut &b"D\0\0"[..]).is_err(), "truncated header");
+    }
+
+    /// Error lines name a stray frame without its payload (a data frame is up to a chunk of
+    /// file content) and only the start of a long JSON one.
+    #[test]
+    fn a_frame_in_a_message_is_short() {
+        assert_eq!(
+            Frame::Data(vec![7; 512 * 1024]).to_string(),
+            "a data frame of 524288 bytes"
+        );
+        let long = Frame::Json(serde_json::json!({ "ok": "é".repeat(1000) })).to_string();
+        assert!(long.starts_with("a JSON frame {\"ok\":\"éé") && long.ends_with("..."));
+        assert!(long.chars().count() < 220, "{long}");
+        assert_eq!(
+            Frame::Json(serde_json::json!({"ok": 1})).to_string(),
+            "a JSON frame {\"ok\":1}"
+        );
+        assert_eq!(Frame::End.to_string(), "an end frame");
     }
 }

@@ -66,7 +66,7 @@ pub fn serve(
             Some(Frame::Json(v)) => v,
             Some(other) => {
                 return Err(Error::remote(format!(
-                    "unexpected frame {other:?} between requests"
+                    "unexpected frame {other} between requests"
                 )))
             }
         };

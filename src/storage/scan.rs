@@ -268,7 +268,6 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
 
     /// On a disk file system: /var/tmp is one by convention, where /tmp may be tmpfs, whose
     /// pages cannot leave the cache.
@@ -470,7 +469,6 @@ mod tests {
         let more = pattern(RANGE + 5, 3);
         File::options()
             .append(true)
-            .custom_flags(0)
             .open(&path)
             .unwrap()
             .write_all(&more)

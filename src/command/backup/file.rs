@@ -328,7 +328,7 @@ impl FileSource for RemoteFiles {
                 other => {
                     c.out_of_step = true;
                     return Err(Error::remote(format!(
-                        "unexpected frame {other:?} in a file stream from pg1-host"
+                        "unexpected frame {other} in a file stream from pg1-host"
                     )));
                 }
             }
@@ -489,12 +489,47 @@ mod tests {
         assert_eq!(copied(&files, &small).unwrap().unwrap().0, b"small file");
 
         files.announce(&[&big_src, &small], &PLAIN).unwrap();
+        let e = files.announce(&[&big_src, &small], &PLAIN).unwrap_err();
+        assert!(
+            e.message.contains("before the last ones were read"),
+            "{e:?}"
+        );
         let e = copied(&files, &small).unwrap_err();
         assert!(e.message.contains("an earlier file was not read"), "{e:?}");
         let e = copied(&files, &small).unwrap_err();
         assert!(e.message.contains("out of step"), "{e:?}");
 
         // The server was still sending the second batch: it stops when the client goes.
+        drop(files);
+        let _ = server.join().unwrap();
+    }
+
+    /// A destination that fails mid-file leaves that file's reply half read: the next file
+    /// of the batch is refused rather than read from the middle of the previous one.
+    #[test]
+    fn a_destination_failing_mid_file_stops_the_connection() {
+        struct Full;
+        impl std::io::Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("no space left"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("big"), vec![7u8; 3 * pipeline::CHUNK]).unwrap();
+        std::fs::write(tmp.path().join("small"), b"small file").unwrap();
+        let (client, server) = test_pair::serve(tmp.path(), Duration::from_secs(10));
+        let files = RemoteFiles::new(vec![client]);
+        let (big, small) = (source(tmp.path(), "big"), source(tmp.path(), "small"));
+        files.announce(&[&big, &small], &PLAIN).unwrap();
+        let e = files
+            .copy(&big, &mut Full, "full disk", &PLAIN)
+            .unwrap_err();
+        assert!(e.message.contains("no space left"), "{e:?}");
+        let e = copied(&files, &small).unwrap_err();
+        assert!(e.message.contains("out of step"), "{e:?}");
         drop(files);
         let _ = server.join().unwrap();
     }
