@@ -52,17 +52,14 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         backup_label: cfg.str("set").filter(|s| *s != "latest").map(String::from),
         backup_type: None,
     };
-    let lock = match (def.lock, cfg.stanza()) {
-        (LockType::None, _) | (_, None) => Ok(None),
-        (lock_type, Some(stanza)) => cfg.required_path("lock-path").and_then(|path| {
-            lock::acquire(
-                &path,
-                stanza,
-                lock_type,
-                def.name,
-                cfg.seconds("lock-timeout"),
-            )
-        }),
+    // The owner check comes before the lock: a lock path created by the wrong user is
+    // itself a takeover.
+    let lock = if def.writes_repo && cfg.str("repo1-host").is_none() {
+        cfg.required_path("repo1-path")
+            .and_then(|repo| crate::storage::posix::check_owner(&repo, "repository"))
+            .and_then(|_| take_lock(cfg))
+    } else {
+        take_lock(cfg)
     };
     let result = match &lock {
         Ok(_) => hook::run(cfg, Point::Start, &facts, None).and_then(|_| dispatch(cfg, &mut facts)),
@@ -77,6 +74,23 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     }
     drop(lock);
     result
+}
+
+/// The per-stanza lock the command table names, if any.
+fn take_lock(cfg: &Config) -> Result<Option<lock::Lock>> {
+    let def = cfg.command.def();
+    match (def.lock, cfg.stanza()) {
+        (LockType::None, _) | (_, None) => Ok(None),
+        (lock_type, Some(stanza)) => cfg.required_path("lock-path").and_then(|path| {
+            lock::acquire(
+                &path,
+                stanza,
+                lock_type,
+                def.name,
+                cfg.seconds("lock-timeout"),
+            )
+        }),
+    }
 }
 
 fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {

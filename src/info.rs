@@ -48,7 +48,10 @@ impl IniDoc {
             }
             out.push_str(&format!("[{name}]\n"));
             for (k, v) in keys {
-                out.push_str(&format!("{k}={v}\n"));
+                out.push_str(&render_key(k, v));
+                out.push('=');
+                out.push_str(v);
+                out.push('\n');
             }
         }
         out
@@ -62,25 +65,35 @@ impl IniDoc {
         hex::encode(Sha1::digest(doc.render().as_bytes()))
     }
 
+    /// Reads the strict INI that [`IniDoc::render`] writes (pgBackRest's "strict" reading):
+    /// one line per key, nothing trimmed, no comments, every value JSON. A key ends at the
+    /// first `=` after which the rest of the line is valid JSON, so keys may hold `=`, `:` or
+    /// any other character a file name can (JSON text never holds a bare `=`).
     fn parse(text: &str) -> std::result::Result<IniDoc, String> {
-        let opt = ini::ParseOption {
-            enabled_quote: false,
-            enabled_escape: false,
-            ..Default::default()
-        };
-        let ini =
-            ini::Ini::load_from_str_opt(text, opt).map_err(|e| format!("not an INI file: {e}"))?;
         let mut doc = IniDoc::default();
-        for (name, props) in ini.iter() {
-            let Some(name) = name else {
-                if props.is_empty() {
-                    continue;
+        let mut section: Option<String> = None;
+        for (number, line) in text.split('\n').enumerate() {
+            let number = number + 1;
+            if line.is_empty() {
+                continue;
+            }
+            if line.starts_with('[') && line.ends_with(']') {
+                let name = &line[1..line.len() - 1];
+                if doc.sections.contains_key(name) {
+                    return Err(format!("section '[{name}]' appears twice (line {number})"));
                 }
-                return Err("key outside any section".into());
+                doc.sections.insert(name.to_string(), BTreeMap::new());
+                section = Some(name.to_string());
+                continue;
+            }
+            let Some(name) = &section else {
+                return Err(format!("line {number} is outside any section"));
             };
-            let section = doc.sections.entry(name.to_string()).or_default();
-            for (k, v) in props.iter() {
-                section.insert(k.to_string(), v.to_string());
+            let (key, value) = split_key_value(line)
+                .ok_or_else(|| format!("line {number} is not a key and a JSON value"))?;
+            let keys = doc.sections.get_mut(name).expect("section inserted above");
+            if keys.insert(key, value.to_string()).is_some() {
+                return Err(format!("line {number} repeats a key of section '[{name}]'"));
             }
         }
         Ok(doc)
@@ -97,6 +110,44 @@ impl IniDoc {
             Some(s) if s != doc.checksum() => Err("its checksum does not match its content".into()),
             Some(_) => Ok(doc),
         }
+    }
+}
+
+/// Splits one `key=value` line where the value is JSON: the key ends at the first `=` that
+/// leaves valid JSON behind it. A key written JSON-quoted by [`render_key`] is unquoted.
+fn split_key_value(line: &str) -> Option<(String, &str)> {
+    let mut from = 0;
+    while let Some(at) = line[from..].find('=').map(|i| from + i) {
+        let (raw_key, value) = (&line[..at], &line[at + 1..]);
+        let key = if raw_key.starts_with('"') {
+            serde_json::from_str::<String>(raw_key).ok()
+        } else {
+            Some(raw_key.to_string())
+        };
+        if let Some(key) = key.filter(|k| !k.is_empty()) {
+            if serde_json::from_str::<serde::de::IgnoredAny>(value).is_ok() {
+                return Some((key, value));
+            }
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// A key as written: plain when [`split_key_value`] reads the line back to the same key and
+/// value (always so for pgBackRest's keys and PostgreSQL's own file names), else as a JSON
+/// string. Only names that could not survive a line-based file are quoted: line breaks,
+/// or a leading `"` or `[` that would make the key look quoted or like a section.
+fn render_key(key: &str, value: &str) -> String {
+    let plain = !key.is_empty()
+        && !key.starts_with('"')
+        && !key.starts_with('[')
+        && !key.contains(['\n', '\r'])
+        && split_key_value(&format!("{key}={value}")).is_some_and(|(k, v)| k == key && v == value);
+    if plain {
+        key.to_string()
+    } else {
+        Value::from(key).to_string()
     }
 }
 
@@ -372,6 +423,51 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn any_key_a_file_name_can_be_round_trips() {
+        let keys = [
+            "pg_data/postgresql.conf:old",
+            "pg_data/a=b",
+            "pg_data/x={}",
+            "pg_data/q=\"1\"",
+            "pg_data/line\nbreak",
+            "pg_data/cr\rhere",
+            "pg_data/ lead and trail ",
+            "pg_data/#hash;semi",
+            "pg_data/ünïcødé",
+            "\"quoted\"",
+            "[bracket]",
+            "=leading-equals",
+        ];
+        let mut doc = sample();
+        for (i, k) in keys.iter().enumerate() {
+            doc.set("target:file", k, &serde_json::json!({"size": i}));
+            doc.set("target:file", &format!("{k}-str"), &Value::from(*k));
+        }
+        let text = doc.render();
+        assert!(
+            text.contains("\npg_data/postgresql.conf:old={\"size\":0}\n"),
+            "{text}"
+        );
+        assert!(text.contains("\npg_data/a=b={\"size\":1}\n"), "{text}");
+        assert_eq!(IniDoc::parse(&text).unwrap(), doc);
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_the_line() {
+        for (text, why) in [
+            ("k=1\n", "line 1 is outside any section"),
+            ("[a]\nk=1\n\n[a]\nj=2\n", "appears twice"),
+            ("[a]\nk=1\nk=2\n", "line 3 repeats a key"),
+            ("[a]\nno equals\n", "line 2 is not a key"),
+            ("[a]\nk=not json\n", "line 2 is not a key"),
+            ("[a]\n=1\n", "line 2 is not a key"),
+        ] {
+            let e = IniDoc::parse(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::LockType;
 use crate::error::{Error, Kind, Result};
+use crate::storage::posix::check_owner;
 
 /// A held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
@@ -42,11 +43,13 @@ pub fn acquire(
     let Some(path) = lock_file_path(lock_path, stanza, lock) else {
         return Ok(None);
     };
+    check_owner(lock_path, "lock path")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o770)
         .create(lock_path)
         .map_err(|e| Error::io("create lock path", lock_path, e))?;
+    check_owner(&path, "lock file")?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

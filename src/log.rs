@@ -104,12 +104,15 @@ pub fn init(settings: &Settings<'_>) {
 }
 
 fn open_log_file(dir: &Path, stem: &str) -> Result<File, String> {
+    let path = dir.join(format!("{stem}.log"));
+    for (place, what) in [(dir, "log path"), (path.as_path(), "log file")] {
+        crate::storage::posix::check_owner(place, what).map_err(|e| e.message)?;
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
         .map_err(|e| format!("unable to create log path '{}': {e}", dir.display()))?;
-    let path = dir.join(format!("{stem}.log"));
     OpenOptions::new()
         .create(true)
         .append(true)

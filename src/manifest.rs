@@ -61,6 +61,26 @@ impl BackupType {
     }
 }
 
+/// Whether `name` has the shape of a backup label: `YYYYMMDD-HHMMSSF` for a full backup,
+/// `<full label>_YYYYMMDD-HHMMSSD` or `..._YYYYMMDD-HHMMSSI` for a differential or
+/// incremental one.
+pub fn is_label(name: &str) -> bool {
+    fn stamp(s: &[u8], last: &[u8]) -> bool {
+        s.len() == 16
+            && s[..8].iter().all(u8::is_ascii_digit)
+            && s[8] == b'-'
+            && s[9..15].iter().all(u8::is_ascii_digit)
+            && last.contains(&s[15])
+    }
+    match name.as_bytes() {
+        full if full.len() == 16 => stamp(full, b"F"),
+        other if other.len() == 33 && other[16] == b'_' => {
+            stamp(&other[..16], b"F") && stamp(&other[17..], b"DI")
+        }
+        _ => false,
+    }
+}
+
 /// The backup's own facts: `[backup]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -312,6 +332,25 @@ impl Manifest {
                 ));
             }
         }
+        // Labels become repository paths and WAL names are sliced and compared by position:
+        // a tampered value must be an integrity error here, never a panic or a path later.
+        let labels = std::iter::once(&self.backup.label)
+            .chain(&self.backup.prior)
+            .chain(self.files.values().filter_map(|f| f.reference.as_ref()));
+        for label in labels {
+            if !is_label(label) {
+                return Err(format!("'{label}' is not a backup label"));
+            }
+        }
+        for wal in std::iter::once(&self.backup.archive_start).chain(&self.backup.archive_stop) {
+            let segment = wal.len() == 24
+                && wal
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+            if !segment {
+                return Err(format!("'{wal}' is not a WAL segment name"));
+            }
+        }
         let keys = self
             .paths
             .keys()
@@ -524,6 +563,53 @@ pub mod tests {
         m.links
             .insert("pg_data/pg_tblspc/16385".into(), link("/srv/ts"));
         assert!(Manifest::from_doc(&m.to_doc().unwrap(), "m").is_ok());
+    }
+
+    #[test]
+    fn labels_and_wal_names_are_checked_on_load() {
+        assert!(is_label("20261122-050000F"));
+        assert!(is_label("20261122-050000F_20261122-060000I"));
+        assert!(is_label("20261122-050000F_20261122-060000D"));
+        for bad in [
+            "20261122-050000",
+            "20261122-050000I",
+            "2026112é-050000F",
+            "../../../../etc/x",
+            "20261122-050000F_20261122-060000F",
+            "20261122-050000F_x",
+        ] {
+            assert!(!is_label(bad), "{bad}");
+        }
+        type Tamper = fn(&mut Manifest);
+        let cases: [(Tamper, &str); 5] = [
+            (|m| m.backup.label = "x".into(), "not a backup label"),
+            (
+                |m| m.backup.prior = Some("../x".into()),
+                "not a backup label",
+            ),
+            (
+                |m| {
+                    let f = m.files.values_mut().next().unwrap();
+                    f.reference = Some("../../elsewhere".into());
+                },
+                "not a backup label",
+            ),
+            (
+                |m| m.backup.archive_start = "0000é".into(),
+                "not a WAL segment",
+            ),
+            (
+                |m| m.backup.archive_stop = Some("1".into()),
+                "not a WAL segment",
+            ),
+        ];
+        for (tamper, why) in cases {
+            let mut m = sample();
+            tamper(&mut m);
+            let e = Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap_err();
+            assert_eq!(e.kind, crate::error::Kind::Integrity);
+            assert!(e.message.contains(why), "{e:?}");
+        }
     }
 
     #[test]

@@ -336,6 +336,7 @@ fn expire_killed_at(site: &Site, step: &str, args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "test-pause"), ignore = "needs --features test-pause")]
 fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finishes() {
     let site = Site::local();
     let f1 = marked_backup(&site, 1, "full");
@@ -373,6 +374,26 @@ fn expire_killed_between_steps_leaves_a_valid_repository_and_the_next_run_finish
     assert_eq!(site.backup_labels(), vec![f3.clone()]);
     assert_eq!(site.backup_dir_entries(), entries(&[&f1, &i1, &f2, &f3]));
     site.pgbr(&["verify"]).expect_ok("verify after kill 2");
+    // info says what those directories are: expired backups being removed, not backups
+    // running or waiting to be resumed.
+    let out = site.pgbr(&["info"]).expect_ok("info after kill 2");
+    for label in [&f1, &i1, &f2] {
+        assert!(
+            out.stdout
+                .contains(&format!("backup {label}: expired, being removed")),
+            "{label}: {out}"
+        );
+    }
+    assert!(!out.stdout.contains("running or interrupted"), "{out}");
+    let out = site.pgbr(&["info", "--output=json"]).expect_ok("info json");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("info json");
+    let states: Vec<&str> = json[0]["in-progress"]
+        .as_array()
+        .expect("in-progress")
+        .iter()
+        .map(|b| b["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["expiring"; 3], "{out}");
 
     // 3. The next expire removes the orphans with a log line each, then WAL oldest first;
     //    killed after the first WAL file, only the oldest segment is gone.

@@ -14,6 +14,7 @@ mod harness;
 mod harness_smoke;
 mod hooks;
 mod locks;
+mod ownership;
 mod remote;
 mod restore_delta;
 mod restore_targets;

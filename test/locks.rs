@@ -142,6 +142,7 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
 }
 
 #[test]
+#[cfg_attr(not(feature = "test-pause"), ignore = "needs --features test-pause")]
 fn a_running_expire_refuses_a_backup_and_its_killed_lock_never_blocks() {
     let site = Site::local();
     site.backup("full", &[]);

@@ -291,7 +291,8 @@ fn an_unfinished_restore_leaves_no_pg_control_and_delta_finishes_it() {
     );
 }
 
-fn rechecksum(text: &str) -> String {
+/// Recomputes an info file's checksum after a test edited it, as a tamperer would.
+pub fn rechecksum(text: &str) -> String {
     let mut sections: std::collections::BTreeMap<
         String,
         std::collections::BTreeMap<String, String>,

@@ -29,7 +29,7 @@ use crate::error::{Error, Kind, Result};
 use crate::hook::RunFacts;
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
+use crate::manifest::{is_label, BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
 use crate::pg::db::{self, Db};
 use crate::pg::wal::{segment_range, WalName};
 use crate::pipeline::{self, Ends};
@@ -330,11 +330,13 @@ fn new_label(t: BackupType, prior: Option<&str>, info: &BackupInfo) -> String {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
         let label = match (t, prior) {
             (BackupType::Full, _) | (_, None) => format!("{stamp}F"),
-            (_, Some(p)) => format!("{}_{stamp}{}", &p[..16], t.letter()),
+            // Labels are checked where backup.info is read; `get` keeps a bad one from panicking.
+            (_, Some(p)) => format!("{}_{stamp}{}", p.get(..16).unwrap_or(p), t.letter()),
         };
-        let newest = info
-            .latest()
-            .map(|l| l.rsplit('_').next().unwrap_or(l)[..15].to_string());
+        let newest = info.latest().map(|l| {
+            let own = l.rsplit('_').next().unwrap_or(l);
+            own.get(..15).unwrap_or(own).to_string()
+        });
         if newest.as_deref().is_none_or(|n| n < &stamp[..]) {
             return label;
         }
@@ -409,10 +411,6 @@ pub(crate) fn adopt_complete_backups(
         info.save(repo, layout)?;
     }
     Ok(())
-}
-
-pub(crate) fn is_label(name: &str) -> bool {
-    name.len() >= 16 && name.as_bytes()[8] == b'-' && name.ends_with(['F', 'D', 'I'])
 }
 
 /// An interrupted backup this one may continue: same type and prior, same options that

@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::archive_push::missing_stanza;
-use super::backup::{adopt_complete_backups, is_label};
+use super::backup::adopt_complete_backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
+use crate::manifest::{is_label, BackupType, Manifest, MANIFEST_FILE};
 use crate::repo::{RepoLayout, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
@@ -42,8 +42,10 @@ pub enum FullRetention {
     Days(u64),
 }
 
-/// Set in the environment by integration tests only: expire stops at this step and waits to
-/// be killed, so a crash between two steps can be provoked deterministically.
+/// Set in the environment by integration tests only, and read only by a build with the
+/// `test-pause` feature: expire stops at this step and waits to be killed, so a crash between
+/// two steps can be provoked deterministically.
+#[cfg(feature = "test-pause")]
 const TEST_PAUSE_ENV: &str = "PGBR_TEST_EXPIRE_PAUSE";
 
 /// The expire command: prints a summary line.
@@ -458,6 +460,10 @@ fn remove_wal(
     Ok(removed)
 }
 
+#[cfg(not(feature = "test-pause"))]
+fn test_pause(_step: &str) {}
+
+#[cfg(feature = "test-pause")]
 fn test_pause(step: &str) {
     if std::env::var(TEST_PAUSE_ENV).as_deref() == Ok(step) {
         crate::info!("test pause at {step}");

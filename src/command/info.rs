@@ -126,10 +126,7 @@ fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value
 fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for entry in repo.list(&layout.backup_root())? {
-        if entry.len() < 16
-            || info.backups.contains_key(&entry)
-            || !entry.ends_with(['F', 'D', 'I'])
-        {
+        if !crate::manifest::is_label(&entry) || info.backups.contains_key(&entry) {
             continue;
         }
         let Some(m) = crate::manifest::Manifest::load_copy(repo, &layout.manifest(&entry))? else {
@@ -141,9 +138,17 @@ fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Res
             .filter(|f| f.reference.is_none())
             .map(|f| f.size)
             .sum();
+        // A finished manifest outside backup.info is a backup an interrupted expire was
+        // removing (it takes the backup out of backup.info before its directory).
+        let state = if m.backup.timestamp_stop.is_some() {
+            "expiring"
+        } else {
+            "running-or-interrupted"
+        };
         out.push(json!({
             "label": entry,
             "type": m.backup.backup_type.name(),
+            "state": state,
             "files-copied": m.files.values().filter(|f| f.reference.is_none()).count(),
             "bytes-copied": copied,
         }));
@@ -247,13 +252,22 @@ fn render_text(report: &[Value]) -> String {
             None => out.push_str("    running now: no backup or expire\n"),
         }
         for b in st["in-progress"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "    {} backup {}: running or interrupted, {} files ({}) copied so far\n",
-                s(&b["type"]),
-                s(&b["label"]),
-                b["files-copied"],
-                size(&b["bytes-copied"])
-            ));
+            out.push_str(&if b["state"] == "expiring" {
+                format!(
+                    "    {} backup {}: expired, being removed (an interrupted expire; the next \
+                     expire or backup finishes it)\n",
+                    s(&b["type"]),
+                    s(&b["label"]),
+                )
+            } else {
+                format!(
+                    "    {} backup {}: running or interrupted, {} files ({}) copied so far\n",
+                    s(&b["type"]),
+                    s(&b["label"]),
+                    b["files-copied"],
+                    size(&b["bytes-copied"])
+                )
+            });
         }
         for b in st["backup"].as_array().into_iter().flatten() {
             out.push_str(&format!(

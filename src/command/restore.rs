@@ -96,6 +96,7 @@ pub fn restore(
     }
     // Checked before anything is written.
     let zeroed = excluded_databases(&manifest, &cfg.list("db-include"))?;
+    set_owner_policy(&manifest)?;
     info.db.check_cluster(
         manifest.db.system_id,
         &manifest.db.version,
@@ -412,8 +413,10 @@ fn local_path(manifest: &Manifest, pg_path: &Path, key: &str) -> Result<PathBuf>
     })
 }
 
+/// A recorded mode, without what PostgreSQL never sets and a tampered manifest could use:
+/// setuid, setgid and sticky bits, and write access for group or others.
 fn parse_mode(text: &str) -> Option<u32> {
-    u32::from_str_radix(text, 8).ok()
+    u32::from_str_radix(text, 8).ok().map(|mode| mode & 0o755)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -421,13 +424,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("set mode of", path, e))
 }
 
-/// Gives `path` its recorded owner when we can (running as root); otherwise files belong to
-/// the user running restore, which is what a DBA restoring as postgres wants.
+/// Gives `path` the cluster's owner when running as root (see [`OwnerPolicy`]); otherwise
+/// files belong to the user running restore, which is what a DBA restoring as postgres wants.
 fn chown(path: &Path, user: &str, group: &str) -> Result<()> {
     let Some((uid, gid)) = owner_ids(user, group) else {
         return Ok(());
     };
-    std::os::unix::fs::lchown(path, uid, gid).map_err(|e| Error::io("change owner of", path, e))
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| Error::io("change owner of", path, e))
 }
 
 /// As [`chown`], on a file still open under its temp name.
@@ -435,30 +439,85 @@ fn fchown(file: &fs::File, temp: &Path, user: &str, group: &str) -> Result<()> {
     let Some((uid, gid)) = owner_ids(user, group) else {
         return Ok(());
     };
-    std::os::unix::fs::fchown(file, uid, gid).map_err(|e| Error::io("change owner of", temp, e))
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+        .map_err(|e| Error::io("change owner of", temp, e))
 }
 
-/// The ids of a recorded owner, or `None` when not running as root. Looked up once per name:
-/// a cluster has thousands of files and usually one owner.
-fn owner_ids(user: &str, group: &str) -> Option<(Option<u32>, Option<u32>)> {
-    use std::sync::{Mutex, OnceLock};
-    type Ids = (Option<u32>, Option<u32>);
-    static CACHE: OnceLock<Mutex<BTreeMap<(String, String), Ids>>> = OnceLock::new();
+/// Whom a restore run as root makes the owner of what it writes. The policy: everything
+/// belongs to the owner recorded for `pg_data`, the cluster's owner, as PostgreSQL requires;
+/// that user must exist here and must not be root. Owners recorded for single files are
+/// never applied as they are: a tampered manifest could otherwise hand a file to any user.
+struct OwnerPolicy {
+    user: String,
+    group: String,
+    uid: u32,
+    gid: u32,
+}
+
+static OWNER_POLICY: std::sync::Mutex<Option<OwnerPolicy>> = std::sync::Mutex::new(None);
+
+/// Sets the [`OwnerPolicy`] of this restore; a no-op unless running as root.
+fn set_owner_policy(manifest: &Manifest) -> Result<()> {
+    let mut policy = OWNER_POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    *policy = None;
     if !nix::unistd::geteuid().is_root() {
-        return None;
+        return Ok(());
     }
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let ids = cache
-        .entry((user.to_string(), group.to_string()))
-        .or_insert_with(|| {
-            let uid = nix::unistd::User::from_name(user).ok().flatten();
-            let gid = nix::unistd::Group::from_name(group).ok().flatten();
-            (uid.map(|u| u.uid.as_raw()), gid.map(|g| g.gid.as_raw()))
-        });
-    Some(*ids)
+    let owner = manifest.paths.get("pg_data").ok_or_else(|| {
+        Error::integrity("the backup's manifest has no entry for pg_data".to_string())
+    })?;
+    let user = nix::unistd::User::from_name(&owner.user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            Error::config(format!(
+                "restore as root: the cluster's owner '{}', recorded in the backup, is not a \
+                 user of this host",
+                owner.user
+            ))
+            .with_hint("create that user, or run restore as the user who will run PostgreSQL")
+        })?;
+    if user.uid.is_root() {
+        return Err(Error::integrity(format!(
+            "restore as root: the backup records root ('{}') as the cluster's owner, which \
+             PostgreSQL never runs as",
+            owner.user
+        ))
+        .with_hint("the manifest may have been tampered with; run 'pg_backrest verify'"));
+    }
+    let gid = nix::unistd::Group::from_name(&owner.group)
+        .ok()
+        .flatten()
+        .map_or(user.gid, |g| g.gid);
+    *policy = Some(OwnerPolicy {
+        user: owner.user.clone(),
+        group: owner.group.clone(),
+        uid: user.uid.as_raw(),
+        gid: gid.as_raw(),
+    });
+    Ok(())
+}
+
+/// The ids [`chown`] applies, or `None` when not running as root. An entry recorded with
+/// another owner than the cluster's gets the cluster's, with one warning per such owner.
+fn owner_ids(user: &str, group: &str) -> Option<(u32, u32)> {
+    use std::collections::BTreeSet;
+    static WARNED: std::sync::Mutex<BTreeSet<(String, String)>> =
+        std::sync::Mutex::new(BTreeSet::new());
+    let policy = OWNER_POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = policy.as_ref()?;
+    if (user, group) != (policy.user.as_str(), policy.group.as_str()) {
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.insert((user.to_string(), group.to_string())) {
+            crate::warn!(
+                "the backup records owner '{user}:{group}' for some files; restore gives them \
+                 the cluster's owner '{}:{}'",
+                policy.user,
+                policy.group
+            );
+        }
+    }
+    Some((policy.uid, policy.gid))
 }
 
 #[derive(Debug, Default)]
@@ -775,9 +834,7 @@ fn correct_attributes(local: &Path, entry: &FileEntry, found: &fs::Metadata) -> 
             .map_err(|e| Error::io("set mtime of", local, e))?;
     }
     match owner_ids(&entry.user, &entry.group) {
-        Some((uid, gid))
-            if uid.is_some_and(|u| u != found.uid()) || gid.is_some_and(|g| g != found.gid()) =>
-        {
+        Some((uid, gid)) if uid != found.uid() || gid != found.gid() => {
             chown(local, &entry.user, &entry.group)
         }
         _ => Ok(()),
@@ -865,20 +922,32 @@ fn remove_unlisted_in(manifest: &Manifest, dir: &Path, key: &str, removed: &mut 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("list", dir, e)),
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let child_key = format!("{key}/{name}");
+    for entry in entries {
+        // An entry that cannot be read could be a file the backup holds: stop, never guess.
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let path = entry.path();
-        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-        let listed = if meta.file_type().is_symlink() {
-            manifest.links.contains_key(&child_key)
-        } else if meta.is_dir() {
-            manifest.paths.contains_key(&child_key)
-        } else {
-            manifest.files.contains_key(&child_key)
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &path, e)),
         };
+        // A name that is not UTF-8 cannot be a manifest key (backup refuses such names).
+        let child_key = entry
+            .file_name()
+            .to_str()
+            .map(|name| format!("{key}/{name}"));
+        let listed = child_key.as_ref().is_some_and(|child_key| {
+            if meta.file_type().is_symlink() {
+                manifest.links.contains_key(child_key)
+            } else if meta.is_dir() {
+                manifest.paths.contains_key(child_key)
+            } else {
+                manifest.files.contains_key(child_key)
+            }
+        });
         if listed {
             if meta.is_dir() {
+                let child_key = child_key.expect("listed keys are UTF-8");
                 remove_unlisted_in(manifest, &path, &child_key, removed)?;
             }
             continue;

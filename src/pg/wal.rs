@@ -34,7 +34,11 @@ fn is_upper_hex(s: &str, len: usize) -> bool {
 
 impl WalName {
     pub fn parse(name: &str) -> Result<WalName> {
-        let kind = if is_upper_hex(name, 24) {
+        // Names come from PostgreSQL and from repository listings; only ASCII ones can be
+        // WAL names, and checking that first keeps the slicing below on char boundaries.
+        let kind = if !name.is_ascii() {
+            None
+        } else if is_upper_hex(name, 24) {
             Some(WalKind::Segment)
         } else if name.len() == 32 && name.ends_with(".partial") && is_upper_hex(&name[..24], 24) {
             Some(WalKind::Partial)
@@ -215,6 +219,10 @@ pub mod tests {
             "RECOVERYXLOG",
             "../000000010000000100000023",
             "000000010000000100000023.0000002.backup",
+            // Multi-byte characters where the checks slice: refused, never a panic.
+            "00000001000000010000002é.partial",
+            "0000000é.history",
+            "000000010000000100000023é0000028.backup",
         ] {
             assert_eq!(
                 WalName::parse(bad).unwrap_err().kind,

@@ -40,6 +40,24 @@ impl PosixStorage {
         }
         Ok(self.root.join(rel))
     }
+
+    /// Writing in `dir` creates entries in it or, where it does not exist yet, in its
+    /// nearest existing ancestor inside the root: that directory must be ours
+    /// ([`check_owner`]). A root that does not exist yet becomes ours when it is created.
+    fn check_writer(&self, dir: &Path) -> Result<()> {
+        let mut here = dir;
+        loop {
+            if fs::symlink_metadata(here).is_ok() {
+                return check_owner(here, "directory");
+            }
+            match here.parent() {
+                Some(parent) if here != self.root && parent.starts_with(&self.root) => {
+                    here = parent
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 impl Storage for PosixStorage {
@@ -73,12 +91,14 @@ impl Storage for PosixStorage {
 
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
         let dir = self.resolve(dir)?;
+        self.check_writer(&dir)?;
         create_dir_durable(&dir)?;
         Ok(Box::new(PosixWriter::create(dir)?))
     }
 
     fn remove(&self, path: &str) -> Result<()> {
         let path = self.resolve(path)?;
+        self.check_writer(path.parent().unwrap_or(&path))?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -88,6 +108,7 @@ impl Storage for PosixStorage {
 
     fn remove_tree(&self, path: &str) -> Result<()> {
         let path = self.resolve(path)?;
+        self.check_writer(&path)?;
         match fs::remove_dir_all(&path) {
             Ok(()) => path.parent().map_or(Ok(()), sync_dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -122,6 +143,48 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(Error::io("create directory", dir, e)),
     }
+}
+
+/// Refuses to write into `path` when it exists and belongs to another user than the one
+/// pg_backrest runs as. A file root writes into postgres's repository, lock or log directory
+/// is root's, 0640: every later run as postgres then fails on it. Read-only commands never
+/// call this, so they may run as any user.
+pub fn check_owner(path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    // A sticky world-writable directory (/tmp) is shared by design: what we create there is
+    // ours, and no other user can remove it.
+    let shared = meta.is_dir() && meta.mode() & 0o1002 == 0o1002;
+    if meta.uid() == me || shared {
+        return Ok(());
+    }
+    let owner = user_name(meta.uid());
+    Err(Error::config(format!(
+        "refusing to write into {what} '{}': it belongs to {}, and pg_backrest runs as {}",
+        path.display(),
+        describe_user(meta.uid()),
+        describe_user(me)
+    ))
+    .with_hint(format!(
+        "run pg_backrest as {owner}, the owner (for example 'sudo -u {owner} pg_backrest ...'); \
+         files written by another user would lock {owner} out"
+    )))
+}
+
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name)
+}
+
+fn describe_user(uid: u32) -> String {
+    format!("user '{}' (uid {uid})", user_name(uid))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -175,14 +175,29 @@ fn walk_dir(dir: &Path, key: &str, place: Place, tree: &mut Tree, names: &mut Na
         Err(e) => return Err(Error::io("stat", dir, e)),
     };
     tree.paths.insert(key.to_string(), names.owner(&meta));
-    let mut entries: Vec<(String, PathBuf)> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .collect(),
+    let read_dir = match fs::read_dir(dir) {
+        Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("list", dir, e)),
     };
+    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    for entry in read_dir {
+        // A directory entry that cannot be read may be a file the backup needs: a backup
+        // that silently misses it would restore a broken cluster.
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(String::from) else {
+            // The manifest is UTF-8 text: a lossy name would restore under another name.
+            return Err(Error::new(
+                crate::error::Kind::FileIo,
+                format!(
+                    "unable to back up '{}': its name is not valid UTF-8",
+                    entry.path().display()
+                ),
+            )
+            .with_hint("PostgreSQL never creates such names: rename or remove the file"));
+        };
+        entries.push((name, entry.path()));
+    }
     entries.sort();
 
     // Unlogged relations: every relfilenode with an init fork here.
