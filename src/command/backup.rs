@@ -478,6 +478,7 @@ fn find_resumable(
         match usable {
             Some(m) => {
                 crate::info!("resuming interrupted backup {entry}");
+                remove_stray_temp_files(repo, &layout.backup_path(&entry))?;
                 found = Some(m);
             }
             None => {
@@ -489,6 +490,18 @@ fn find_resumable(
         }
     }
     Ok(found)
+}
+
+/// Temp files the interrupted backup's writers could not remove (its process was killed
+/// outright, or by a second signal): nothing refers to them, and left in place they would
+/// outlive the resumed backup, which only ever adds files beside them.
+fn remove_stray_temp_files(repo: &dyn Storage, dir: &str) -> Result<()> {
+    for rel in repo.temp_files(dir)? {
+        let path = format!("{dir}/{rel}");
+        crate::info!("removing stray temp file '{}'", repo.describe(&path));
+        repo.remove(&path)?;
+    }
+    Ok(())
 }
 
 /// A file the interrupted backup already copied, if it is unchanged since before that backup

@@ -9,6 +9,7 @@
 //!   one reply after the commit. The reply comes only at the end so that a write costs a
 //!   single round trip; if opening or writing fails, the rest of the stream is discarded and
 //!   the error is the reply.
+//! - `temp-files {path}` → `{ok: {paths}}`, the temp files at any depth below `path`
 //! - `remove {path}`, `remove-tree {path}` → `{ok: {}}`
 //!
 //! On the database host (pg1-host), three more serve a backup taken from the repository host:
@@ -89,6 +90,9 @@ pub fn serve(
             "list" => storage
                 .list(&path("path"))
                 .map(|names| ok(json!({ "names": names }))),
+            "temp-files" => storage
+                .temp_files(&path("path"))
+                .map(|paths| ok(json!({ "paths": paths }))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
             "remove-tree" => storage.remove_tree(&path("path")).map(|_| ok(json!({}))),
             "read" => {
