@@ -51,6 +51,11 @@ pub fn main_exit_code() -> i32 {
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    // Before the begin line, so that a command whose begin is logged already catches them.
+    if let Err(e) = signal::catch() {
+        log::final_error(&e.render());
+        return e.exit_code();
+    }
     let name = cfg.command.name();
     if log::enabled(log::Level::Info) {
         let opts: Vec<String> = cfg
@@ -65,10 +70,6 @@ pub fn main_exit_code() -> i32 {
             .chain(opts.iter().map(String::as_str))
             .collect();
         info!("{name} command begin {VERSION}: {}", words.join(" "));
-    }
-    if let Err(e) = signal::catch() {
-        log::final_error(&e.render());
-        return e.exit_code();
     }
     match command::run(&cfg) {
         Ok(Outcome::Done) => {

@@ -17,5 +17,6 @@ mod locks;
 mod remote;
 mod restore_delta;
 mod restore_targets;
+mod signals;
 mod stanza;
 mod verify;
