@@ -65,6 +65,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         Ok(_) => hook::run(cfg, Point::Start, &facts, None).and_then(|_| dispatch(cfg, &mut facts)),
         Err(e) => Err(e.clone()),
     };
+    let result = result.map_err(after_signal);
     let (point, failure) = match &result {
         Ok(_) => (Point::Success, None),
         Err(e) => (Point::Failure, Some(e)),
@@ -90,6 +91,20 @@ fn take_lock(cfg: &Config) -> Result<Option<lock::Lock>> {
                 cfg.seconds("lock-timeout"),
             )
         }),
+    }
+}
+
+/// A command that failed after a signal arrived failed because of it, whatever broke first
+/// (a Ctrl-C also ends the ssh processes of the terminal's process group, so a remote
+/// connection may fail before the command reaches a check): the signal is what the user and
+/// the failure hook are told, the other error goes to the log.
+fn after_signal(e: Error) -> Error {
+    match crate::signal::caught() {
+        Some(name) if e.kind != Kind::Terminated => {
+            crate::info!("after {name}, the command also failed with: {}", e.message);
+            crate::signal::terminated(name)
+        }
+        _ => e,
     }
 }
 

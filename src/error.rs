@@ -40,7 +40,7 @@ pub enum Kind {
     Timeout,
     /// A command exists in the contract but this build does not have it yet.
     NotImplemented,
-    /// SIGINT, SIGTERM or SIGHUP stopped a command that cleans up after itself (drill).
+    /// SIGINT, SIGTERM or SIGHUP stopped the command (which cleaned up after itself).
     Terminated,
     /// A bug in pg_backrest.
     Internal,

@@ -9,7 +9,7 @@
 //! - [`info`], [`repo`]: the repository's info files and its path layout
 //! - [`pg`]: WAL names and headers, the database connection
 //! - [`lock`], [`hook`], [`log`], [`error`]: locks, hooks, logging, the error type and exit codes
-//! - [`signal`]: termination signals for commands that clean up after themselves (drill)
+//! - [`signal`]: SIGINT, SIGTERM and SIGHUP, caught so that every command ends cleaned up
 // unsafe is denied everywhere but in the module that speaks zlib's interface
 // (pipeline/gzip.rs) and the one that maps files to ask what the page cache holds
 // (storage/scan.rs), each saying why; a new exception needs the same justification.
@@ -50,6 +50,11 @@ pub fn main_exit_code() -> i32 {
     init_logging(&cfg);
     for w in &cfg.warnings {
         warn!("{w}");
+    }
+    // Before the begin line, so that a command whose begin is logged already catches them.
+    if let Err(e) = signal::catch() {
+        log::final_error(&e.render());
+        return e.exit_code();
     }
     let name = cfg.command.name();
     if log::enabled(log::Level::Info) {

@@ -64,6 +64,7 @@ pub fn acquire(
         match file.try_lock() {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) => {
+                crate::signal::check()?;
                 if Instant::now() >= deadline {
                     return Err(held_error(&mut file, &path, timeout));
                 }

@@ -47,6 +47,7 @@ impl Workers {
 
     /// Runs `work` on every item, each worker taking the next item in the order given as
     /// soon as it is free, and stops handing out items at the first error, which it returns.
+    /// A caught signal is such an error ([`crate::signal::check`]).
     ///
     /// Callers sort their files largest first, so that the largest files start first on
     /// different workers and the small ones fill in around them. A rayon parallel iterator
@@ -67,7 +68,7 @@ impl Workers {
                 let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return;
                 };
-                if let Err(e) = work(item) {
+                if let Err(e) = crate::signal::check().and_then(|_| work(item)) {
                     failed.store(true, Ordering::Relaxed);
                     if let Ok(mut first) = first_error.lock() {
                         first.get_or_insert(e);

@@ -85,6 +85,8 @@ pub fn store(
             )),
         };
         loop {
+            // Per chunk, so a signal stops even the largest file within one chunk.
+            crate::signal::check()?;
             let n = read_some(src, &mut buf).map_err(|e| io_error("read", ends.source, e))?;
             if n == 0 {
                 break;
@@ -134,6 +136,7 @@ pub fn restore(
             Box::new(&mut counted)
         };
         loop {
+            crate::signal::check()?;
             let n = match read_some(&mut source, &mut buf) {
                 Ok(n) => n,
                 Err(e) => {

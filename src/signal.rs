@@ -1,17 +1,27 @@
-//! Termination signals for commands that must clean up after themselves. By default a
-//! signal ends pg_backrest at once, which is right for most commands: every write is atomic,
-//! so nothing is left half-written. drill instead owns a running PostgreSQL and a restored
-//! copy that must not outlive it, so it asks for [`catch`]: SIGINT, SIGTERM and SIGHUP then
-//! only raise a flag, and the long loops (the restore's files, the waits) call [`check`] and
-//! return a [`Kind::Terminated`] error, whose unwinding stops and removes the copy. A second
-//! signal of the same kind ends the process at once, for when cleaning up itself hangs.
+//! Termination signals. Every command [`catch`]es SIGINT, SIGTERM and SIGHUP (the
+//! dispatcher does it before running one), so that a signal only records which one arrived;
+//! the places where commands spend their time (the copy pipeline's chunks, the parallel
+//! workers' hand-out, waits for WAL or a lock, the remote server's requests) call [`check`]
+//! and return a [`Kind::Terminated`] error. That error unwinds like any other: unfinished
+//! writers drop their temp files, a backup stops PostgreSQL's backup, the failure hook runs,
+//! the lock is released, and the one ERROR line names the signal.
+//!
+//! A second signal (of any of the three) ends the process at once with 128 + its number, for
+//! when cleaning up itself hangs; only then can a temp file be left behind, which a resumed
+//! backup removes and verify reports.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Kind, Result};
 
+/// Set by the first signal; a later one finds it set and exits.
 static CAUGHT: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+/// The number of the first signal caught (0: none).
+static WHICH: std::sync::OnceLock<Arc<AtomicUsize>> = std::sync::OnceLock::new();
+/// Whether the handlers are registered: registering twice would make the first signal meet
+/// the second registration's exit with the flag already set.
+static REGISTERED: Mutex<bool> = Mutex::new(false);
 
 const SIGNALS: [(i32, &str); 3] = [
     (signal_hook::consts::SIGINT, "SIGINT"),
@@ -19,26 +29,58 @@ const SIGNALS: [(i32, &str); 3] = [
     (signal_hook::consts::SIGHUP, "SIGHUP"),
 ];
 
-/// From now on, the signals above set a flag instead of ending the process.
+/// From now on, the signals above set a flag instead of ending the process. Calling it
+/// again does nothing.
 pub fn catch() -> Result<()> {
+    let mut registered = REGISTERED
+        .lock()
+        .map_err(|_| Error::internal("signal registration lock poisoned"))?;
+    if *registered {
+        return Ok(());
+    }
     let flag = CAUGHT.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    let which = WHICH.get_or_init(|| Arc::new(AtomicUsize::new(0)));
     for (signal, name) in SIGNALS {
-        // Registered first, so a second signal (flag already set) exits at once.
+        // Actions run in registration order: the exit first, so it only fires when an
+        // earlier signal already set the flag; the number before the flag, so that a set
+        // flag always comes with its signal's number.
         signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(flag))
+            .and_then(|_| {
+                signal_hook::flag::register_usize(signal, Arc::clone(which), signal as usize)
+            })
             .and_then(|_| signal_hook::flag::register(signal, Arc::clone(flag)))
             .map_err(|e| Error::internal(format!("unable to catch {name}: {e}")))?;
     }
+    *registered = true;
     Ok(())
+}
+
+/// The name of the signal caught, if one was.
+pub fn caught() -> Option<&'static str> {
+    if !CAUGHT.get()?.load(Ordering::SeqCst) {
+        return None;
+    }
+    let which = WHICH.get().map_or(0, |w| w.load(Ordering::SeqCst));
+    Some(
+        SIGNALS
+            .iter()
+            .find(|(n, _)| *n as usize == which)
+            .map_or("a termination signal", |(_, name)| name),
+    )
+}
+
+/// The error a command ends with once a signal was caught.
+pub fn terminated(name: &str) -> Error {
+    Error::new(Kind::Terminated, format!("terminated by signal {name}")).with_hint(
+        "the command stopped and removed what it had not finished; run it again when wanted \
+         (a backup resumes where it stopped)",
+    )
 }
 
 /// An error once a caught signal has arrived; always Ok when [`catch`] was not called.
 pub fn check() -> Result<()> {
-    match CAUGHT.get() {
-        Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::new(
-            Kind::Terminated,
-            "terminated by a signal (SIGINT, SIGTERM or SIGHUP)",
-        )
-        .with_hint("the command cleaned up after itself; run it again when wanted")),
-        _ => Ok(()),
+    match caught() {
+        Some(name) => Err(terminated(name)),
+        None => Ok(()),
     }
 }

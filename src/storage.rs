@@ -29,6 +29,11 @@ pub trait Storage: Send + Sync {
     /// `dir` does not exist.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
 
+    /// Temp files ([`TEMP_PREFIX`]) at any depth below `dir`, as paths relative to it, sorted;
+    /// empty when `dir` does not exist. Only a writer that never got to drop its file (a
+    /// process killed outright) leaves one: resume removes them, verify reports them.
+    fn temp_files(&self, dir: &str) -> Result<Vec<String>>;
+
     /// Opens `path` for streaming; `None` when it does not exist.
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>>;
 

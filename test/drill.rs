@@ -206,7 +206,7 @@ fn drill_stopped_by_sigterm_removes_its_copy_and_server() {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert_error(&out, 63, "terminated by a signal");
+    assert_error(&out, 63, "terminated by signal SIGTERM");
     assert_eq!(fs::read_to_string(&hooked).unwrap(), "failure 63\n");
     assert!(
         drill_dirs(&site).is_empty(),

@@ -18,5 +18,6 @@ mod ownership;
 mod remote;
 mod restore_delta;
 mod restore_targets;
+mod signals;
 mod stanza;
 mod verify;

@@ -110,6 +110,10 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
 
     let timestamp_start = chrono::Utc::now().timestamp();
     let start = db.backup_start(&label, cfg.bool("start-fast"))?;
+    let running = RunningBackup {
+        db: &db,
+        open: true,
+    };
     let start_lsn = db::parse_lsn(&start.lsn)
         .ok_or_else(|| Error::internal(format!("bad LSN '{}'", start.lsn)))?;
     crate::info!(
@@ -226,7 +230,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         &mut counters,
     )?;
 
-    let stop = db.backup_stop()?;
+    let stop = running.stop()?;
     crate::info!("backup stop: LSN {}, WAL {}", stop.lsn, stop.wal_file);
     store_generated(
         repo.as_ref(),
@@ -289,6 +293,30 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     );
     println!("backup {label} complete");
     Ok(())
+}
+
+/// PostgreSQL's backup between pg_backup_start and pg_backup_stop. Dropped before
+/// [`RunningBackup::stop`] (an error, a signal), it stops the backup on the session, so the
+/// backup is over in PostgreSQL before the command exits; what was copied stays resumable.
+struct RunningBackup<'a> {
+    db: &'a Db,
+    open: bool,
+}
+
+impl RunningBackup<'_> {
+    fn stop(mut self) -> Result<db::BackupStop> {
+        // Whatever pg_backup_stop answers, it is not to be called again.
+        self.open = false;
+        self.db.backup_stop()
+    }
+}
+
+impl Drop for RunningBackup<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.db.abort_backup();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -448,6 +476,7 @@ fn find_resumable(
         match usable {
             Some(m) => {
                 crate::info!("resuming interrupted backup {entry}");
+                remove_stray_temp_files(repo, &layout.backup_path(&entry))?;
                 found = Some(m);
             }
             None => {
@@ -459,6 +488,18 @@ fn find_resumable(
         }
     }
     Ok(found)
+}
+
+/// Temp files the interrupted backup's writers could not remove (its process was killed
+/// outright, or by a second signal): nothing refers to them, and left in place they would
+/// outlive the resumed backup, which only ever adds files beside them.
+fn remove_stray_temp_files(repo: &dyn Storage, dir: &str) -> Result<()> {
+    for rel in repo.temp_files(dir)? {
+        let path = format!("{dir}/{rel}");
+        crate::info!("removing stray temp file '{}'", repo.describe(&path));
+        repo.remove(&path)?;
+    }
+    Ok(())
 }
 
 /// A file the interrupted backup already copied, if it is unchanged since before that backup
@@ -674,6 +715,7 @@ fn wait_for_wal(
         let wal = WalName::parse(seg)?;
         let dir = layout.wal_dir(&archive_id, &wal);
         loop {
+            crate::signal::check()?;
             if !StoredWal::find(&wal, &repo.list(&dir)?).is_empty() {
                 break;
             }

@@ -64,6 +64,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let timeout = cfg.seconds("archive-timeout");
     let start = Instant::now();
     loop {
+        crate::signal::check()?;
         if !StoredWal::find(&wal, &repo.list(&dir)?).is_empty() {
             break;
         }

@@ -48,7 +48,6 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
     let stanza = cfg.stanza_required()?;
     let target = RecoveryTarget::from_config(cfg)?;
-    crate::signal::catch()?;
     let timeout = cfg.seconds("drill-timeout");
     let base = cfg
         .required_path("drill-path")?

@@ -315,6 +315,9 @@ fn remove_backups(
     info.save(repo, layout)?;
     test_pause("backup-info-saved");
     for label in expired.iter().rev() {
+        // Every step leaves a valid repository (see the module docs), so a signal may end
+        // the command between any two.
+        crate::signal::check()?;
         remove_backup_dir(repo, layout, label)?;
         test_pause("backup-dir-removed");
     }
@@ -426,6 +429,7 @@ fn remove_wal(
         if dir.as_str() > &start[..16] {
             break;
         }
+        crate::signal::check()?;
         let path = format!("{archive_dir}/{dir}");
         let files = repo.list(&path)?;
         let mut left = files.len();

@@ -3,7 +3,7 @@
 //! content), every archived WAL segment against the SHA-1 in its name, every backup's WAL
 //! range from start to stop, gaps in the archived WAL from the oldest backup on (a stretch
 //! between two backups that expire emptied entirely is not a gap), and files
-//! in backup directories that no manifest lists. Files stream through the copy pipeline's
+//! in backup directories that no manifest lists, and temp files left in them. Files stream through the copy pipeline's
 //! restore direction, in parallel; nothing is held whole. Any problem fails the command with
 //! the integrity exit code, after the full report.
 
@@ -46,6 +46,9 @@ struct Report {
     wal_gaps: Vec<String>,
     /// Files in backup directories that no manifest lists.
     unreferenced: Vec<String>,
+    /// Temp files (`.pgbr-tmp.*`) in backup directories: a write that never finished, left
+    /// by a process killed outright.
+    temp_files: Vec<String>,
 }
 
 /// One unit of work for the parallel checks.
@@ -234,11 +237,16 @@ pub fn run(cfg: &Config) -> Result<()> {
                 }
             },
         )?;
+        // Listings hide temp files, so they are asked for on their own.
+        for rel in repo.temp_files(&layout.backup_path(&m.backup.label))? {
+            report.temp_files.push(format!("{}/{rel}", m.backup.label));
+        }
     }
 
     report.ok = report.wal_corrupt.is_empty()
         && report.wal_gaps.is_empty()
         && report.unreferenced.is_empty()
+        && report.temp_files.is_empty()
         && report
             .backups
             .iter()
@@ -436,6 +444,11 @@ fn render_text(r: &Report) -> String {
     }
     for u in &r.unreferenced {
         out.push_str(&format!("    unreferenced file: {u}\n"));
+    }
+    for t in &r.temp_files {
+        out.push_str(&format!(
+            "    stray temp file: {t} (an unfinished write; safe to delete)\n"
+        ));
     }
     out.push_str(if r.ok {
         "    result: ok\n"

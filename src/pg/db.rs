@@ -52,7 +52,12 @@ pub struct Db {
 /// The session itself: on this host, or in `pg_backrest remote` on pg1-host, which holds the
 /// session for as long as our protocol connection lives.
 enum Conn {
-    Local { rt: Runtime, client: Client },
+    Local {
+        rt: Runtime,
+        /// `None` only while [`Db`] is dropped.
+        client: Option<Client>,
+        connection: Option<tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>>,
+    },
     Remote(std::sync::Mutex<crate::protocol::client::Client>),
 }
 
@@ -140,9 +145,13 @@ impl Db {
                     "check that PostgreSQL is running and pg1-socket-path, pg1-port and pg1-user are right",
                 )
             })?;
-        rt.spawn(connection);
+        let connection = rt.spawn(connection);
         Ok(Db {
-            conn: Conn::Local { rt, client },
+            conn: Conn::Local {
+                rt,
+                client: Some(client),
+                connection: Some(connection),
+            },
             timeout,
             target,
         })
@@ -203,7 +212,14 @@ impl Db {
     /// Runs a query returning any number of rows of text columns.
     pub fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         let (rt, client) = match &self.conn {
-            Conn::Local { rt, client } => (rt, client),
+            Conn::Local {
+                rt,
+                client: Some(client),
+                ..
+            } => (rt, client),
+            Conn::Local { client: None, .. } => {
+                return Err(Error::internal("query on a closed database session"))
+            }
             Conn::Remote(c) => {
                 let mut c = c
                     .lock()
@@ -281,6 +297,21 @@ impl Db {
         })
     }
 
+    /// Ends a backup that will not be finished (the backup failed, or a signal stopped it).
+    /// PostgreSQL would also abort it when the session ends, but only once its backend
+    /// notices, after we are gone; stopped here, it is over before the command exits. Best
+    /// effort: when the session is already lost, PostgreSQL has aborted the backup itself.
+    pub fn abort_backup(&self) {
+        match self.query_rows("select pg_backup_stop(false)") {
+            Ok(_) => crate::info!("backup stopped on {} (pg_backup_stop)", self.target),
+            Err(e) => crate::info!(
+                "unable to stop the backup on {}: {} (PostgreSQL aborts it when the session ends)",
+                self.target,
+                e.message
+            ),
+        }
+    }
+
     /// User tablespaces: oid, name, location.
     pub fn tablespaces(&self) -> Result<Vec<(String, String, String)>> {
         Ok(self
@@ -309,6 +340,27 @@ impl Db {
     pub fn switch_wal(&self) -> Result<String> {
         self.query_value("select pg_create_restore_point('pg_backrest archive check')")?;
         self.query_value("select pg_walfile_name(pg_switch_wal())")
+    }
+}
+
+impl Drop for Db {
+    /// Ends the session in order: without the client the connection task sends PostgreSQL
+    /// Terminate and closes the socket, and waiting for it (bounded by db-timeout) keeps the
+    /// runtime's drop from cutting the socket first, so a command that exits, a signal's
+    /// included, has told its backend to end. A remote session ends with its `remote` process.
+    fn drop(&mut self) {
+        if let Conn::Local {
+            rt,
+            client,
+            connection,
+        } = &mut self.conn
+        {
+            drop(client.take());
+            if let Some(task) = connection.take() {
+                let limit = self.timeout;
+                let _ = rt.block_on(async { tokio::time::timeout(limit, task).await });
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!   one reply after the commit. The reply comes only at the end so that a write costs a
 //!   single round trip; if opening or writing fails, the rest of the stream is discarded and
 //!   the error is the reply.
+//! - `temp-files {path}` → `{ok: {paths}}`, the temp files at any depth below `path`
 //! - `remove {path}`, `remove-tree {path}` → `{ok: {}}`
 //!
 //! On the database host (pg1-host), three more serve a backup taken from the repository host:
@@ -20,6 +21,10 @@
 //!   final reply `{ok: {entry}}` describing what was stored
 //!
 //! Failures are replies `{error: {kind, message, hint}}` carrying the [`Kind`] across hosts.
+//!
+//! The server ends when the client closes the stream, when the stream fails (the client or
+//! its SSH connection died) and after a caught signal; each way an unfinished write's writer
+//! is dropped, which removes its temp file.
 
 use std::io::{Read, Write};
 
@@ -61,6 +66,9 @@ pub fn serve(
         .and_then(|_| output.flush())
         .map_err(wire)?;
     loop {
+        // A caught signal ends the server between requests; one that arrives during a
+        // stream fails that stream first (its reply says so), dropping its writer.
+        crate::signal::check()?;
         let request = match frame::read_frame(input).map_err(wire)? {
             None => return Ok(()),
             Some(Frame::Json(v)) => v,
@@ -82,6 +90,9 @@ pub fn serve(
             "list" => storage
                 .list(&path("path"))
                 .map(|names| ok(json!({ "names": names }))),
+            "temp-files" => storage
+                .temp_files(&path("path"))
+                .map(|paths| ok(json!({ "paths": paths }))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
             "remove-tree" => storage.remove_tree(&path("path")).map(|_| ok(json!({}))),
             "read" => {
@@ -231,6 +242,9 @@ fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Resu
     frame::write_json(output, &ok(json!({"found": true}))).map_err(wire)?;
     let mut buf = vec![0u8; CHUNK];
     loop {
+        if let Err(e) = crate::signal::check() {
+            return reply(output, &error_value(&e));
+        }
         match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => frame::write_data(output, &buf[..n]).map_err(wire)?,
@@ -252,6 +266,8 @@ fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Resu
 fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Result<Option<Value>> {
     let mut writer: std::result::Result<Box<dyn AtomicWrite + '_>, Error> = storage.open_write(dir);
     loop {
+        // Returning drops the writer, which removes its temp file.
+        crate::signal::check()?;
         match frame::read_frame(input).map_err(wire)? {
             Some(Frame::Data(d)) => {
                 if let Ok(w) = writer.as_mut() {

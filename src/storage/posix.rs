@@ -80,6 +80,40 @@ impl Storage for PosixStorage {
         Ok(names)
     }
 
+    fn temp_files(&self, dir: &str) -> Result<Vec<String>> {
+        let root = self.resolve(dir)?;
+        let mut found = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(rel) = pending.pop() {
+            let here = root.join(&rel);
+            let entries = match fs::read_dir(&here) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", &here, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &here, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let is_dir = entry
+                    .file_type()
+                    .map_err(|e| Error::io("inspect", &entry.path(), e))?
+                    .is_dir();
+                if is_dir {
+                    pending.push(child);
+                } else if name.starts_with(TEMP_PREFIX) {
+                    found.push(child);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
         let path = self.resolve(path)?;
         match File::open(&path) {
@@ -467,6 +501,28 @@ mod tests {
         w.write_all(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(tmp.path().join("d")).unwrap().count(), 0);
+    }
+
+    /// Listings never show a temp file; `temp_files` finds them at any depth, and only them.
+    #[test]
+    fn temp_files_are_found_at_any_depth() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        write_small_at(&s, "b/x/kept", b"done");
+        fs::write(tmp.path().join("b/x/.pgbr-tmp.1.0"), b"half").unwrap();
+        fs::create_dir_all(tmp.path().join("b/y/z")).unwrap();
+        fs::write(tmp.path().join("b/y/z/.pgbr-tmp.2.5"), b"half").unwrap();
+        fs::write(tmp.path().join("b/.pgbr-tmp.3.1"), b"half").unwrap();
+        assert_eq!(s.list("b/x").unwrap(), vec!["kept"]);
+        assert_eq!(
+            s.temp_files("b").unwrap(),
+            vec![".pgbr-tmp.3.1", "x/.pgbr-tmp.1.0", "y/z/.pgbr-tmp.2.5"]
+        );
+        assert!(s.temp_files("missing").unwrap().is_empty());
+    }
+
+    fn write_small_at(s: &PosixStorage, path: &str, data: &[u8]) {
+        crate::storage::write_small(s, path, data).unwrap();
     }
 
     #[test]

@@ -68,6 +68,21 @@ impl Storage for RemoteStorage {
             .unwrap_or_default())
     }
 
+    fn temp_files(&self, dir: &str) -> Result<Vec<String>> {
+        let reply = self
+            .lock()?
+            .call(&json!({"op": "temp-files", "path": dir}))?;
+        Ok(reply
+            .get("paths")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
         let reply = self.lock()?.call(&json!({"op": "read", "path": path}))?;
         if reply.get("found").and_then(Value::as_bool) != Some(true) {
@@ -272,6 +287,12 @@ mod tests {
         drop(r);
         remote.remove("a/b/f").unwrap();
         assert!(remote.list("a/b").unwrap().is_empty());
+
+        // Temp files a killed writer left: found below a directory, then removed.
+        std::fs::write(tmp.path().join("a/b/.pgbr-tmp.9.9"), b"half").unwrap();
+        assert_eq!(remote.temp_files("a").unwrap(), vec!["b/.pgbr-tmp.9.9"]);
+        remote.remove("a/b/.pgbr-tmp.9.9").unwrap();
+        assert!(remote.temp_files("a").unwrap().is_empty());
 
         // Errors keep their kind across the wire; a hostile path is refused.
         let e = remote.list("../etc").unwrap_err();

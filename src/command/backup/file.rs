@@ -310,6 +310,11 @@ impl FileSource for RemoteFiles {
             return Ok(None);
         }
         loop {
+            // The pipeline's own checks run on pg1-host; this side checks per frame.
+            if let Err(e) = crate::signal::check() {
+                c.out_of_step = true;
+                return Err(e);
+            }
             match c.client.recv()? {
                 Frame::Data(d) => {
                     if let Err(e) = dest.write_all(&d) {
