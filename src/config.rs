@@ -134,6 +134,24 @@ impl Config {
             return Err(Error::config(format!("{usage}, got {}", args.len()))
                 .with_hint(format!("see 'pg_backrest help {}'", def.name)));
         }
+        // An empty path would resolve to the working directory and an empty name to nothing,
+        // so the mistake (an empty %p or %f in a hand-written command) stops here.
+        if let Some((arg, _)) = def.args.iter().zip(&args).find(|(_, a)| a.is_empty()) {
+            let what = match *arg {
+                "WAL_PATH" => "WAL path".to_string(),
+                "WAL_NAME" => "WAL file name".to_string(),
+                "DEST_PATH" => "destination path".to_string(),
+                other => format!("argument {other}"),
+            };
+            return Err(
+                Error::config(format!("{what} is empty for command '{}'", def.name)).with_hint(
+                    format!(
+                "see 'pg_backrest help {}'; PostgreSQL passes %p and %f as non-empty arguments",
+                def.name
+            ),
+                ),
+            );
+        }
 
         Ok(Config {
             command,
@@ -775,6 +793,27 @@ mod tests {
         assert!(err(&push, &[("PG_BACKREST_COMPRESS_TYPE", "xz")], None)
             .contains("environment variable 'PG_BACKREST_COMPRESS_TYPE'"));
         assert!(err(&["frobnicate"], &[], None).starts_with("invalid command 'frobnicate'"));
+        assert_eq!(
+            err(&["--stanza=main", "archive-push", ""], &[], None),
+            "WAL path is empty for command 'archive-push'"
+        );
+        assert_eq!(
+            err(&["--stanza=main", "archive-get", "", "/x"], &[], None),
+            "WAL file name is empty for command 'archive-get'"
+        );
+        assert_eq!(
+            err(
+                &[
+                    "--stanza=main",
+                    "archive-get",
+                    "000000010000000000000001",
+                    ""
+                ],
+                &[],
+                None
+            ),
+            "destination path is empty for command 'archive-get'"
+        );
         assert!(
             err(&["--stanza=a:b", "archive-push", "/x"], &[], None).contains("invalid stanza name")
         );

@@ -145,6 +145,7 @@ fn version_and_help_come_from_the_tables() {
             "expire",
         ])),
         55,
-        "stanza 'main' has no archive.info",
+        // expire reads backup.info first, and names the file that is missing.
+        "stanza 'main' has no backup.info at '/nonexistent/repo/backup/main/backup.info'",
     );
 }

@@ -66,6 +66,41 @@ pub struct BackupInfo {
 
 const CURRENT: &str = "backup:current";
 
+/// `YYYYMMDD-HHMMSS` at the start of `s`, as backup labels carry it.
+fn is_stamp(s: &[u8]) -> bool {
+    s.len() == 15
+        && s.iter().enumerate().all(|(i, b)| match i {
+            8 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// The type a backup label names, when it has the only shapes backup ever writes: a full
+/// `YYYYMMDD-HHMMSSF`, or a diff or incr `<full label>_YYYYMMDD-HHMMSS` + `D` or `I`. Labels
+/// become directory names in the repository, so nothing else is trusted as one.
+pub fn label_type(label: &str) -> Option<BackupType> {
+    let b = label.as_bytes();
+    match b.len() {
+        16 if is_stamp(&b[..15]) && b[15] == b'F' => Some(BackupType::Full),
+        33 if label_type(&label[..16]) == Some(BackupType::Full)
+            && b[16] == b'_'
+            && is_stamp(&b[17..32]) =>
+        {
+            match b[32] {
+                b'D' => Some(BackupType::Diff),
+                b'I' => Some(BackupType::Incr),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether `name` is a backup label (see [`label_type`]).
+pub fn is_label(name: &str) -> bool {
+    label_type(name).is_some()
+}
+
 impl BackupInfo {
     pub fn load(storage: &dyn Storage, layout: &RepoLayout) -> Result<Option<BackupInfo>> {
         let path = layout.backup_info();
@@ -78,9 +113,11 @@ impl BackupInfo {
         for (label, raw) in loaded.doc.sections.get(CURRENT).into_iter().flatten() {
             let summary: BackupSummary = serde_json::from_str(raw).map_err(|e| {
                 Error::integrity(format!(
-                    "'{what}' has an invalid entry for backup '{label}': {e}"
+                    "'{what}' has an invalid entry for backup '{}': {e}",
+                    label.escape_debug()
                 ))
             })?;
+            check_labels(&what, label, &summary)?;
             backups.insert(label.clone(), summary);
         }
         Ok(Some(BackupInfo {
@@ -113,5 +150,74 @@ impl BackupInfo {
             .rev()
             .find(|(_, b)| b.backup_type == BackupType::Full)
             .map(|(l, _)| l.as_str())
+    }
+}
+
+/// Every label backup.info names (the backup's own, its prior and its references) becomes a
+/// path in the repository, so one that is not a label backup could have written (`..`, a
+/// slash, a type that disagrees with the entry) means the file was altered after its
+/// checksum was recomputed: refused here, once, rather than by every command that uses it.
+fn check_labels(what: &str, label: &str, summary: &BackupSummary) -> Result<()> {
+    let bad = |l: &str, role: &str| {
+        Error::integrity(format!(
+            "'{what}' names an invalid backup label '{}' ({role}): not YYYYMMDD-HHMMSSF or \
+             FULL_YYYYMMDD-HHMMSSD|I",
+            l.escape_debug()
+        ))
+        .with_hint("backup.info was altered; restore it from a copy of the repository")
+    };
+    match label_type(label) {
+        Some(t) if t == summary.backup_type => {}
+        Some(t) => {
+            return Err(Error::integrity(format!(
+                "'{what}' records backup '{label}' as {}, but its label says {}",
+                summary.backup_type.name(),
+                t.name()
+            ))
+            .with_hint("backup.info was altered; restore it from a copy of the repository"))
+        }
+        None => return Err(bad(label, "a backup")),
+    }
+    if let Some(prior) = &summary.backup_prior {
+        if !is_label(prior) {
+            return Err(bad(prior, &format!("prior of {label}")));
+        }
+    }
+    if let Some(r) = summary.backup_reference.iter().find(|r| !is_label(r)) {
+        return Err(bad(r, &format!("referenced by {label}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_have_only_the_shapes_backup_writes() {
+        assert_eq!(label_type("20261122-044646F"), Some(BackupType::Full));
+        assert_eq!(
+            label_type("20261122-044646F_20261122-050000D"),
+            Some(BackupType::Diff)
+        );
+        assert_eq!(
+            label_type("20261122-044646F_20261122-050000I"),
+            Some(BackupType::Incr)
+        );
+        for bad in [
+            "",
+            "..",
+            "../../etc",
+            "20261122-044646D",
+            "20261122-04464xF",
+            "2026112-0446460F",
+            "20261122-044646F_20261122-050000F",
+            "20261122-044646I_20261122-050000I",
+            "20261122-044646F/20261122-050000I",
+            "20261122-044646F_20261122-050000Ix",
+            "20261122-044646F/../../../../../tmp",
+        ] {
+            assert_eq!(label_type(bad), None, "{bad:?}");
+        }
     }
 }
