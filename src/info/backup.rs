@@ -170,7 +170,7 @@ fn check_labels(what: &str, label: &str, summary: &BackupSummary) -> Result<()> 
         Some(t) if t == summary.backup_type => {}
         Some(t) => {
             return Err(Error::integrity(format!(
-                "'{what}' records backup '{label}' as {}, but its label says {}",
+                "'{what}' has backup '{label}' recorded as {}, but its label says {}",
                 summary.backup_type.name(),
                 t.name()
             ))
@@ -192,6 +192,90 @@ fn check_labels(what: &str, label: &str, summary: &BackupSummary) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
+    use crate::info::DbEntry;
+    use crate::storage::posix::PosixStorage;
+
+    fn summary(t: BackupType, prior: Option<&str>, refs: &[&str]) -> BackupSummary {
+        BackupSummary {
+            backup_type: t,
+            backup_prior: prior.map(String::from),
+            backup_reference: refs.iter().map(|r| r.to_string()).collect(),
+            backup_timestamp_start: 1,
+            backup_timestamp_stop: 2,
+            backup_lsn_start: "0/2000028".into(),
+            backup_lsn_stop: "0/2000100".into(),
+            backup_archive_start: "000000010000000000000002".into(),
+            backup_archive_stop: "000000010000000000000002".into(),
+            backup_info_size: 1,
+            backup_info_size_delta: 1,
+            backup_info_repo_size: 1,
+            backup_info_repo_size_delta: 1,
+            db_id: 1,
+            backrest_version: "0".into(),
+        }
+    }
+
+    /// backup.info written with a valid checksum (as a tamperer who recomputes it would) but
+    /// holding `backups`; what loading it gives.
+    fn load_with(backups: &[(&str, BackupSummary)]) -> Result<Option<BackupInfo>> {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = PosixStorage::new(tmp.path());
+        let layout = RepoLayout::new("main");
+        BackupInfo {
+            db: DbInfo::new(DbEntry {
+                id: 1,
+                system_id: 7,
+                version: "15".into(),
+                catalog_version: Some(202209061),
+                control_version: Some(1300),
+            }),
+            backups: backups
+                .iter()
+                .map(|(l, s)| (l.to_string(), s.clone()))
+                .collect(),
+            from_copy: false,
+        }
+        .save(&repo, &layout)
+        .unwrap();
+        BackupInfo::load(&repo, &layout)
+    }
+
+    #[test]
+    fn a_tampered_label_in_backup_info_is_an_integrity_error_naming_it() {
+        const F: &str = "20261122-044646F";
+        const I: &str = "20261122-044646F_20261122-050000I";
+        let full = summary(BackupType::Full, None, &[]);
+        let incr = summary(BackupType::Incr, Some(F), &[F]);
+        let ok = load_with(&[(F, full.clone()), (I, incr.clone())])
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.backups.len(), 2);
+        for (label, s, says) in [
+            ("..", full.clone(), "invalid backup label '..' (a backup)"),
+            ("../../x", full.clone(), "invalid backup label '../../x'"),
+            (
+                I,
+                summary(BackupType::Incr, Some("../x"), &[F]),
+                "'../x' (prior of",
+            ),
+            (
+                I,
+                summary(BackupType::Incr, Some(F), &["x/.."]),
+                "'x/..' (referenced by",
+            ),
+            (
+                "20261122-044646F",
+                incr.clone(),
+                "recorded as incr, but its label says full",
+            ),
+        ] {
+            let e = load_with(&[(label, s)]).unwrap_err();
+            assert_eq!(e.kind, Kind::Integrity, "{label}: {e:?}");
+            assert!(e.message.contains("backup.info"), "{e:?}");
+            assert!(e.message.contains(says), "{says}: {e:?}");
+        }
+    }
 
     #[test]
     fn labels_have_only_the_shapes_backup_writes() {
