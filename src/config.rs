@@ -134,6 +134,24 @@ impl Config {
             return Err(Error::config(format!("{usage}, got {}", args.len()))
                 .with_hint(format!("see 'pg_backrest help {}'", def.name)));
         }
+        // An empty path would resolve to the working directory and an empty name to nothing,
+        // so the mistake (an empty %p or %f in a hand-written command) stops here.
+        if let Some((arg, _)) = def.args.iter().zip(&args).find(|(_, a)| a.is_empty()) {
+            let what = match *arg {
+                "WAL_PATH" => "WAL path".to_string(),
+                "WAL_NAME" => "WAL file name".to_string(),
+                "DEST_PATH" => "destination path".to_string(),
+                other => format!("argument {other}"),
+            };
+            return Err(
+                Error::config(format!("{what} is empty for command '{}'", def.name)).with_hint(
+                    format!(
+                "see 'pg_backrest help {}'; PostgreSQL passes %p and %f as non-empty arguments",
+                def.name
+            ),
+                ),
+            );
+        }
 
         Ok(Config {
             command,
@@ -400,21 +418,34 @@ fn parse_environment(
     Ok(values)
 }
 
+/// A stanza name becomes a directory name in the repository (`archive/NAME`, `backup/NAME`)
+/// and part of lock and log file names, so `.` and `..` (which would name the parent or the
+/// directory itself) and a leading `-` or `.` are refused along with every character outside
+/// the documented set.
 fn validate_stanza_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name != "global"
+    let ok = name != "global"
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(Error::config(format!("invalid stanza name '{name}'"))
-            .with_hint("use letters, digits, '-', '_' and '.'; 'global' is reserved"))
+        // escape_debug keeps a control character from breaking the one-line error.
+        Err(
+            Error::config(format!("invalid stanza name '{}'", name.escape_debug())).with_hint(
+                "use letters, digits, '-', '_' and '.', starting with a letter, digit or '_'; \
+             'global' is reserved",
+            ),
+        )
     }
 }
 
 /// One section of the config file, already validated.
+#[derive(Debug)]
 struct Section {
     /// `None` for global.
     stanza: Option<String>,
@@ -422,6 +453,7 @@ struct Section {
     values: BTreeMap<&'static str, String>,
 }
 
+#[derive(Debug)]
 struct ConfigFile {
     path: PathBuf,
     sections: Vec<Section>,
@@ -462,27 +494,73 @@ fn load_config_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>> {
     parse_config_text(path, &text).map(Some)
 }
 
-fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
-    let file = path.display();
-    let opt = ini::ParseOption {
-        enabled_quote: false,
-        enabled_escape: false,
-        ..Default::default()
-    };
-    let ini = ini::Ini::load_from_str_opt(text, opt)
-        .map_err(|e| Error::config(format!("unable to parse config file '{file}': {e}")))?;
+/// One `[section]` of the config file as written, before its keys are checked.
+struct RawSection<'t> {
+    name: &'t str,
+    /// `(key, value, line number)` in file order; a key may repeat (list options).
+    entries: Vec<(&'t str, &'t str, usize)>,
+}
 
-    let mut sections: Vec<Section> = Vec::new();
-    for (name, props) in ini.iter() {
-        let Some(name) = name else {
-            if let Some((key, _)) = props.iter().next() {
-                return Err(Error::config(format!(
-                    "option '{key}' in '{file}' is outside any section"
-                ))
-                .with_hint("put options under [global] or a [STANZA] section"));
-            }
+/// Splits the config file into sections and `key=value` lines, pgBackRest's way: one line is
+/// one option, the value is everything after the first `=` taken literally (a trailing `\`
+/// is part of it, nothing continues onto the next line), whitespace around key and value is
+/// trimmed, whole lines starting with `#` or `;` are comments, and a leading UTF-8 BOM (as
+/// some editors write) is skipped. Anything else is an error naming the line, since a line
+/// silently merged into its neighbour would change what another option means.
+fn split_config_lines<'t>(file: &str, text: &'t str) -> Result<Vec<RawSection<'t>>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut sections: Vec<RawSection<'t>> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
+        }
+        let bad = |why: &str| {
+            Error::config(format!(
+                "unable to parse config file '{file}' line {n}: {why}"
+            ))
         };
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest
+                .strip_suffix(']')
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && !n.contains(['[', ']']))
+                .ok_or_else(|| {
+                    bad(&format!("'{line}' is not a section header"))
+                        .with_hint("write a section as [global], [STANZA] or [STANZA:COMMAND]")
+                })?;
+            sections.push(RawSection {
+                name,
+                entries: Vec::new(),
+            });
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(bad(&format!("'{line}' has no '='")).with_hint(
+                "write one option per line as key=value; comment lines start with '#'",
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(bad(&format!("'{line}' has no option name before '='")));
+        }
+        let Some(section) = sections.last_mut() else {
+            return Err(Error::config(format!(
+                "option '{key}' in '{file}' is outside any section"
+            ))
+            .with_hint("put options under [global] or a [STANZA] section"));
+        };
+        section.entries.push((key, value.trim(), n));
+    }
+    Ok(sections)
+}
+
+fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
+    let file = path.display().to_string();
+    let mut sections: Vec<Section> = Vec::new();
+    for raw_section in split_config_lines(&file, text)? {
+        let name = raw_section.name;
         let (base, cmd_name) = match name.split_once(':') {
             Some((b, c)) => (b, Some(c)),
             None => (name, None),
@@ -515,7 +593,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
         }
 
         let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
-        for (key, raw) in props.iter() {
+        for (key, raw, line) in raw_section.entries {
             let where_ = format!("in section '[{name}]' of '{file}'");
             let opt = OptDef::find(key).ok_or_else(|| {
                 Error::config(format!("unknown option '{key}' {where_}"))
@@ -556,8 +634,11 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 }
                 Some(_) => {
                     return Err(Error::config(format!(
-                        "option '{key}' is set twice {where_}"
-                    )))
+                        "option '{key}' is set twice {where_} (again at line {line})"
+                    ))
+                    .with_hint(
+                        "only list options such as tablespace-map may repeat; keep one line",
+                    ))
                 }
                 None => {
                     values.insert(opt.name, v);
@@ -688,7 +769,7 @@ mod tests {
         assert!(
             err(&push, &[], Some("[main]\nrepo1-path=/a\nrepo1-path=/b\n")).contains("set twice")
         );
-        assert!(err(&push, &[], Some("[main\n")).contains("unable to parse config file"));
+        assert!(err(&push, &[], Some("[main\n")).contains("unable to parse config file '/"));
         assert_eq!(
             err(&["archive-push", "/x"], &[], None),
             "option 'stanza' is required for command 'archive-push'"
@@ -712,9 +793,111 @@ mod tests {
         assert!(err(&push, &[("PG_BACKREST_COMPRESS_TYPE", "xz")], None)
             .contains("environment variable 'PG_BACKREST_COMPRESS_TYPE'"));
         assert!(err(&["frobnicate"], &[], None).starts_with("invalid command 'frobnicate'"));
+        assert_eq!(
+            err(&["--stanza=main", "archive-push", ""], &[], None),
+            "WAL path is empty for command 'archive-push'"
+        );
+        assert_eq!(
+            err(&["--stanza=main", "archive-get", "", "/x"], &[], None),
+            "WAL file name is empty for command 'archive-get'"
+        );
+        assert_eq!(
+            err(
+                &[
+                    "--stanza=main",
+                    "archive-get",
+                    "000000010000000000000001",
+                    ""
+                ],
+                &[],
+                None
+            ),
+            "destination path is empty for command 'archive-get'"
+        );
         assert!(
             err(&["--stanza=a:b", "archive-push", "/x"], &[], None).contains("invalid stanza name")
         );
+    }
+
+    fn parsed(text: &str) -> Result<ConfigFile> {
+        parse_config_text(Path::new("/etc/x.conf"), text)
+    }
+
+    fn value(file: &ConfigFile, section: usize, key: &str) -> Option<String> {
+        file.sections[section].values.get(key).cloned()
+    }
+
+    #[test]
+    fn a_trailing_backslash_is_part_of_the_value_and_joins_nothing() {
+        let f = parsed("[global]\nrepo1-path=/x\\\nlock-path=/l\n").unwrap();
+        assert_eq!(value(&f, 0, "repo1-path").as_deref(), Some("/x\\"));
+        assert_eq!(value(&f, 0, "lock-path").as_deref(), Some("/l"));
+    }
+
+    #[test]
+    fn a_line_without_equals_is_an_error_naming_file_and_line() {
+        let e = parsed("[global]\n# comment\nrepo1-path\nlock-path=/l\n").unwrap_err();
+        assert_eq!(e.kind, Kind::Config);
+        assert_eq!(
+            e.message,
+            "unable to parse config file '/etc/x.conf' line 3: 'repo1-path' has no '='"
+        );
+        let e = parsed("[global]\nrepo1-path: /x\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "unable to parse config file '/etc/x.conf' line 2: 'repo1-path: /x' has no '='"
+        );
+        let e = parsed("[global]\n=/x\n").unwrap_err();
+        assert!(
+            e.message.contains("line 2: '=/x' has no option name"),
+            "{e:?}"
+        );
+        let e = parsed("\n[main\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("line 2: '[main' is not a section header"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bom_comments_whitespace_and_first_equals() {
+        let text = "\u{feff}[global]\n  ; old style\n\t# hash\n\n  repo1-path = /a=b  \r\n\
+            hook-backup-start=echo x=1 # not a comment\n[main]\npg1-path=/d\n";
+        let f = parsed(text).unwrap();
+        assert_eq!(value(&f, 0, "repo1-path").as_deref(), Some("/a=b"));
+        assert_eq!(
+            value(&f, 0, "hook-backup-start").as_deref(),
+            Some("echo x=1 # not a comment")
+        );
+        assert_eq!(f.sections[1].stanza.as_deref(), Some("main"));
+        assert_eq!(value(&f, 1, "pg1-path").as_deref(), Some("/d"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_unless_the_option_is_a_list() {
+        let e = parsed("[main]\nrepo1-path=/a\n\nrepo1-path=/b\n").unwrap_err();
+        assert!(e
+            .message
+            .contains("set twice in section '[main]' of '/etc/x.conf' (again at line 4)"));
+        let f = parsed("[main]\nlink-map=a=/a\nlink-map=b=/b\n").unwrap();
+        assert_eq!(value(&f, 0, "link-map").as_deref(), Some("a=/a\nb=/b"));
+    }
+
+    #[test]
+    fn stanza_names_that_are_not_plain_directory_names_are_refused() {
+        for bad in [
+            "", ".", "..", "-x", ".hidden", "a/b", "a\nb", "global", "a b",
+        ] {
+            let e = validate_stanza_name(bad).unwrap_err();
+            assert_eq!(e.kind, Kind::Config, "{bad:?}");
+            assert!(!e.render().contains('\n'), "{bad:?}");
+        }
+        for good in ["main", "pg15", "_x", "a.b-c_d", "9"] {
+            validate_stanza_name(good).unwrap();
+        }
+        let push = ["--stanza=..", "archive-push", "/x"];
+        assert!(err(&push, &[], None).starts_with("invalid stanza name '..'"));
     }
 
     #[test]

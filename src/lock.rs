@@ -132,8 +132,6 @@ fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
     let _ = file
         .seek(SeekFrom::Start(0))
         .and_then(|_| file.read_to_string(&mut text));
-    let record = record_field(&text);
-    let field = |k: &str| record(k).unwrap_or_else(|| "unknown".into());
     let waited = if waited.is_zero() {
         String::new()
     } else {
@@ -142,14 +140,30 @@ fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
     Error::new(
         Kind::LockHeld,
         format!(
-            "unable to acquire lock '{}'{waited}: held by pid {} ({}, started {})",
+            "unable to acquire lock '{}'{waited}: held by {}",
             path.display(),
-            field("pid"),
-            field("command"),
-            field("start")
+            describe_holder(&text)
         ),
     )
     .with_hint("wait for that command to finish, or set lock-timeout to wait for it")
+}
+
+/// Who holds the lock, from as much of the record as there is: the holder writes it just
+/// after taking the lock, so a competitor can find it empty or half-written, and an
+/// "unknown" placeholder would read as if the record said so.
+fn describe_holder(text: &str) -> String {
+    let record = record_field(text);
+    let pid = record("pid").filter(|p| p.parse::<u32>().is_ok());
+    let command = record("command").filter(|c| !c.is_empty());
+    let start = record("start").filter(|s| !s.is_empty());
+    match (pid, command, start) {
+        (Some(pid), Some(command), Some(start)) => {
+            format!("pid {pid} ({command}, started {start})")
+        }
+        (Some(pid), Some(command), None) => format!("pid {pid} ({command})"),
+        (Some(pid), None, _) => format!("another process (pid {pid})"),
+        (None, _, _) => "another process".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +231,53 @@ mod tests {
         assert_eq!(holder(dir.path(), "other", LockType::Backup), None);
     }
 
+    /// Whether some descriptor of this process other than the holder's has `path` open, i.e. a
+    /// second acquire has opened the lock file and is polling it.
+    fn waiting_on(path: &Path) -> bool {
+        let opened = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count();
+        opened >= 2
+    }
+
+    #[test]
+    fn a_holder_record_that_is_missing_or_half_written_never_reads_unknown() {
+        assert_eq!(
+            describe_holder("pid=42\ncommand=backup\nstart=2026-11-22 04:05:31\n"),
+            "pid 42 (backup, started 2026-11-22 04:05:31)"
+        );
+        assert_eq!(describe_holder(""), "another process");
+        assert_eq!(describe_holder("pi"), "another process");
+        assert_eq!(describe_holder("pid=42\n"), "another process (pid 42)");
+        assert_eq!(
+            describe_holder("pid=42\ncommand=backup\n"),
+            "pid 42 (backup)"
+        );
+        assert_eq!(
+            describe_holder("pid=4x\ncommand=backup\n"),
+            "another process"
+        );
+
+        // Through acquire: a holder that has not written its record yet.
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_file_path(dir.path(), "main", LockType::Backup).unwrap();
+        let holder = File::create(&path).unwrap();
+        holder.lock().unwrap();
+        let e = acquire(
+            dir.path(),
+            "main",
+            LockType::Backup,
+            "expire",
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::LockHeld);
+        assert!(e.message.ends_with(": held by another process"), "{e:?}");
+        assert!(!e.message.contains("unknown"), "{e:?}");
+    }
+
     #[test]
     fn waits_up_to_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
@@ -232,7 +293,19 @@ mod tests {
             )
             .map(|l| l.is_some())
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // Release only once the waiter is really waiting: until then, an acquire that gives
+        // up at once would pass as well.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.is_finished()
+            && !waiting_on(&lock_file_path(dir.path(), "s", LockType::Backup).unwrap())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the second acquire never opened the lock file"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!t.is_finished(), "acquire returned while the lock was held");
         drop(first);
         assert_eq!(t.join().unwrap(), Ok(true));
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::info::backup::is_label;
 use crate::info::{self, DbEntry, IniDoc};
 use crate::pipeline::Compress;
 use crate::storage::Storage;
@@ -58,26 +59,6 @@ impl BackupType {
             BackupType::Diff => 'D',
             BackupType::Incr => 'I',
         }
-    }
-}
-
-/// Whether `name` has the shape of a backup label: `YYYYMMDD-HHMMSSF` for a full backup,
-/// `<full label>_YYYYMMDD-HHMMSSD` or `..._YYYYMMDD-HHMMSSI` for a differential or
-/// incremental one.
-pub fn is_label(name: &str) -> bool {
-    fn stamp(s: &[u8], last: &[u8]) -> bool {
-        s.len() == 16
-            && s[..8].iter().all(u8::is_ascii_digit)
-            && s[8] == b'-'
-            && s[9..15].iter().all(u8::is_ascii_digit)
-            && last.contains(&s[15])
-    }
-    match name.as_bytes() {
-        full if full.len() == 16 => stamp(full, b"F"),
-        other if other.len() == 33 && other[16] == b'_' => {
-            stamp(&other[..16], b"F") && stamp(&other[17..], b"DI")
-        }
-        _ => false,
     }
 }
 

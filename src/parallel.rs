@@ -88,34 +88,41 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::channel;
     use std::time::Duration;
 
+    /// Polls `flag` until it is set or a generous deadline passes; the deadline only turns a
+    /// deadlock into a failure, it is not a timing assumption.
+    fn wait_for(flag: &AtomicBool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !flag.load(Ordering::SeqCst) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// The property the largest-first order is for: the first two items run side by side.
-    /// The first waits (boundedly) for the second to start. A rayon parallel iterator fails
-    /// this: its second worker starts in the middle of the list and goes through the later,
-    /// here slow, items before it comes back for the second one.
+    /// Item 0 waits for item 1 to start, and so does every later item. A rayon parallel
+    /// iterator fails this: its second worker starts in the middle of the list, and waits
+    /// there for item 1, which only the first worker would reach after item 0 — a deadlock
+    /// that the bounded wait turns into a failure.
     #[test]
     fn the_first_items_start_together_on_different_workers() {
         let workers = Workers::with_repos(2, Vec::new()).unwrap();
-        let (started, second_started) = channel();
-        let second_started = Mutex::new(second_started);
+        let one_started = AtomicBool::new(false);
         let items: Vec<usize> = (0..20).collect();
         let seen = Mutex::new(Vec::new());
         workers
             .try_each_in_order(&items, |&i| {
                 if i == 1 {
-                    started.send(()).unwrap();
-                }
-                if i == 0 {
-                    let waited = second_started
-                        .lock()
-                        .unwrap()
-                        .recv_timeout(Duration::from_millis(500));
-                    assert!(waited.is_ok(), "item 1 did not start while item 0 ran");
-                }
-                if i >= 2 {
-                    std::thread::sleep(Duration::from_millis(100));
+                    one_started.store(true, Ordering::SeqCst);
+                } else {
+                    assert!(
+                        wait_for(&one_started),
+                        "item {i} ran while item 1 had not started"
+                    );
                 }
                 seen.lock().unwrap().push(i);
                 Ok(())

@@ -3,7 +3,7 @@
 //! nothing done.
 
 use crate::fixture::assert_error;
-use crate::harness::{self, pgbr, run, write_postgres, TestDir};
+use crate::harness::{self, pgbr, pgbr_in, run, write_postgres, TestDir};
 
 struct Case {
     file: &'static str,
@@ -56,7 +56,7 @@ fn every_config_mistake_is_one_error_line_with_the_config_exit_code() {
         let config = format!("--config={}", conf.display());
         let mut args = vec![config.as_str()];
         args.extend_from_slice(case.args);
-        let mut cmd = pgbr(&args);
+        let mut cmd = pgbr_in(&dir, &args);
         for (k, v) in case.env {
             cmd.env(k, v);
         }
@@ -75,13 +75,16 @@ fn unreadable_or_missing_config_file_is_a_config_error() {
     let dir = TestDir::new();
     let conf = dir.join("secret.conf");
     write_postgres(&conf, "[global]\n", 0o000);
-    let out = run(pgbr(&[
-        &format!("--config={}", conf.display()),
-        "--stanza=main",
-        "archive-get",
-        "000000010000000000000001",
-        "/tmp/x",
-    ]));
+    let out = run(pgbr_in(
+        &dir,
+        &[
+            &format!("--config={}", conf.display()),
+            "--stanza=main",
+            "archive-get",
+            "000000010000000000000001",
+            "/tmp/x",
+        ],
+    ));
     assert_error(
         &out,
         31,
@@ -136,15 +139,145 @@ fn version_and_help_come_from_the_tables() {
             "{option} missing:\n{expire}"
         );
     }
+    // Its own lock, log and repository paths: expire takes the backup lock.
+    let dir = TestDir::new();
     assert_error(
-        &run(pgbr(&[
-            "--config=/dev/null",
-            "--stanza=main",
-            "--repo1-path=/nonexistent/repo",
-            "--log-level-file=off",
-            "expire",
-        ])),
+        &run(pgbr_in(&dir, &["--stanza=main", "expire"])),
         55,
-        "stanza 'main' has no archive.info",
+        // expire reads backup.info first, and names the file that is missing.
+        &format!(
+            "stanza 'main' has no backup.info at '{}'",
+            dir.join("repo/backup/main/backup.info").display()
+        ),
     );
+    assert!(dir.join("lock/main-backup.lock").exists());
+}
+
+/// One line is one option: a value ending in `\` is literal and does not swallow the next
+/// line, so the lock-path below it still applies.
+#[test]
+fn a_trailing_backslash_does_not_join_the_next_line() {
+    harness::require_root();
+    let dir = TestDir::new();
+    let conf = dir.join("pg_backrest.conf");
+    let repo = dir.join("repo");
+    let text = format!(
+        "[global]\nrepo1-path={}\\\nlock-path={}\nlog-path={}\n",
+        repo.display(),
+        dir.join("my-lock").display(),
+        dir.join("my-log").display()
+    );
+    write_postgres(&conf, &text, 0o640);
+    let config = format!("--config={}", conf.display());
+    let wal = dir.join("000000010000000000000001");
+    let out = run(pgbr(&[
+        &config,
+        "--stanza=main",
+        "archive-push",
+        wal.to_str().unwrap(),
+    ]));
+    assert_error(&out, 39, "unable to open WAL file");
+    assert!(
+        dir.join("my-lock/main-archive.lock").exists(),
+        "archive-push did not take its lock in the configured lock-path:\n{out}"
+    );
+    assert!(dir.join("my-log/main-archive-push.log").exists(), "{out}");
+    // The backslash stays part of repo1-path.
+    let out = run(pgbr(&[
+        &config,
+        "--stanza=main",
+        "archive-get",
+        "000000010000000000000001",
+        dir.join("x").to_str().unwrap(),
+    ]));
+    assert_error(
+        &out,
+        55,
+        &format!(
+            "stanza 'main' has no archive.info at '{}\\/archive/main/archive.info'",
+            repo.display()
+        ),
+    );
+}
+
+#[test]
+fn a_line_that_is_not_key_value_names_its_line_and_a_bom_is_skipped() {
+    harness::require_root();
+    let dir = TestDir::new();
+    let get = |text: &str| {
+        let conf = dir.join("c.conf");
+        write_postgres(&conf, text, 0o640);
+        let out = run(pgbr_in(
+            &dir,
+            &[
+                &format!("--config={}", conf.display()),
+                "--stanza=main",
+                "archive-get",
+                "000000010000000000000001",
+                dir.join("x").to_str().unwrap(),
+            ],
+        ));
+        (conf, out)
+    };
+    let (conf, out) = get("# paths\n[global]\n\nrepo1-path\nlog-level-file=off\n");
+    assert_error(
+        &out,
+        31,
+        &format!(
+            "unable to parse config file '{}' line 4: 'repo1-path' has no '='",
+            conf.display()
+        ),
+    );
+    let (conf, out) = get("[global]\nlog-level-file: off\n");
+    assert_error(
+        &out,
+        31,
+        &format!(
+            "unable to parse config file '{}' line 2: 'log-level-file: off' has no '='",
+            conf.display()
+        ),
+    );
+    // A BOM before the first section is skipped: the file parses, and archive-get goes on to
+    // the repository (which has no stanza).
+    let (_, out) = get("\u{feff}[global]\nlog-level-file=off\n");
+    assert_error(&out, 55, "stanza 'main' has no archive.info");
+}
+
+#[test]
+fn bad_stanza_names_and_empty_arguments_are_config_errors() {
+    harness::require_root();
+    let dir = TestDir::new();
+    for name in ["..", ".", "-x", ".hidden"] {
+        let stanza = format!("--stanza={name}");
+        let out = run(pgbr_in(
+            &dir,
+            &[&stanza, "archive-push", "/tmp/000000010000000000000001"],
+        ));
+        assert_error(&out, 31, &format!("invalid stanza name '{name}'"));
+        let out = run(pgbr_in(&dir, &[&stanza, "expire"]));
+        assert_error(&out, 31, &format!("invalid stanza name '{name}'"));
+    }
+    let out = run(pgbr_in(&dir, &["--stanza=main", "archive-push", ""]));
+    assert_error(&out, 31, "WAL path is empty for command 'archive-push'");
+    let out = run(pgbr_in(
+        &dir,
+        &["--stanza=main", "archive-get", "", "/tmp/x"],
+    ));
+    assert_error(&out, 31, "WAL file name is empty for command 'archive-get'");
+    let out = run(pgbr_in(
+        &dir,
+        &[
+            "--stanza=main",
+            "archive-get",
+            "000000010000000000000001",
+            "",
+        ],
+    ));
+    assert_error(
+        &out,
+        31,
+        "destination path is empty for command 'archive-get'",
+    );
+    // Nothing was written anywhere: the errors come before the lock and the repository.
+    assert!(!dir.join("lock").exists() && !dir.join("repo").exists());
 }

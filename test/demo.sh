@@ -48,8 +48,11 @@ locked=()
 if [ -f Cargo.lock ]; then
     locked=(--locked)
 fi
-cargo build --release "${locked[@]}"
-BIN="$SRC/target/release/pg_backrest"
+# The binary is wherever cargo put it (CARGO_TARGET_DIR, build.target-dir in a cargo config,
+# ...): ask cargo, from the build's own artifact messages, rather than assume target/.
+BIN=$(cargo build --release "${locked[@]}" --message-format=json-render-diagnostics |
+    grep -o '"executable":"[^"]*/pg_backrest"' | tail -n 1 | sed 's/^"executable":"//; s/"$//')
+[ -n "$BIN" ] || die "cargo build did not report a pg_backrest executable"
 [ -x "$BIN" ] || die "$BIN was not built"
 
 PGBIN=/usr/lib/postgresql/15/bin

@@ -114,7 +114,17 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawning expire");
-    std::thread::sleep(Duration::from_secs(2));
+    // Release the backup only once expire has opened the lock file and is waiting on it, so
+    // that the success below proves it waited rather than arrived after the release.
+    let lock_file = site.dir.join(format!("lock/{STANZA}-backup.lock"));
+    wait_until(
+        "expire to open the backup lock and wait on it",
+        Duration::from_secs(60),
+        || {
+            harness::holds_open(waiting.id(), &lock_file)
+                || matches!(waiting.try_wait(), Ok(Some(_)))
+        },
+    );
     let status = waiting.try_wait().expect("try_wait");
     assert!(
         status.is_none(),

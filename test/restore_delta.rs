@@ -291,7 +291,8 @@ fn an_unfinished_restore_leaves_no_pg_control_and_delta_finishes_it() {
     );
 }
 
-/// Recomputes an info file's checksum after a test edited it, as a tamperer would.
+/// `text` (an info file or manifest) with its `backrest-checksum` recomputed, as a tamperer
+/// would leave it.
 pub fn rechecksum(text: &str) -> String {
     let mut sections: std::collections::BTreeMap<
         String,

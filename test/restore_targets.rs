@@ -7,6 +7,27 @@ use std::time::Duration;
 
 use crate::backup::Restored;
 use crate::fixture::{assert_error, label_of, Site};
+use crate::harness::wait_until;
+
+/// Waits until PostgreSQL's clock has moved into a later whole second than when called, so
+/// that what happened before and what happens after differ even at the one-second resolution
+/// of backup times in backup.info (a time target is compared with a backup's end).
+fn next_second(site: &Site) {
+    let now = || -> i64 {
+        let text = site
+            .cluster
+            .psql("select floor(extract(epoch from clock_timestamp()))::bigint");
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("epoch from psql: {text:?}"))
+    };
+    let start = now();
+    wait_until(
+        "PostgreSQL's clock to reach the next second",
+        Duration::from_secs(10),
+        || now() > start,
+    );
+}
 
 /// The rows of `t` a restored copy holds.
 fn rows(r: &Restored) -> String {
@@ -38,11 +59,11 @@ fn history(site: &Site) -> History {
     site.cluster
         .psql("select pg_create_restore_point('after-one')");
     let lsn1 = site.cluster.psql("select pg_current_wal_insert_lsn()");
-    std::thread::sleep(Duration::from_millis(1100));
+    next_second(site);
     let time_between = site.cluster.psql(
         "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
     );
-    std::thread::sleep(Duration::from_millis(1100));
+    next_second(site);
     site.cluster.psql("insert into pitr values (2)");
     site.one_segment();
     History {
@@ -116,7 +137,7 @@ fn targets_before_the_end_of_a_backup_are_refused() {
     let before = site.cluster.psql(
         "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00'",
     );
-    std::thread::sleep(Duration::from_millis(1100));
+    next_second(&site);
     let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
     let label = label_of(&out);
     let dest = site.dir.join("never");

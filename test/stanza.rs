@@ -130,3 +130,32 @@ fn a_held_lock_refuses_stanza_create_with_the_lock_code_but_never_blocks_archive
     site.pgbr(&["stanza-create"])
         .expect_ok("lock released with its holder");
 }
+
+/// A label in backup.info is a directory name in the repository: one that backup could not
+/// have written, even under a recomputed checksum, is an integrity error (44) naming
+/// backup.info for every command that reads it; info does not show it, expire removes nothing.
+#[test]
+fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
+    let site = Site::local();
+    let label = site.backup("full", &[]);
+    let info = site.repo.join("backup/main/backup.info");
+    let text = fs::read_to_string(&info).unwrap();
+    assert!(text.contains(&format!("\n{label}=")), "{text}");
+    let tampered =
+        crate::restore_delta::rechecksum(&text.replace(&format!("\n{label}="), "\n../../x="));
+    for path in [info.clone(), site.repo.join("backup/main/backup.info.copy")] {
+        fs::write(&path, &tampered).unwrap();
+    }
+    let expect = format!(
+        "'{}' names an invalid backup label '../../x' (a backup)",
+        info.display()
+    );
+    assert_error(&site.pgbr(&["info"]), 44, &expect);
+    assert_error(&site.pgbr(&["info", "--output=json"]), 44, &expect);
+    assert_error(
+        &site.pgbr(&["expire", "--repo1-retention-full=1"]),
+        44,
+        &expect,
+    );
+    assert!(site.repo.join(format!("backup/main/{label}")).is_dir());
+}

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 use super::Outcome;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
@@ -28,7 +28,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
 
     for archive_id in info.archive_ids_newest_first() {
         let dir = layout.wal_dir(&archive_id, &wal);

@@ -58,7 +58,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
     if let Some(h) = &header {
         info.db
             .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))?;
@@ -99,15 +99,21 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn missing_stanza(stanza: &str, repo: &dyn Storage, layout: &RepoLayout) -> Error {
+/// The stanza lacks one of its info files (`info_path`, archive.info or backup.info): named
+/// exactly, since the other one may well be there.
+pub fn missing_info(stanza: &str, repo: &dyn Storage, info_path: &str) -> Error {
+    let file = info_path.rsplit('/').next().unwrap_or(info_path);
     Error::new(
         Kind::RepoMissing,
         format!(
-            "stanza '{stanza}' has no archive.info at '{}'",
-            repo.describe(&layout.archive_info())
+            "stanza '{stanza}' has no {file} at '{}'",
+            repo.describe(info_path)
         ),
     )
-    .with_hint("run 'pg_backrest --stanza=NAME stanza-create' first, and check repo1-path")
+    .with_hint(
+        "run 'pg_backrest --stanza=NAME stanza-create' first (it writes only what is missing), \
+         and check repo1-path",
+    )
 }
 
 /// A copy is already archived: same content is success, different content is refused.

@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use file::{backup_file, CopyParams, FileOutcome, FileSource, LocalFiles, RemoteFiles};
 use walk::{SourceFile, Tablespace};
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::hook::RunFacts;
 use crate::info::archive::ArchiveInfo;
+pub(crate) use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{is_label, BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
+use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
 use crate::pg::db::{self, Db};
 use crate::pg::wal::{segment_range, WalName};
 use crate::pipeline::{self, Ends};
@@ -53,9 +54,9 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
 
     let db = Db::connect(cfg)?;
     let facts = db.cluster_facts()?;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
@@ -34,7 +34,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
     let what = format!("the cluster at '{}'", pg_path.display());
     archive
         .db

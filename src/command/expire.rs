@@ -23,12 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 use super::backup::adopt_complete_backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{is_label, BackupType, Manifest, MANIFEST_FILE};
+use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
 use crate::repo::{RepoLayout, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
@@ -65,7 +66,7 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
     let layout = RepoLayout::new(stanza);
     let dry_run = cfg.bool("dry-run");
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
     // A backup a crash kept out of backup.info counts like any other.
     if !dry_run {
         adopt_complete_backups(repo.as_ref(), &layout, &mut info)?;

@@ -126,7 +126,7 @@ fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value
 fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for entry in repo.list(&layout.backup_root())? {
-        if !crate::manifest::is_label(&entry) || info.backups.contains_key(&entry) {
+        if !crate::info::backup::is_label(&entry) || info.backups.contains_key(&entry) {
             continue;
         }
         let Some(m) = crate::manifest::Manifest::load_copy(repo, &layout.manifest(&entry))? else {

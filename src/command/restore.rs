@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 pub mod target;
 
 use target::RecoveryTarget;
@@ -66,7 +66,7 @@ pub fn restore(
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
     let label = match cfg.str("set").unwrap_or("latest") {
         "latest" => target.choose_backup(&info.backups)?.ok_or_else(|| {
             Error::new(

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::archive_push::missing_stanza;
+use super::archive_push::missing_info;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
@@ -74,9 +74,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_stanza(stanza, repo.as_ref(), &layout))?;
+        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
     let mut report = Report {
         stanza: stanza.to_string(),
         ..Default::default()

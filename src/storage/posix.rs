@@ -32,10 +32,18 @@ impl PosixStorage {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            // Only a broken or hostile peer of the remote protocol sends such a path.
+            // Commands build storage paths from the stanza name (validated with the config)
+            // and from repository contents (labels, manifest entries), so such a path means
+            // the repository was altered: an integrity failure, whether the repository is
+            // local or this is the remote server (the kind travels back to the client). Only
+            // a broken or hostile protocol client could send one otherwise.
             return Err(Error::new(
-                Kind::Remote,
+                Kind::Integrity,
                 format!("refused storage path '{path}': not a plain relative path"),
+            )
+            .with_hint(
+                "a path read from the repository leaves it: check backup.info and the \
+                 manifests for tampering, and restore them from a copy",
             ));
         }
         Ok(self.root.join(rel))

@@ -296,7 +296,7 @@ mod tests {
 
         // Errors keep their kind across the wire; a hostile path is refused.
         let e = remote.list("../etc").unwrap_err();
-        assert_eq!(e.kind, Kind::Remote);
+        assert_eq!(e.kind, Kind::Integrity);
         assert!(e.message.contains("refused storage path '../etc'"), "{e:?}");
         let e = remote.open_write("../x").unwrap().commit("f").unwrap_err();
         assert!(e.message.contains("refused storage path"), "{e:?}");

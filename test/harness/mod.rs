@@ -14,7 +14,7 @@ mod sshd;
 mod testdir;
 
 pub use pg::{PgCluster, PG_BIN};
-pub use proc::{descendants, is_dead, kill_tree, signal};
+pub use proc::{descendants, holds_open, is_dead, kill_tree, signal};
 pub use sshd::Sshd;
 pub use testdir::TestDir;
 
@@ -186,6 +186,10 @@ pub fn run_as_postgres(program: impl AsRef<OsStr>, args: &[&str]) -> Out {
 
 /// Our binary as `postgres`, with every `PG_BACKREST_*` variable of the test environment
 /// removed (add your own with `.env()`). Run it with `run()`.
+///
+/// Without `--config` it reads `/dev/null`, never the machine's
+/// `/etc/pg_backrest/pg_backrest.conf`. Tests pass a config of their own that sets repo1-path,
+/// lock-path and log-path under their `TestDir` (the fixtures do), or use [`pgbr_in`].
 pub fn pgbr(args: &[&str]) -> Command {
     let mut cmd = postgres_command(bin(), args);
     for (key, _) in std::env::vars_os() {
@@ -193,6 +197,21 @@ pub fn pgbr(args: &[&str]) -> Command {
             cmd.env_remove(&key);
         }
     }
+    cmd.env("PG_BACKREST_CONFIG", "/dev/null");
+    cmd
+}
+
+/// [`pgbr`] for a test whose config file sets none of the machine-wide paths (config error
+/// cases, `version`, `help`): repo1-path, lock-path and log-path point into `dir` through the
+/// environment, so nothing falls back to /var/lib/pg_backrest, /tmp/pg_backrest or
+/// /var/log/pg_backrest, where another process may have left files. The environment outranks
+/// the config file, so a test checking those options' values in a file uses [`pgbr`] with its
+/// own paths instead.
+pub fn pgbr_in(dir: &TestDir, args: &[&str]) -> Command {
+    let mut cmd = pgbr(args);
+    cmd.env("PG_BACKREST_REPO1_PATH", dir.join("repo"))
+        .env("PG_BACKREST_LOCK_PATH", dir.join("lock"))
+        .env("PG_BACKREST_LOG_PATH", dir.join("log"));
     cmd
 }
 

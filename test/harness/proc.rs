@@ -126,3 +126,16 @@ pub fn kill_tree(root: u32) -> Vec<u32> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Whether `root` or one of its descendants has `path` open (a command waiting on a lock file
+/// it opened, for instance), read from /proc/<pid>/fd.
+pub fn holds_open(root: u32, path: &std::path::Path) -> bool {
+    std::iter::once(root).chain(descendants(root)).any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+            })
+            .unwrap_or(false)
+    })
+}
