@@ -203,7 +203,7 @@ fn archive_push_killed_mid_write_leaves_no_final_file_and_the_retry_succeeds() {
     let seg = site.one_segment();
     // A segment big enough to be caught mid-write: the stanza's real header claiming 256 MB
     // segments, followed by incompressible data, compressed at level 9.
-    let big = craft_big_segment(&site, &seg, "000000010000000000000060");
+    let big = craft_big_segment(&site, &seg, "000000010000000A00000006");
     let mut child = crate::harness::pgbr(&[
         &format!("--config={}", site.conf.display()),
         "--stanza=main",
@@ -223,7 +223,7 @@ fn archive_push_killed_mid_write_leaves_no_final_file_and_the_retry_succeeds() {
     crate::harness::signal(&pids, "KILL");
     let _ = child.wait();
     assert!(
-        site.stored("000000010000000000000060").is_empty(),
+        site.stored("000000010000000A00000006").is_empty(),
         "no file under a final name"
     );
     assert!(
@@ -236,7 +236,7 @@ fn archive_push_killed_mid_write_leaves_no_final_file_and_the_retry_succeeds() {
     let dest = site.dir.join("fetched-big");
     let get = site.pgbr(&[
         "archive-get",
-        "000000010000000000000060",
+        "000000010000000A00000006",
         dest.to_str().unwrap(),
     ]);
     assert_eq!(get.status, 0, "{get}");
@@ -244,13 +244,19 @@ fn archive_push_killed_mid_write_leaves_no_final_file_and_the_retry_succeeds() {
 }
 
 /// Writes a 256 MB segment named `name` whose header is the stanza's (from `real_segment`),
-/// with its segment size patched to 256 MB, and pseudo-random content after the first page.
+/// with its segment size patched to 256 MB and its page address to the one `name` implies
+/// (so `name` must be a valid name for 256 MB segments: at most 16 segments per log), and
+/// pseudo-random content after the first page.
 pub fn craft_big_segment(site: &Site, real_segment: &str, name: &str) -> std::path::PathBuf {
     let dir = site.dir.mkdir("big");
     let path = dir.join(name);
     let mut header = fs::read(site.originals.join(real_segment)).unwrap();
     header.truncate(8192);
     header[32..36].copy_from_slice(&(256u32 << 20).to_le_bytes());
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    assert!(seg < 16, "{name} is not a 256 MB segment name");
+    header[8..16].copy_from_slice(&((log << 32) | (seg << 28)).to_le_bytes());
     let mut data = header;
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while data.len() < 256 << 20 {
@@ -309,15 +315,17 @@ fn history_partial_and_backup_files_round_trip() {
     let scratch = site.dir.mkdir("special");
     let files = [
         (
-            "00000002.history",
+            "00000002.history".to_string(),
             b"1\t0/3000000\tno recovery target specified\n".to_vec(),
         ),
         (
-            "000000010000000000000099.00000028.backup",
-            b"START WAL LOCATION: 0/99000028 (file 000000010000000000000099)\n".to_vec(),
+            "000000010000000000000099.00000028.backup".to_string(),
+            b"START WAL LOCATION: 0/99000028 (file 000000010000000000000099)\n\
+              STOP WAL LOCATION: 0/99000100 (file 000000010000000000000099)\n"
+                .to_vec(),
         ),
         (
-            "000000010000000000000098.partial",
+            format!("{seg}.partial"),
             fs::read(site.originals.join(&seg)).unwrap(),
         ),
     ];
@@ -335,7 +343,7 @@ fn history_partial_and_backup_files_round_trip() {
     // History files keep their plain name, directly in the archive id directory.
     assert!(site.archive_id_dir().join("00000002.history").is_file());
     let changed = scratch.join("00000002.history");
-    fs::write(&changed, b"2\t0/4000000\tother\n").unwrap();
+    fs::write(&changed, b"1\t0/4000000\tother\n").unwrap();
     assert_error(
         &site.pgbr(&["archive-push", changed.to_str().unwrap()]),
         44,

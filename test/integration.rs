@@ -4,6 +4,7 @@
 //! `harness_smoke` proves the fixtures themselves work.
 
 mod archive;
+mod archive_validate;
 pub mod backup;
 mod backup_ssh;
 mod config_errors;

@@ -71,7 +71,7 @@ fn sshd_killed_mid_push_gives_the_remote_code_and_no_final_file_then_the_retry_s
         ..Default::default()
     });
     let seg = site.one_segment();
-    let big = craft_big_segment(&site, &seg, "000000010000000000000061");
+    let big = craft_big_segment(&site, &seg, "000000010000000A00000007");
     let mut child = harness::pgbr(&[
         &format!("--config={}", site.conf.display()),
         "--stanza=main",
@@ -94,7 +94,7 @@ fn sshd_killed_mid_push_gives_the_remote_code_and_no_final_file_then_the_retry_s
     assert_eq!(status.code(), Some(57), "{stderr}");
     assert!(stderr.starts_with("ERROR: [057]: "), "{stderr}");
     assert!(
-        site.stored("000000010000000000000061").is_empty(),
+        site.stored("000000010000000A00000007").is_empty(),
         "no final name"
     );
 
@@ -105,7 +105,7 @@ fn sshd_killed_mid_push_gives_the_remote_code_and_no_final_file_then_the_retry_s
     assert_eq!(
         site.pgbr(&[
             "archive-get",
-            "000000010000000000000061",
+            "000000010000000A00000007",
             dest.to_str().unwrap()
         ])
         .status,

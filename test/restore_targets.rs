@@ -213,3 +213,80 @@ fn restore_follows_a_timeline_switch_through_the_archived_history_file() {
     );
     second.stop();
 }
+
+/// `postgres -C setting -D data` as postgres: the value PostgreSQL itself reads from the
+/// restored copy's configuration, postgresql.auto.conf included.
+fn pg_setting(data: &std::path::Path, setting: &str) -> String {
+    let out = crate::harness::run_as_postgres(
+        format!("{}/postgres", crate::harness::PG_BIN),
+        &["-C", setting, "-D", data.to_str().unwrap()],
+    );
+    assert_eq!(out.status, 0, "postgres -C {setting}:\n{out}");
+    out.stdout
+        .strip_suffix('\n')
+        .unwrap_or(&out.stdout)
+        .to_string()
+}
+
+#[test]
+fn hostile_targets_round_trip_through_postgres_and_control_characters_are_refused() {
+    let site = Site::local();
+    site.backup("full", &[]);
+    let bin = crate::harness::bin();
+    let cases = [
+        ("backslash", r"a\", "0x2", "2"),
+        ("inject", "x' restore_command = 'false", "latest", "latest"),
+        ("doubled", r"it''s \\ ok", "current", "current"),
+    ];
+    for (name, text, timeline, timeline_read) in cases {
+        let r = Restored::restore(
+            &site,
+            &format!("hostile-{name}"),
+            None,
+            &[
+                "--type=name",
+                &format!("--target={text}"),
+                &format!("--target-timeline={timeline}"),
+            ],
+        );
+        let auto = std::fs::read_to_string(r.data.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(
+            pg_setting(&r.data, "recovery_target_name"),
+            text,
+            "{name}:\n{auto}"
+        );
+        assert_eq!(
+            pg_setting(&r.data, "recovery_target_timeline"),
+            timeline_read,
+            "{name}:\n{auto}"
+        );
+        let command = pg_setting(&r.data, "restore_command");
+        assert!(
+            command.starts_with(bin.to_str().unwrap())
+                && command.ends_with(" archive-get %f \"%p\""),
+            "{name}: restore_command is not pg_backrest's: {command}\n{auto}"
+        );
+    }
+
+    // Refused at option validation: nothing is created at the destination.
+    let dest = site.dir.join("never");
+    let pg1 = format!("--pg1-path={}", dest.display());
+    assert_error(
+        &site.pgbr(&[
+            "restore",
+            &pg1,
+            "--type=name",
+            "--target=a\nrestore_command = 'false'",
+        ]),
+        31,
+        "option '--target' holds the control character U+000A",
+    );
+    for bad in ["2x", "010", "0", "last"] {
+        assert_error(
+            &site.pgbr(&["restore", &pg1, &format!("--target-timeline={bad}")]),
+            31,
+            "for option '--target-timeline'",
+        );
+    }
+    assert!(!dest.exists(), "nothing restored");
+}

@@ -1,7 +1,8 @@
 //! archive-push WAL_PATH: PostgreSQL's archive_command.
 //!
 //! Order matters for crash safety and honesty: the file's identity is checked before a byte
-//! is stored (name, page header against archive.info, full segment size); the content goes
+//! is stored (name; for segments the page header against the name and archive.info and the
+//! full segment size; history and backup history files parsed); the content goes
 //! through the copy pipeline into a temp file that becomes visible under its final,
 //! checksum-bearing name only when complete and durable. An already archived segment is
 //! compared by checksum: same content is success, different content is refused and nothing
@@ -9,11 +10,13 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
-use crate::pg::wal::{WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
+use crate::pg::timeline::parse_history;
+use crate::pg::wal::{check_backup_history, WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::{RepoLayout, StoredWal};
 use crate::storage::{self, Storage};
@@ -28,32 +31,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let wal = WalName::parse(&file_name)?;
     let source = wal_path.display().to_string();
     let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
-
-    // Reading the header first costs nothing: the pipeline reads these bytes again from the
-    // page cache after a seek, and a foreign segment never touches the repository.
-    let header = if wal.has_page_header() {
-        let mut page = [0u8; LONG_HEADER_SIZE];
-        file.read_exact(&mut page)
-            .map_err(|e| Error::io("read WAL header of", &wal_path, e))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("seek", &wal_path, e))?;
-        Some(WalHeader::parse(&page, &source)?)
-    } else {
-        None
-    };
-    if let (Some(h), WalKind::Segment) = (&header, wal.kind) {
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &wal_path, e))?
-            .len();
-        if size != u64::from(h.segment_size) {
-            return Err(Error::new(
-                Kind::WalFormat,
-                format!("WAL segment '{source}' is {size} bytes, but its header says segments are {} bytes", h.segment_size),
-            )
-            .with_hint("PostgreSQL archives only complete segments; this file was truncated or altered"));
-        }
-    }
+    let header = check_content(&wal, &mut file, &wal_path, &source)?;
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
@@ -97,6 +75,92 @@ pub fn run(cfg: &Config) -> Result<()> {
         copied.sha1
     );
     Ok(())
+}
+
+/// Largest history or backup history file read into memory: far above what PostgreSQL
+/// writes (a line per ancestor timeline; a label of at most 1 KB).
+const TEXT_FILE_LIMIT: u64 = 16 << 20;
+
+/// Checks that the file is what its name says before a byte of it is stored, and returns the
+/// page header of segments and .partial files (checked against archive.info later). A file
+/// stored under a wrong name cannot be replaced by the right one afterwards, so anything
+/// PostgreSQL would not have written under this name is refused here. Leaves `file` at its
+/// start.
+fn check_content(
+    wal: &WalName,
+    file: &mut File,
+    path: &Path,
+    source: &str,
+) -> Result<Option<WalHeader>> {
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let header = match wal.kind {
+        WalKind::Segment | WalKind::Partial => {
+            if size < LONG_HEADER_SIZE as u64 {
+                return Err(Error::new(
+                    Kind::WalFormat,
+                    format!("WAL file '{source}' is {size} bytes, too short to be a WAL segment"),
+                )
+                .with_hint("PostgreSQL archives only complete segments; this file was truncated or altered"));
+            }
+            // Reading the header first costs nothing: the pipeline reads these bytes again
+            // from the page cache.
+            let mut page = [0u8; LONG_HEADER_SIZE];
+            file.read_exact(&mut page)
+                .map_err(|e| Error::io("read WAL header of", path, e))?;
+            let header = WalHeader::parse(&page, source)?;
+            header.check_matches_name(wal, size, source)?;
+            Some(header)
+        }
+        WalKind::History | WalKind::Backup => {
+            if size > TEXT_FILE_LIMIT {
+                return Err(Error::new(
+                    Kind::WalFormat,
+                    format!(
+                        "'{source}' is {size} bytes, too large for a {} file",
+                        kind_name(wal.kind)
+                    ),
+                )
+                .with_hint("archive only the files PostgreSQL hands to archive_command"));
+            }
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|e| Error::io("read", path, e))?;
+            // Reasons and labels are free text in the database's encoding; only the
+            // structure around them is checked.
+            let text = String::from_utf8_lossy(&bytes);
+            if wal.kind == WalKind::History {
+                parse_history(&text, wal.timeline()).map_err(|why| {
+                    Error::new(
+                        Kind::WalFormat,
+                        format!(
+                            "'{source}' ({size} bytes) is not a valid timeline history file: {why}"
+                        ),
+                    )
+                    .with_hint(
+                        "archive only the .history files PostgreSQL hands to archive_command",
+                    )
+                })?;
+            } else {
+                check_backup_history(wal, &text, source)?;
+            }
+            None
+        }
+    };
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("seek", path, e))?;
+    Ok(header)
+}
+
+fn kind_name(kind: WalKind) -> &'static str {
+    match kind {
+        WalKind::Segment => "WAL segment",
+        WalKind::Partial => "partial WAL segment",
+        WalKind::Backup => "backup history",
+        WalKind::History => "timeline history",
+    }
 }
 
 /// The stanza lacks one of its info files (`info_path`, archive.info or backup.info): named

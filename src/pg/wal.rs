@@ -76,6 +76,11 @@ impl WalName {
         }
     }
 
+    /// The timeline the name gives (history files: the timeline they start).
+    pub fn timeline(&self) -> u32 {
+        u32::from_str_radix(&self.name[..8], 16).unwrap_or(0)
+    }
+
     /// Whether the file starts with a WAL page header that can be checked.
     pub fn has_page_header(&self) -> bool {
         matches!(self.kind, WalKind::Segment | WalKind::Partial)
@@ -110,6 +115,47 @@ pub fn segment_range(start: &str, stop: &str, segment_size: u64) -> Result<Vec<S
     Ok((first..=last)
         .map(|n| format!("{tli}{:08X}{:08X}", n / per_log, n % per_log))
         .collect())
+}
+
+/// Smallest and largest WAL segment sizes PostgreSQL allows (initdb --wal-segsize, a power
+/// of two).
+pub const MIN_SEGMENT_SIZE: u32 = 1 << 20;
+pub const MAX_SEGMENT_SIZE: u32 = 1 << 30;
+
+/// An LSN exactly as PostgreSQL prints it, `X/X` with 1 to 8 hex digits on each side.
+pub fn parse_lsn_exact(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let half = |s: &str| {
+        (!s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    Some((half(hi)? << 32) | half(lo)?)
+}
+
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+fn is_valid_segment_size(size: u32) -> bool {
+    size.is_power_of_two() && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
+}
+
+/// The timeline, log and segment numbers of a 24-hex-digit segment name.
+fn segment_parts(name: &str) -> Option<(u32, u32, u32)> {
+    if !is_upper_hex(name.get(..24)?, 24) {
+        return None;
+    }
+    let part = |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).ok();
+    Some((part(0..8)?, part(8..16)?, part(16..24)?))
+}
+
+/// The start LSN of segment `log`/`seg` with `segment_size`-byte segments; None when `seg`
+/// is past the last segment of a log file (a name PostgreSQL never gives such segments).
+fn segment_start(log: u32, seg: u32, segment_size: u32) -> Option<u64> {
+    let per_log = (1u64 << 32) / u64::from(segment_size);
+    (u64::from(seg) < per_log)
+        .then(|| (u64::from(log) << 32) + u64::from(seg) * u64::from(segment_size))
 }
 
 /// Size of the long page header we read; also the smallest WAL block size.
@@ -171,6 +217,150 @@ impl WalHeader {
             block_size: u32_at(36),
         })
     }
+
+    /// Checks that the file holding this header is the one its name says (segments and
+    /// .partial files): a valid segment size equal to the file size, the name's timeline, and
+    /// the name's start position as the first page's address. A real segment archived under
+    /// another name would be fetched by recovery as the wrong WAL, and since a different file
+    /// under an archived name is refused forever, the right one could never follow.
+    pub fn check_matches_name(&self, wal: &WalName, file_size: u64, file: &str) -> Result<()> {
+        let bad = |message: String, hint: &str| {
+            Err(Error::new(Kind::WalFormat, message).with_hint(hint.to_string()))
+        };
+        if !is_valid_segment_size(self.segment_size) {
+            return bad(
+                format!(
+                    "'{file}' is not a valid WAL segment: its header gives a segment size of {} bytes, not a power of two from 1 MB to 1 GB",
+                    self.segment_size
+                ),
+                "the file is damaged or is not WAL; archive only what PostgreSQL hands to archive_command",
+            );
+        }
+        if file_size != u64::from(self.segment_size) {
+            return bad(
+                format!(
+                    "WAL {} '{file}' is {file_size} bytes, but its header says segments are {} bytes",
+                    if wal.kind == WalKind::Partial { "partial segment" } else { "segment" },
+                    self.segment_size
+                ),
+                "PostgreSQL archives only complete, full-size segments (a .partial too); this file was truncated or altered",
+            );
+        }
+        let Some((tli, log, seg)) = segment_parts(&wal.name) else {
+            return Err(Error::internal(format!(
+                "'{}' has no segment number",
+                wal.name
+            )));
+        };
+        if self.timeline != tli {
+            return bad(
+                format!(
+                    "'{file}' is named for timeline {tli}, but its page header says timeline {}",
+                    self.timeline
+                ),
+                "the file was renamed or copied from another timeline; archive each segment under the name PostgreSQL gave it",
+            );
+        }
+        let Some(start) = segment_start(log, seg, self.segment_size) else {
+            return bad(
+                format!(
+                    "'{file}' names segment {seg:08X} of log {log:08X}, which does not exist with {}-byte segments",
+                    self.segment_size
+                ),
+                "the file was renamed; archive each segment under the name PostgreSQL gave it",
+            );
+        };
+        if self.page_addr != start {
+            let per_log = (1u64 << 32) / u64::from(self.segment_size);
+            let segno = self.page_addr / u64::from(self.segment_size);
+            return bad(
+                format!(
+                    "'{file}' is named for WAL position {}, but its page header says it starts at {} (the segment named {:08X}{:08X}{:08X})",
+                    format_lsn(start),
+                    format_lsn(self.page_addr),
+                    self.timeline,
+                    segno / per_log,
+                    segno % per_log
+                ),
+                "the file was renamed or copied over another segment; archive each segment under the name PostgreSQL gave it",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks a backup history file (`<start segment>.<offset>.backup`, written by
+/// pg_backup_stop): it must say where the backup started, matching its name, and where it
+/// stopped, on the name's timeline. `text` is the file's content; `file` names it in errors.
+pub fn check_backup_history(wal: &WalName, text: &str, file: &str) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::new(
+            Kind::WalFormat,
+            format!("'{file}' is not a valid backup history file: {why}"),
+        )
+        .with_hint("archive only the .backup files PostgreSQL hands to archive_command"))
+    };
+    // "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)"
+    let location = |key: &str| -> Option<std::result::Result<(u64, String), String>> {
+        let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+        let parsed = line
+            .strip_suffix(')')
+            .and_then(|l| l.split_once(" (file "))
+            .and_then(|(lsn, seg)| {
+                let lsn = parse_lsn_exact(lsn)?;
+                segment_parts(seg).filter(|_| seg.len() == 24)?;
+                Some((lsn, seg.to_string()))
+            });
+        Some(parsed.ok_or_else(|| {
+            format!(
+                "'{}{}' is not 'X/X (file SEGMENT)'",
+                key,
+                line.escape_debug()
+            )
+        }))
+    };
+    let (start, start_file) = match location("START WAL LOCATION: ") {
+        None => return bad("it has no START WAL LOCATION line".into()),
+        Some(Err(e)) => return bad(e),
+        Some(Ok(l)) => l,
+    };
+    let (stop, stop_file) = match location("STOP WAL LOCATION: ") {
+        None => return bad("it has no STOP WAL LOCATION line".into()),
+        Some(Err(e)) => return bad(e),
+        Some(Ok(l)) => l,
+    };
+    let offset = u32::from_str_radix(&wal.name[25..33], 16).unwrap_or(u32::MAX);
+    // The segment size is not in the file: some valid size must put the start position in
+    // the named segment at the named offset.
+    let (_, log, seg) = segment_parts(&start_file).unwrap_or_default();
+    let matches_name = start_file[8..24] == wal.name[8..24]
+        && (MIN_SEGMENT_SIZE.trailing_zeros()..=MAX_SEGMENT_SIZE.trailing_zeros()).any(|shift| {
+            let size = 1u32 << shift;
+            segment_start(log, seg, size)
+                .is_some_and(|s| start >= s && start - s == u64::from(offset) && offset < size)
+        });
+    if !matches_name {
+        return bad(format!(
+            "its START WAL LOCATION {} (file {start_file}) is not offset {offset:08X} of segment {}",
+            format_lsn(start),
+            &wal.name[8..24]
+        ));
+    }
+    if stop < start {
+        return bad(format!(
+            "its STOP WAL LOCATION {} is before its START WAL LOCATION {}",
+            format_lsn(stop),
+            format_lsn(start)
+        ));
+    }
+    if stop_file[..8] != wal.name[..8] {
+        return bad(format!(
+            "it stopped on timeline {} (file {stop_file}), but is named for timeline {}",
+            &stop_file[..8],
+            &wal.name[..8]
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -275,5 +465,125 @@ pub mod tests {
             .message
             .contains("magic 0x1234"));
         assert!(WalHeader::parse(&[0u8; 10], "f").is_err());
+    }
+
+    #[test]
+    fn lsns_parse_exactly() {
+        assert_eq!(parse_lsn_exact("0/3000028"), Some(0x300_0028));
+        assert_eq!(parse_lsn_exact("1A/FFFFFFFF"), Some(0x1A_FFFF_FFFF));
+        for bad in ["", "0", "/1", "1/", "+1/0", "123456789/0", "0/x", "0/1 "] {
+            assert_eq!(parse_lsn_exact(bad), None, "{bad:?}");
+        }
+    }
+
+    fn with_header(tli: u32, page_addr: u64, segment_size: u32) -> WalHeader {
+        let mut p = page(7, 0xD110);
+        p[4..8].copy_from_slice(&tli.to_le_bytes());
+        p[8..16].copy_from_slice(&page_addr.to_le_bytes());
+        p[32..36].copy_from_slice(&segment_size.to_le_bytes());
+        WalHeader::parse(&p, "f").unwrap()
+    }
+
+    #[test]
+    fn a_segment_header_must_match_its_name() {
+        let mb16 = 16u32 << 20;
+        let name = |n: &str| WalName::parse(n).unwrap();
+        let check = |h: &WalHeader, n: &str, size: u64| h.check_matches_name(&name(n), size, n);
+        let h = with_header(2, 0x1_2300_0000, mb16);
+        check(&h, "000000020000000100000023", mb16.into()).unwrap();
+        check(&h, "000000020000000100000023.partial", mb16.into()).unwrap();
+        let err = |n: &str, size: u64, h: &WalHeader| {
+            let e = check(h, n, size).unwrap_err();
+            assert_eq!(e.kind, Kind::WalFormat, "{n}");
+            assert!(e.hint.is_some(), "{n}");
+            e.message
+        };
+        let m = err("000000020000000100000024", mb16.into(), &h);
+        assert!(
+            m.contains("is named for WAL position 1/24000000, but its page header says it starts at 1/23000000 (the segment named 000000020000000100000023)"),
+            "{m}"
+        );
+        let m = err("000000030000000100000023", mb16.into(), &h);
+        assert!(
+            m.contains("named for timeline 3, but its page header says timeline 2"),
+            "{m}"
+        );
+        let m = err("000000020000000100000023.partial", 100, &h);
+        assert!(
+            m.contains("partial segment") && m.contains("is 100 bytes"),
+            "{m}"
+        );
+        let m = err("000000020000000100000023", 0, &h);
+        assert!(m.contains("is 0 bytes"), "{m}");
+        for bad_size in [0, 3 << 20, 1 << 19, 1 << 31] {
+            let h = with_header(2, 0, bad_size);
+            let m = err("000000020000000000000000", bad_size.into(), &h);
+            assert!(m.contains("not a power of two from 1 MB to 1 GB"), "{m}");
+        }
+        // 256 MB segments: 16 per log file, so segment 0x10 of a log does not exist.
+        let h = with_header(1, 0x1000_0000, 256 << 20);
+        check(&h, "000000010000000000000001", 256 << 20).unwrap();
+        let m = err("000000010000000000000010", 256 << 20, &h);
+        assert!(
+            m.contains("does not exist with 268435456-byte segments"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn backup_history_files_must_match_their_name() {
+        let real = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+                    STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\n\
+                    CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\n\
+                    BACKUP FROM: primary\nSTART TIME: 2026-11-22 10:00:00 UTC\n\
+                    LABEL: it's \u{fffd}\nSTART TIMELINE: 1\n\
+                    STOP TIME: 2026-11-22 10:00:01 UTC\nSTOP TIMELINE: 1\n";
+        let name = "000000010000000000000002.00000028.backup";
+        let wal = WalName::parse(name).unwrap();
+        check_backup_history(&wal, real, name).unwrap();
+        // 1 MB segments: 0/2000028 is offset 0x28 of segment 0x20.
+        let one_mb = real.replace(
+            "(file 000000010000000000000002)",
+            "(file 000000010000000000000020)",
+        );
+        let n1 = "000000010000000000000020.00000028.backup";
+        check_backup_history(&WalName::parse(n1).unwrap(), &one_mb, n1).unwrap();
+        for (text, n, why) in [
+            ("", name, "no START WAL LOCATION line"),
+            ("\u{fffd}\u{1}random", name, "no START WAL LOCATION line"),
+            (&real[..63], name, "no STOP WAL LOCATION line"),
+            (
+                real,
+                "000000010000000000000003.00000028.backup",
+                "is not offset 00000028 of segment 0000000000000003",
+            ),
+            (
+                real,
+                "000000010000000000000002.00000030.backup",
+                "is not offset 00000030",
+            ),
+            (
+                real,
+                "000000020000000000000002.00000028.backup",
+                "named for timeline 00000002",
+            ),
+            (
+                &real.replace("0/2000100", "0/2000000"),
+                name,
+                "is before its START WAL LOCATION",
+            ),
+            (
+                &real.replace("0/2000028 (file", "0/2000028(file"),
+                name,
+                "is not 'X/X (file SEGMENT)'",
+            ),
+        ] {
+            let e = check_backup_history(&WalName::parse(n).unwrap(), text, n).unwrap_err();
+            assert_eq!(e.kind, Kind::WalFormat);
+            assert!(e.message.contains(why), "{why}: {}", e.message);
+            assert!(e
+                .message
+                .starts_with(&format!("'{n}' is not a valid backup history file: ")));
+        }
     }
 }

@@ -65,6 +65,65 @@ pub fn parse_time(text: &str) -> Option<i64> {
     None
 }
 
+/// A value as PostgreSQL's configuration file parser (guc-file.l) reads it back exactly:
+/// inside '...' a backslash starts an escape (`\n`, octal, `\'`...), so it is doubled, and a
+/// quote is doubled. The value must not hold control characters ([`refuse_control_chars`]):
+/// a quoted string cannot span lines, and a newline would end the setting early.
+pub fn quote_setting(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Refuses a value bound for postgresql.auto.conf that holds a control character: a newline
+/// or carriage return would end the setting and let the rest of the value be read as new
+/// settings, and no recovery setting needs any other control character.
+pub fn refuse_control_chars(option: &str, value: &str) -> Result<()> {
+    match value.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(Error::config(format!(
+            "option '{option}' holds the control character U+{:04X}, which a recovery setting cannot carry",
+            u32::from(c)
+        ))
+        .with_hint("remove newlines, tabs and other control characters from the value")),
+    }
+}
+
+/// `--target-timeline`: `latest`, `current`, or a timeline id (decimal, or hex with 0x).
+/// A number is written back in decimal: PostgreSQL reads the value with strtoul(..., 0),
+/// which takes a leading 0 as octal and ignores trailing garbage, so anything ambiguous is
+/// refused here rather than recovering along a timeline nobody asked for.
+pub fn parse_timeline(text: &str) -> Result<String> {
+    if text == "latest" || text == "current" {
+        return Ok(text.to_string());
+    }
+    let number = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(hex, 16).ok())
+            .flatten()
+    } else {
+        (!text.starts_with('0') && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<u32>().ok())
+            .flatten()
+    };
+    match number {
+        Some(n) if n > 0 => Ok(n.to_string()),
+        _ => Err(Error::config(format!(
+            "invalid value '{}' for option '--target-timeline': must be 'latest', 'current' or a timeline id",
+            text.escape_debug()
+        ))
+        .with_hint("a timeline id is a number from 1, e.g. --target-timeline=2 or --target-timeline=0x2")),
+    }
+}
+
 impl RecoveryTarget {
     pub fn from_config(cfg: &Config) -> Result<RecoveryTarget> {
         let type_name = cfg.str("type").unwrap_or("default");
@@ -123,6 +182,10 @@ impl RecoveryTarget {
                 target.unwrap_or_default()
             )));
         }
+        if let Some(t) = &target {
+            refuse_control_chars("--target", t)?;
+        }
+        let timeline = cfg.str("target-timeline").map(parse_timeline).transpose()?;
         Ok(RecoveryTarget {
             kind,
             target,
@@ -130,7 +193,7 @@ impl RecoveryTarget {
             lsn,
             action: cfg.str("target-action").unwrap_or("pause").to_string(),
             exclusive: cfg.bool("target-exclusive"),
-            timeline: cfg.str("target-timeline").map(String::from),
+            timeline,
         })
     }
 
@@ -181,7 +244,7 @@ impl RecoveryTarget {
 
     /// postgresql.auto.conf lines (besides restore_command) and the signal file to create.
     pub fn settings(&self) -> (Vec<String>, Option<&'static str>) {
-        let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let quote = quote_setting;
         let mut lines = Vec::new();
         let target_line = match self.kind {
             TargetType::Immediate => Some("recovery_target = 'immediate'".to_string()),
@@ -309,6 +372,59 @@ mod tests {
             t.choose_backup(&backups).unwrap().as_deref(),
             Some("20261122-100000F")
         );
+    }
+
+    #[test]
+    fn settings_are_quoted_as_postgresql_reads_them() {
+        assert_eq!(quote_setting(r"a\"), r"'a\\'");
+        assert_eq!(
+            quote_setting("x' restore_command = 'false"),
+            "'x'' restore_command = ''false'"
+        );
+        assert_eq!(quote_setting(r"it''s \\ ok"), r"'it''''s \\\\ ok'");
+        assert_eq!(quote_setting(r"\n"), r"'\\n'");
+        let t = target(TargetType::Name, r"a\' b");
+        assert_eq!(t.settings().0[0], r"recovery_target_name = 'a\\'' b'");
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_option() {
+        assert!(refuse_control_chars("--target", r"it's \ fine").is_ok());
+        for bad in ["a\nrestore_command = 'false'", "a\rb", "tab\there", "nul\0"] {
+            let e = refuse_control_chars("--target", bad).unwrap_err();
+            assert_eq!(e.kind, crate::error::Kind::Config, "{bad:?}");
+            assert!(e
+                .message
+                .starts_with("option '--target' holds the control character U+"));
+        }
+    }
+
+    #[test]
+    fn target_timeline_is_latest_current_or_a_number() {
+        for (text, written) in [
+            ("latest", "latest"),
+            ("current", "current"),
+            ("2", "2"),
+            ("0x1A", "26"),
+            ("4294967295", "4294967295"),
+        ] {
+            assert_eq!(parse_timeline(text).unwrap(), written, "{text}");
+        }
+        for bad in [
+            "",
+            "0",
+            "010",
+            "2x",
+            "-1",
+            "0x",
+            "4294967296",
+            "Latest",
+            "2' x = '1",
+        ] {
+            let e = parse_timeline(bad).unwrap_err();
+            assert_eq!(e.kind, crate::error::Kind::Config, "{bad:?}");
+            assert!(e.message.contains("'--target-timeline'"), "{e:?}");
+        }
     }
 
     #[test]
