@@ -18,4 +18,5 @@ mod remote;
 mod restore_delta;
 mod restore_targets;
 mod stanza;
+mod timeline;
 mod verify;
