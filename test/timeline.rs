@@ -75,11 +75,9 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     let tl2 = Restored::restore(&site, "tl2", Some(&full), &[]);
     promote(&tl2, 2);
     let archive = site.archive_id_dir();
-    wait_until(
-        "00000002.history archived",
-        Duration::from_secs(60),
-        || archive.join("00000002.history").is_file(),
-    );
+    wait_until("00000002.history archived", Duration::from_secs(60), || {
+        archive.join("00000002.history").is_file()
+    });
     // The exact moment of the report: a history file and no segment of timeline 2 yet.
     assert!(!archive.join("0000000200000000").exists());
     let (min, max) = info_range(&site);
@@ -96,18 +94,19 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     let tl3 = Restored::restore(&site, "tl3", Some(&incr), &[]);
     promote(&tl3, 3);
     let seg3 = archive_row(&site, &tl3, 3);
-    wait_until(
-        "00000003.history archived",
-        Duration::from_secs(60),
-        || archive.join("00000003.history").is_file(),
-    );
+    wait_until("00000003.history archived", Duration::from_secs(60), || {
+        archive.join("00000003.history").is_file()
+    });
     tl3.stop();
     let partials = fs::read_dir(archive.join("0000000200000000"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
         .count();
-    assert_eq!(partials, 1, "timeline 2's last segment is archived as .partial");
+    assert_eq!(
+        partials, 1,
+        "timeline 2's last segment is archived as .partial"
+    );
 
     let (min, max) = info_range(&site);
     assert!(min.starts_with("00000001"), "{min}");
@@ -156,7 +155,10 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     assert_eq!(out.status, 0, "expire with unknown entries:\n{out}");
     let out = site.pgbr(&["verify"]);
     assert_error(&out, 44, "verify found problems");
-    assert!(out.stdout.contains("unknown entry: 15-1/notes.txt"), "{out}");
+    assert!(
+        out.stdout.contains("unknown entry: 15-1/notes.txt"),
+        "{out}"
+    );
     assert!(
         out.stdout
             .contains("unknown entry: 15-1/0000000300000000/garbage"),
@@ -172,7 +174,10 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     fs::remove_file(archive.join("00000003.history")).unwrap();
     let out = site.pgbr(&["verify"]);
     assert_error(&out, 44, "verify found problems");
-    assert!(out.stdout.contains("history: 15-1/00000002.history"), "{out}");
+    assert!(
+        out.stdout.contains("history: 15-1/00000002.history"),
+        "{out}"
+    );
     assert!(
         out.stdout
             .contains("history: timeline 3 has no history file 15-1/00000003.history"),
@@ -187,5 +192,8 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     assert!(problems[0].as_str().unwrap().contains("00000002.history"));
     assert!(problems[1].as_str().unwrap().contains("00000003.history"));
     fs::write(&hist2, good).unwrap();
-    assert!(site.pgbr(&["verify"]).status == 44, "00000003.history is still missing");
+    assert!(
+        site.pgbr(&["verify"]).status == 44,
+        "00000003.history is still missing"
+    );
 }

@@ -96,10 +96,7 @@ mod tests {
             ]
         );
         // PostgreSQL's reader needs no reason.
-        assert_eq!(
-            parse_history("1\t1/0\n", 2).unwrap()[0].switch_lsn,
-            1 << 32
-        );
+        assert_eq!(parse_history("1\t1/0\n", 2).unwrap()[0].switch_lsn, 1 << 32);
     }
 
     #[test]
@@ -114,8 +111,16 @@ mod tests {
             ("1\t0/1G\tr\n", 2, "is not an LSN"),
             ("1\t123456789/0\tr\n", 2, "is not an LSN"),
             ("2\t0/1\tr\n", 2, "timeline 2 is not below timeline 2"),
-            ("1\t0/1\tr\n3\t0/2\tr\n", 3, "line 2: timeline 3 is not below"),
-            ("2\t0/1\tr\n1\t0/2\tr\n", 3, "line 2: timeline 1 does not ascend"),
+            (
+                "1\t0/1\tr\n3\t0/2\tr\n",
+                3,
+                "line 2: timeline 3 is not below",
+            ),
+            (
+                "2\t0/1\tr\n1\t0/2\tr\n",
+                3,
+                "line 2: timeline 1 does not ascend",
+            ),
             ("1\t0/1\tr\n1\t0/2\tr\n", 3, "timeline 1 does not ascend"),
         ];
         for (text, tli, want) in cases {
