@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::backup::Restored;
 use crate::fixture::{assert_error, Site};
-use crate::harness::wait_until;
+use crate::harness::{self, wait_until, PG_BIN};
 
 /// The options that aim a backup at the restored copy `r` instead of the site's cluster.
 fn pg_args(r: &Restored) -> Vec<String> {
@@ -29,6 +29,20 @@ fn archive_row(site: &Site, r: &Restored, value: u32) -> String {
         !site.stored(&seg).is_empty()
     });
     seg
+}
+
+/// The WAL segment of the (stopped) primary's last checkpoint, its newest.
+fn current_segment(site: &Site) -> String {
+    let out = harness::run_as_postgres(
+        format!("{PG_BIN}/pg_controldata"),
+        &[site.cluster.data_dir().to_str().unwrap()],
+    )
+    .expect_ok("pg_controldata");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint's REDO WAL file:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no REDO WAL file in:\n{out}"))
 }
 
 /// Starts `r` with archiving into the stanza (its postgresql.conf is the primary's) and
@@ -69,10 +83,22 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
         .psql("create table tl(x int); insert into tl values (1)");
     let full = site.backup("full", &[]);
     site.one_segment();
-    // The old primary stops for good: after the failover only the promoted copy archives.
+    // Row 10 stays in the primary's current segment, which it never archives: the old
+    // primary stops for good, and after the failover only the promoted copy archives.
+    site.cluster.psql("insert into tl values (10)");
     site.cluster.stop();
 
     let tl2 = Restored::restore(&site, "tl2", Some(&full), &[]);
+    // As if streamed before the failover: recovery ends inside this segment, so promotion
+    // archives timeline 1's last segment as .partial.
+    let last_segment = current_segment(&site);
+    let copy = tl2.data.join("pg_wal").join(&last_segment);
+    fs::copy(
+        site.cluster.data_dir().join("pg_wal").join(&last_segment),
+        &copy,
+    )
+    .unwrap();
+    harness::chown_postgres(&copy);
     promote(&tl2, 2);
     let archive = site.archive_id_dir();
     wait_until("00000002.history archived", Duration::from_secs(60), || {
@@ -98,15 +124,13 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
         archive.join("00000003.history").is_file()
     });
     tl3.stop();
-    let partials = fs::read_dir(archive.join("0000000200000000"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
-        .count();
-    assert_eq!(
-        partials, 1,
-        "timeline 2's last segment is archived as .partial"
-    );
+    let partial = format!("{last_segment}.partial-");
+    wait_until("the .partial archived", Duration::from_secs(60), || {
+        fs::read_dir(archive.join(&last_segment[..16]))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&partial))
+    });
 
     let (min, max) = info_range(&site);
     assert!(min.starts_with("00000001"), "{min}");
@@ -139,7 +163,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     last.start_and_wait_promoted();
     assert_eq!(
         last.psql("select string_agg(x::text, ',' order by x) from tl"),
-        "1,2,3"
+        "1,2,3,10"
     );
     assert_eq!(
         last.psql("select timeline_id from pg_control_checkpoint()"),
