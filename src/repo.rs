@@ -5,13 +5,20 @@
 //! archive/STANZA/archive.info (+ .copy)
 //! archive/STANZA/ARCHIVE_ID/TIMELINE.history
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.partial-<sha1>[.gz]
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup-<sha1>[.gz]
 //! backup/STANZA/backup.info (+ .copy)
 //! backup/STANZA/LABEL/backup.manifest (+ .copy)
 //! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
 //! ```
+//!
+//! Every command that walks the archive reads it through [`ArchiveIdListing`] and
+//! [`WalDirListing`], the one place that says what each entry is.
 
-use crate::pg::wal::{WalKind, WalName};
+use crate::error::Result;
+use crate::pg::wal::{is_upper_hex, WalKind, WalName};
 use crate::pipeline::Compress;
+use crate::storage::Storage;
 
 pub const COPY_SUFFIX: &str = ".copy";
 
@@ -76,9 +83,14 @@ impl RepoLayout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredWal {
     pub file_name: String,
+    /// The WAL file PostgreSQL handed over (segment, `.partial`, `.backup` or history).
+    pub wal: WalName,
     /// SHA-1 of the original content, when the name carries it (not for history files).
     pub sha1: Option<String>,
     pub compressed: bool,
+    /// What follows the checksum: `""`, `".gz"`, or the extension of a compression this
+    /// build cannot read (a repository written by another tool).
+    pub extension: String,
 }
 
 impl StoredWal {
@@ -86,46 +98,179 @@ impl StoredWal {
     /// name, uncompressed, as the contract's layout has them.
     pub fn new(wal: &WalName, sha1: &str, compress: Compress) -> StoredWal {
         if wal.kind == WalKind::History {
-            return StoredWal {
-                file_name: wal.name.clone(),
-                sha1: None,
-                compressed: false,
-            };
+            return StoredWal::history(wal.clone());
         }
         StoredWal {
             file_name: format!("{}-{sha1}{}", wal.name, compress.extension()),
+            wal: wal.clone(),
             sha1: Some(sha1.to_string()),
             compressed: compress != Compress::None,
+            extension: compress.extension().to_string(),
         }
     }
 
-    /// Recognizes the stored copies of `wal` among directory entries.
+    fn history(wal: WalName) -> StoredWal {
+        StoredWal {
+            file_name: wal.name.clone(),
+            wal,
+            sha1: None,
+            compressed: false,
+            extension: String::new(),
+        }
+    }
+
+    /// Recognizes the stored copies of `wal` among the entries of its directory
+    /// ([`RepoLayout::wal_dir`]).
     pub fn find(wal: &WalName, entries: &[String]) -> Vec<StoredWal> {
+        if wal.kind == WalKind::History {
+            return entries
+                .iter()
+                .filter(|e| **e == wal.name)
+                .map(|_| StoredWal::history(wal.clone()))
+                .collect();
+        }
         entries
             .iter()
-            .filter_map(|e| StoredWal::parse(wal, e))
+            .filter_map(|e| StoredWal::classify(e))
+            .filter(|s| s.wal == *wal)
             .collect()
     }
 
-    fn parse(wal: &WalName, entry: &str) -> Option<StoredWal> {
-        if wal.kind == WalKind::History {
-            return (entry == wal.name).then(|| StoredWal {
-                file_name: entry.to_string(),
-                sha1: None,
-                compressed: false,
-            });
-        }
-        let rest = entry.strip_prefix(&wal.name)?.strip_prefix('-')?;
-        let (sha1, compressed) = match rest.strip_suffix(".gz") {
-            Some(s) => (s, true),
-            None => (rest, false),
+    /// What an entry of a WAL directory holds: `<segment>-<sha1>[ext]`,
+    /// `<segment>.partial-<sha1>[ext]` or `<segment>.<offset>.backup[-<sha1>][ext]`.
+    /// `None`: not a name pg_backrest (or pgBackRest) stores WAL under.
+    pub fn classify(entry: &str) -> Option<StoredWal> {
+        let (wal, sha1, extension) = match entry.split_once('-') {
+            Some((name, rest)) => {
+                let sha1 = rest.get(..40)?;
+                if !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                (WalName::parse(name).ok()?, Some(sha1), &rest[40..])
+            }
+            // A backup history file may be stored without a checksum in its name.
+            None => {
+                let wal = WalName::parse(entry.get(..40)?).ok()?;
+                if wal.kind != WalKind::Backup {
+                    return None;
+                }
+                (wal, None, &entry[40..])
+            }
         };
-        let is_sha1 = sha1.len() == 40 && sha1.bytes().all(|b| b.is_ascii_hexdigit());
-        is_sha1.then(|| StoredWal {
+        let ext_ok = extension.is_empty()
+            || extension.strip_prefix('.').is_some_and(|e| {
+                (1..=8).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if wal.kind == WalKind::History || !ext_ok {
+            return None;
+        }
+        Some(StoredWal {
             file_name: entry.to_string(),
-            sha1: Some(sha1.to_string()),
-            compressed,
+            wal,
+            sha1: sha1.map(String::from),
+            compressed: extension == ".gz",
+            extension: extension.to_string(),
         })
+    }
+
+    /// The 24-hex-digit segment the file is about (its timeline, log and segment number),
+    /// the key archive ranges sort and compare by. A history file has none.
+    pub fn segment(&self) -> Option<&str> {
+        (self.wal.kind != WalKind::History).then(|| &self.wal.name[..24])
+    }
+
+    /// Whether this build can read the stored content back: stored plain or gzip.
+    pub fn readable(&self) -> bool {
+        self.extension.is_empty() || self.compressed
+    }
+}
+
+/// One entry of an archive id directory, by what its name says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveIdEntry {
+    /// `0000000100000002` (16 upper-case hex digits): the WAL directory of one timeline's
+    /// log number.
+    WalDir(String),
+    /// `00000002.history`: a timeline's history file.
+    History(WalName),
+    /// Anything else: nothing pg_backrest writes.
+    Unknown(String),
+}
+
+impl ArchiveIdEntry {
+    pub fn classify(name: &str) -> ArchiveIdEntry {
+        if is_upper_hex(name, 16) {
+            return ArchiveIdEntry::WalDir(name.to_string());
+        }
+        match WalName::parse(name) {
+            Ok(wal) if wal.kind == WalKind::History => ArchiveIdEntry::History(wal),
+            _ => ArchiveIdEntry::Unknown(name.to_string()),
+        }
+    }
+}
+
+/// An archive id directory read by kind: what every command that walks the archive lists,
+/// so that none mistakes a history file for a WAL directory, or the reverse. Each sorted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ArchiveIdListing {
+    pub wal_dirs: Vec<String>,
+    pub history: Vec<WalName>,
+    pub unknown: Vec<String>,
+}
+
+impl ArchiveIdListing {
+    /// Lists `dir` (from [`RepoLayout::archive_id_path`]); a missing directory is empty.
+    pub fn read(repo: &dyn Storage, dir: &str) -> Result<ArchiveIdListing> {
+        Ok(ArchiveIdListing::of(repo.list(dir)?))
+    }
+
+    pub fn of(entries: Vec<String>) -> ArchiveIdListing {
+        let mut out = ArchiveIdListing::default();
+        for entry in entries {
+            match ArchiveIdEntry::classify(&entry) {
+                ArchiveIdEntry::WalDir(d) => out.wal_dirs.push(d),
+                ArchiveIdEntry::History(h) => out.history.push(h),
+                ArchiveIdEntry::Unknown(u) => out.unknown.push(u),
+            }
+        }
+        out.wal_dirs.sort();
+        out.history.sort_by(|a, b| a.name.cmp(&b.name));
+        out.unknown.sort();
+        out
+    }
+}
+
+/// A WAL directory read by kind: stored WAL files (segments, `.partial`, `.backup`) in
+/// name order, and entries that are none of these.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WalDirListing {
+    pub stored: Vec<StoredWal>,
+    pub unknown: Vec<String>,
+}
+
+impl WalDirListing {
+    pub fn read(repo: &dyn Storage, dir: &str) -> Result<WalDirListing> {
+        Ok(WalDirListing::of(repo.list(dir)?))
+    }
+
+    pub fn of(entries: Vec<String>) -> WalDirListing {
+        let mut out = WalDirListing::default();
+        for entry in entries {
+            match StoredWal::classify(&entry) {
+                Some(s) => out.stored.push(s),
+                None => out.unknown.push(entry),
+            }
+        }
+        out.stored.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        out.unknown.sort();
+        out
+    }
+
+    /// The segments (not `.partial` or `.backup` files) it holds, sorted.
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &StoredWal> {
+        self.stored
+            .iter()
+            .filter(|s| s.wal.kind == WalKind::Segment)
     }
 }
 
@@ -169,5 +314,106 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert!(found[0].compressed && !found[1].compressed);
         assert_eq!(found[0].sha1.as_deref(), Some(sha.as_str()));
+    }
+
+    #[test]
+    fn classifies_archive_id_entries() {
+        let l = ArchiveIdListing::of(
+            [
+                "0000000200000000",
+                "00000002.history",
+                "0000000100000000",
+                "0000000a00000000",
+                "00000002.history.gz",
+                "notes.txt",
+                "0000000A.history",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(l.wal_dirs, vec!["0000000100000000", "0000000200000000"]);
+        let hist: Vec<(&str, u32)> = l
+            .history
+            .iter()
+            .map(|h| (h.name.as_str(), h.timeline()))
+            .collect();
+        assert_eq!(
+            hist,
+            vec![("00000002.history", 2), ("0000000A.history", 10)]
+        );
+        assert_eq!(
+            l.unknown,
+            vec!["00000002.history.gz", "0000000a00000000", "notes.txt"]
+        );
+    }
+
+    #[test]
+    fn classifies_wal_dir_entries() {
+        let sha = "c".repeat(40);
+        let seg = "000000020000000000000005";
+        let l = WalDirListing::of(vec![
+            format!("{seg}-{sha}.gz"),
+            format!("{seg}.partial-{sha}.gz"),
+            format!("{seg}.00000028.backup-{sha}"),
+            format!("{seg}.00000060.backup"),
+            format!("000000020000000000000006-{sha}.lz4"),
+            format!("000000020000000000000007-{sha}"),
+            format!("{seg}-{sha}.gz.bak~"),
+            format!("{seg}-short"),
+            format!("00000002.history-{sha}"),
+            "garbage".to_string(),
+            seg.to_string(),
+        ]);
+        let kinds: Vec<(WalKind, Option<&str>, bool, &str)> = l
+            .stored
+            .iter()
+            .map(|s| {
+                (
+                    s.wal.kind,
+                    s.segment(),
+                    s.sha1.is_some(),
+                    s.extension.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (WalKind::Segment, Some(seg), true, ".gz"),
+                (WalKind::Backup, Some(seg), true, ""),
+                (WalKind::Backup, Some(seg), false, ""),
+                (WalKind::Partial, Some(seg), true, ".gz"),
+                (
+                    WalKind::Segment,
+                    Some("000000020000000000000006"),
+                    true,
+                    ".lz4"
+                ),
+                (WalKind::Segment, Some("000000020000000000000007"), true, ""),
+            ]
+        );
+        assert!(l.stored[0].compressed && l.stored[0].readable());
+        assert!(!l.stored[4].compressed && !l.stored[4].readable());
+        assert!(l.stored[5].readable());
+        assert_eq!(
+            l.unknown,
+            vec![
+                "00000002.history-cccccccccccccccccccccccccccccccccccccccc".to_string(),
+                seg.to_string(),
+                format!("{seg}-{sha}.gz.bak~"),
+                format!("{seg}-short"),
+                "garbage".to_string(),
+            ]
+        );
+        let segs: Vec<&str> = l.segments().filter_map(StoredWal::segment).collect();
+        assert_eq!(
+            segs,
+            vec![seg, "000000020000000000000006", "000000020000000000000007"]
+        );
+        // A history file is found by its plain name in the archive id directory.
+        let hist = WalName::parse("00000002.history").unwrap();
+        let found = StoredWal::find(&hist, &["00000002.history".to_string()]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].segment(), None);
     }
 }

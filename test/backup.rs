@@ -240,9 +240,9 @@ fn pgbench_state(psql: impl Fn(&str) -> String) -> String {
 /// A cluster started from a restored data directory, on its own port and socket directory.
 pub struct Restored {
     pub data: PathBuf,
-    socket: PathBuf,
+    pub socket: PathBuf,
     log: PathBuf,
-    port: u16,
+    pub port: u16,
 }
 
 impl Restored {

@@ -21,4 +21,5 @@ mod restore_delta;
 mod restore_targets;
 mod signals;
 mod stanza;
+mod timeline;
 mod verify;

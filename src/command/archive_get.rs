@@ -45,6 +45,19 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
                 .with_hint("find out which copy is right before removing the other"))
             }
         };
+        if !stored.readable() {
+            return Err(Error::new(
+                Kind::NotImplemented,
+                format!(
+                    "WAL file '{}' is stored as '{}' in '{}', with compression '{}' that pg_backrest cannot read",
+                    wal.name,
+                    stored.file_name,
+                    repo.describe(&dir),
+                    stored.extension
+                ),
+            )
+            .with_hint("decompress it with the tool that wrote it, or archive the file again with pg_backrest"));
+        }
         copy_out(
             repo.as_ref(),
             &format!("{dir}/{}", stored.file_name),

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
-use crate::repo::{RepoLayout, COPY_SUFFIX};
+use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
 /// How `repo1-retention-full` counts.
@@ -390,8 +390,9 @@ fn remove_orphans(
 }
 
 /// Step 5: WAL of the boundary backup's archive id older than its start, outside the kept
-/// backups' ranges, oldest first. History files stay: they are small and recovery along a
-/// timeline needs them. Returns how many files went (or would go).
+/// backups' ranges, oldest first, with the `.partial` and `.backup` files of those segments.
+/// History files stay: they are small, and recovery along any later timeline needs its own
+/// and no kept backup can be told not to. Unknown entries stay, untouched. Returns how many files went (or would go).
 fn remove_wal(
     repo: &dyn Storage,
     layout: &RepoLayout,
@@ -421,30 +422,26 @@ fn remove_wal(
         .collect();
     let mut removed = 0u64;
     let (mut first, mut last) = (None::<String>, None::<String>);
-    for dir in repo.list(&archive_dir)? {
-        let is_prefix = dir.len() == 16 && dir.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_prefix {
-            continue;
-        }
+    for dir in ArchiveIdListing::read(repo, &archive_dir)?.wal_dirs {
         // Sorted: once a directory's names all come after the boundary, so do the rest.
         if dir.as_str() > &start[..16] {
             break;
         }
         crate::signal::check()?;
         let path = format!("{archive_dir}/{dir}");
-        let files = repo.list(&path)?;
-        let mut left = files.len();
-        for file in &files {
-            let Some(segment) = file.get(..24) else {
+        let listing = WalDirListing::read(repo, &path)?;
+        // Unknown entries stay, and so does the directory that holds them.
+        let mut left = listing.stored.len() + listing.unknown.len();
+        for stored in &listing.stored {
+            // A .partial or .backup file goes with the segment it is named after.
+            let Some(segment) = stored.segment() else {
                 continue;
             };
-            if !segment.bytes().all(|b| b.is_ascii_hexdigit())
-                || !wal_removable(segment, start, &ranges)
-            {
+            if !wal_removable(segment, start, &ranges) {
                 continue;
             }
             if !dry_run {
-                repo.remove(&format!("{path}/{file}"))?;
+                repo.remove(&format!("{path}/{}", stored.file_name))?;
                 test_pause("wal-removed");
             }
             left -= 1;

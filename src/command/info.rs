@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::manifest::BackupType;
-use crate::repo::RepoLayout;
+use crate::repo::{ArchiveIdListing, RepoLayout, StoredWal, WalDirListing};
 use crate::storage::{self, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
@@ -67,7 +67,7 @@ fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value
         );
     };
     let archive_id = archive.db.current.archive_id();
-    let (min, max) = wal_range(repo, &format!("archive/{stanza}/{archive_id}"))?;
+    let (min, max) = wal_range(repo, &layout.archive_id_path(&archive_id))?;
     let backups: Vec<Value> = backup
         .backups
         .iter()
@@ -156,35 +156,32 @@ fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Res
     Ok(out)
 }
 
-/// Oldest and newest WAL segment of an archive id directory.
+/// Oldest and newest WAL segment of an archive id directory, across its timelines. History
+/// files, `.partial` and `.backup` files and unknown entries are not segments.
 fn wal_range(repo: &dyn Storage, dir: &str) -> Result<(Option<String>, Option<String>)> {
-    let subdirs: Vec<String> = repo
-        .list(dir)?
-        .into_iter()
-        .filter(|d| d.len() == 16)
-        .collect();
-    let seg = |d: &String, last: bool| -> Result<Option<String>> {
-        let mut names: Vec<String> = repo
-            .list(&format!("{dir}/{d}"))?
-            .into_iter()
-            .filter(|n| n.len() > 24 && n.as_bytes()[24] == b'-')
-            .map(|n| n[..24].to_string())
-            .collect();
-        names.sort();
-        Ok(if last {
-            names.pop()
-        } else {
-            names.into_iter().next()
-        })
+    let listing = ArchiveIdListing::read(repo, dir)?;
+    let segments = |d: &String| -> Result<Vec<String>> {
+        Ok(WalDirListing::read(repo, &format!("{dir}/{d}"))?
+            .segments()
+            .filter_map(StoredWal::segment)
+            .map(String::from)
+            .collect())
     };
-    let min = match subdirs.first() {
-        Some(d) => seg(d, false)?,
-        None => None,
-    };
-    let max = match subdirs.last() {
-        Some(d) => seg(d, true)?,
-        None => None,
-    };
+    // A WAL directory may hold no segment (only a .partial, say): look further in.
+    let mut min = None;
+    for d in &listing.wal_dirs {
+        if let Some(first) = segments(d)?.into_iter().min() {
+            min = Some(first);
+            break;
+        }
+    }
+    let mut max = None;
+    for d in listing.wal_dirs.iter().rev() {
+        if let Some(last) = segments(d)?.into_iter().max() {
+            max = Some(last);
+            break;
+        }
+    }
     Ok((min, max))
 }
 

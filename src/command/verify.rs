@@ -1,11 +1,13 @@
 //! verify: reads back everything the repository holds and checks it against its checksum:
 //! every stored backup file against its manifest entry (size and SHA-1 of the original
-//! content), every archived WAL segment against the SHA-1 in its name, every backup's WAL
+//! content), every archived WAL segment (and `.partial` and `.backup` file) against the SHA-1
+//! in its name, the history file of every timeline met and that it parses, every backup's WAL
 //! range from start to stop, gaps in the archived WAL from the oldest backup on (a stretch
-//! between two backups that expire emptied entirely is not a gap), and files
-//! in backup directories that no manifest lists, and temp files left in them. Files stream through the copy pipeline's
-//! restore direction, in parallel; nothing is held whole. Any problem fails the command with
-//! the integrity exit code, after the full report.
+//! between two backups that expire emptied entirely is not a gap), files in backup
+//! directories that no manifest lists, temp files left in them, and archive entries of no
+//! kind pg_backrest writes. Files stream through the copy pipeline's restore direction, in
+//! parallel; nothing is held whole. Any problem fails the command with the integrity exit
+//! code, after the full report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::Excluded;
@@ -19,9 +21,10 @@ use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::manifest::Manifest;
-use crate::pg::wal::{segment_range, WalHeader, WalName, LONG_HEADER_SIZE};
+use crate::pg::timeline::parse_history;
+use crate::pg::wal::{segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
 use crate::pipeline::{self, Compress, Ends};
-use crate::repo::{RepoLayout, StoredWal, COPY_SUFFIX};
+use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
 #[derive(Debug, Default, Serialize)]
@@ -41,7 +44,15 @@ struct Report {
     ok: bool,
     backups: Vec<BackupReport>,
     wal_segments: usize,
+    /// Stored `.partial` and `.backup` files found (and checked when their name has a
+    /// checksum).
+    wal_other: usize,
     wal_corrupt: Vec<String>,
+    /// A timeline met without its history file, or a history file that does not parse.
+    history_problems: Vec<String>,
+    /// Entries of the archive that are neither WAL directories, history files nor stored
+    /// WAL files, as `ARCHIVE_ID/[DIR/]NAME`.
+    archive_unknown: Vec<String>,
     /// Segments missing between the oldest backup's start and the newest archived segment.
     wal_gaps: Vec<String>,
     /// Files in backup directories that no manifest lists.
@@ -118,39 +129,76 @@ pub fn run(cfg: &Config) -> Result<()> {
         report.backups.push(b);
     }
 
-    // Archived WAL, newest archive id last.
+    // Archived WAL, newest archive id last: every stored file by its kind, the timelines
+    // met (in stored WAL and in the backups of that archive id) and their history files.
     let mut archived: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut segment_size = None;
     for archive_id in archive.archive_ids_newest_first().into_iter().rev() {
-        let dir = format!("archive/{stanza}/{archive_id}");
-        for sub in repo.list(&dir)?.into_iter().filter(|d| d.len() == 16) {
-            for name in repo.list(&format!("{dir}/{sub}"))? {
-                let Some(segment) = name.get(..24) else {
+        let dir = layout.archive_id_path(&archive_id);
+        let listing = ArchiveIdListing::read(repo.as_ref(), &dir)?;
+        let unknown = listing.unknown.iter().map(|u| format!("{archive_id}/{u}"));
+        report.archive_unknown.extend(unknown);
+        let mut timelines: BTreeSet<u32> = info
+            .backups
+            .values()
+            .filter(|b| {
+                info.db
+                    .history
+                    .iter()
+                    .any(|d| d.id == b.db_id && d.archive_id() == archive_id)
+            })
+            .filter_map(|b| WalName::parse(&b.backup_archive_start).ok())
+            .map(|w| w.timeline())
+            .collect();
+        for sub in &listing.wal_dirs {
+            let wal_dir = WalDirListing::read(repo.as_ref(), &format!("{dir}/{sub}"))?;
+            let unknown = wal_dir
+                .unknown
+                .iter()
+                .map(|u| format!("{archive_id}/{sub}/{u}"));
+            report.archive_unknown.extend(unknown);
+            for stored in wal_dir.stored {
+                timelines.insert(stored.wal.timeline());
+                let path = format!("{dir}/{sub}/{}", stored.file_name);
+                if !stored.readable() {
+                    report.wal_corrupt.push(format!(
+                        "{}: stored with compression '{}' that pg_backrest cannot read",
+                        stored.file_name, stored.extension
+                    ));
                     continue;
-                };
-                let Ok(wal) = WalName::parse(segment) else {
-                    continue;
-                };
-                let Some(stored) = StoredWal::find(&wal, std::slice::from_ref(&name)).pop() else {
-                    continue;
-                };
-                let path = format!("{dir}/{sub}/{name}");
-                if segment_size.is_none() {
-                    segment_size = read_segment_size(repo.as_ref(), &path, stored.compressed);
                 }
-                archived
-                    .entry(archive_id.clone())
-                    .or_default()
-                    .insert(segment.to_string());
-                report.wal_segments += 1;
-                checks.push(Check::Wal {
-                    path,
-                    name,
-                    sha1: stored.sha1.unwrap_or_default(),
-                    compressed: stored.compressed,
-                });
+                match stored.segment() {
+                    Some(segment) if stored.wal.kind == WalKind::Segment => {
+                        if segment_size.is_none() {
+                            segment_size =
+                                read_segment_size(repo.as_ref(), &path, stored.compressed);
+                        }
+                        archived
+                            .entry(archive_id.clone())
+                            .or_default()
+                            .insert(segment.to_string());
+                        report.wal_segments += 1;
+                    }
+                    _ => report.wal_other += 1,
+                }
+                if let Some(sha1) = stored.sha1 {
+                    checks.push(Check::Wal {
+                        path,
+                        name: stored.file_name,
+                        sha1,
+                        compressed: stored.compressed,
+                    });
+                }
             }
         }
+        check_history(
+            repo.as_ref(),
+            &dir,
+            &archive_id,
+            &listing.history,
+            &timelines,
+            &mut report.history_problems,
+        );
     }
 
     run_checks(cfg, repo.as_ref(), checks, &mut report)?;
@@ -245,6 +293,8 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     report.ok = report.wal_corrupt.is_empty()
         && report.wal_gaps.is_empty()
+        && report.history_problems.is_empty()
+        && report.archive_unknown.is_empty()
         && report.unreferenced.is_empty()
         && report.temp_files.is_empty()
         && report
@@ -375,6 +425,56 @@ fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Prob
     }
 }
 
+/// Largest history file read: one line per ancestor timeline stays far below this.
+const HISTORY_MAX: u64 = 1 << 20;
+
+/// Every timeline above 1 met in an archive id needs its history file there (recovery
+/// along it asks for that file), and every history file must parse. Problems go to
+/// `problems` in timeline order; nothing here fails the walk.
+fn check_history(
+    repo: &dyn Storage,
+    dir: &str,
+    archive_id: &str,
+    history: &[WalName],
+    met: &BTreeSet<u32>,
+    problems: &mut Vec<String>,
+) {
+    let files: BTreeMap<u32, &WalName> = history.iter().map(|h| (h.timeline(), h)).collect();
+    let all: BTreeSet<u32> = met
+        .iter()
+        .copied()
+        .filter(|t| *t > 1)
+        .chain(files.keys().copied())
+        .collect();
+    for tli in all {
+        let Some(h) = files.get(&tli) else {
+            problems.push(format!(
+                "timeline {tli} has no history file {archive_id}/{tli:08X}.history"
+            ));
+            continue;
+        };
+        let what = format!("{archive_id}/{}", h.name);
+        let mut text = Vec::new();
+        let read = match repo.open_read(&format!("{dir}/{}", h.name)) {
+            Ok(Some(r)) => {
+                use std::io::Read;
+                r.take(HISTORY_MAX)
+                    .read_to_end(&mut text)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(None) => Err("vanished while verify ran".to_string()),
+            Err(e) => Err(e.message),
+        };
+        let parsed = read.and_then(|_| {
+            let text = String::from_utf8(text).map_err(|_| "is not text".to_string())?;
+            parse_history(&text, tli).map(|_| ())
+        });
+        if let Err(why) = parsed {
+            problems.push(format!("{what}: {why}"));
+        }
+    }
+}
+
 /// The WAL segment size from a stored segment's first page header.
 fn read_segment_size(repo: &dyn Storage, path: &str, compressed: bool) -> Option<u64> {
     let reader = repo.open_read(path).ok()??;
@@ -435,9 +535,18 @@ fn render_text(r: &Report) -> String {
             out.push_str(&format!("        WAL it needs is missing: {w}\n"));
         }
     }
-    out.push_str(&format!("    wal: {} segments checked\n", r.wal_segments));
+    out.push_str(&format!(
+        "    wal: {} segments and {} .partial/.backup files checked\n",
+        r.wal_segments, r.wal_other
+    ));
     for c in &r.wal_corrupt {
         out.push_str(&format!("        corrupt: {c}\n"));
+    }
+    for h in &r.history_problems {
+        out.push_str(&format!("        history: {h}\n"));
+    }
+    for u in &r.archive_unknown {
+        out.push_str(&format!("    unknown entry: {u}\n"));
     }
     for g in &r.wal_gaps {
         out.push_str(&format!("        gap: {g} is missing\n"));

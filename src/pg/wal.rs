@@ -26,7 +26,8 @@ pub struct WalName {
     pub kind: WalKind,
 }
 
-fn is_upper_hex(s: &str, len: usize) -> bool {
+/// Whether `s` is exactly `len` upper-case hex digits, as PostgreSQL names WAL files.
+pub(crate) fn is_upper_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
@@ -422,6 +423,8 @@ pub mod tests {
         }
         let n = WalName::parse("000000010000000100000023").unwrap();
         assert_eq!(n.archive_subdir(), Some("0000000100000001"));
+        assert_eq!(n.timeline(), 1);
+        assert_eq!(WalName::parse("0000001A.history").unwrap().timeline(), 26);
         assert_eq!(
             WalName::parse("00000002.history").unwrap().archive_subdir(),
             None
