@@ -196,16 +196,24 @@ fn age_backups(site: &Site, ages: &[(&str, i64)]) {
     let repo = PosixStorage::new(site.repo.clone());
     let layout = RepoLayout::new(STANZA);
     let mut info = BackupInfo::load(&repo, &layout).unwrap().unwrap();
+    // This test runs as root, and pg_backrest never writes into postgres's repository as
+    // root: save into a scratch repository of root's own, then copy the files over.
+    let scratch_root = site.dir.join(format!("aged-{}", chrono_now()));
+    let scratch = PosixStorage::new(scratch_root.clone());
     let now = chrono_now();
     for (label, days) in ages {
         let b = info.backups.get_mut(*label).unwrap();
         b.backup_timestamp_stop = now - days * 86_400;
         b.backup_timestamp_start = b.backup_timestamp_stop - 60;
     }
-    info.save(&repo, &layout).unwrap();
+    info.save(&scratch, &layout).unwrap();
     let dir = site.repo.join("backup").join(STANZA);
-    chown_postgres(&dir.join("backup.info"));
-    chown_postgres(&dir.join("backup.info.copy"));
+    for name in ["backup.info", "backup.info.copy"] {
+        let from = scratch_root.join("backup").join(STANZA).join(name);
+        std::fs::copy(&from, dir.join(name)).unwrap();
+        chown_postgres(&dir.join(name));
+    }
+    std::fs::remove_dir_all(&scratch_root).unwrap();
 }
 
 fn chrono_now() -> i64 {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fixture::{assert_error, label_of, Site, STANZA};
-use crate::harness::{self, bin, chown_postgres, postgres_ids, run, Out};
+use crate::harness::{bin, chown_postgres, postgres_ids, run, Out};
 use crate::restore_delta::rechecksum;
 
 /// pg_backrest run as root (the test process's user), with the site's config.

@@ -253,7 +253,10 @@ impl WalHeader {
                 wal.name
             )));
         };
-        if self.timeline != tli {
+        // Not `!=`: the first segment of a new timeline starts as a copy of the old
+        // timeline's segment up to the switch point, so its first page carries the parent's
+        // timeline. A later timeline than the name's is never right.
+        if self.timeline > tli {
             return bad(
                 format!(
                     "'{file}' is named for timeline {tli}, but its page header says timeline {}",
@@ -506,11 +509,14 @@ pub mod tests {
             m.contains("is named for WAL position 1/24000000, but its page header says it starts at 1/23000000 (the segment named 000000020000000100000023)"),
             "{m}"
         );
-        let m = err("000000030000000100000023", mb16.into(), &h);
+        let m = err("000000010000000100000023", mb16.into(), &h);
         assert!(
-            m.contains("named for timeline 3, but its page header says timeline 2"),
+            m.contains("named for timeline 1, but its page header says timeline 2"),
             "{m}"
         );
+        // The first segment of timeline 3 begins with timeline 2's pages (PostgreSQL copies
+        // them up to the switch point when it promotes in mid-segment).
+        check(&h, "000000030000000100000023", mb16.into()).unwrap();
         let m = err("000000020000000100000023.partial", 100, &h);
         assert!(
             m.contains("partial segment") && m.contains("is 100 bytes"),

@@ -193,10 +193,10 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
 /// call this, so they may run as any user.
 pub fn check_owner(path: &Path, what: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("stat", path, e)),
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        // Not there (or not reachable): nobody's yet; the write that follows creates it as
+        // ours or reports why it cannot.
+        return Ok(());
     };
     let me = nix::unistd::geteuid().as_raw();
     // A sticky world-writable directory (/tmp) is shared by design: what we create there is
