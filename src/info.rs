@@ -143,7 +143,11 @@ fn render_key(key: &str, value: &str) -> String {
         && !key.starts_with('"')
         && !key.starts_with('[')
         && !key.contains(['\n', '\r'])
-        && split_key_value(&format!("{key}={value}")).is_some_and(|(k, v)| k == key && v == value);
+        // A key without `=` always splits at the separator, so only keys holding one are
+        // tried (a manifest has a key per file and is saved every few seconds).
+        && (!key.contains('=')
+            || split_key_value(&format!("{key}={value}"))
+                .is_some_and(|(k, v)| k == key && v == value));
     if plain {
         key.to_string()
     } else {
