@@ -110,11 +110,14 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     assert!(min.starts_with("00000001") && max.starts_with("00000001"));
     verify_ok(&site, "with only the history file of timeline 2");
 
-    archive_row(&site, &tl2, 2);
+    // Timeline 2's first segment: it holds the switch point, so timeline 1's segment of
+    // that number exists only as the .partial.
+    let seg2 = archive_row(&site, &tl2, 2);
     let args = pg_args(&tl2);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let incr = site.backup("incr", &refs);
     assert!(site.backup_wal_range(&incr).0.starts_with("00000002"));
+    assert!(site.backup_wal_range(&incr).0 > seg2);
     tl2.stop();
 
     let tl3 = Restored::restore(&site, "tl3", Some(&incr), &[]);
@@ -214,7 +217,9 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     let hist2 = archive.join("00000002.history");
     let good = fs::read(&hist2).unwrap();
     fs::write(&hist2, "1\tnot-an-lsn\tbroken\n").unwrap();
-    fs::remove_file(archive.join("00000003.history")).unwrap();
+    let hist3 = archive.join("00000003.history");
+    let good3 = fs::read(&hist3).unwrap();
+    fs::remove_file(&hist3).unwrap();
     let out = site.pgbr(&["verify"]);
     assert_error(&out, 44, "verify found problems");
     assert!(
@@ -239,4 +244,27 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
         site.pgbr(&["verify"]).status == 44,
         "00000003.history is still missing"
     );
+
+    // The gap check follows the history of timeline 3 from the full backup on timeline 1:
+    // nothing missing along it (timeline 1's segment numbers from the switch point on are
+    // not expected), and a segment of timeline 2 outside every backup's range is a gap.
+    fs::write(&hist3, good3).unwrap();
+    harness::chown_postgres(&hist3);
+    verify_ok(&site, "with every history file back");
+    let stored2 = site.stored(&seg2);
+    assert!(!stored2.is_empty(), "{seg2} is stored");
+    for f in stored2 {
+        fs::remove_file(f).unwrap();
+    }
+    let out = site.pgbr(&["verify"]);
+    assert_error(&out, 44, "verify found problems");
+    assert!(
+        out.stdout.contains(&format!("gap: {seg2} is missing")),
+        "{out}"
+    );
+    let out = site.pgbr(&["verify", "--output=json"]);
+    assert_eq!(out.status, 44, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["wal_gaps"], serde_json::json!([seg2]), "{out}");
 }

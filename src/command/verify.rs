@@ -2,15 +2,14 @@
 //! every stored backup file against its manifest entry (size and SHA-1 of the original
 //! content), every archived WAL segment (and `.partial` and `.backup` file) against the SHA-1
 //! in its name, the history file of every timeline met and that it parses, every backup's WAL
-//! range from start to stop, gaps in the archived WAL from the oldest backup on (a stretch
-//! between two backups that expire emptied entirely is not a gap), files in backup
-//! directories that no manifest lists, temp files left in them, and archive entries of no
-//! kind pg_backrest writes. Files stream through the copy pipeline's restore direction, in
+//! range from start to stop, gaps in the archived WAL from the oldest backup on along the
+//! newest timeline's history (a stretch between two backups that expire emptied entirely is
+//! not a gap), files in backup directories that no manifest lists, temp files left in them,
+//! and archive entries of no kind pg_backrest writes. Files stream through the copy pipeline's restore direction, in
 //! parallel; nothing is held whole. Any problem fails the command with the integrity exit
 //! code, after the full report.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound::Excluded;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -21,7 +20,7 @@ use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::manifest::Manifest;
-use crate::pg::timeline::parse_history;
+use crate::pg::timeline::{parse_history, HistoryEntry};
 use crate::pg::wal::{segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
@@ -133,6 +132,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     // met (in stored WAL and in the backups of that archive id) and their history files.
     let mut archived: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut segment_size = None;
+    let mut histories: BTreeMap<String, BTreeMap<u32, Vec<HistoryEntry>>> = BTreeMap::new();
     for archive_id in archive.archive_ids_newest_first().into_iter().rev() {
         let dir = layout.archive_id_path(&archive_id);
         let listing = ArchiveIdListing::read(repo.as_ref(), &dir)?;
@@ -191,7 +191,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                 }
             }
         }
-        check_history(
+        let parsed = check_history(
             repo.as_ref(),
             &dir,
             &archive_id,
@@ -199,6 +199,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             &timelines,
             &mut report.history_problems,
         );
+        histories.insert(archive_id.clone(), parsed);
     }
 
     run_checks(cfg, repo.as_ref(), checks, &mut report)?;
@@ -226,38 +227,16 @@ pub fn run(cfg: &Config) -> Result<()> {
     let loaded: Vec<&Manifest> = manifests.iter().flatten().collect();
     if let (Some(oldest), Some(newest)) = (loaded.first(), current.iter().next_back()) {
         let start = &oldest.backup.archive_start;
-        if start[..8] == newest[..8] && start.as_str() <= newest.as_str() {
-            // Between two backups whose archive retention expire removed, nothing is left
-            // at all: that stretch is expired, not a gap. A gap is a hole among what is kept.
-            let mut ranges: Vec<(&str, &str)> = loaded
-                .iter()
-                .filter_map(|m| {
-                    Some((
-                        m.backup.archive_start.as_str(),
-                        m.backup.archive_stop.as_deref()?,
-                    ))
-                })
-                .collect();
-            ranges.sort();
-            let expired: Vec<(&str, &str)> = ranges
-                .windows(2)
-                .map(|w| (w[0].1, w[1].0))
-                .filter(|(stop, next)| {
-                    current
-                        .range::<str, _>((Excluded(*stop), Excluded(*next)))
-                        .next()
-                        .is_none()
-                })
-                .collect();
-            report.wal_gaps = segment_range(start, newest, seg_size)?
-                .into_iter()
-                .filter(|s| !current.contains(s))
-                .filter(|s| {
-                    !expired
-                        .iter()
-                        .any(|(stop, next)| *stop < s.as_str() && s.as_str() < *next)
-                })
-                .collect();
+        // The newest timeline's ancestors; a missing or unparsable history file is already
+        // a history problem, and without it the check is skipped rather than guessed.
+        let history = WalName::parse(newest).ok().and_then(|w| {
+            histories
+                .get(&archive.db.current.archive_id())?
+                .get(&w.timeline())
+        });
+        let path = expected_segments(history.map_or(&[], Vec::as_slice), start, newest, seg_size)?;
+        if let Some(path) = path {
+            report.wal_gaps = wal_gaps(&path, &current, &loaded, seg_size);
         }
     }
 
@@ -425,12 +404,121 @@ fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Prob
     }
 }
 
+/// The segment number of a segment name: its place in the WAL stream whatever its
+/// timeline (the name without its first 8 hex digits).
+fn segment_number(name: &str, seg_size: u64) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some(log * (0x1_0000_0000 / seg_size.max(1)) + seg)
+}
+
+/// The segments recovery reads from `start` to `newest` along the history of `newest`'s
+/// timeline (`history`: its ancestors as its history file lists them, empty on a single
+/// timeline). Segment number k lies on the first ancestor from `start`'s timeline on that
+/// was left at a segment above k, else on `newest`'s timeline: the segment holding a switch
+/// point belongs to the new timeline, which begins with its parent's pages up to there.
+/// None when `start` is after `newest` or on no ancestor at that point (a timeline the
+/// newest one did not branch from): there is no path to check, and guessing one would
+/// report false gaps.
+fn expected_segments(
+    history: &[HistoryEntry],
+    start: &str,
+    newest: &str,
+    seg_size: u64,
+) -> Result<Option<Vec<String>>> {
+    let bad = || {
+        Error::new(
+            Kind::WalFormat,
+            format!("invalid WAL range '{start}' to '{newest}'"),
+        )
+    };
+    let start_tli = WalName::parse(start).map_err(|_| bad())?.timeline();
+    let newest_tli = WalName::parse(newest).map_err(|_| bad())?.timeline();
+    let first = segment_number(start, seg_size).ok_or_else(bad)?;
+    let last = segment_number(newest, seg_size).ok_or_else(bad)?;
+    if first > last {
+        return Ok(None);
+    }
+    if last - first > 1_000_000 {
+        return Err(bad());
+    }
+    // (timeline, first segment number not on it) from start's timeline on.
+    let switches: Vec<(u32, u64)> = history
+        .iter()
+        .filter(|e| e.parent_tli >= start_tli && e.parent_tli < newest_tli)
+        .map(|e| (e.parent_tli, e.switch_lsn / seg_size.max(1)))
+        .collect();
+    let on_path = start_tli == newest_tli
+        || switches
+            .first()
+            .is_some_and(|&(tli, end)| tli == start_tli && first <= end);
+    if !on_path {
+        return Ok(None);
+    }
+    let per_log = 0x1_0000_0000u64 / seg_size.max(1);
+    Ok(Some(
+        (first..=last)
+            .map(|k| {
+                let tli = switches
+                    .iter()
+                    .find(|&&(_, end)| k < end)
+                    .map_or(newest_tli, |&(tli, _)| tli);
+                format!("{tli:08X}{:08X}{:08X}", k / per_log, k % per_log)
+            })
+            .collect(),
+    ))
+}
+
+/// The segments of `path` (expected_segments()) missing from `archived`. Between two
+/// backups whose archive retention expire removed, nothing along the path is left at all:
+/// that stretch is expired, not a gap; a gap is a hole among what is kept. Backups are
+/// compared by segment number, as they may lie on different timelines.
+fn wal_gaps(
+    path: &[String],
+    archived: &BTreeSet<String>,
+    backups: &[&Manifest],
+    seg_size: u64,
+) -> Vec<String> {
+    let Some(first) = path.first().and_then(|s| segment_number(s, seg_size)) else {
+        return Vec::new();
+    };
+    let kept = |k: u64| {
+        k.checked_sub(first)
+            .and_then(|i| path.get(i as usize))
+            .is_some_and(|s| archived.contains(s))
+    };
+    let mut ranges: Vec<(u64, u64)> = backups
+        .iter()
+        .filter_map(|m| {
+            Some((
+                segment_number(&m.backup.archive_start, seg_size)?,
+                segment_number(m.backup.archive_stop.as_deref()?, seg_size)?,
+            ))
+        })
+        .collect();
+    ranges.sort();
+    let expired: Vec<(u64, u64)> = ranges
+        .windows(2)
+        .map(|w| (w[0].1, w[1].0))
+        .filter(|&(stop, next)| !(stop.saturating_add(1)..next).any(kept))
+        .collect();
+    path.iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            let k = first + *i as u64;
+            !archived.contains(*s) && !expired.iter().any(|&(stop, next)| stop < k && k < next)
+        })
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
 /// Largest history file read: one line per ancestor timeline stays far below this.
 const HISTORY_MAX: u64 = 1 << 20;
 
 /// Every timeline above 1 met in an archive id needs its history file there (recovery
 /// along it asks for that file), and every history file must parse. Problems go to
-/// `problems` in timeline order; nothing here fails the walk.
+/// `problems` in timeline order; nothing here fails the walk. Returns the entries of every
+/// history file that parsed, by its timeline.
 fn check_history(
     repo: &dyn Storage,
     dir: &str,
@@ -438,7 +526,8 @@ fn check_history(
     history: &[WalName],
     met: &BTreeSet<u32>,
     problems: &mut Vec<String>,
-) {
+) -> BTreeMap<u32, Vec<HistoryEntry>> {
+    let mut parsed_ok = BTreeMap::new();
     let files: BTreeMap<u32, &WalName> = history.iter().map(|h| (h.timeline(), h)).collect();
     let all: BTreeSet<u32> = met
         .iter()
@@ -467,12 +556,16 @@ fn check_history(
         };
         let parsed = read.and_then(|_| {
             let text = String::from_utf8(text).map_err(|_| "is not text".to_string())?;
-            parse_history(&text, tli).map(|_| ())
+            parse_history(&text, tli)
         });
-        if let Err(why) = parsed {
-            problems.push(format!("{what}: {why}"));
+        match parsed {
+            Ok(entries) => {
+                parsed_ok.insert(tli, entries);
+            }
+            Err(why) => problems.push(format!("{what}: {why}")),
         }
     }
+    parsed_ok
 }
 
 /// The WAL segment size from a stored segment's first page header.
@@ -565,4 +658,108 @@ fn render_text(r: &Report) -> String {
         "    result: PROBLEMS FOUND\n"
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(parent_tli: u32, switch_lsn: u64) -> HistoryEntry {
+        HistoryEntry {
+            parent_tli,
+            switch_lsn,
+            reason: String::new(),
+        }
+    }
+
+    const MB16: u64 = 16 << 20;
+
+    #[test]
+    fn expected_segments_follow_the_history_of_the_newest_timeline() {
+        let one = expected_segments(
+            &[],
+            "000000010000000000000002",
+            "000000010000000000000004",
+            MB16,
+        )
+        .unwrap();
+        assert_eq!(
+            one.unwrap(),
+            [
+                "000000010000000000000002",
+                "000000010000000000000003",
+                "000000010000000000000004"
+            ]
+        );
+        // Timeline 1 left inside segment 5, timeline 2 at the start of segment 7: the
+        // segment holding each switch point is the new timeline's.
+        let history = [entry(1, 0x500_0028), entry(2, 0x700_0000)];
+        let path = expected_segments(
+            &history,
+            "000000010000000000000003",
+            "000000030000000000000008",
+            MB16,
+        )
+        .unwrap();
+        assert_eq!(
+            path.unwrap(),
+            [
+                "000000010000000000000003",
+                "000000010000000000000004",
+                "000000020000000000000005",
+                "000000020000000000000006",
+                "000000030000000000000007",
+                "000000030000000000000008"
+            ]
+        );
+        // From timeline 2 on, timeline 1's entry plays no part.
+        let path = expected_segments(
+            &history,
+            "000000020000000000000006",
+            "000000030000000000000007",
+            MB16,
+        )
+        .unwrap();
+        assert_eq!(
+            path.unwrap(),
+            ["000000020000000000000006", "000000030000000000000007"]
+        );
+        // A start in the segment of the switch point is on the path; the numbers carry
+        // over into the next log file (1 GiB segments: 4 a log file).
+        let path = expected_segments(
+            &[entry(1, 0x1_0000_0010)],
+            "000000010000000000000003",
+            "000000020000000100000001",
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(
+            path.unwrap(),
+            [
+                "000000010000000000000003",
+                "000000020000000100000000",
+                "000000020000000100000001"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_expected_segments_off_the_newest_timelines_ancestry() {
+        let history = [entry(1, 0x500_0028)];
+        for (why, history, start) in [
+            // Timeline 3 branched from 1: timeline 2 is a sibling.
+            ("sibling", &history[..], "000000020000000000000006"),
+            // On timeline 1 after timeline 3 left it: a fork of its own.
+            ("past the switch", &history[..], "000000010000000000000006"),
+            // No history file (a history problem already): nothing to follow.
+            ("no history", &[][..], "000000010000000000000002"),
+            // The oldest backup starts after the newest segment.
+            ("after newest", &history[..], "000000030000000000000009"),
+        ] {
+            let path = expected_segments(history, start, "000000030000000000000008", MB16);
+            assert_eq!(path.unwrap(), None, "{why}");
+        }
+        let err = expected_segments(&[], "garbage", "000000010000000000000001", MB16);
+        assert_eq!(err.unwrap_err().kind, Kind::WalFormat);
+    }
 }
