@@ -5,9 +5,9 @@
 //! range from start to stop, gaps in the archived WAL from the oldest backup on along the
 //! newest timeline's history (a stretch between two backups that expire emptied entirely is
 //! not a gap), files in backup directories that no manifest lists, temp files left in them,
-//! and archive entries of no kind pg_backrest writes. Files stream through the copy pipeline's restore direction, in
-//! parallel; nothing is held whole. Any problem fails the command with the integrity exit
-//! code, after the full report.
+//! and archive entries of no kind pg_backrest writes. Files stream through the copy
+//! pipeline's restore direction, in parallel; nothing is held whole. Any problem fails the
+//! command with the integrity exit code, after the full report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
