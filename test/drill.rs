@@ -177,22 +177,7 @@ fn drill_stopped_by_sigterm_removes_its_copy_and_server() {
         server_starting,
     );
     // runuser's own child; PostgreSQL's restore_command runs other pg_backrest processes.
-    let parent_of = |pid: u32| {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<u32>()
-                    .ok()
-            })
-    };
-    let ours: Vec<u32> = harness::descendants(child.id())
-        .into_iter()
-        .filter(|&pid| parent_of(pid) == Some(child.id()))
-        .collect();
+    let ours = harness::children(child.id());
     assert_eq!(ours.len(), 1, "the drill process: {ours:?}");
     // Frozen while the signal arrives, so the drill cannot finish in between.
     harness::signal(&ours, "STOP");

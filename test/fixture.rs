@@ -178,19 +178,7 @@ impl Site {
 
     /// Temp files left anywhere under the archive id directory.
     pub fn temp_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.archive_id_dir()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if e.file_name().to_string_lossy().starts_with(".pgbr-tmp.") {
-                    out.push(path);
-                }
-            }
-        }
-        out
+        harness::temp_files_under(&self.archive_id_dir())
     }
 
     /// Drives WAL with pgbench (plus bulk inserts, so the test takes seconds, not minutes)

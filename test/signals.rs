@@ -5,7 +5,7 @@
 //! killed process did leave are removed by the resumed backup and reported by verify.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -14,23 +14,6 @@ use crate::harness::{self, wait_until, Out};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
-}
-
-/// Every `.pgbr-tmp.*` file below `dir`.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if e.file_name().to_string_lossy().starts_with(".pgbr-tmp.") {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 /// Whether any file (temp files included) exists below `dir`.
@@ -62,25 +45,9 @@ fn spawn(site: &Site, args: &[&str]) -> Child {
         .expect("spawning pg_backrest")
 }
 
-/// The pg_backrest process itself: runuser's child (runuser would forward a signal, wait and
-/// then die of it, which is not what a scheduler signalling pg_backrest sees).
+/// The pg_backrest process itself: runuser's child.
 fn pg_backrest_pid(child: &Child) -> u32 {
-    let parent_of = |pid: u32| {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<u32>()
-                    .ok()
-            })
-    };
-    let ours: Vec<u32> = harness::descendants(child.id())
-        .into_iter()
-        .filter(|&pid| parent_of(pid) == Some(child.id()))
-        .collect();
+    let ours = harness::children(child.id());
     assert_eq!(ours.len(), 1, "the pg_backrest process: {ours:?}");
     ours[0]
 }
@@ -152,9 +119,9 @@ fn sigterm_stops_a_backup_cleanly_and_it_resumes_then_sigint_stops_a_restore() {
     assert_terminated(&site, "backup", &out, "SIGTERM");
     // The backups only: archive_command may be pushing a segment right now.
     assert!(
-        temp_files(&backups).is_empty(),
+        harness::temp_files_under(&backups).is_empty(),
         "temp files left: {:?}",
-        temp_files(&backups)
+        harness::temp_files_under(&backups)
     );
     let log = site.log("backup");
     assert!(
@@ -242,9 +209,9 @@ fn sigterm_stops_a_backup_cleanly_and_it_resumes_then_sigint_stops_a_restore() {
     let out = finish(child);
     assert_terminated(&site, "restore", &out, "SIGINT");
     assert!(
-        temp_files(&target).is_empty(),
+        harness::temp_files_under(&target).is_empty(),
         "temp files left: {:?}",
-        temp_files(&target)
+        harness::temp_files_under(&target)
     );
     site.pgbr(&["restore", &pg1, "--delta"])
         .expect_ok("restore after SIGINT");

@@ -50,15 +50,12 @@ impl RemoteStorage {
     }
 }
 
-fn smuggle(e: Error) -> io::Error {
-    io::Error::other(e)
-}
-
-impl Storage for RemoteStorage {
-    fn list(&self, dir: &str) -> Result<Vec<String>> {
-        let reply = self.lock()?.call(&json!({"op": "list", "path": dir}))?;
+impl RemoteStorage {
+    /// A request about `path` whose reply carries a list of names under `field`.
+    fn call_for_names(&self, op: &str, path: &str, field: &str) -> Result<Vec<String>> {
+        let reply = self.lock()?.call(&json!({"op": op, "path": path}))?;
         Ok(reply
-            .get("names")
+            .get(field)
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -67,20 +64,19 @@ impl Storage for RemoteStorage {
             })
             .unwrap_or_default())
     }
+}
+
+fn smuggle(e: Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl Storage for RemoteStorage {
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        self.call_for_names("list", dir, "names")
+    }
 
     fn temp_files(&self, dir: &str) -> Result<Vec<String>> {
-        let reply = self
-            .lock()?
-            .call(&json!({"op": "temp-files", "path": dir}))?;
-        Ok(reply
-            .get("paths")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        self.call_for_names("temp-files", dir, "paths")
     }
 
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {

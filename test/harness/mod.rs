@@ -14,7 +14,7 @@ mod sshd;
 mod testdir;
 
 pub use pg::{PgCluster, PG_BIN};
-pub use proc::{descendants, holds_open, is_dead, kill_tree, signal};
+pub use proc::{children, descendants, holds_open, is_dead, kill_tree, signal};
 pub use sshd::Sshd;
 pub use testdir::TestDir;
 
@@ -234,4 +234,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Temp files (`.pgbr-tmp.*`) left anywhere under `dir`.
+pub fn temp_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if e.file_name().to_string_lossy().starts_with(".pgbr-tmp.") {
+                out.push(path);
+            }
+        }
+    }
+    out
 }

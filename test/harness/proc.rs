@@ -35,6 +35,19 @@ fn parents() -> HashMap<u32, u32> {
     map
 }
 
+/// The live direct children of `pid`: under `runuser`, the program it runs (runuser would
+/// forward a signal, wait and then die of it, which is not what a process signalled by a
+/// scheduler sees).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = parents()
+        .into_iter()
+        .filter(|&(_, ppid)| ppid == pid)
+        .map(|(child, _)| child)
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every live descendant of `root` (not `root` itself).
 pub fn descendants(root: u32) -> Vec<u32> {
     let parents = parents();
