@@ -166,6 +166,19 @@ impl Error {
         self.kind.exit_code()
     }
 
+    /// The process exit status when this error ends `command` after signal number `signal`
+    /// was caught. One exception to [`Error::exit_code`]: archive-get runs as PostgreSQL's
+    /// restore_command, which takes any plain failure for "not in the archive" (and may end
+    /// recovery there) but shuts down on a command ended by a signal. A signal that stops
+    /// archive-get therefore exits with 128 + its number, as a shell reports a killed command;
+    /// the ERROR line still carries the code of [`Kind::Terminated`].
+    pub fn exit_status(&self, command: crate::config::Cmd, signal: Option<i32>) -> i32 {
+        match (self.kind, command, signal) {
+            (Kind::Terminated, crate::config::Cmd::ArchiveGet, Some(n)) => 128 + n,
+            _ => self.exit_code(),
+        }
+    }
+
     /// The single line printed on stderr and in the log.
     pub fn render(&self) -> String {
         let mut line = format!("ERROR: [{:03}]: {}", self.exit_code(), self.message);
@@ -200,6 +213,19 @@ mod tests {
         for k in kinds {
             assert_eq!(Kind::from_wire_name(k.wire_name()), k);
         }
+    }
+
+    #[test]
+    fn a_signal_ends_archive_get_as_a_killed_restore_command() {
+        use crate::config::Cmd;
+        let term = Error::new(Kind::Terminated, "terminated by signal SIGTERM");
+        assert_eq!(term.exit_status(Cmd::ArchiveGet, Some(15)), 143);
+        assert_eq!(term.exit_status(Cmd::ArchiveGet, Some(2)), 130);
+        assert_eq!(term.exit_status(Cmd::Backup, Some(15)), 63);
+        assert_eq!(term.exit_status(Cmd::ArchivePush, Some(15)), 63);
+        let other = Error::integrity("checksum mismatch");
+        assert_eq!(other.exit_status(Cmd::ArchiveGet, Some(15)), 44);
+        assert_eq!(other.exit_status(Cmd::ArchiveGet, None), 44);
     }
 
     #[test]

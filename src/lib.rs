@@ -82,7 +82,7 @@ pub fn main_exit_code() -> i32 {
         }
         Err(e) => {
             log::final_error(&e.render());
-            e.exit_code()
+            e.exit_status(cfg.command, signal::caught_number())
         }
     }
 }

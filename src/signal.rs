@@ -69,6 +69,15 @@ pub fn caught() -> Option<&'static str> {
     )
 }
 
+/// The number of the signal caught, if one was.
+pub fn caught_number() -> Option<i32> {
+    caught()?;
+    WHICH
+        .get()
+        .map(|w| w.load(Ordering::SeqCst) as i32)
+        .filter(|n| *n > 0)
+}
+
 /// The error a command ends with once a signal was caught.
 pub fn terminated(name: &str) -> Error {
     Error::new(Kind::Terminated, format!("terminated by signal {name}")).with_hint(
