@@ -3,6 +3,7 @@
 //! lock, stops PostgreSQL's backup, leaves no temp file and resumes; a restore stopped
 //! mid-copy leaves no temp file; a command waiting for a lock stops waiting. Temp files that a
 //! killed process did leave are removed by the resumed backup and reported by verify.
+//! archive-get, PostgreSQL's restore_command, ends with the status of a killed command.
 
 use std::fs;
 use std::path::Path;
@@ -248,4 +249,47 @@ fn sighup_stops_a_command_waiting_for_a_lock() {
     harness::kill_tree(holder.id());
     let _ = holder.wait();
     assert_terminated(&site, "backup", &out, "SIGHUP");
+}
+
+#[test]
+fn a_signal_ends_archive_get_as_a_killed_restore_command() {
+    let mut site = Site::remote();
+    let segment = site.one_segment();
+    let dest_dir = site.dir.mkdir("fetched");
+    let dest = dest_dir.join(&segment);
+    // Frozen repository host: archive-get waits for its answer until the signal.
+    site.sshd.as_mut().expect("remote site").pause();
+    let mut child = spawn(
+        &site,
+        &["--io-timeout=5", "archive-get", &segment, p(&dest)],
+    );
+    wait_while_running(&mut child, "archive-get to start", || {
+        site.log("archive-get")
+            .contains("archive-get command begin")
+    });
+    harness::signal(&[pg_backrest_pid(&child)], "TERM");
+    wait_until("archive-get to end", Duration::from_secs(120), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let out = finish(child);
+    site.sshd.as_mut().expect("remote site").resume();
+    // Not 1 (PostgreSQL would take the segment for missing and may end recovery) nor a plain
+    // error code: the status of a command killed by SIGTERM, so PostgreSQL shuts down.
+    assert_eq!(out.status, 143, "{out}");
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ERROR:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].starts_with("ERROR: [063]: terminated by signal SIGTERM"),
+        "{out}"
+    );
+    assert!(!dest.exists(), "nothing fetched");
+    assert!(harness::temp_files_under(&dest_dir).is_empty());
+    // The same archive-get with the host answering again fetches the segment.
+    let out = site.pgbr(&["archive-get", &segment, p(&dest)]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(dest.exists());
 }
