@@ -324,11 +324,7 @@ impl Manifest {
             }
         }
         for wal in std::iter::once(&self.backup.archive_start).chain(&self.backup.archive_stop) {
-            let segment = wal.len() == 24
-                && wal
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
-            if !segment {
+            if !crate::pg::wal::is_upper_hex(wal, 24) {
                 return Err(format!("'{wal}' is not a WAL segment name"));
             }
         }

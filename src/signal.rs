@@ -60,18 +60,18 @@ pub fn caught() -> Option<&'static str> {
     if !CAUGHT.get()?.load(Ordering::SeqCst) {
         return None;
     }
-    let which = WHICH.get().map_or(0, |w| w.load(Ordering::SeqCst));
     Some(
-        SIGNALS
-            .iter()
-            .find(|(n, _)| *n as usize == which)
+        caught_number()
+            .and_then(|n| SIGNALS.iter().find(|(s, _)| *s == n))
             .map_or("a termination signal", |(_, name)| name),
     )
 }
 
 /// The number of the signal caught, if one was.
 pub fn caught_number() -> Option<i32> {
-    caught()?;
+    if !CAUGHT.get()?.load(Ordering::SeqCst) {
+        return None;
+    }
     WHICH
         .get()
         .map(|w| w.load(Ordering::SeqCst) as i32)

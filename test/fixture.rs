@@ -363,6 +363,18 @@ pub fn label_of(out: &Out) -> String {
         .unwrap_or_else(|| panic!("no 'backup <LABEL> complete' line:\n{out}"))
 }
 
+/// The one `ERROR:` line of a failed command's stderr, wherever it stands (warnings may
+/// come first); panics unless there is exactly one.
+pub fn only_error_line(out: &Out) -> &str {
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ERROR:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR line:\n{out}");
+    errors[0]
+}
+
 /// Asserts a failed command printed one `ERROR: [code]:` line first on stderr.
 pub fn assert_error(out: &Out, code: i32, contains: &str) {
     assert_eq!(out.status, code, "expected exit {code}:\n{out}");

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fixture::{assert_error, label_of, Site, STANZA};
+use crate::fixture::{assert_error, label_of, only_error_line, Site, STANZA};
 use crate::harness::{bin, chown_postgres, postgres_ids, run, Out};
 use crate::restore_delta::rechecksum;
 
@@ -85,19 +85,14 @@ fn root_never_takes_a_repository_lock_or_log_path_over() {
         let out = pgbr_as_root(&site, &args);
         // The log file is refused too, with a warning before the error.
         assert_eq!(out.status, 31, "{args:?}: {out}");
-        let errors: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("ERROR:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{out}");
+        let error = only_error_line(&out);
         for part in [
             "ERROR: [031]: refusing to write into repository",
             "it belongs to user 'postgres'",
             "runs as user 'root' (uid 0)",
             "HINT: run pg_backrest as postgres",
         ] {
-            assert!(errors[0].contains(part), "{part}: {out}");
+            assert!(error.contains(part), "{part}: {out}");
         }
     }
     let mut repo_after = contents(&site.repo);

@@ -21,7 +21,9 @@ use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::manifest::Manifest;
 use crate::pg::timeline::{parse_history, HistoryEntry};
-use crate::pg::wal::{segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
+use crate::pg::wal::{
+    segment_number, segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE,
+};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, Storage};
@@ -402,14 +404,6 @@ fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Prob
         ))),
         _ => Ok(()),
     }
-}
-
-/// The segment number of a segment name: its place in the WAL stream whatever its
-/// timeline (the name without its first 8 hex digits).
-fn segment_number(name: &str, seg_size: u64) -> Option<u64> {
-    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    Some(log * (0x1_0000_0000 / seg_size.max(1)) + seg)
 }
 
 /// The segments recovery reads from `start` to `newest` along the history of `newest`'s

@@ -90,32 +90,30 @@ impl WalName {
 
 /// The segment names from `start` to `stop` inclusive, on `start`'s timeline.
 pub fn segment_range(start: &str, stop: &str, segment_size: u64) -> Result<Vec<String>> {
-    let parse = |n: &str| -> Option<(String, u64, u64)> {
-        if !is_upper_hex(n, 24) {
-            return None;
-        }
-        Some((
-            n[..8].to_string(),
-            u64::from_str_radix(&n[8..16], 16).ok()?,
-            u64::from_str_radix(&n[16..], 16).ok()?,
-        ))
-    };
     let bad = || {
         Error::new(
             Kind::WalFormat,
             format!("invalid WAL range '{start}' to '{stop}'"),
         )
     };
-    let (tli, log0, seg0) = parse(start).ok_or_else(bad)?;
-    let (_, log1, seg1) = parse(stop).ok_or_else(bad)?;
-    let per_log = 0x1_0000_0000u64 / segment_size.max(1);
-    let (first, last) = (log0 * per_log + seg0, log1 * per_log + seg1);
+    let number = |n: &str| (n.len() == 24).then(|| segment_number(n, segment_size))?;
+    let first = number(start).ok_or_else(bad)?;
+    let last = number(stop).ok_or_else(bad)?;
     if last < first || last - first > 1_000_000 {
         return Err(bad());
     }
+    let per_log = 0x1_0000_0000u64 / segment_size.max(1);
+    let tli = &start[..8];
     Ok((first..=last)
         .map(|n| format!("{tli}{:08X}{:08X}", n / per_log, n % per_log))
         .collect())
+}
+
+/// A segment's place in the WAL stream with `segment_size`-byte segments, whatever its
+/// timeline: from the log and segment numbers of its name (the first 24 hex digits).
+pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
+    let (_, log, seg) = segment_parts(name)?;
+    Some(u64::from(log) * (0x1_0000_0000 / segment_size.max(1)) + u64::from(seg))
 }
 
 /// Smallest and largest WAL segment sizes PostgreSQL allows (initdb --wal-segsize, a power
