@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::backup::is_label;
 use crate::info::{self, DbEntry, IniDoc};
 use crate::pipeline::Compress;
@@ -63,32 +63,52 @@ impl BackupType {
 }
 
 /// The backup's own facts: `[backup]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupFacts {
     pub label: String,
-    #[serde(rename = "type")]
     pub backup_type: BackupType,
     pub prior: Option<String>,
+    /// `backup-reference`: the backups of this backup's chain, oldest first, ending with this
+    /// one. pgBackRest refuses a manifest where a file references a label missing here.
+    pub reference: Vec<String>,
     pub timestamp_start: i64,
+    /// When copying files began (after `pg_backup_start` returned).
+    pub timestamp_copy_start: i64,
+    /// `None` while the backup runs (pgBackRest writes 0 then, and so do we).
     pub timestamp_stop: Option<i64>,
     pub lsn_start: String,
     pub lsn_stop: Option<String>,
     pub archive_start: String,
     pub archive_stop: Option<String>,
-    pub timeline: u32,
 }
 
-/// The options that shaped the backup: `[backup:option]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+impl BackupFacts {
+    /// The timeline the backup started on. pgBackRest does not record it: the first WAL
+    /// segment's name does (checked to be 24 hex digits when the manifest is loaded).
+    pub fn timeline(&self) -> u32 {
+        self.archive_start
+            .get(..8)
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The options that shaped the backup: `[backup:option]`, with pgBackRest's keys. Those
+/// pgBackRest may leave out are `Option`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupOptions {
+    pub archive_check: bool,
+    pub archive_copy: bool,
+    pub backup_standby: bool,
+    pub buffer_size: Option<u64>,
+    pub checksum_page: Option<bool>,
     pub compress_type: String,
     pub compress_level: u32,
-    pub process_max: u32,
+    pub compress_level_network: Option<u32>,
     pub delta: bool,
-    pub archive_check: bool,
+    pub hardlink: bool,
     pub online: bool,
+    pub process_max: u32,
 }
 
 impl BackupOptions {
@@ -114,6 +134,8 @@ pub struct Target {
     pub tablespace_name: Option<String>,
 }
 
+/// Owner and mode of a path. A user or group that had no name on the database host is the
+/// empty string (pgBackRest writes `false`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub mode: String,
@@ -121,32 +143,35 @@ pub struct Owner {
     pub group: String,
 }
 
+/// Serialized with serde only on the remote protocol (a database host's file copy); the
+/// manifest's own form is written by [`Manifest::to_doc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct FileEntry {
     pub size: u64,
     /// mtime, Unix seconds.
     pub timestamp: i64,
-    /// SHA-1 of the original content.
+    /// SHA-1 of the original content (that of no bytes for an empty file, which pgBackRest
+    /// does not write).
     pub checksum: String,
+    /// SHA-1 of the stored bytes (`rck`), when recorded.
+    pub checksum_repo: Option<String>,
     /// Bytes as stored in the repository.
     pub repo_size: u64,
     pub mode: String,
     pub user: String,
     pub group: String,
     /// The backup that holds the data, when not this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    /// Whether page checksums were verified (relation files of a cluster with checksums).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether page checksums were verified (relation files of a cluster with checksums):
+    /// `Some(true)` when all were valid.
     pub checksum_page: Option<bool>,
     /// Blocks whose page checksum failed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checksum_page_error: Vec<u32>,
     /// The second (Unix) at which reading the file for this copy began. A file whose mtime is
     /// still the recorded one and earlier than this second has not changed since it was read,
-    /// which is what a resume or a later diff/incr may rely on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// which is what a resume or a later diff/incr may rely on. Stored as `copied-at` in the
+    /// file's JSON, a key pgBackRest's reader skips.
     pub copied_at: Option<i64>,
 }
 
@@ -155,6 +180,14 @@ pub struct LinkEntry {
     pub destination: String,
     pub user: String,
     pub group: String,
+}
+
+/// A database of the cluster (`[db]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOid {
+    pub id: u32,
+    /// The highest OID of a system database (template0's), as pgBackRest records it.
+    pub last_system_id: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,9 +199,85 @@ pub struct Manifest {
     pub paths: BTreeMap<String, Owner>,
     pub files: BTreeMap<String, FileEntry>,
     pub links: BTreeMap<String, LinkEntry>,
-    /// Databases by name → OID (`[db]`), so a restore can include only some. Empty in
-    /// manifests written before the list was recorded.
-    pub databases: BTreeMap<String, u32>,
+    /// Databases by name (`[db]`), so a restore can include only some. Empty in manifests
+    /// written before the list was recorded.
+    pub databases: BTreeMap<String, DbOid>,
+    /// `[metadata] annotation`: what `backup --annotation` attached, kept as written.
+    pub annotation: Option<Value>,
+}
+
+/// SHA-1 of no bytes: the checksum of every empty file.
+pub const SHA1_EMPTY: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
+
+/// pgBackRest's owner value: a name, or `false` when the id had no name.
+fn owner_value(name: &str) -> Value {
+    if name.is_empty() {
+        Value::Bool(false)
+    } else {
+        Value::from(name)
+    }
+}
+
+fn owner_name(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(false) => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Page numbers as pgBackRest lists them: runs of consecutive pages as `[first,last]`.
+fn page_list_value(pages: &[u32]) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    let mut i = 0;
+    while i < pages.len() {
+        let mut j = i;
+        while j + 1 < pages.len() && pages[j + 1] == pages[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i {
+            Value::from(pages[i])
+        } else {
+            serde_json::json!([pages[i], pages[j]])
+        });
+        i = j + 1;
+    }
+    Value::Array(out)
+}
+
+fn page_list(v: &Value) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for item in v.as_array()? {
+        match item {
+            Value::Number(n) => out.push(u32::try_from(n.as_u64()?).ok()?),
+            Value::Array(r) if r.len() == 2 => {
+                let (a, b) = (r[0].as_u64()?, r[1].as_u64()?);
+                if b < a || b - a > 1 << 20 {
+                    return None;
+                }
+                out.extend((a..=b).map(|p| p as u32));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The mode files get by default: the data directory's, without execute and group write
+/// (pgBackRest's rule, so both write the same `[target:file:default]`).
+fn file_mode_default(path_mode: &str) -> String {
+    let mode = u32::from_str_radix(path_mode, 8).unwrap_or(0o700);
+    format!("{:04o}", mode & 0o640)
+}
+
+fn compress_level_default(compress_type: &str) -> u32 {
+    match compress_type {
+        "gz" => 6,
+        "zst" => 3,
+        "lz4" => 1,
+        "bz2" => 9,
+        _ => 0,
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
@@ -176,115 +285,475 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value> {
 }
 
 impl Manifest {
+    /// The manifest as pgBackRest writes it: keys equal to their section's default, an
+    /// empty file's checksum and a `repo-size` equal to `size` are left out.
     pub fn to_doc(&self) -> Result<IniDoc> {
         let mut doc = IniDoc::default();
-        if let Value::Object(map) = to_json(&self.backup)? {
-            for (k, v) in map {
-                doc.set("backup", &format!("backup-{k}"), &v);
-            }
+        let mut set = |section: &str, key: &str, v: Value| doc.set(section, key, &v);
+
+        let b = &self.backup;
+        set(
+            "backup",
+            "backup-archive-start",
+            b.archive_start.clone().into(),
+        );
+        if let Some(stop) = &b.archive_stop {
+            set("backup", "backup-archive-stop", stop.clone().into());
         }
+        set("backup", "backup-label", b.label.clone().into());
+        set("backup", "backup-lsn-start", b.lsn_start.clone().into());
+        if let Some(stop) = &b.lsn_stop {
+            set("backup", "backup-lsn-stop", stop.clone().into());
+        }
+        if let Some(prior) = &b.prior {
+            set("backup", "backup-prior", prior.clone().into());
+        }
+        set(
+            "backup",
+            "backup-reference",
+            self.reference_list().join(",").into(),
+        );
+        set(
+            "backup",
+            "backup-timestamp-copy-start",
+            b.timestamp_copy_start.into(),
+        );
+        set("backup", "backup-timestamp-start", b.timestamp_start.into());
+        set(
+            "backup",
+            "backup-timestamp-stop",
+            b.timestamp_stop.unwrap_or(0).into(),
+        );
+        set("backup", "backup-type", b.backup_type.name().into());
+
         let db = &self.db;
-        doc.set("backup:db", "db-id", &Value::from(db.id));
-        doc.set("backup:db", "db-system-id", &Value::from(db.system_id));
-        doc.set("backup:db", "db-version", &Value::from(db.version.clone()));
-        doc.set(
+        set(
             "backup:db",
             "db-catalog-version",
-            &Value::from(db.catalog_version.unwrap_or(0)),
+            db.catalog_version.unwrap_or(0).into(),
         );
-        doc.set(
+        set(
             "backup:db",
             "db-control-version",
-            &Value::from(db.control_version.unwrap_or(0)),
+            db.control_version.unwrap_or(0).into(),
         );
-        if let Value::Object(map) = to_json(&self.options)? {
-            for (k, v) in map {
-                doc.set("backup:option", &format!("option-{k}"), &v);
-            }
+        set("backup:db", "db-id", db.id.into());
+        set("backup:db", "db-system-id", db.system_id.into());
+        set("backup:db", "db-version", db.version.clone().into());
+
+        let o = &self.options;
+        let opt = "backup:option";
+        set(opt, "option-archive-check", o.archive_check.into());
+        set(opt, "option-archive-copy", o.archive_copy.into());
+        set(opt, "option-backup-standby", o.backup_standby.into());
+        if let Some(n) = o.buffer_size {
+            set(opt, "option-buffer-size", n.into());
         }
+        if let Some(c) = o.checksum_page {
+            set(opt, "option-checksum-page", c.into());
+        }
+        set(opt, "option-compress", (o.compress_type != "none").into());
+        set(opt, "option-compress-level", o.compress_level.into());
+        if let Some(n) = o.compress_level_network {
+            set(opt, "option-compress-level-network", n.into());
+        }
+        set(opt, "option-compress-type", o.compress_type.clone().into());
+        set(opt, "option-delta", o.delta.into());
+        set(opt, "option-hardlink", o.hardlink.into());
+        set(opt, "option-online", o.online.into());
+        set(opt, "option-process-max", o.process_max.into());
+
         for (k, v) in &self.targets {
-            doc.set("backup:target", k, &to_json(v)?);
+            set("backup:target", k, to_json(v)?);
         }
-        for (k, v) in &self.paths {
-            doc.set("target:path", k, &to_json(v)?);
+        for (name, d) in &self.databases {
+            set(
+                "db",
+                name,
+                serde_json::json!({"db-id": d.id, "db-last-system-id": d.last_system_id}),
+            );
         }
-        for (k, v) in &self.files {
-            doc.set("target:file", k, &to_json(v)?);
+        if let Some(a) = &self.annotation {
+            set("metadata", "annotation", a.clone());
         }
-        for (k, v) in &self.links {
-            doc.set("target:link", k, &to_json(v)?);
+
+        // Defaults are the data directory's owner and mode, as pgBackRest takes them.
+        let base = self
+            .paths
+            .get("pg_data")
+            .or_else(|| self.paths.values().next())
+            .cloned()
+            .unwrap_or(Owner {
+                mode: "0700".into(),
+                user: String::new(),
+                group: String::new(),
+            });
+        let file_mode = file_mode_default(&base.mode);
+        let owner_keys = |map: &mut serde_json::Map<String, Value>, user: &str, group: &str| {
+            if group != base.group {
+                map.insert("group".into(), owner_value(group));
+            }
+            if user != base.user {
+                map.insert("user".into(), owner_value(user));
+            }
+        };
+
+        for (k, f) in &self.files {
+            let mut m = serde_json::Map::new();
+            if f.size != 0 {
+                m.insert("checksum".into(), f.checksum.clone().into());
+            }
+            if let Some(ok) = f.checksum_page {
+                m.insert("checksum-page".into(), ok.into());
+                if !f.checksum_page_error.is_empty() {
+                    m.insert(
+                        "checksum-page-error".into(),
+                        page_list_value(&f.checksum_page_error),
+                    );
+                }
+            }
+            if let Some(t) = f.copied_at {
+                m.insert("copied-at".into(), t.into());
+            }
+            owner_keys(&mut m, &f.user, &f.group);
+            if f.mode != file_mode {
+                m.insert("mode".into(), f.mode.clone().into());
+            }
+            if let Some(r) = &f.checksum_repo {
+                m.insert("rck".into(), r.clone().into());
+            }
+            if let Some(r) = &f.reference {
+                m.insert("reference".into(), r.clone().into());
+            }
+            if f.repo_size != f.size {
+                m.insert("repo-size".into(), f.repo_size.into());
+            }
+            m.insert("size".into(), f.size.into());
+            m.insert("timestamp".into(), f.timestamp.into());
+            set("target:file", k, Value::Object(m));
         }
-        for (name, oid) in &self.databases {
-            doc.set("db", name, &serde_json::json!({ "db-id": oid }));
+        set("target:file:default", "group", owner_value(&base.group));
+        set("target:file:default", "mode", file_mode.clone().into());
+        set("target:file:default", "user", owner_value(&base.user));
+
+        for (k, l) in &self.links {
+            let mut m = serde_json::Map::new();
+            m.insert("destination".into(), l.destination.clone().into());
+            owner_keys(&mut m, &l.user, &l.group);
+            set("target:link", k, Value::Object(m));
         }
+        if !self.links.is_empty() {
+            set("target:link:default", "group", owner_value(&base.group));
+            set("target:link:default", "user", owner_value(&base.user));
+        }
+
+        for (k, p) in &self.paths {
+            let mut m = serde_json::Map::new();
+            owner_keys(&mut m, &p.user, &p.group);
+            if p.mode != base.mode {
+                m.insert("mode".into(), p.mode.clone().into());
+            }
+            set("target:path", k, Value::Object(m));
+        }
+        set("target:path:default", "group", owner_value(&base.group));
+        set("target:path:default", "mode", base.mode.clone().into());
+        set("target:path:default", "user", owner_value(&base.user));
         Ok(doc)
     }
 
+    /// Reads a manifest written by pg_backrest or by pgBackRest (format 5). A backup that
+    /// uses a feature whose stored form pg_backrest cannot read is refused by name.
     pub fn from_doc(doc: &IniDoc, what: &str) -> Result<Manifest> {
         let bad = |why: String| Error::integrity(format!("manifest '{what}' is invalid: {why}"));
-        let section = |name: &str| -> BTreeMap<String, Value> {
-            doc.sections
-                .get(name)
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|(k, v)| serde_json::from_str(v).ok().map(|v| (k.clone(), v)))
+        let section = |name: &str| -> Result<BTreeMap<String, Value>> {
+            let mut out = BTreeMap::new();
+            for (k, raw) in doc.sections.get(name).into_iter().flatten() {
+                let v = serde_json::from_str(raw)
+                    .map_err(|_| bad(format!("[{name}] {k} is not a JSON value")))?;
+                out.insert(k.clone(), v);
+            }
+            Ok(out)
+        };
+        let backup = section("backup")?;
+        refuse_unsupported(doc, &backup, what)?;
+
+        let string = |m: &BTreeMap<String, Value>, s: &str, k: &str| -> Result<Option<String>> {
+            match m.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(v)) => Ok(Some(v.clone())),
+                Some(_) => Err(bad(format!("[{s}] {k} is not a string"))),
+            }
+        };
+        let int = |m: &BTreeMap<String, Value>, s: &str, k: &str| -> Result<Option<i64>> {
+            match m.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("[{s}] {k} is not an integer"))),
+            }
+        };
+        let required =
+            |v: Option<String>, s: &str, k: &str| v.ok_or_else(|| bad(format!("[{s}] has no {k}")));
+
+        let label = required(
+            string(&backup, "backup", "backup-label")?,
+            "backup",
+            "backup-label",
+        )?;
+        let type_name = required(
+            string(&backup, "backup", "backup-type")?,
+            "backup",
+            "backup-type",
+        )?;
+        let backup_type = BackupType::parse(&type_name)
+            .ok_or_else(|| bad(format!("[backup] backup-type '{type_name}' is unknown")))?;
+        let timestamp_start = int(&backup, "backup", "backup-timestamp-start")?
+            .ok_or_else(|| bad("[backup] has no backup-timestamp-start".into()))?;
+        let facts = BackupFacts {
+            prior: string(&backup, "backup", "backup-prior")?,
+            reference: string(&backup, "backup", "backup-reference")?
+                .map(|r| {
+                    r.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
                         .collect()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            timestamp_start,
+            timestamp_copy_start: int(&backup, "backup", "backup-timestamp-copy-start")?
+                .unwrap_or(timestamp_start),
+            timestamp_stop: int(&backup, "backup", "backup-timestamp-stop")?.filter(|t| *t != 0),
+            lsn_start: required(
+                string(&backup, "backup", "backup-lsn-start")?,
+                "backup",
+                "backup-lsn-start",
+            )?,
+            lsn_stop: string(&backup, "backup", "backup-lsn-stop")?,
+            archive_start: required(
+                string(&backup, "backup", "backup-archive-start")?,
+                "backup",
+                "backup-archive-start",
+            )?,
+            archive_stop: string(&backup, "backup", "backup-archive-stop")?,
+            label,
+            backup_type,
         };
-        let strip = |m: BTreeMap<String, Value>, prefix: &str| -> Value {
-            Value::Object(
-                m.into_iter()
-                    .map(|(k, v)| (k.strip_prefix(prefix).unwrap_or(&k).to_string(), v))
-                    .collect(),
-            )
-        };
-        let backup: BackupFacts = serde_json::from_value(strip(section("backup"), "backup-"))
-            .map_err(|e| bad(format!("[backup]: {e}")))?;
-        let options: BackupOptions =
-            serde_json::from_value(strip(section("backup:option"), "option-"))
-                .map_err(|e| bad(format!("[backup:option]: {e}")))?;
-        let dbs = section("backup:db");
+
+        let dbs = section("backup:db")?;
         let num = |k: &str| dbs.get(k).and_then(Value::as_u64);
         let db = DbEntry {
-            id: num("db-id").ok_or_else(|| bad("[backup:db] db-id".into()))? as u32,
-            system_id: num("db-system-id").ok_or_else(|| bad("[backup:db] db-system-id".into()))?,
+            id: num("db-id").ok_or_else(|| bad("[backup:db] has no db-id".into()))? as u32,
+            system_id: num("db-system-id")
+                .ok_or_else(|| bad("[backup:db] has no db-system-id".into()))?,
             version: dbs
                 .get("db-version")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("[backup:db] db-version".into()))?
+                .ok_or_else(|| bad("[backup:db] has no db-version".into()))?
                 .to_string(),
             catalog_version: num("db-catalog-version").map(|n| n as u32),
             control_version: num("db-control-version").map(|n| n as u32),
         };
-        fn typed<T: for<'de> Deserialize<'de>>(
-            m: BTreeMap<String, Value>,
-            name: &str,
-            bad: &dyn Fn(String) -> Error,
-        ) -> Result<BTreeMap<String, T>> {
-            m.into_iter()
-                .map(|(k, v)| {
-                    let t =
-                        serde_json::from_value(v).map_err(|e| bad(format!("[{name}] {k}: {e}")))?;
-                    Ok((k, t))
-                })
-                .collect()
+
+        let o = section("backup:option")?;
+        let flag = |k: &str| -> Result<Option<bool>> {
+            match o.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("[backup:option] {k} is not a boolean"))),
+            }
+        };
+        let unsigned = |k: &str| -> Result<Option<u64>> {
+            match o.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("[backup:option] {k} is not a number"))),
+            }
+        };
+        // Before option-compress-type existed, option-compress meant gz.
+        let compress_type = match string(&o, "backup:option", "option-compress-type")? {
+            Some(t) => t,
+            None if flag("option-compress")?.unwrap_or(false) => "gz".into(),
+            None => "none".into(),
+        };
+        let options = BackupOptions {
+            archive_check: flag("option-archive-check")?.unwrap_or(false),
+            archive_copy: flag("option-archive-copy")?.unwrap_or(false),
+            backup_standby: flag("option-backup-standby")?.unwrap_or(false),
+            buffer_size: unsigned("option-buffer-size")?,
+            checksum_page: flag("option-checksum-page")?,
+            compress_level: unsigned("option-compress-level")?
+                .map(|n| n as u32)
+                .unwrap_or_else(|| compress_level_default(&compress_type)),
+            compress_level_network: unsigned("option-compress-level-network")?.map(|n| n as u32),
+            compress_type,
+            delta: flag("option-delta")?.unwrap_or(false),
+            hardlink: flag("option-hardlink")?.unwrap_or(false),
+            online: flag("option-online")?.unwrap_or(false),
+            process_max: unsigned("option-process-max")?.unwrap_or(1) as u32,
+        };
+
+        // Section defaults stand for every key an entry leaves out.
+        let defaults = |name: &str| -> Result<BTreeMap<String, Value>> { section(name) };
+        let file_default = defaults("target:file:default")?;
+        let path_default = defaults("target:path:default")?;
+        let link_default = defaults("target:link:default")?;
+        let owner = |v: &serde_json::Map<String, Value>,
+                     default: &BTreeMap<String, Value>,
+                     key: &str,
+                     entry: &str|
+         -> Result<String> {
+            v.get(key)
+                .or_else(|| default.get(key))
+                .and_then(owner_name)
+                .ok_or_else(|| bad(format!("'{entry}' has no valid {key}")))
+        };
+        let mode = |v: &serde_json::Map<String, Value>,
+                    default: &BTreeMap<String, Value>,
+                    entry: &str|
+         -> Result<String> {
+            v.get("mode")
+                .or_else(|| default.get("mode"))
+                .and_then(Value::as_str)
+                .filter(|m| u32::from_str_radix(m, 8).is_ok())
+                .map(String::from)
+                .ok_or_else(|| bad(format!("'{entry}' has no valid mode")))
+        };
+        let object = |v: Value, entry: &str| -> Result<serde_json::Map<String, Value>> {
+            match v {
+                Value::Object(m) => Ok(m),
+                _ => Err(bad(format!("'{entry}' is not a JSON object"))),
+            }
+        };
+
+        let mut files = BTreeMap::new();
+        for (key, v) in section("target:file")? {
+            let m = object(v, &key)?;
+            let u64_of = |k: &str| m.get(k).and_then(Value::as_u64);
+            let str_of = |k: &str| m.get(k).and_then(Value::as_str).map(String::from);
+            let size = u64_of("size").ok_or_else(|| bad(format!("'{key}' has no size")))?;
+            let checksum = match str_of("checksum") {
+                Some(c) => c,
+                None if size == 0 => SHA1_EMPTY.to_string(),
+                None => return Err(bad(format!("'{key}' has no checksum"))),
+            };
+            let checksum_page_error = match m.get("checksum-page-error") {
+                None => Vec::new(),
+                Some(v) => page_list(v)
+                    .ok_or_else(|| bad(format!("'{key}' has an invalid checksum-page-error")))?,
+            };
+            let entry = FileEntry {
+                size,
+                timestamp: m
+                    .get("timestamp")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| bad(format!("'{key}' has no timestamp")))?,
+                checksum,
+                checksum_repo: str_of("rck"),
+                repo_size: u64_of("repo-size").unwrap_or(size),
+                mode: mode(&m, &file_default, &key)?,
+                user: owner(&m, &file_default, "user", &key)?,
+                group: owner(&m, &file_default, "group", &key)?,
+                reference: str_of("reference"),
+                checksum_page: m.get("checksum-page").and_then(Value::as_bool),
+                checksum_page_error,
+                copied_at: m.get("copied-at").and_then(Value::as_i64),
+            };
+            files.insert(key, entry);
         }
+        let mut paths = BTreeMap::new();
+        for (key, v) in section("target:path")? {
+            let m = object(v, &key)?;
+            let entry = Owner {
+                mode: mode(&m, &path_default, &key)?,
+                user: owner(&m, &path_default, "user", &key)?,
+                group: owner(&m, &path_default, "group", &key)?,
+            };
+            paths.insert(key, entry);
+        }
+        let mut links = BTreeMap::new();
+        for (key, v) in section("target:link")? {
+            let m = object(v, &key)?;
+            let entry = LinkEntry {
+                destination: m
+                    .get("destination")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(format!("'{key}' has no destination")))?
+                    .to_string(),
+                user: owner(&m, &link_default, "user", &key)?,
+                group: owner(&m, &link_default, "group", &key)?,
+            };
+            links.insert(key, entry);
+        }
+        let mut targets = BTreeMap::new();
+        for (key, v) in section("backup:target")? {
+            if v.get("file").is_some() {
+                return Err(Error::new(
+                    Kind::NotImplemented,
+                    format!(
+                        "backup '{}' has a link to a single file ('{key}'), which pg_backrest \
+                         cannot restore",
+                        facts.label
+                    ),
+                )
+                .with_hint("restore this backup with pgBackRest"));
+            }
+            let t: Target = serde_json::from_value(v)
+                .map_err(|e| bad(format!("[backup:target] {key}: {e}")))?;
+            targets.insert(key, t);
+        }
+        let mut databases = BTreeMap::new();
+        for (name, v) in section("db")? {
+            let id = v
+                .get("db-id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad(format!("[db] {name} has no db-id")))?;
+            let last = v.get("db-last-system-id").and_then(Value::as_u64);
+            let oid = DbOid {
+                id: id as u32,
+                last_system_id: last.unwrap_or(0) as u32,
+            };
+            databases.insert(name, oid);
+        }
+
         let manifest = Manifest {
-            backup,
+            backup: facts,
             db,
             options,
-            targets: typed(section("backup:target"), "backup:target", &bad)?,
-            paths: typed(section("target:path"), "target:path", &bad)?,
-            files: typed(section("target:file"), "target:file", &bad)?,
-            links: typed(section("target:link"), "target:link", &bad)?,
-            databases: section("db")
-                .into_iter()
-                .filter_map(|(name, v)| Some((name, v.get("db-id")?.as_u64()? as u32)))
-                .collect(),
+            targets,
+            paths,
+            files,
+            links,
+            databases,
+            annotation: section("metadata")?.remove("annotation"),
         };
         manifest.check_keys().map_err(bad)?;
         Ok(manifest)
+    }
+
+    /// `backup-reference` as written: the recorded chain, or for a manifest that has none
+    /// (written before pgBackRest 2.42 or by an earlier pg_backrest), every label a file
+    /// references and this backup's own.
+    pub fn reference_list(&self) -> Vec<String> {
+        let mut list = if self.backup.reference.is_empty() {
+            self.references()
+        } else {
+            self.backup.reference.clone()
+        };
+        for r in self.references() {
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+        if !list.contains(&self.backup.label) {
+            list.push(self.backup.label.clone());
+        }
+        list.sort();
+        list
     }
 
     /// Keys become paths on restore, and targets and links places restore writes to: refuse
@@ -317,6 +786,7 @@ impl Manifest {
         // a tampered value must be an integrity error here, never a panic or a path later.
         let labels = std::iter::once(&self.backup.label)
             .chain(&self.backup.prior)
+            .chain(&self.backup.reference)
             .chain(self.files.values().filter_map(|f| f.reference.as_ref()));
         for label in labels {
             if !is_label(label) {
@@ -334,11 +804,13 @@ impl Manifest {
             .chain(self.files.keys())
             .chain(self.links.keys());
         for key in keys {
-            let ok =
-                (key == "pg_data" || key.starts_with("pg_data/") || key.starts_with("pg_tblspc/"))
-                    && !key
-                        .split('/')
-                        .any(|c| c.is_empty() || c == "." || c == "..");
+            let ok = (key == "pg_data"
+                || key == "pg_tblspc"
+                || key.starts_with("pg_data/")
+                || key.starts_with("pg_tblspc/"))
+                && !key
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..");
             if !ok {
                 return Err(format!("path '{key}' is not inside the backup"));
             }
@@ -407,6 +879,31 @@ impl Manifest {
     }
 }
 
+/// pgBackRest's file bundling (`repo-bundle`) and block incremental (`repo-block`) store
+/// files in a form pg_backrest does not read: refuse such a backup by name rather than
+/// restore or verify it wrongly.
+fn refuse_unsupported(doc: &IniDoc, backup: &BTreeMap<String, Value>, what: &str) -> Result<()> {
+    let on = |k: &str| backup.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let files = doc.sections.get("target:file");
+    let any_file = |key: &str| files.is_some_and(|f| f.values().any(|v| v.contains(key)));
+    let feature = if on("backup-block-incr") || any_file("\"bi\":") {
+        "block incremental (repo-block)"
+    } else if on("backup-bundle") || any_file("\"bni\":") {
+        "file bundling (repo-bundle)"
+    } else {
+        return Ok(());
+    };
+    let label = backup
+        .get("backup-label")
+        .and_then(Value::as_str)
+        .unwrap_or(what);
+    Err(Error::new(
+        Kind::NotImplemented,
+        format!("backup '{label}' was written by pgBackRest with {feature}, which pg_backrest cannot read"),
+    )
+    .with_hint("restore this backup with pgBackRest; for backups pg_backrest can read, set repo1-bundle=n and repo1-block=n in pgBackRest's configuration"))
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sizes {
     pub size: u64,
@@ -427,16 +924,20 @@ pub mod tests {
         };
         let mut m = Manifest {
             backup: BackupFacts {
-                label: "20261122-101500F".into(),
-                backup_type: BackupType::Full,
-                prior: None,
+                label: "20261122-101500F_20261122-111500I".into(),
+                backup_type: BackupType::Incr,
+                prior: Some("20261122-101500F".into()),
+                reference: vec![
+                    "20261122-101500F".into(),
+                    "20261122-101500F_20261122-111500I".into(),
+                ],
                 timestamp_start: 1_795_000_000,
+                timestamp_copy_start: 1_795_000_001,
                 timestamp_stop: Some(1_795_000_100),
                 lsn_start: "0/2000028".into(),
                 lsn_stop: Some("0/2000138".into()),
                 archive_start: "000000010000000000000002".into(),
                 archive_stop: Some("000000010000000000000002".into()),
-                timeline: 1,
             },
             db: DbEntry {
                 id: 1,
@@ -446,18 +947,40 @@ pub mod tests {
                 control_version: Some(1300),
             },
             options: BackupOptions {
+                archive_check: true,
+                archive_copy: false,
+                backup_standby: false,
+                buffer_size: None,
+                checksum_page: Some(true),
                 compress_type: "gz".into(),
                 compress_level: 6,
-                process_max: 2,
+                compress_level_network: None,
                 delta: false,
-                archive_check: true,
+                hardlink: false,
                 online: true,
+                process_max: 2,
             },
             targets: BTreeMap::new(),
             paths: BTreeMap::new(),
             files: BTreeMap::new(),
             links: BTreeMap::new(),
-            databases: BTreeMap::from([("postgres".to_string(), 5), ("app".to_string(), 16384)]),
+            databases: BTreeMap::from([
+                (
+                    "postgres".to_string(),
+                    DbOid {
+                        id: 5,
+                        last_system_id: 4,
+                    },
+                ),
+                (
+                    "app".to_string(),
+                    DbOid {
+                        id: 16384,
+                        last_system_id: 4,
+                    },
+                ),
+            ]),
+            annotation: None,
         };
         m.targets.insert(
             "pg_data".into(),
@@ -475,17 +998,38 @@ pub mod tests {
                 size: 8192,
                 timestamp: 1_795_000_000,
                 checksum: "a".repeat(40),
+                checksum_repo: None,
                 repo_size: 100,
                 mode: "0600".into(),
                 user: "postgres".into(),
                 group: "postgres".into(),
-                reference: Some("20261121-101500F".into()),
-                checksum_page: Some(true),
-                checksum_page_error: vec![3],
+                reference: Some("20261122-101500F".into()),
+                checksum_page: Some(false),
+                checksum_page_error: vec![3, 7, 8, 9],
                 copied_at: Some(1_795_000_050),
             },
         );
         m
+    }
+
+    /// An info file's sections as text, the way the tests below write them (one
+    /// `key=value` per line; keys here hold no `=`).
+    fn doc_of(text: &str) -> IniDoc {
+        let mut doc = IniDoc::default();
+        let mut section = String::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+                doc.sections.entry(section.clone()).or_default();
+            } else {
+                let (k, v) = line.split_once('=').unwrap();
+                doc.sections
+                    .entry(section.clone())
+                    .or_default()
+                    .insert(k.to_string(), v.to_string());
+            }
+        }
+        doc
     }
 
     #[test]
@@ -497,16 +1041,172 @@ pub mod tests {
             text.contains("[backup]\nbackup-archive-start=\"000000010000000000000002\""),
             "{text}"
         );
+        // pgBackRest's forms: page errors as runs, owner and mode only where they differ
+        // from the section default, our copy time under a key pgBackRest skips.
         assert!(
-            text.contains("[target:file]\npg_data/base/1/1259={"),
+            text.contains(
+                "[target:file]\npg_data/base/1/1259={\"checksum\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",\
+                 \"checksum-page\":false,\"checksum-page-error\":[3,[7,9]],\"copied-at\":1795000050,\
+                 \"reference\":\"20261122-101500F\",\"repo-size\":100,\"size\":8192,\"timestamp\":1795000000}\n"
+            ),
             "{text}"
         );
+        assert!(!text.contains("backup-timeline"), "{text}");
         assert_eq!(Manifest::from_doc(&doc, "m").unwrap(), m);
-        assert_eq!(m.references(), vec!["20261121-101500F".to_string()]);
+        assert_eq!(m.references(), vec!["20261122-101500F".to_string()]);
+        assert_eq!(m.backup.timeline(), 1);
         assert_eq!(
             m.stored_name("pg_data/base/1/1259"),
             "pg_data/base/1/1259.gz"
         );
+    }
+
+    /// Sections of a diff's manifest as pgBackRest 2.45 wrote them (files trimmed).
+    const PGBACKREST_245: &str = r#"[backup]
+backup-archive-start="000000010000000000000006"
+backup-archive-stop="000000010000000000000006"
+backup-label="20261202-141457F_20261202-141904D"
+backup-lsn-start="0/6000028"
+backup-lsn-stop="0/6000100"
+backup-prior="20261202-141457F"
+backup-reference="20261202-141457F,20261202-141457F_20261202-141904D"
+backup-timestamp-copy-start=1796221145
+backup-timestamp-start=1796221144
+backup-timestamp-stop=1796221145
+backup-type="diff"
+
+[backup:db]
+db-catalog-version=202209061
+db-control-version=1300
+db-id=1
+db-system-id=7714709998510295060
+db-version="15"
+
+[backup:option]
+option-archive-check=true
+option-archive-copy=false
+option-backup-standby=false
+option-buffer-size=1048576
+option-checksum-page=true
+option-compress=true
+option-compress-level=6
+option-compress-level-network=3
+option-compress-type="gz"
+option-delta=false
+option-hardlink=false
+option-online=true
+option-process-max=1
+
+[backup:target]
+pg_data={"path":"/tmp/hm/pg","type":"path"}
+pg_tblspc/16385={"path":"/srv/ts","tablespace-id":"16385","tablespace-name":"ts1","type":"link"}
+
+[db]
+postgres={"db-id":5,"db-last-system-id":4}
+template0={"db-id":4,"db-last-system-id":4}
+
+[metadata]
+annotation={"source":"cron"}
+
+[target:file]
+pg_data/PG_VERSION={"checksum":"587b596f04f7db9c2cad3d6b87dd2b3a05de4f35","rck":"b8b3ecfaf3ed3d6865df5807d66c5fd8cde3289e","reference":"20261202-141457F","repo-size":23,"size":3,"timestamp":1796220894}
+pg_data/base/1/1259={"checksum":"2bfb17e8d66541a2a845e6c375d93d6ef1963206","checksum-page":false,"checksum-page-error":[0,[2,4]],"rck":"2ebdedcc779e8eec8231d8c8d32453527feda1a2","repo-size":13579,"size":114688,"timestamp":1796221144}
+pg_data/global/1214={"checksum-page":true,"rck":"46c6643f07aa7f6bfe7118de926b86defc5087c4","repo-size":20,"size":0,"timestamp":1796220894}
+pg_data/postgresql.conf={"checksum":"11bb1988026d116652c71bed9378182736276e6d","group":"adm","mode":"0644","size":29718,"timestamp":1796220895,"user":false}
+
+[target:file:default]
+group="postgres"
+mode="0600"
+user="postgres"
+
+[target:link]
+pg_data/pg_tblspc/16385={"destination":"/srv/ts"}
+
+[target:link:default]
+group="postgres"
+user="postgres"
+
+[target:path]
+pg_data={}
+pg_data/base={}
+pg_data/pg_wal/archive_status={"mode":"0750"}
+pg_tblspc={}
+pg_tblspc/16385={}
+
+[target:path:default]
+group="postgres"
+mode="0700"
+user="postgres"
+"#;
+
+    #[test]
+    fn reads_and_writes_pgbackrest_245_manifests_unchanged() {
+        let doc = doc_of(PGBACKREST_245);
+        let m = Manifest::from_doc(&doc, "m").unwrap();
+        assert_eq!(m.backup.backup_type, BackupType::Diff);
+        assert_eq!(m.backup.timestamp_copy_start, 1796221145);
+        assert_eq!(m.backup.reference.len(), 2);
+        let zero = &m.files["pg_data/global/1214"];
+        assert_eq!((zero.checksum.as_str(), zero.repo_size), (SHA1_EMPTY, 20));
+        assert_eq!(
+            (zero.user.as_str(), zero.mode.as_str()),
+            ("postgres", "0600")
+        );
+        let conf = &m.files["pg_data/postgresql.conf"];
+        assert_eq!(
+            (
+                conf.user.as_str(),
+                conf.group.as_str(),
+                conf.mode.as_str(),
+                conf.repo_size
+            ),
+            ("", "adm", "0644", 29718)
+        );
+        assert_eq!(
+            m.files["pg_data/base/1/1259"].checksum_page_error,
+            vec![0, 2, 3, 4]
+        );
+        assert_eq!(m.paths["pg_data/pg_wal/archive_status"].mode, "0750");
+        assert_eq!(m.links["pg_data/pg_tblspc/16385"].user, "postgres");
+        assert_eq!(m.databases["template0"].last_system_id, 4);
+        assert_eq!(m.options.compress(), Compress::Gz(6));
+        assert_eq!(m.references(), vec!["20261202-141457F".to_string()]);
+        // Written back, every section is what pgBackRest wrote, byte for byte.
+        assert_eq!(m.to_doc().unwrap().render(), doc.render());
+    }
+
+    #[test]
+    fn bundled_and_block_incremental_backups_are_refused_by_name() {
+        for (edit, feature) in [
+            (
+                (
+                    "backup-type=\"diff\"",
+                    "backup-type=\"diff\"\nbackup-bundle=true",
+                ),
+                "file bundling (repo-bundle)",
+            ),
+            (
+                ("{\"checksum\":\"587b", "{\"bni\":1,\"checksum\":\"587b"),
+                "file bundling (repo-bundle)",
+            ),
+            (
+                (
+                    "backup-type=\"diff\"",
+                    "backup-type=\"diff\"\nbackup-block-incr=true",
+                ),
+                "block incremental (repo-block)",
+            ),
+        ] {
+            let text = PGBACKREST_245.replacen(edit.0, edit.1, 1);
+            let e = Manifest::from_doc(&doc_of(&text), "m").unwrap_err();
+            assert_eq!(e.kind, Kind::NotImplemented);
+            assert!(e.message.contains(feature), "{e:?}");
+            assert!(
+                e.message
+                    .contains("backup '20261202-141457F_20261202-141904D'"),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

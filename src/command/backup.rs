@@ -30,7 +30,7 @@ use crate::hook::RunFacts;
 use crate::info::archive::ArchiveInfo;
 pub(crate) use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
-use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
+use crate::manifest::{BackupFacts, BackupOptions, BackupType, DbOid, FileEntry, Manifest};
 use crate::pg::db::{self, Db};
 use crate::pg::wal::{segment_range, WalName};
 use crate::pipeline::{self, Ends};
@@ -86,12 +86,18 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         None => None,
     };
     let options = BackupOptions {
+        archive_check: cfg.bool("archive-check"),
+        archive_copy: false,
+        backup_standby: false,
+        buffer_size: None,
+        checksum_page: None,
         compress_type: cfg.str("compress-type").unwrap_or("gz").to_string(),
         compress_level: cfg.int("compress-level").unwrap_or(6) as u32,
-        process_max: cfg.int("process-max").unwrap_or(1) as u32,
+        compress_level_network: None,
         delta: cfg.bool("delta"),
-        archive_check: cfg.bool("archive-check"),
+        hardlink: false,
         online: true,
+        process_max: cfg.int("process-max").unwrap_or(1) as u32,
     };
     let resumed = find_resumable(
         repo.as_ref(),
@@ -145,13 +151,21 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
             label: label.clone(),
             backup_type,
             prior: prior.clone(),
+            // The chain so far, then this backup: what pgBackRest records as backup-reference.
+            reference: prior_manifest
+                .as_ref()
+                .map(|pm| pm.reference_list())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(std::iter::once(label.clone()))
+                .collect(),
             timestamp_start,
+            timestamp_copy_start: chrono::Utc::now().timestamp(),
             timestamp_stop: None,
             lsn_start: start.lsn.clone(),
             lsn_stop: None,
             archive_start: start.wal_file.clone(),
             archive_stop: None,
-            timeline: start.timeline,
         },
         db: info.db.current.clone(),
         options,
@@ -159,12 +173,10 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         paths: tree.paths,
         files: BTreeMap::new(),
         links: tree.links,
-        databases: db
-            .query_rows("select datname, oid::text from pg_database")?
-            .into_iter()
-            .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?.parse().ok()?)))
-            .collect(),
+        databases: databases(&db)?,
+        annotation: None,
     };
+    manifest.options.checksum_page = Some(verify_pages);
 
     // What each file needs: a reference to the prior's copy, a resumed copy, or a new copy.
     // With delta, size and mtime are not trusted: every file the prior has is copied and
@@ -673,6 +685,7 @@ fn store_generated(
             mode: "0600".into(),
             user: owner.as_ref().map(|o| o.user.clone()).unwrap_or_default(),
             group: owner.map(|o| o.group).unwrap_or_default(),
+            checksum_repo: None,
             reference: None,
             checksum_page: None,
             checksum_page_error: Vec::new(),
@@ -680,6 +693,26 @@ fn store_generated(
         },
     );
     Ok(())
+}
+
+/// The cluster's databases with what pgBackRest records for each: the OID, and template0's
+/// OID as the last system OID (PostgreSQL 15 dropped datlastsysoid; pgBackRest uses this).
+fn databases(db: &Db) -> Result<BTreeMap<String, DbOid>> {
+    let rows = db.query_rows(
+        "select datname, oid::text, (select oid from pg_catalog.pg_database \
+         where datname = 'template0')::text from pg_catalog.pg_database",
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let oid = |i: usize| r.get(i)?.as_deref()?.parse::<u32>().ok();
+            let db = DbOid {
+                id: oid(1)?,
+                last_system_id: oid(2)?,
+            };
+            Some((r.first()?.clone()?, db))
+        })
+        .collect())
 }
 
 /// The file list of the database host, walked there by the remote that holds our session.

@@ -142,7 +142,7 @@ pub fn restore(
     } else {
         0
     };
-    for (key, owner) in &manifest.paths {
+    for (key, owner) in manifest.paths.iter().filter(|(k, _)| is_directory(k)) {
         let local = local_path(&manifest, &pg_path, key)?;
         if manifest.links.contains_key(key) {
             continue;
@@ -395,6 +395,12 @@ fn check_destination(path: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// Whether a path key of the manifest is a directory of its own: pgBackRest also lists
+/// `pg_tblspc`, the parent of the tablespace targets, which is none.
+fn is_directory(key: &str) -> bool {
+    key != "pg_tblspc"
+}
+
 /// Where a manifest key lives on this host.
 fn local_path(manifest: &Manifest, pg_path: &Path, key: &str) -> Result<PathBuf> {
     if key == "pg_data" {
@@ -565,7 +571,7 @@ fn sync_restored_dirs(manifest: &Manifest, pg_path: &Path) -> Result<()> {
     let dirs = manifest
         .paths
         .keys()
-        .filter(|key| !manifest.links.contains_key(*key))
+        .filter(|key| is_directory(key) && !manifest.links.contains_key(*key))
         .map(|key| local_path(manifest, pg_path, key))
         .collect::<Result<Vec<_>>>()?;
     dirs.par_iter().try_for_each(|dir| sync_dir(dir))
@@ -674,10 +680,10 @@ fn excluded_databases(
     Ok(manifest
         .databases
         .iter()
-        .filter(|(name, oid)| {
-            !include.contains(&name.as_str()) && !SYSTEM.contains(&name.as_str()) && **oid >= 16384
+        .filter(|(name, db)| {
+            !include.contains(&name.as_str()) && !SYSTEM.contains(&name.as_str()) && db.id >= 16384
         })
-        .map(|(_, oid)| *oid)
+        .map(|(_, db)| db.id)
         .collect())
 }
 

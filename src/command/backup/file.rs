@@ -133,6 +133,7 @@ pub fn copy_source(
         size: copied.size,
         timestamp: src.mtime,
         checksum: copied.sha1,
+        checksum_repo: None,
         repo_size: copied.stored_size,
         mode: src.owner.mode.clone(),
         user: src.owner.user.clone(),

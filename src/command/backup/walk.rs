@@ -113,6 +113,11 @@ pub fn walk(pg_path: &Path, tablespaces: &[Tablespace], version_dir: &str) -> Re
         },
     );
     walk_dir(pg_path, "pg_data", Place::Top, &mut tree, &mut names)?;
+    // pgBackRest lists `pg_tblspc`, the parent of the tablespace targets, as a path with the
+    // data directory's owner and mode when there are tablespaces.
+    if let (false, Some(base)) = (tablespaces.is_empty(), tree.paths.get("pg_data")) {
+        tree.paths.insert("pg_tblspc".into(), base.clone());
+    }
 
     for ts in tablespaces {
         let key = format!("pg_tblspc/{}", ts.oid);
@@ -248,6 +253,14 @@ fn walk_dir(dir: &Path, key: &str, place: Place, tree: &mut Tree, names: &mut Na
                         },
                     );
                 }
+                // pgBackRest keeps pg_wal/archive_status (without its contents) in a backup.
+                let status = path.join("archive_status");
+                if name == "pg_wal" {
+                    if let Some(m) = fs::metadata(&status).ok().filter(|m| m.is_dir()) {
+                        tree.paths
+                            .insert(format!("{child_key}/archive_status"), names.owner(&m));
+                    }
+                }
                 tree.paths.insert(child_key, names.owner(&meta));
                 continue;
             }
@@ -362,7 +375,8 @@ mod tests {
         );
         assert!(tree.paths.contains_key("pg_data/pg_wal"));
         assert!(tree.paths.contains_key("pg_data/pg_tblspc"));
-        assert!(!tree.paths.contains_key("pg_data/pg_wal/archive_status"));
+        assert!(tree.paths.contains_key("pg_data/pg_wal/archive_status"));
+        assert!(!tree.paths.contains_key("pg_tblspc"));
         let rel = tree
             .files
             .iter()
