@@ -18,49 +18,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::codec::Document;
 use crate::error::{Error, Kind, Result};
-use crate::info::backup::is_label;
-use crate::info::{self, DbEntry, IniDoc};
+use crate::info::backup::BackupSummary;
+use crate::info::DbEntry;
+use crate::label::is_label;
+use crate::metafile;
 use crate::pipeline::Compress;
 use crate::storage::Storage;
 
-pub const MANIFEST_FILE: &str = "backup.manifest";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupType {
-    Full,
-    Diff,
-    Incr,
-}
-
-impl BackupType {
-    pub fn parse(s: &str) -> Option<BackupType> {
-        match s {
-            "full" => Some(BackupType::Full),
-            "diff" => Some(BackupType::Diff),
-            "incr" => Some(BackupType::Incr),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackupType::Full => "full",
-            BackupType::Diff => "diff",
-            BackupType::Incr => "incr",
-        }
-    }
-
-    /// The letter that ends a label of this type.
-    pub fn letter(self) -> char {
-        match self {
-            BackupType::Full => 'F',
-            BackupType::Diff => 'D',
-            BackupType::Incr => 'I',
-        }
-    }
-}
+pub use crate::label::BackupType;
+pub use crate::repo::MANIFEST_FILE;
 
 /// The backup's own facts: `[backup]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,8 +255,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value> {
 impl Manifest {
     /// The manifest as pgBackRest writes it: keys equal to their section's default, an
     /// empty file's checksum and a `repo-size` equal to `size` are left out.
-    pub fn to_doc(&self) -> Result<IniDoc> {
-        let mut doc = IniDoc::default();
+    pub fn to_doc(&self) -> Result<Document> {
+        let mut doc = Document::new();
         let mut set = |section: &str, key: &str, v: Value| doc.set(section, key, &v);
 
         let b = &self.backup;
@@ -463,11 +431,11 @@ impl Manifest {
 
     /// Reads a manifest written by pg_backrest or by pgBackRest (format 5). A backup that
     /// uses a feature whose stored form pg_backrest cannot read is refused by name.
-    pub fn from_doc(doc: &IniDoc, what: &str) -> Result<Manifest> {
+    pub fn from_doc(doc: &Document, what: &str) -> Result<Manifest> {
         let bad = |why: String| Error::integrity(format!("manifest '{what}' is invalid: {why}"));
         let section = |name: &str| -> Result<BTreeMap<String, Value>> {
             let mut out = BTreeMap::new();
-            for (k, raw) in doc.sections.get(name).into_iter().flatten() {
+            for (k, raw) in doc.section(name).into_iter().flatten() {
                 let v = serde_json::from_str(raw)
                     .map_err(|_| bad(format!("[{name}] {k} is not a JSON value")))?;
                 out.insert(k.clone(), v);
@@ -826,7 +794,7 @@ impl Manifest {
 
     /// Loads `LABEL/backup.manifest`, falling back to its copy; `None` when neither exists.
     pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
-        match info::load(storage, path)? {
+        match metafile::load(storage, path)? {
             None => Ok(None),
             Some(l) => Manifest::from_doc(&l.doc, &storage.describe(path)).map(Some),
         }
@@ -834,8 +802,8 @@ impl Manifest {
 
     /// Loads only the in-progress `.copy` (what a resumed backup may trust).
     pub fn load_copy(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
-        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
-        match info::load_one(storage, &copy) {
+        let copy = metafile::copy_path(path);
+        match metafile::load_one(storage, &copy) {
             Ok(Some(doc)) => Manifest::from_doc(&doc, &storage.describe(&copy)).map(Some),
             Ok(None) | Err(_) => Ok(None),
         }
@@ -843,13 +811,59 @@ impl Manifest {
 
     /// Writes the finished manifest: the file and its copy.
     pub fn save(&self, storage: &dyn Storage, path: &str) -> Result<()> {
-        info::save(storage, path, &mut self.to_doc()?)
+        metafile::save(storage, path, &self.to_doc()?)
     }
 
     /// Writes only the copy: the backup's progress so far.
     pub fn save_progress(&self, storage: &dyn Storage, path: &str) -> Result<()> {
-        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
-        info::save_one(storage, &copy, &mut self.to_doc()?)
+        metafile::save_one(storage, &metafile::copy_path(path), &self.to_doc()?)
+    }
+
+    /// This backup's entry in backup.info's `[backup:current]`, as pgBackRest derives it from
+    /// a manifest.
+    pub fn summary(&self) -> BackupSummary {
+        let s = self.sizes();
+        BackupSummary {
+            backrest_format: crate::codec::FORMAT,
+            backrest_version: crate::codec::BACKREST_VERSION.to_string(),
+            backup_annotation: self.annotation.clone(),
+            backup_archive_start: Some(self.backup.archive_start.clone()),
+            backup_archive_stop: self.backup.archive_stop.clone(),
+            backup_error: Some(
+                self.files
+                    .values()
+                    .any(|f| !f.checksum_page_error.is_empty()),
+            ),
+            backup_info_repo_size: s.repo_size,
+            backup_info_repo_size_delta: s.repo_size_delta,
+            backup_info_repo_size_map: None,
+            backup_info_repo_size_map_delta: None,
+            backup_info_size: s.size,
+            backup_info_size_delta: s.size_delta,
+            backup_lsn_start: Some(self.backup.lsn_start.clone()),
+            backup_lsn_stop: self.backup.lsn_stop.clone(),
+            backup_prior: self.backup.prior.clone(),
+            // pgBackRest's: the manifest's chain without the backup itself.
+            backup_reference: self
+                .reference_list()
+                .into_iter()
+                .filter(|l| *l != self.backup.label)
+                .collect(),
+            backup_timestamp_start: self.backup.timestamp_start,
+            backup_timestamp_stop: self.backup.timestamp_stop.unwrap_or(0),
+            backup_type: self.backup.backup_type,
+            db_id: self.db.id,
+            option_archive_check: self.options.archive_check,
+            option_archive_copy: self.options.archive_copy,
+            option_backup_standby: self.options.backup_standby,
+            option_checksum_page: self
+                .options
+                .checksum_page
+                .unwrap_or_else(|| self.files.values().any(|f| f.checksum_page.is_some())),
+            option_compress: self.options.compress() != Compress::None,
+            option_hardlink: self.options.hardlink,
+            option_online: self.options.online,
+        }
     }
 
     /// Size of the database (original bytes) and of this backup's own part of it.
@@ -882,10 +896,10 @@ impl Manifest {
 /// pgBackRest's file bundling (`repo-bundle`) and block incremental (`repo-block`) store
 /// files in a form pg_backrest does not read: refuse such a backup by name rather than
 /// restore or verify it wrongly.
-fn refuse_unsupported(doc: &IniDoc, backup: &BTreeMap<String, Value>, what: &str) -> Result<()> {
+fn refuse_unsupported(doc: &Document, backup: &BTreeMap<String, Value>, what: &str) -> Result<()> {
     let on = |k: &str| backup.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let files = doc.sections.get("target:file");
-    let any_file = |key: &str| files.is_some_and(|f| f.values().any(|v| v.contains(key)));
+    let files = doc.section("target:file");
+    let any_file = |key: &str| files.is_some_and(|f| f.iter().any(|(_, v)| v.contains(key)));
     let feature = if on("backup-block-incr") || any_file("\"bi\":") {
         "block incremental (repo-block)"
     } else if on("backup-bundle") || any_file("\"bni\":") {
@@ -1014,29 +1028,15 @@ pub mod tests {
 
     /// An info file's sections as text, the way the tests below write them (one
     /// `key=value` per line; keys here hold no `=`).
-    fn doc_of(text: &str) -> IniDoc {
-        let mut doc = IniDoc::default();
-        let mut section = String::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = name.to_string();
-                doc.sections.entry(section.clone()).or_default();
-            } else {
-                let (k, v) = line.split_once('=').unwrap();
-                doc.sections
-                    .entry(section.clone())
-                    .or_default()
-                    .insert(k.to_string(), v.to_string());
-            }
-        }
-        doc
+    fn doc_of(text: &str) -> Document {
+        crate::codec::parse_unverified(text).unwrap().0
     }
 
     #[test]
     fn round_trips_through_ini() {
         let m = sample();
         let doc = m.to_doc().unwrap();
-        let text = doc.render();
+        let text = String::from_utf8(doc.render()).unwrap();
         assert!(
             text.contains("[backup]\nbackup-archive-start=\"000000010000000000000002\""),
             "{text}"
@@ -1173,6 +1173,19 @@ user="postgres"
         assert_eq!(m.references(), vec!["20261202-141457F".to_string()]);
         // Written back, every section is what pgBackRest wrote, byte for byte.
         assert_eq!(m.to_doc().unwrap().render(), doc.render());
+    }
+
+    #[test]
+    fn a_whole_pgbackrest_245_manifest_renders_back_byte_for_byte() {
+        let bytes = include_bytes!("../test/data/pgbackrest-2.45/backup.manifest");
+        let doc = crate::codec::parse(bytes).unwrap();
+        let m = Manifest::from_doc(&doc, "fixture").unwrap();
+        assert_eq!(m.backup.backup_type, BackupType::Full);
+        assert!(m.files.values().any(|f| f.size == 0 && f.checksum == SHA1_EMPTY));
+        assert_eq!(
+            String::from_utf8(m.to_doc().unwrap().render()).unwrap(),
+            String::from_utf8(bytes.to_vec()).unwrap()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::pipeline::Compress;
 use crate::storage::Storage;
 
 pub const COPY_SUFFIX: &str = ".copy";
+pub const MANIFEST_FILE: &str = "backup.manifest";
 
 #[derive(Debug, Clone)]
 pub struct RepoLayout {
@@ -53,11 +54,7 @@ impl RepoLayout {
     }
 
     pub fn manifest(&self, label: &str) -> String {
-        format!(
-            "backup/{}/{label}/{}",
-            self.stanza,
-            crate::manifest::MANIFEST_FILE
-        )
+        format!("backup/{}/{label}/{}", self.stanza, MANIFEST_FILE)
     }
 
     /// A stored file of a backup (`stored_name` from the manifest, e.g. `pg_data/PG_VERSION.gz`).
