@@ -1181,7 +1181,10 @@ user="postgres"
         let doc = crate::codec::parse(bytes).unwrap();
         let m = Manifest::from_doc(&doc, "fixture").unwrap();
         assert_eq!(m.backup.backup_type, BackupType::Full);
-        assert!(m.files.values().any(|f| f.size == 0 && f.checksum == SHA1_EMPTY));
+        assert!(m
+            .files
+            .values()
+            .any(|f| f.size == 0 && f.checksum == SHA1_EMPTY));
         assert_eq!(
             String::from_utf8(m.to_doc().unwrap().render()).unwrap(),
             String::from_utf8(bytes.to_vec()).unwrap()

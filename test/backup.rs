@@ -248,9 +248,8 @@ pub struct Restored {
 impl Restored {
     /// Restores `set` (None: latest) into `<site dir>/<name>` with `extra` args.
     pub fn restore(site: &Site, name: &str, set: Option<&str>, extra: &[&str]) -> Restored {
-        let data = site.dir.join(name).join("pgdata");
-        let parent = site.dir.mkdir(name);
-        let socket = site.dir.mkdir(format!("{name}/socket"));
+        let restored = Restored::at(site, name);
+        let data = restored.data.clone();
         let pg1 = format!("--pg1-path={}", p(&data));
         let mut args = vec!["restore", pg1.as_str()];
         let set_arg = set.map(|s| format!("--set={s}"));
@@ -273,6 +272,15 @@ impl Restored {
             data.join("recovery.signal").exists(),
             "restore writes recovery.signal"
         );
+        restored
+    }
+
+    /// Where `<site dir>/<name>` will hold a restored copy, for a test that restores into
+    /// it by other means (pgBackRest itself, say).
+    pub fn at(site: &Site, name: &str) -> Restored {
+        let data = site.dir.join(name).join("pgdata");
+        let parent = site.dir.mkdir(name);
+        let socket = site.dir.mkdir(format!("{name}/socket"));
         Restored {
             data,
             socket,

@@ -39,6 +39,8 @@ pub struct Options<'a> {
     /// With `remote`: the repository host's config also reaches the database through
     /// pg1-host, so backups run there (the two-host layout).
     pub pg_host: bool,
+    /// Leave stanza-create to the test (another tool creates the stanza).
+    pub no_stanza_create: bool,
 }
 
 fn p(path: &Path) -> &str {
@@ -133,7 +135,9 @@ impl Site {
             originals,
             dir,
         };
-        site.pgbr(&["stanza-create"]).expect_ok("stanza-create");
+        if !opts.no_stanza_create {
+            site.pgbr(&["stanza-create"]).expect_ok("stanza-create");
+        }
         site
     }
 

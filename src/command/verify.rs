@@ -249,6 +249,9 @@ pub fn run(cfg: &Config) -> Result<()> {
             .iter()
             .filter(|(_, e)| e.reference.is_none())
             .map(|(k, _)| m.stored_name(k))
+            // pgBackRest creates every path of a full backup in the repository, so empty
+            // ones stay there as directories.
+            .chain(m.paths.keys().cloned())
             .chain([
                 crate::manifest::MANIFEST_FILE.to_string(),
                 format!("{}{COPY_SUFFIX}", crate::manifest::MANIFEST_FILE),

@@ -1,0 +1,380 @@
+//! Backups shared with the real pgBackRest 2.45 (Debian's `pgbackrest`, installed by
+//! test/setup.sh) on one repository, both ways, with a real PostgreSQL 15 under pgbench:
+//! what one tool writes (stanza, WAL, full, diff, incr) the other lists, verifies, fetches
+//! WAL from, restores (the restored cluster starts and holds the rows of that backup), builds
+//! an incr on, and expires; and an expire by either leaves a repository the other accepts.
+//!
+//! pgBackRest runs as postgres with a config of the test's own (repository, lock and log
+//! paths under the test directory), never /etc/pgbackrest.conf or its default paths.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::backup::Restored;
+use crate::fixture::{label_of, Options, Site, STANZA};
+use crate::harness::{self, postgres_command, run, write_postgres, Out};
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// pgBackRest's config for `site`: the same repository and cluster as pg_backrest's.
+fn pgbackrest_conf(site: &Site) -> PathBuf {
+    let conf = site.dir.join("pgbackrest.conf");
+    let text = format!(
+        "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nlog-level-file=off\n\
+         log-level-console=warn\nstart-fast=y\narchive-timeout=60\n\n\
+         [{STANZA}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
+        p(&site.repo),
+        p(&site.dir.join("pgbackrest-lock")),
+        p(&site.dir.join("pgbackrest-log")),
+        p(&site.cluster.data_dir()),
+        p(&site.cluster.socket_dir()),
+        site.cluster.port()
+    );
+    write_postgres(&conf, &text, 0o640);
+    conf
+}
+
+/// Runs the real pgBackRest as postgres with the site's pgBackRest config and stanza.
+fn pgbackrest(site: &Site, args: &[&str]) -> Out {
+    let config = format!("--config={}", p(&site.dir.join("pgbackrest.conf")));
+    let stanza = format!("--stanza={STANZA}");
+    let mut all = vec![config.as_str(), stanza.as_str()];
+    all.extend_from_slice(args);
+    let mut cmd = postgres_command("pgbackrest", &all);
+    // Only the test's own config counts, whatever the environment of the test run holds.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PGBACKREST_") {
+            cmd.env_remove(&key);
+        }
+    }
+    run(cmd)
+}
+
+fn ok(out: Out, what: &str) -> Out {
+    out.expect_ok(what)
+}
+
+/// Backup labels in the repository's backup directory, oldest first.
+fn labels(site: &Site) -> Vec<String> {
+    let dir = site.repo.join("backup").join(STANZA);
+    let mut out: Vec<String> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.len() >= 16 && n.as_bytes()[0].is_ascii_digit())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Takes a backup with pgBackRest and returns its label.
+fn pgbackrest_backup(site: &Site, kind: &str) -> String {
+    let before = labels(site);
+    ok(
+        pgbackrest(site, &["backup", &format!("--type={kind}")]),
+        &format!("pgbackrest backup --type={kind}"),
+    );
+    let after = labels(site);
+    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert_eq!(new.len(), 1, "one new backup: {before:?} -> {after:?}");
+    new[0].clone()
+}
+
+fn pg_backrest_backup(site: &Site, kind: &str) -> String {
+    let out = site.pgbr(&["backup", &format!("--type={kind}"), "--start-fast"]);
+    assert_eq!(out.status, 0, "pg_backrest backup --type={kind}:\n{out}");
+    label_of(&out)
+}
+
+/// What a backup of the cluster must bring back: the steps marked so far and pgbench's
+/// accounts (count and balance sum, which each step's transactions change).
+const STATE: &str = "select (select string_agg(step, ',' order by n) from marker) || ' ' || \
+                     (select count(*) || '/' || sum(abalance) from pgbench_accounts)";
+
+/// Changes the data (pgbench transactions touch several relations), marks the step, and
+/// returns the state a backup taken now holds.
+fn step(site: &Site, name: &str) -> String {
+    site.cluster.pgbench(&["-n", "-t", "200"]);
+    site.cluster
+        .psql(&format!("insert into marker(step) values ('{name}')"));
+    site.cluster.psql(STATE)
+}
+
+fn start_cluster_with_data(site: &Site) {
+    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    site.cluster
+        .psql("create table marker(n serial, step text)");
+}
+
+/// Restores `label` with pgBackRest into `<site dir>/<name>`, recovery stopping where the
+/// backup became consistent, and starts it.
+fn pgbackrest_restore(site: &Site, name: &str, label: &str) -> Restored {
+    let r = Restored::at(site, name);
+    harness::mkdir_postgres(&r.data);
+    harness::chmod(&r.data, 0o700);
+    ok(
+        pgbackrest(
+            site,
+            &[
+                "restore",
+                &format!("--pg1-path={}", p(&r.data)),
+                &format!("--set={label}"),
+                "--type=immediate",
+                "--target-action=promote",
+            ],
+        ),
+        &format!("pgbackrest restore --set={label}"),
+    );
+    r.start_and_wait_promoted();
+    r
+}
+
+/// Restores `label` with pg_backrest (extra args: `--delta`) the same way, and starts it.
+fn pg_backrest_restore(site: &Site, name: &str, label: &str, extra: &[&str]) -> Restored {
+    let mut args = vec!["--type=immediate", "--target-action=promote"];
+    args.extend_from_slice(extra);
+    let r = Restored::restore(site, name, Some(label), &args);
+    r.start_and_wait_promoted();
+    r
+}
+
+fn assert_state(r: &Restored, expected: &str, what: &str) {
+    assert_eq!(r.psql(STATE), expected, "{what}");
+}
+
+/// Points archive_command at pgBackRest's archive-push (still copying each pushed segment
+/// to originals/, as the fixture's does).
+fn archive_with_pgbackrest(site: &Site, conf: &Path) {
+    let o = p(&site.originals);
+    let command = format!(
+        "pgbackrest --config={} --stanza={STANZA} archive-push %p && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
+        p(conf)
+    );
+    site.cluster
+        .set_settings(&[("archive_command", command.as_str())]);
+    site.cluster.reload();
+}
+
+/// (a), then (d) one way: pgBackRest writes the stanza, WAL, full, diff and incr;
+/// pg_backrest lists, verifies, fetches WAL, restores each backup (plain, and delta onto a
+/// changed copy) and adds an incr that pgBackRest restores; pgBackRest takes a new full and
+/// pg_backrest's expire leaves a repository pgBackRest lists and restores from.
+#[test]
+fn a_pgbackrest_repository_is_read_restored_extended_and_expired_by_pg_backrest() {
+    let site = Site::new(Options {
+        no_stanza_create: true,
+        ..Options::default()
+    });
+    let conf = pgbackrest_conf(&site);
+    ok(
+        pgbackrest(&site, &["stanza-create"]),
+        "pgbackrest stanza-create",
+    );
+    archive_with_pgbackrest(&site, &conf);
+    start_cluster_with_data(&site);
+
+    let full_state = step(&site, "full");
+    let full = pgbackrest_backup(&site, "full");
+    let diff_state = step(&site, "diff");
+    let diff = pgbackrest_backup(&site, "diff");
+    let incr_state = step(&site, "incr");
+    let incr = pgbackrest_backup(&site, "incr");
+    let segment = site.one_segment();
+
+    let info = site.pgbr(&["info"]);
+    assert_eq!(info.status, 0, "{info}");
+    for label in [&full, &diff, &incr] {
+        assert!(
+            info.stdout.contains(label.as_str()),
+            "info lists {label}:\n{info}"
+        );
+    }
+    let verify = site.pgbr(&["verify"]);
+    assert_eq!(
+        verify.status, 0,
+        "pg_backrest verify of pgBackRest's repository:\n{verify}"
+    );
+
+    // WAL pgBackRest pushed comes back byte for byte.
+    let fetched = site.dir.join("fetched");
+    let out = site.pgbr(&["archive-get", &segment, p(&fetched)]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        fs::read(&fetched).unwrap() == fs::read(site.originals.join(&segment)).unwrap(),
+        "archive-get of {segment} returns what PostgreSQL archived"
+    );
+
+    let r = pg_backrest_restore(&site, "full", &full, &[]);
+    assert_state(
+        &r,
+        &full_state,
+        "pg_backrest's restore of pgBackRest's full",
+    );
+    drop(r);
+    let r = pg_backrest_restore(&site, "diff", &diff, &[]);
+    assert_state(
+        &r,
+        &diff_state,
+        "pg_backrest's restore of pgBackRest's diff",
+    );
+    drop(r);
+    let r = pg_backrest_restore(&site, "incr", &incr, &[]);
+    assert_state(
+        &r,
+        &incr_state,
+        "pg_backrest's restore of pgBackRest's incr",
+    );
+    // Delta onto that copy, changed since (promoted, written to), brings back the full.
+    r.psql("insert into marker(step) values ('changed'); checkpoint");
+    r.stop();
+    drop(r);
+    let r = pg_backrest_restore(&site, "incr", &full, &["--delta"]);
+    assert_state(
+        &r,
+        &full_state,
+        "pg_backrest's delta restore of pgBackRest's full",
+    );
+    drop(r);
+
+    // An incr of ours on pgBackRest's chain, restored by pgBackRest.
+    let ours_state = step(&site, "ours");
+    let ours = pg_backrest_backup(&site, "incr");
+    assert!(
+        ours.starts_with(&format!("{full}_")),
+        "{ours} builds on {full}"
+    );
+    let r = pgbackrest_restore(&site, "ours", &ours);
+    assert_state(
+        &r,
+        &ours_state,
+        "pgBackRest's restore of pg_backrest's incr",
+    );
+    drop(r);
+
+    // (d) Our expire on a repository pgBackRest keeps using.
+    let full2_state = step(&site, "full2");
+    let full2 = pgbackrest_backup(&site, "full");
+    let out = site.pgbr(&["expire", "--repo1-retention-full=1"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert_eq!(labels(&site), vec![full2.clone()]);
+    let info = ok(
+        pgbackrest(&site, &["info"]),
+        "pgbackrest info after our expire",
+    );
+    assert!(info.stdout.contains(&full2), "{info}");
+    assert!(!info.stdout.contains(&full), "{info}");
+    ok(
+        pgbackrest(&site, &["verify"]),
+        "pgbackrest verify after our expire",
+    );
+    let r = pgbackrest_restore(&site, "full2", &full2);
+    assert_state(
+        &r,
+        &full2_state,
+        "pgBackRest's restore after pg_backrest's expire",
+    );
+}
+
+/// Points archive_command at pg_backrest under the name `pgbackrest` (a symlink), as a
+/// pgBackRest user who switched has it: pgBackRest's backup refuses an archive_command that
+/// does not name pgbackrest.
+fn archive_with_pg_backrest_named_pgbackrest(site: &Site) {
+    let bin_dir = site.dir.mkdir("bin");
+    let link = bin_dir.join("pgbackrest");
+    std::os::unix::fs::symlink(harness::bin(), &link).unwrap();
+    let o = p(&site.originals);
+    let command = format!(
+        "{} --config={} --stanza={STANZA} archive-push %p && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
+        p(&link),
+        p(&site.conf)
+    );
+    site.cluster
+        .set_settings(&[("archive_command", command.as_str())]);
+    site.cluster.reload();
+}
+
+/// (b), then (d) the other way: pg_backrest writes the stanza, WAL, full, diff and incr;
+/// pgBackRest lists, verifies and restores each, and adds an incr that pg_backrest restores;
+/// pg_backrest takes a new full and pgBackRest's expire leaves a repository pg_backrest
+/// lists, verifies and restores from.
+#[test]
+fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest() {
+    let site = Site::local();
+    pgbackrest_conf(&site);
+    archive_with_pg_backrest_named_pgbackrest(&site);
+    start_cluster_with_data(&site);
+
+    let full_state = step(&site, "full");
+    let full = pg_backrest_backup(&site, "full");
+    let diff_state = step(&site, "diff");
+    let diff = pg_backrest_backup(&site, "diff");
+    let incr_state = step(&site, "incr");
+    let incr = pg_backrest_backup(&site, "incr");
+    site.one_segment();
+
+    let info = ok(pgbackrest(&site, &["info"]), "pgbackrest info");
+    for label in [&full, &diff, &incr] {
+        assert!(
+            info.stdout.contains(label.as_str()),
+            "info lists {label}:\n{info}"
+        );
+    }
+    ok(pgbackrest(&site, &["verify"]), "pgbackrest verify");
+    for (label, state, name) in [
+        (&full, &full_state, "full"),
+        (&diff, &diff_state, "diff"),
+        (&incr, &incr_state, "incr"),
+    ] {
+        let r = pgbackrest_restore(&site, name, label);
+        assert_state(
+            &r,
+            state,
+            &format!("pgBackRest's restore of pg_backrest's {name}"),
+        );
+    }
+
+    // pgBackRest's incr on our chain, restored by pg_backrest.
+    let theirs_state = step(&site, "theirs");
+    let theirs = pgbackrest_backup(&site, "incr");
+    assert!(
+        theirs.starts_with(&format!("{full}_")),
+        "{theirs} builds on {full}"
+    );
+    let r = pg_backrest_restore(&site, "theirs", &theirs, &[]);
+    assert_state(
+        &r,
+        &theirs_state,
+        "pg_backrest's restore of pgBackRest's incr",
+    );
+    drop(r);
+
+    // (d) pgBackRest's expire on a repository pg_backrest keeps using.
+    let full2_state = step(&site, "full2");
+    let full2 = pg_backrest_backup(&site, "full");
+    ok(
+        pgbackrest(&site, &["expire", "--repo1-retention-full=1"]),
+        "pgbackrest expire",
+    );
+    assert_eq!(labels(&site), vec![full2.clone()]);
+    let info = site.pgbr(&["info"]);
+    assert_eq!(info.status, 0, "{info}");
+    assert!(
+        info.stdout.contains(&full2) && !info.stdout.contains(&full),
+        "{info}"
+    );
+    let verify = site.pgbr(&["verify"]);
+    assert_eq!(
+        verify.status, 0,
+        "pg_backrest verify after pgBackRest's expire:\n{verify}"
+    );
+    let r = pg_backrest_restore(&site, "full2", &full2, &[]);
+    assert_state(
+        &r,
+        &full2_state,
+        "pg_backrest's restore after pgBackRest's expire",
+    );
+}
