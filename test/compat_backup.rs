@@ -8,48 +8,28 @@
 //! paths under the test directory), never /etc/pgbackrest.conf or its default paths.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::backup::Restored;
 use crate::fixture::{label_of, Options, Site, STANZA};
-use crate::harness::{self, postgres_command, run, write_postgres, Out};
+use crate::harness::{self, Out, PgBackrest, PgBackrestPaths};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// pgBackRest's config for `site`: the same repository and cluster as pg_backrest's.
-fn pgbackrest_conf(site: &Site) -> PathBuf {
-    let conf = site.dir.join("pgbackrest.conf");
-    let text = format!(
-        "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nlog-level-file=off\n\
-         log-level-console=warn\nstart-fast=y\narchive-timeout=60\n\n\
-         [{STANZA}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
-        p(&site.repo),
-        p(&site.dir.join("pgbackrest-lock")),
-        p(&site.dir.join("pgbackrest-log")),
-        p(&site.cluster.data_dir()),
-        p(&site.cluster.socket_dir()),
-        site.cluster.port()
-    );
-    write_postgres(&conf, &text, 0o640);
-    conf
-}
-
-/// Runs the real pgBackRest as postgres with the site's pgBackRest config and stanza.
-fn pgbackrest(site: &Site, args: &[&str]) -> Out {
-    let config = format!("--config={}", p(&site.dir.join("pgbackrest.conf")));
-    let stanza = format!("--stanza={STANZA}");
-    let mut all = vec![config.as_str(), stanza.as_str()];
-    all.extend_from_slice(args);
-    let mut cmd = postgres_command("pgbackrest", &all);
-    // Only the test's own config counts, whatever the environment of the test run holds.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PGBACKREST_") {
-            cmd.env_remove(&key);
-        }
-    }
-    run(cmd)
+/// pgBackRest for `site`: the same repository and cluster as pg_backrest's, its own config,
+/// lock and log paths in the test directory.
+fn pgbackrest_conf(site: &Site) -> PgBackrest {
+    PgBackrest::new(
+        PgBackrestPaths {
+            dir: site.dir.path(),
+            repo: &site.repo,
+            stanza: STANZA,
+            global: "archive-timeout=60",
+        },
+        &site.cluster,
+    )
 }
 
 fn ok(out: Out, what: &str) -> Out {
@@ -72,10 +52,10 @@ fn labels(site: &Site) -> Vec<String> {
 }
 
 /// Takes a backup with pgBackRest and returns its label.
-fn pgbackrest_backup(site: &Site, kind: &str) -> String {
+fn pgbackrest_backup(site: &Site, pgbr: &PgBackrest, kind: &str) -> String {
     let before = labels(site);
     ok(
-        pgbackrest(site, &["backup", &format!("--type={kind}")]),
+        pgbr.run(&["backup", &format!("--type={kind}")]),
         &format!("pgbackrest backup --type={kind}"),
     );
     let after = labels(site);
@@ -112,21 +92,18 @@ fn start_cluster_with_data(site: &Site) {
 
 /// Restores `label` with pgBackRest into `<site dir>/<name>`, recovery stopping where the
 /// backup became consistent, and starts it.
-fn pgbackrest_restore(site: &Site, name: &str, label: &str) -> Restored {
+fn pgbackrest_restore(site: &Site, pgbr: &PgBackrest, name: &str, label: &str) -> Restored {
     let r = Restored::at(site, name);
     harness::mkdir_postgres(&r.data);
     harness::chmod(&r.data, 0o700);
     ok(
-        pgbackrest(
-            site,
-            &[
-                "restore",
-                &format!("--pg1-path={}", p(&r.data)),
-                &format!("--set={label}"),
-                "--type=immediate",
-                "--target-action=promote",
-            ],
-        ),
+        pgbr.run(&[
+            "restore",
+            &format!("--pg1-path={}", p(&r.data)),
+            &format!("--set={label}"),
+            "--type=immediate",
+            "--target-action=promote",
+        ]),
         &format!("pgbackrest restore --set={label}"),
     );
     r.start_and_wait_promoted();
@@ -148,11 +125,11 @@ fn assert_state(r: &Restored, expected: &str, what: &str) {
 
 /// Points archive_command at pgBackRest's archive-push (still copying each pushed segment
 /// to originals/, as the fixture's does).
-fn archive_with_pgbackrest(site: &Site, conf: &Path) {
+fn archive_with_pgbackrest(site: &Site, pgbr: &PgBackrest) {
     let o = p(&site.originals);
     let command = format!(
-        "pgbackrest --config={} --stanza={STANZA} archive-push %p && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
-        p(conf)
+        "{} && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
+        pgbr.archive_command()
     );
     site.cluster
         .set_settings(&[("archive_command", command.as_str())]);
@@ -169,20 +146,17 @@ fn a_pgbackrest_repository_is_read_restored_extended_and_expired_by_pg_backrest(
         no_stanza_create: true,
         ..Options::default()
     });
-    let conf = pgbackrest_conf(&site);
-    ok(
-        pgbackrest(&site, &["stanza-create"]),
-        "pgbackrest stanza-create",
-    );
-    archive_with_pgbackrest(&site, &conf);
+    let pgbr = pgbackrest_conf(&site);
+    ok(pgbr.run(&["stanza-create"]), "pgbackrest stanza-create");
+    archive_with_pgbackrest(&site, &pgbr);
     start_cluster_with_data(&site);
 
     let full_state = step(&site, "full");
-    let full = pgbackrest_backup(&site, "full");
+    let full = pgbackrest_backup(&site, &pgbr, "full");
     let diff_state = step(&site, "diff");
-    let diff = pgbackrest_backup(&site, "diff");
+    let diff = pgbackrest_backup(&site, &pgbr, "diff");
     let incr_state = step(&site, "incr");
-    let incr = pgbackrest_backup(&site, "incr");
+    let incr = pgbackrest_backup(&site, &pgbr, "incr");
     let segment = site.one_segment();
 
     let info = site.pgbr(&["info"]);
@@ -247,7 +221,7 @@ fn a_pgbackrest_repository_is_read_restored_extended_and_expired_by_pg_backrest(
         ours.starts_with(&format!("{full}_")),
         "{ours} builds on {full}"
     );
-    let r = pgbackrest_restore(&site, "ours", &ours);
+    let r = pgbackrest_restore(&site, &pgbr, "ours", &ours);
     assert_state(
         &r,
         &ours_state,
@@ -257,21 +231,15 @@ fn a_pgbackrest_repository_is_read_restored_extended_and_expired_by_pg_backrest(
 
     // (d) Our expire on a repository pgBackRest keeps using.
     let full2_state = step(&site, "full2");
-    let full2 = pgbackrest_backup(&site, "full");
+    let full2 = pgbackrest_backup(&site, &pgbr, "full");
     let out = site.pgbr(&["expire", "--repo1-retention-full=1"]);
     assert_eq!(out.status, 0, "{out}");
     assert_eq!(labels(&site), vec![full2.clone()]);
-    let info = ok(
-        pgbackrest(&site, &["info"]),
-        "pgbackrest info after our expire",
-    );
+    let info = ok(pgbr.run(&["info"]), "pgbackrest info after our expire");
     assert!(info.stdout.contains(&full2), "{info}");
     assert!(!info.stdout.contains(&full), "{info}");
-    ok(
-        pgbackrest(&site, &["verify"]),
-        "pgbackrest verify after our expire",
-    );
-    let r = pgbackrest_restore(&site, "full2", &full2);
+    ok(pgbr.run(&["verify"]), "pgbackrest verify after our expire");
+    let r = pgbackrest_restore(&site, &pgbr, "full2", &full2);
     assert_state(
         &r,
         &full2_state,
@@ -304,7 +272,7 @@ fn archive_with_pg_backrest_named_pgbackrest(site: &Site) {
 #[test]
 fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest() {
     let site = Site::local();
-    pgbackrest_conf(&site);
+    let pgbr = pgbackrest_conf(&site);
     archive_with_pg_backrest_named_pgbackrest(&site);
     start_cluster_with_data(&site);
 
@@ -316,20 +284,20 @@ fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest(
     let incr = pg_backrest_backup(&site, "incr");
     site.one_segment();
 
-    let info = ok(pgbackrest(&site, &["info"]), "pgbackrest info");
+    let info = ok(pgbr.run(&["info"]), "pgbackrest info");
     for label in [&full, &diff, &incr] {
         assert!(
             info.stdout.contains(label.as_str()),
             "info lists {label}:\n{info}"
         );
     }
-    ok(pgbackrest(&site, &["verify"]), "pgbackrest verify");
+    ok(pgbr.run(&["verify"]), "pgbackrest verify");
     for (label, state, name) in [
         (&full, &full_state, "full"),
         (&diff, &diff_state, "diff"),
         (&incr, &incr_state, "incr"),
     ] {
-        let r = pgbackrest_restore(&site, name, label);
+        let r = pgbackrest_restore(&site, &pgbr, name, label);
         assert_state(
             &r,
             state,
@@ -339,7 +307,7 @@ fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest(
 
     // pgBackRest's incr on our chain, restored by pg_backrest.
     let theirs_state = step(&site, "theirs");
-    let theirs = pgbackrest_backup(&site, "incr");
+    let theirs = pgbackrest_backup(&site, &pgbr, "incr");
     assert!(
         theirs.starts_with(&format!("{full}_")),
         "{theirs} builds on {full}"
@@ -356,7 +324,7 @@ fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest(
     let full2_state = step(&site, "full2");
     let full2 = pg_backrest_backup(&site, "full");
     ok(
-        pgbackrest(&site, &["expire", "--repo1-retention-full=1"]),
+        pgbr.run(&["expire", "--repo1-retention-full=1"]),
         "pgbackrest expire",
     );
     assert_eq!(labels(&site), vec![full2.clone()]);
