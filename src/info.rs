@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::repo::COPY_SUFFIX;
 use crate::storage::{self, Storage};
 
@@ -202,14 +202,31 @@ pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
                 from_copy: true,
             }))
         }
-        (main, copy) => Err(Error::integrity(format!(
-            "'{}' is unusable ({}) and so is '{}' ({})",
-            storage.describe(path),
-            why(&main),
-            storage.describe(&copy_path),
-            why(&copy)
-        ))
-        .with_hint("restore the info file from a copy of the repository; do not delete it")),
+        (main, copy) => {
+            // pgBackRest's rule for the pair: the type both failures share, else the one
+            // that is not a missing file, else file-open.
+            let kind = |r: &Option<std::result::Result<IniDoc, String>>| match r {
+                None => Kind::FileMissing,
+                Some(Err(e)) if e.contains("checksum") => Kind::Checksum,
+                _ => Kind::Format,
+            };
+            let kind = match (kind(&main), kind(&copy)) {
+                (a, b) if a == b => a,
+                (Kind::FileMissing, k) | (k, Kind::FileMissing) => k,
+                _ => Kind::FileOpen,
+            };
+            Err(Error::new(
+                kind,
+                format!(
+                    "'{}' is unusable ({}) and so is '{}' ({})",
+                    storage.describe(path),
+                    why(&main),
+                    storage.describe(&copy_path),
+                    why(&copy)
+                ),
+            )
+            .with_hint("restore the info file from a copy of the repository; do not delete it"))
+        }
     }
 }
 
@@ -237,9 +254,17 @@ pub fn load_one(storage: &dyn Storage, path: &str) -> Result<Option<IniDoc>> {
     };
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::integrity(format!("'{}' is not text", storage.describe(path))))?;
-    IniDoc::parse_verified(&text)
-        .map(Some)
-        .map_err(|why| Error::integrity(format!("'{}' is unusable: {why}", storage.describe(path))))
+    IniDoc::parse_verified(&text).map(Some).map_err(|why| {
+        let kind = if why.contains("checksum") {
+            Kind::Checksum
+        } else {
+            Kind::Format
+        };
+        Error::new(
+            kind,
+            format!("'{}' is unusable: {why}", storage.describe(path)),
+        )
+    })
 }
 
 /// The `[db]` and `[db:history]` sections both info files share: which cluster the stanza
@@ -418,10 +443,11 @@ mod tests {
         assert!(l.from_copy);
         assert_eq!(l.doc, doc);
 
-        // Both damaged: a clear integrity error.
+        // Both damaged, differently (checksum, format): pgBackRest's file-open for the pair.
         std::fs::write(tmp.path().join("a/x.info.copy"), "garbage").unwrap();
         let e = load(&s, "a/x.info").unwrap_err();
-        assert_eq!(e.kind, crate::error::Kind::Integrity);
+        assert_eq!(e.kind, crate::error::Kind::FileOpen);
+
         assert!(
             e.message.contains("checksum does not match"),
             "{}",

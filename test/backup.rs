@@ -918,7 +918,7 @@ fn restore_refuses_non_empty_or_running_targets() {
         .map(|e| e.file_name())
         .collect();
     let out = site.pgbr(&["restore", &format!("--set={label}")]);
-    assert_error(&out, 31, "holds a running cluster");
+    assert_error(&out, 38, "holds a running cluster");
     assert!(
         !site.cluster.data_dir().join("recovery.signal").exists(),
         "nothing written"
@@ -934,7 +934,7 @@ fn restore_refuses_non_empty_or_running_targets() {
     let target = site.dir.mkdir("target");
     harness::write_postgres(&target.join("keep-me"), "x", 0o600);
     let out = site.pgbr(&["restore", &format!("--pg1-path={}", p(&target))]);
-    assert_error(&out, 31, "is not empty");
+    assert_error(&out, 40, "is not empty");
     let entries: Vec<_> = fs::read_dir(&target)
         .unwrap()
         .flatten()
@@ -1067,7 +1067,7 @@ fn tablespaces_are_backed_up_and_their_links_restored() {
     let out = site.pgbr(&["restore", &format!("--pg1-path={}", p(&target))]);
     assert_error(
         &out,
-        31,
+        40,
         &format!("tablespace 'pg_tblspc/{oid}' '{}' is not empty", p(&ts_dir)),
     );
     assert!(!target.exists(), "nothing restored after the refusal");

@@ -272,12 +272,12 @@ fn set_expires_one_backup_with_its_dependents_and_guards_the_newest_full() {
 
     assert_error(
         &site.pgbr(&["expire", "--set=20200101-000000F"]),
-        31,
+        75,
         "backup set '20200101-000000F' is not in the repository",
     );
     assert_error(
         &site.pgbr(&["expire", &format!("--set={f2}")]),
-        31,
+        75,
         &format!("backup set '{f2}' is the newest full backup and is not expired without --force"),
     );
     assert_eq!(site.backup_labels().len(), 5, "refusals changed nothing");

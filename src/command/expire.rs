@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::archive_push::missing_info;
 use super::backup::adopt_complete_backups;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
@@ -66,7 +66,10 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
     let layout = RepoLayout::new(stanza);
     let dry_run = cfg.bool("dry-run");
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
+        // pgBackRest's expire reports a repository it cannot expire as a command error.
+        .ok_or_else(|| {
+            missing_info(stanza, repo.as_ref(), &layout.backup_info()).with_kind(Kind::Command)
+        })?;
     // A backup a crash kept out of backup.info counts like any other.
     if !dry_run {
         adopt_complete_backups(repo.as_ref(), &layout, &mut info)?;
@@ -151,15 +154,20 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
 /// incr builds on, so it takes `--force`.
 fn chosen_set(info: &BackupInfo, label: &str, force: bool) -> Result<BTreeSet<String>> {
     if !info.backups.contains_key(label) {
-        return Err(
-            Error::config(format!("backup set '{label}' is not in the repository"))
-                .with_hint("'pg_backrest info' lists the backups"),
-        );
+        return Err(Error::new(
+            Kind::BackupSetInvalid,
+            format!("backup set '{label}' is not in the repository"),
+        )
+        .with_hint("'pg_backrest info' lists the backups"));
     }
     if info.latest_full() == Some(label) && !force {
-        return Err(Error::config(format!(
-            "backup set '{label}' is the newest full backup and is not expired without --force"
-        ))
+        return Err(Error::new(
+            Kind::BackupSetInvalid,
+            format!(
+                "backup set '{label}' is the newest full backup
+ and is not expired without --force"
+            ),
+        )
         .with_hint("add --force to expire it with every backup that depends on it"));
     }
     Ok(with_dependents(
