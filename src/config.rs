@@ -133,11 +133,11 @@ impl Config {
             } else {
                 format!("command '{}' requires {}", def.name, def.args.join(" "))
             };
-            // pgBackRest's types: a missing argument is param-required, an extra one invalid.
-            let kind = if args.len() < expected {
-                Kind::ParamRequired
-            } else {
+            // pgBackRest calls both a missing and an extra argument param-required.
+            let kind = if expected == 0 {
                 Kind::ParamInvalid
+            } else {
+                Kind::ParamRequired
             };
             return Err(Error::new(kind, format!("{usage}, got {}", args.len()))
                 .with_hint(format!("see 'pg_backrest help {}'", def.name)));

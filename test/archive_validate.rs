@@ -114,7 +114,7 @@ fn malformed_or_misnamed_wal_files_are_refused_before_they_are_stored() {
     let real_backup = fs::read(site.originals.join(&backup_file)).unwrap();
     let out = push(&site, &site.originals.join(&backup_file));
     assert_eq!(out.status, 0, "the real .backup again:\n{out}");
-    assert!(out.stdout.contains("same checksum"), "{out}");
+    assert!(out.stderr.contains("same checksum"), "{out}");
 
     let scratch = site.dir.mkdir("malformed");
     let seg = site.original_segments().pop().unwrap();

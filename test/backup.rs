@@ -843,10 +843,10 @@ fn corrupted_page_is_detected_and_reported() {
     site.cluster.start();
     let (label, out) = backup(&site, &["--type=full"]);
     let warn = out
-        .stdout
+        .stderr
         .lines()
         .find(|l| l.contains("invalid page checksums found in file"))
-        .unwrap_or_else(|| panic!("no checksum WARN on stdout:\n{out}"));
+        .unwrap_or_else(|| panic!("no checksum WARN on stderr:\n{out}"));
     assert!(warn.contains("WARN"), "{warn}");
     assert!(warn.contains(&rel), "WARN names the file {rel}: {warn}");
     assert!(warn.ends_with("at blocks 0"), "WARN names block 0: {warn}");
@@ -1019,7 +1019,7 @@ fn diff_or_incr_without_full_becomes_full() {
     let site = Site::local();
     let (label, out) = backup(&site, &["--type=incr"]);
     assert!(
-        out.stdout
+        out.stderr
             .lines()
             .any(|l| l.contains("WARN") && l.contains("changed to full")),
         "WARN that incr became full:\n{out}"
@@ -1030,7 +1030,7 @@ fn diff_or_incr_without_full_becomes_full() {
     assert_eq!(b[0]["type"], "full");
     assert!(b[0]["prior"].is_null(), "{:?}", b[0]);
     let (diff, out) = backup(&site, &["--type=diff"]);
-    assert!(!out.stdout.contains("changed to full"), "{out}");
+    assert!(!out.stderr.contains("changed to full"), "{out}");
     assert!(diff.ends_with('D'), "{diff}");
 }
 

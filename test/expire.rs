@@ -99,7 +99,7 @@ fn retention_by_count_removes_whole_chains_and_the_wal_no_kept_backup_needs() {
     let mut listed: Vec<&str> = dry
         .stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("[dry-run] expire "))
+        .filter_map(|l| l.strip_prefix("INFO: [dry-run] expire "))
         .filter_map(|l| l.split_once(" backup "))
         .map(|(_, label)| label)
         .collect();

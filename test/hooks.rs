@@ -145,7 +145,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     );
     let full = label_of(&out);
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: hook-backup-success exited with code 4: (nothing on stderr)"),
         "{out}"
     );
@@ -179,7 +179,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     site.cluster.reload();
     assert_eq!(out.status, 82, "{out}");
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: hook-backup-failure exited with code 9: 'pager unreachable'"),
         "{out}"
     );

@@ -8,6 +8,7 @@ mod archive_validate;
 pub mod backup;
 mod backup_ssh;
 mod config_errors;
+mod conventions;
 mod drill;
 mod expire;
 mod fixture;

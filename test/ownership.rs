@@ -105,7 +105,7 @@ fn root_never_takes_a_repository_lock_or_log_path_over() {
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains(&label), "{out}");
     assert!(
-        out.stdout.contains("WARN: refusing to write into log path"),
+        out.stderr.contains("WARN: refusing to write into log path"),
         "the skipped log file is said:\n{out}"
     );
     assert!(pgbr_as_root(&site, &["verify"]).success());
@@ -187,7 +187,7 @@ fn restore_as_root_applies_only_the_clusters_owner_and_safe_modes() {
     );
     assert!(out.success(), "{out}");
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: the backup records owner 'root:root' for some files"),
         "{out}"
     );

@@ -298,7 +298,6 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         sizes.size,
         sizes.repo_size_delta
     );
-    println!("backup {label} complete");
     Ok(())
 }
 

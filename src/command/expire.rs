@@ -49,18 +49,18 @@ pub enum FullRetention {
 #[cfg(feature = "test-pause")]
 const TEST_PAUSE_ENV: &str = "PGBR_TEST_EXPIRE_PAUSE";
 
-/// The expire command: prints a summary line.
+/// The expire command. As pgBackRest's, it reports what it removes at INFO (log file, and
+/// stdout with log-level-console=info), so at the default levels it prints nothing.
 pub fn run(cfg: &Config) -> Result<()> {
-    expire(cfg, true)
+    expire(cfg)
 }
 
-/// The expire that ends every successful backup (no --set, --dry-run or --force there): its
-/// summary goes to the log only, so backup's output stays its own.
+/// The expire that ends every successful backup (no --set, --dry-run or --force there).
 pub fn after_backup(cfg: &Config) -> Result<()> {
-    expire(cfg, false)
+    expire(cfg)
 }
 
-fn expire(cfg: &Config, standalone: bool) -> Result<()> {
+fn expire(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
@@ -98,7 +98,7 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
 
     let say = |what: String| {
         if dry_run {
-            println!("[dry-run] {what}");
+            crate::info!("[dry-run] {what}");
         } else {
             crate::info!("{what}");
         }
@@ -144,9 +144,6 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
         expired.len()
     );
     crate::info!("{summary}");
-    if standalone {
-        println!("{summary}");
-    }
     Ok(())
 }
 
@@ -385,7 +382,7 @@ fn remove_orphans(
             continue;
         }
         if dry_run {
-            println!("[dry-run] remove orphan backup directory {entry}");
+            crate::info!("[dry-run] remove orphan backup directory {entry}");
         } else {
             crate::warn!(
                 "removing orphan backup directory {entry}: it is not in backup.info and is \
