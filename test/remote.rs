@@ -46,7 +46,9 @@ fn a_silent_peer_fails_with_the_remote_code_within_io_timeout_and_recovery_follo
     let out = get(&site);
     let took = start.elapsed();
     site.sshd.as_mut().unwrap().resume();
-    assert_error(&out, 49, "repo1-host '127.0.0.1'");
+    // The TCP connection is made (the kernel accepts it) and then nothing answers: the
+    // protocol code, 39 (a refused connection is host-connect, 49, below).
+    assert_error(&out, 39, "repo1-host '127.0.0.1'");
     assert!(!dest.exists(), "nothing written on failure");
     // Bounded by io-timeout (3 s) and the connect timeout, not by a TCP or SSH default.
     assert!(

@@ -161,8 +161,7 @@ fn chosen_set(info: &BackupInfo, label: &str, force: bool) -> Result<BTreeSet<St
         return Err(Error::new(
             Kind::BackupSetInvalid,
             format!(
-                "backup set '{label}' is the newest full backup
- and is not expired without --force"
+                "backup set '{label}' is the newest full backup and is not expired without --force"
             ),
         )
         .with_hint("add --force to expire it with every backup that depends on it"));
