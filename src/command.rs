@@ -39,7 +39,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let def = cfg.command.def();
     if !def.implemented {
         return Err(Error::new(
-            Kind::NotImplemented,
+            Kind::FeatureNotSupported,
             format!(
                 "command '{}' is not available in pg_backrest {} yet",
                 def.name,
@@ -100,7 +100,7 @@ fn take_lock(cfg: &Config) -> Result<Option<lock::Lock>> {
 /// the failure hook are told, the other error goes to the log.
 fn after_signal(e: Error) -> Error {
     match crate::signal::caught() {
-        Some(name) if e.kind != Kind::Terminated => {
+        Some(name) if e.kind != Kind::Term => {
             crate::info!("after {name}, the command also failed with: {}", e.message);
             crate::signal::terminated(name)
         }
@@ -126,7 +126,7 @@ fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {
                     Cmd::from_name(name)
                         .filter(|c| !c.def().hidden)
                         .ok_or_else(|| {
-                            Error::config(format!("invalid command '{name}'"))
+                            Error::new(Kind::CommandInvalid, format!("invalid command '{name}'"))
                                 .with_hint("see 'pg_backrest help' for the list of commands")
                         })?,
                 ),

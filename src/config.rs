@@ -4,7 +4,9 @@
 //! `[global]` > built-in default.
 //!
 //! Every option and command comes from the tables in [`options`] and [`commands`]; this
-//! module only applies them. Any mistake is a [`Kind::Config`] error naming the source
+//! module only applies them. Any mistake is an option error (pgBackRest's option-invalid,
+//! option-invalid-value, option-required, command-invalid) naming the source
+
 //! (file, section and key, the environment variable, or the command-line flag).
 
 pub mod commands;
@@ -15,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 pub use commands::{Cmd, LockType};
 use options::{OptDef, OptKind, Scope, OPTIONS};
 
@@ -101,14 +103,14 @@ impl Config {
         }
 
         if def.needs_stanza && stanza.is_none() {
-            return Err(Error::config(format!(
+            return Err(Error::required(format!(
                 "option 'stanza' is required for command '{}'",
                 def.name
             ))
             .with_hint("add --stanza=NAME, the cluster's section in the config file"));
         }
         if matches!(command, Cmd::StanzaCreate | Cmd::Check) && !values.contains_key("pg1-path") {
-            return Err(Error::config(format!(
+            return Err(Error::required(format!(
                 "option 'pg1-path' is required for command '{}'",
                 def.name
             ))
@@ -131,7 +133,13 @@ impl Config {
             } else {
                 format!("command '{}' requires {}", def.name, def.args.join(" "))
             };
-            return Err(Error::config(format!("{usage}, got {}", args.len()))
+            // pgBackRest calls both a missing and an extra argument param-required.
+            let kind = if expected == 0 {
+                Kind::ParamInvalid
+            } else {
+                Kind::ParamRequired
+            };
+            return Err(Error::new(kind, format!("{usage}, got {}", args.len()))
                 .with_hint(format!("see 'pg_backrest help {}'", def.name)));
         }
         // An empty path would resolve to the working directory and an empty name to nothing,
@@ -143,14 +151,14 @@ impl Config {
                 "DEST_PATH" => "destination path".to_string(),
                 other => format!("argument {other}"),
             };
-            return Err(
-                Error::config(format!("{what} is empty for command '{}'", def.name)).with_hint(
-                    format!(
+            return Err(Error::new(
+                Kind::ParamInvalid,
+                format!("{what} is empty for command '{}'", def.name),
+            )
+            .with_hint(format!(
                 "see 'pg_backrest help {}'; PostgreSQL passes %p and %f as non-empty arguments",
                 def.name
-            ),
-                ),
-            );
+            )));
         }
 
         Ok(Config {
@@ -169,7 +177,7 @@ impl Config {
     /// The stanza, for commands whose table row says they need one (checked at resolve time).
     pub fn stanza_required(&self) -> Result<&str> {
         self.stanza()
-            .ok_or_else(|| Error::config("option 'stanza' is required"))
+            .ok_or_else(|| Error::required("option 'stanza' is required"))
     }
 
     pub fn str(&self, name: &str) -> Option<&str> {
@@ -182,7 +190,7 @@ impl Config {
 
     pub fn required_path(&self, name: &str) -> Result<PathBuf> {
         self.path(name).ok_or_else(|| {
-            Error::config(format!(
+            Error::required(format!(
                 "option '{name}' is required for command '{}'",
                 self.command.name()
             ))
@@ -309,7 +317,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
                 .iter()
                 .map(|raw| {
                     opt.validate(raw).map_err(|why| {
-                        Error::config(format!(
+                        Error::invalid_value(format!(
                             "invalid value '{raw}' for option '--{}': {why}",
                             opt.name
                         ))
@@ -332,7 +340,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
         };
         if let Some(raw) = raw {
             let v = opt.validate(&raw).map_err(|why| {
-                Error::config(format!(
+                Error::invalid_value(format!(
                     "invalid value '{raw}' for option '--{}': {why}",
                     opt.name
                 ))
@@ -350,7 +358,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
     }
     let name = words.remove(0);
     let command = Cmd::from_name(&name).ok_or_else(|| {
-        Error::config(format!("invalid command '{name}'"))
+        Error::new(Kind::CommandInvalid, format!("invalid command '{name}'"))
             .with_hint("see 'pg_backrest help' for the list of commands")
     })?;
     let (command, args) = if matches.get_flag("help-flag") && command != Cmd::Help {
@@ -406,7 +414,7 @@ fn parse_environment(
             .iter()
             .map(|item| {
                 opt.validate(item).map_err(|why| {
-                    Error::config(format!(
+                    Error::invalid_value(format!(
                         "invalid value '{raw}' in environment variable '{key}': {why}"
                     ))
                 })
@@ -436,10 +444,11 @@ fn validate_stanza_name(name: &str) -> Result<()> {
     } else {
         // escape_debug keeps a control character from breaking the one-line error.
         Err(
-            Error::config(format!("invalid stanza name '{}'", name.escape_debug())).with_hint(
-                "use letters, digits, '-', '_' and '.', starting with a letter, digit or '_'; \
+            Error::invalid_value(format!("invalid stanza name '{}'", name.escape_debug()))
+                .with_hint(
+                    "use letters, digits, '-', '_' and '.', starting with a letter, digit or '_'; \
              'global' is reserved",
-            ),
+                ),
         )
     }
 }
@@ -484,10 +493,10 @@ fn load_config_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
         Err(e) => {
-            return Err(Error::config(format!(
-                "unable to read config file '{}': {e}",
-                path.display()
-            ))
+            return Err(Error::new(
+                Kind::of_io("open", &e),
+                format!("unable to read config file '{}': {e}", path.display()),
+            )
             .with_hint("check the path given by --config and its permissions"))
         }
     };
@@ -517,9 +526,10 @@ fn split_config_lines<'t>(file: &str, text: &'t str) -> Result<Vec<RawSection<'t
             continue;
         }
         let bad = |why: &str| {
-            Error::config(format!(
-                "unable to parse config file '{file}' line {n}: {why}"
-            ))
+            Error::new(
+                Kind::Format,
+                format!("unable to parse config file '{file}' line {n}: {why}"),
+            )
         };
         if let Some(rest) = line.strip_prefix('[') {
             let name = rest
@@ -622,7 +632,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 }
             }
             let v = opt.validate(raw).map_err(|why| {
-                Error::config(format!(
+                Error::invalid_value(format!(
                     "invalid value '{raw}' for option '{key}' {where_}: {why}"
                 ))
             })?;
@@ -743,7 +753,20 @@ mod tests {
 
     fn err(argv: &[&str], env: &[(&str, &str)], file: Option<&str>) -> String {
         let e = resolve_with(argv, env, file).unwrap_err();
-        assert_eq!(e.kind, Kind::Config);
+        assert!(
+            matches!(
+                e.kind,
+                Kind::OptionInvalid
+                    | Kind::OptionInvalidValue
+                    | Kind::OptionRequired
+                    | Kind::CommandInvalid
+                    | Kind::ParamRequired
+                    | Kind::ParamInvalid
+                    | Kind::FileMissing
+                    | Kind::Format
+            ),
+            "{e:?}"
+        );
         e.message
     }
 
@@ -837,7 +860,7 @@ mod tests {
     #[test]
     fn a_line_without_equals_is_an_error_naming_file_and_line() {
         let e = parsed("[global]\n# comment\nrepo1-path\nlock-path=/l\n").unwrap_err();
-        assert_eq!(e.kind, Kind::Config);
+        assert_eq!(e.kind, Kind::Format);
         assert_eq!(
             e.message,
             "unable to parse config file '/etc/x.conf' line 3: 'repo1-path' has no '='"
@@ -890,7 +913,7 @@ mod tests {
             "", ".", "..", "-x", ".hidden", "a/b", "a\nb", "global", "a b",
         ] {
             let e = validate_stanza_name(bad).unwrap_err();
-            assert_eq!(e.kind, Kind::Config, "{bad:?}");
+            assert_eq!(e.kind, Kind::OptionInvalidValue, "{bad:?}");
             assert!(!e.render().contains('\n'), "{bad:?}");
         }
         for good in ["main", "pg15", "_x", "a.b-c_d", "9"] {

@@ -110,11 +110,16 @@ fn init_logging(cfg: &Config) {
         } else {
             level("log-level-console")
         },
-        stderr: if json_output {
+        // The remote's stderr is read only for its final error (pgBackRest runs its remotes
+        // with log-level-stderr=error too).
+        stderr: if cfg.command == Cmd::Remote {
+            level("log-level-stderr").min(log::Level::Error)
+        } else if json_output {
             level("log-level-stderr").max(log::Level::Warn)
         } else {
             level("log-level-stderr")
         },
+
         file: if quiet {
             log::Level::Off
         } else {

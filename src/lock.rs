@@ -138,7 +138,7 @@ fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
         format!(" after waiting {}s", waited.as_secs())
     };
     Error::new(
-        Kind::LockHeld,
+        Kind::LockAcquire,
         format!(
             "unable to acquire lock '{}'{waited}: held by {}",
             path.display(),
@@ -190,7 +190,7 @@ mod tests {
             Duration::ZERO,
         )
         .unwrap_err();
-        assert_eq!(e.kind, Kind::LockHeld);
+        assert_eq!(e.kind, Kind::LockAcquire);
         assert!(e.message.contains(&format!(
             "held by pid {} (backup, started ",
             std::process::id()
@@ -273,7 +273,7 @@ mod tests {
             Duration::ZERO,
         )
         .unwrap_err();
-        assert_eq!(e.kind, Kind::LockHeld);
+        assert_eq!(e.kind, Kind::LockAcquire);
         assert!(e.message.ends_with(": held by another process"), "{e:?}");
         assert!(!e.message.contains("unknown"), "{e:?}");
     }

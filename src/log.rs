@@ -2,6 +2,11 @@
 //! per stanza and command in log-path (`STANZA-COMMAND.log`, `all-COMMAND.log` without a
 //! stanza). File lines carry time, pid and level.
 //!
+//! Console and stderr combine as in pgBackRest (its common/log.c): a message at or above
+//! log-level-stderr goes to stderr only, else to stdout if at or above log-level-console.
+//! With pgBackRest's defaults (both warn) warnings and errors are on stderr and nothing is on
+//! stdout, so a cron job that sends stdout to /dev/null still mails its warnings.
+//!
 //! Logging must never cost a WAL segment: a log file that cannot be opened or written is a
 //! warning on the console and the command goes on without it.
 
@@ -58,7 +63,7 @@ struct Logger {
 
 static LOGGER: Mutex<Logger> = Mutex::new(Logger {
     console: Level::Warn,
-    stderr: Level::Off,
+    stderr: Level::Warn,
     file_level: Level::Off,
     file: None,
 });
@@ -123,12 +128,12 @@ fn open_log_file(dir: &Path, stem: &str) -> Result<File, String> {
 
 pub fn log(level: Level, args: fmt::Arguments<'_>) {
     let Ok(mut l) = LOGGER.lock() else { return };
-    if level <= l.console {
-        let _ = writeln!(std::io::stdout(), "{}: {args}", level.label());
-    }
     if level <= l.stderr {
         let _ = writeln!(std::io::stderr(), "{}: {args}", level.label());
+    } else if level <= l.console {
+        let _ = writeln!(std::io::stdout(), "{}: {args}", level.label());
     }
+
     if level <= l.file_level {
         write_file_line(&mut l, level, args);
     }

@@ -1300,7 +1300,7 @@ user="postgres"
             let mut m = sample();
             tamper(&mut m);
             let e = Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap_err();
-            assert_eq!(e.kind, crate::error::Kind::Integrity);
+            assert_eq!(e.kind, crate::error::Kind::Format);
             assert!(e.message.contains(why), "{e:?}");
         }
     }

@@ -7,7 +7,7 @@
 //! copy when the file itself is missing or damaged.
 
 use crate::codec::{self, CodecError, Document};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::repo::COPY_SUFFIX;
 use crate::storage::{self, Storage};
 
@@ -32,8 +32,17 @@ fn attempt(
     Ok(storage::read_small(storage, path)?.map(|bytes| codec::parse(&bytes)))
 }
 
-/// Loads `path`, falling back to `path.copy`. `None` when neither exists; an integrity error
-/// naming both when what exists is damaged beyond recovery.
+/// pgBackRest's error type for a damaged file: ChecksumError for a wrong or missing checksum,
+/// FormatError for anything else.
+fn damage_kind(e: &CodecError) -> Kind {
+    match e {
+        CodecError::NoChecksum { .. } | CodecError::ChecksumMismatch { .. } => Kind::Checksum,
+        CodecError::NotText | CodecError::Syntax { .. } | CodecError::Format { .. } => Kind::Format,
+    }
+}
+
+/// Loads `path`, falling back to `path.copy`. `None` when neither exists; an error naming
+/// both when what exists is damaged beyond recovery.
 pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
     let copy_path = copy_path(path);
     let main = attempt(storage, path)?;
@@ -63,27 +72,43 @@ pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Loaded>> {
                 from_copy: true,
             }))
         }
-        (main, copy) => Err(Error::integrity(format!(
-            "'{}' is unusable ({}) and so is '{}' ({})",
-            storage.describe(path),
-            why(&main),
-            storage.describe(&copy_path),
-            why(&copy)
-        ))
-        .with_hint("restore the info file from a copy of the repository; do not delete it")),
+        (main, copy) => {
+            // pgBackRest's rule for the pair: the type both failures share, else the one
+            // that is not a missing file, else file-open.
+            let kind = |r: &Option<std::result::Result<Document, CodecError>>| match r {
+                Some(Err(e)) => damage_kind(e),
+                _ => Kind::FileMissing,
+            };
+            let kind = match (kind(&main), kind(&copy)) {
+                (a, b) if a == b => a,
+                (Kind::FileMissing, k) | (k, Kind::FileMissing) => k,
+                _ => Kind::FileOpen,
+            };
+            Err(Error::new(
+                kind,
+                format!(
+                    "'{}' is unusable ({}) and so is '{}' ({})",
+                    storage.describe(path),
+                    why(&main),
+                    storage.describe(&copy_path),
+                    why(&copy)
+                ),
+            )
+            .with_hint("restore the info file from a copy of the repository; do not delete it"))
+        }
     }
 }
 
-/// Loads one file without falling back to a copy; `None` when missing, an integrity error
-/// when damaged.
+/// Loads one file without falling back to a copy; `None` when missing, a checksum or format
+/// error when damaged.
 pub fn load_one(storage: &dyn Storage, path: &str) -> Result<Option<Document>> {
     match attempt(storage, path)? {
         None => Ok(None),
         Some(Ok(doc)) => Ok(Some(doc)),
-        Some(Err(why)) => Err(Error::integrity(format!(
-            "'{}' is unusable: {why}",
-            storage.describe(path)
-        ))),
+        Some(Err(why)) => Err(Error::new(
+            damage_kind(&why),
+            format!("'{}' is unusable: {why}", storage.describe(path)),
+        )),
     }
 }
 
@@ -134,9 +159,10 @@ mod tests {
         std::fs::remove_file(tmp.path().join("a/x.info")).unwrap();
         assert!(load(&s, "a/x.info").unwrap().unwrap().from_copy);
 
+        // The main file missing, the copy not an info file: FormatError, as pgBackRest.
         std::fs::write(tmp.path().join("a/x.info.copy"), b"junk").unwrap();
         let e = load(&s, "a/x.info").unwrap_err();
-        assert_eq!(e.kind, crate::error::Kind::Integrity);
+        assert_eq!(e.kind, Kind::Format);
         assert!(e.message.contains("it is missing"), "{}", e.message);
         assert!(e.message.contains("line 1"), "{}", e.message);
 

@@ -168,7 +168,7 @@ pub fn restore(
     })?;
     if let Some(expected) = expect_sha1 {
         if sha1 != expected {
-            return Err(Error::integrity(format!(
+            return Err(Error::checksum(format!(
                 "checksum mismatch for '{}': expected {expected}, got {sha1}",
                 ends.source
             ))
@@ -202,7 +202,10 @@ pub fn io_error(action: &str, what: &str, e: io::Error) -> Error {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
         return inner.clone();
     }
-    Error::new(Kind::FileIo, format!("unable to {action} '{what}': {e}"))
+    Error::new(
+        Kind::of_io(action, &e),
+        format!("unable to {action} '{what}': {e}"),
+    )
 }
 
 /// Reads until the buffer is full or the stream ends, so chunks are full-sized even when the
@@ -332,7 +335,7 @@ mod tests {
             &ENDS,
         )
         .unwrap_err();
-        assert_eq!(e.kind, Kind::Integrity, "{e:?}");
+        assert_eq!(e.kind, Kind::Format, "{e:?}");
         let mut flipped = stored.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0xff;
@@ -344,9 +347,10 @@ mod tests {
             &ENDS,
         )
         .unwrap_err();
-        assert_eq!(e.kind, Kind::Integrity, "{e:?}");
+        assert_eq!(e.kind, Kind::Format, "{e:?}");
         let e = restore(&mut &stored[..], &mut Vec::new(), true, Some("00"), &ENDS).unwrap_err();
         assert!(e.message.starts_with("checksum mismatch for 'src'"));
+        assert_eq!(e.kind, Kind::Checksum);
     }
 
     #[test]
@@ -358,8 +362,8 @@ mod tests {
             }
         }
         let e = restore(&mut Broken, &mut Vec::new(), true, None, &ENDS).unwrap_err();
-        assert_eq!(e.kind, Kind::Remote);
+        assert_eq!(e.kind, Kind::Protocol);
         let e = store(&mut Broken, &mut Vec::new(), Compress::Gz(1), 2, &ENDS).unwrap_err();
-        assert_eq!(e.kind, Kind::Remote);
+        assert_eq!(e.kind, Kind::Protocol);
     }
 }

@@ -2,7 +2,7 @@
 //! dispatcher does it before running one), so that a signal only records which one arrived;
 //! the places where commands spend their time (the copy pipeline's chunks, the parallel
 //! workers' hand-out, waits for WAL or a lock, the remote server's requests) call [`check`]
-//! and return a [`Kind::Terminated`] error. That error unwinds like any other: unfinished
+//! and return a [`Kind::Term`] error. That error unwinds like any other: unfinished
 //! writers drop their temp files, a backup stops PostgreSQL's backup, the failure hook runs,
 //! the lock is released, and the one ERROR line names the signal.
 //!
@@ -80,7 +80,7 @@ pub fn caught_number() -> Option<i32> {
 
 /// The error a command ends with once a signal was caught.
 pub fn terminated(name: &str) -> Error {
-    Error::new(Kind::Terminated, format!("terminated by signal {name}")).with_hint(
+    Error::new(Kind::Term, format!("terminated by signal {name}")).with_hint(
         "the command stopped and removed what it had not finished; run it again when wanted \
          (a backup resumes where it stopped)",
     )

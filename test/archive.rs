@@ -75,9 +75,10 @@ fn same_segment_twice_succeeds_and_different_content_is_refused() {
     let again = site.pgbr(&["archive-push", original.to_str().unwrap()]);
     assert_eq!(again.status, 0, "{again}");
     assert!(
-        again
-            .stdout
-            .contains("already exists in the archive with the same checksum"),
+        again.stderr.contains("WARN: WAL file '")
+            && again
+                .stderr
+                .contains("already exists in the archive with the same checksum"),
         "{again}"
     );
     let before = site.stored(&seg);
@@ -94,7 +95,7 @@ fn same_segment_twice_succeeds_and_different_content_is_refused() {
     let out = site.pgbr(&["archive-push", altered.to_str().unwrap()]);
     assert_error(
         &out,
-        44,
+        45,
         "already exists in the archive with a different checksum",
     );
     assert_eq!(site.stored(&seg), before, "nothing new stored");
@@ -124,7 +125,7 @@ fn segment_from_another_cluster_or_a_bad_file_is_refused() {
     let out = site.pgbr(&["archive-push", short.to_str().unwrap()]);
     assert_error(
         &out,
-        40,
+        29,
         "bytes, but its header says segments are 16777216 bytes",
     );
 
@@ -133,17 +134,17 @@ fn segment_from_another_cluster_or_a_bad_file_is_refused() {
     chown_postgres(&notwal);
     assert_error(
         &site.pgbr(&["archive-push", notwal.to_str().unwrap()]),
-        40,
+        29,
         "not a valid WAL segment",
     );
     assert_error(
         &site.pgbr(&["archive-push", "/tmp/RECOVERYXLOG"]),
-        40,
+        29,
         "is not a WAL segment",
     );
     assert_error(
         &site.pgbr(&["archive-push", "/nonexistent/000000010000000000000079"]),
-        39,
+        55,
         "unable to open WAL file",
     );
     assert!(site.temp_files().is_empty());
@@ -164,12 +165,12 @@ fn damaged_repository_files_make_archive_get_fail_hard_never_exit_1() {
     flipped[mid] ^= 0x55;
     fs::write(&stored, &flipped).unwrap();
     let out = get();
-    assert_eq!(out.status, 44, "corrupt file:\n{out}");
+    assert_eq!(out.status, 29, "corrupt file:\n{out}");
     assert!(!dest.exists(), "no partial destination");
 
     fs::write(&stored, &good[..good.len() / 2]).unwrap();
     let out = get();
-    assert_error(&out, 44, "is damaged");
+    assert_error(&out, 29, "is damaged");
     assert!(!dest.exists());
 
     fs::write(&stored, &good).unwrap();
@@ -179,9 +180,9 @@ fn damaged_repository_files_make_archive_get_fail_hard_never_exit_1() {
         fs::read(site.originals.join(&seg)).unwrap()
     );
 
-    // An unwritable destination is an I/O error, not "missing".
+    // A missing destination directory is path-missing, not "not in the archive".
     let out = site.pgbr(&["archive-get", &seg, "/proc/nope/RECOVERYXLOG"]);
-    assert_error(&out, 39, "/proc/nope");
+    assert_error(&out, 73, "/proc/nope");
 
     // No archive.info (and no copy): the stanza is missing, which is not "segment missing".
     let info = site.repo.join("archive/main/archive.info");
@@ -191,10 +192,11 @@ fn damaged_repository_files_make_archive_get_fail_hard_never_exit_1() {
         site.dir.join("aic"),
     )
     .unwrap();
-    assert_error(&get(), 55, "has no archive.info");
-    // Damaged archive.info with its copy missing is an integrity error.
+    // pgBackRest's archive-get calls both "unable to find a valid repository" (103).
+    assert_error(&get(), 103, "has no archive.info");
+    // Damaged archive.info with its copy missing.
     fs::write(&info, "[db]\ndb-id=1\n").unwrap();
-    assert_error(&get(), 44, "archive.info");
+    assert_error(&get(), 103, "archive.info");
 }
 
 #[test]
@@ -303,7 +305,7 @@ fn log_file_has_time_pid_and_level_and_an_unwritable_log_path_only_warns() {
     ]);
     assert_eq!(out.status, 0, "{out}");
     assert!(
-        out.stdout.contains("WARN: unable to create log path"),
+        out.stderr.contains("WARN: unable to create log path"),
         "{out}"
     );
 }
@@ -346,7 +348,7 @@ fn history_partial_and_backup_files_round_trip() {
     fs::write(&changed, b"1\t0/4000000\tother\n").unwrap();
     assert_error(
         &site.pgbr(&["archive-push", changed.to_str().unwrap()]),
-        44,
+        45,
         "different checksum",
     );
     let out = site.pgbr(&[
@@ -377,7 +379,7 @@ fn relative_paths_are_relative_to_the_working_directory_never_pg1_path() {
         ],
     );
     assert_eq!(out.status, 0, "{out}");
-    assert!(out.stdout.contains("same checksum"), "{out}");
+    assert!(out.stderr.contains("same checksum"), "{out}");
     // A restored copy recovering with the original's config: the segment lands in the copy's
     // pg_wal (the working directory), never in pg1-path's.
     let copy = site.dir.mkdir("copy");

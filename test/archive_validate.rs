@@ -61,7 +61,7 @@ fn renamed_segment_is_refused_and_the_right_one_follows(site: &Site) {
     let before = snapshot(site);
     assert_error(
         &push(site, &renamed),
-        40,
+        29,
         &format!("'{}' is named for WAL position", renamed.display()),
     );
     let partial = put(
@@ -71,7 +71,7 @@ fn renamed_segment_is_refused_and_the_right_one_follows(site: &Site) {
     );
     assert_error(
         &push(site, &partial),
-        40,
+        29,
         "is 100 bytes, but its header says segments are 16777216 bytes",
     );
     assert_eq!(snapshot(site), before, "repository unchanged");
@@ -114,7 +114,7 @@ fn malformed_or_misnamed_wal_files_are_refused_before_they_are_stored() {
     let real_backup = fs::read(site.originals.join(&backup_file)).unwrap();
     let out = push(&site, &site.originals.join(&backup_file));
     assert_eq!(out.status, 0, "the real .backup again:\n{out}");
-    assert!(out.stdout.contains("same checksum"), "{out}");
+    assert!(out.stderr.contains("same checksum"), "{out}");
 
     let scratch = site.dir.mkdir("malformed");
     let seg = site.original_segments().pop().unwrap();
@@ -176,7 +176,7 @@ fn malformed_or_misnamed_wal_files_are_refused_before_they_are_stored() {
     ];
     for (name, data, why) in cases {
         let path = put(&scratch, name, data);
-        assert_error(&push(&site, &path), 40, why);
+        assert_error(&push(&site, &path), 29, why);
     }
     assert_eq!(snapshot(&site), before, "repository unchanged");
     assert!(site.temp_files().is_empty());
@@ -200,7 +200,7 @@ fn malformed_or_misnamed_wal_files_are_refused_before_they_are_stored_over_ssh()
         ),
     ] {
         let path = put(&scratch, name, &[]);
-        assert_error(&push(&site, &path), 40, why);
+        assert_error(&push(&site, &path), 29, why);
     }
     assert_eq!(snapshot(&site), before, "repository unchanged");
 }

@@ -851,10 +851,10 @@ fn corrupted_page_is_detected_and_reported() {
     site.cluster.start();
     let (label, out) = backup(&site, &["--type=full"]);
     let warn = out
-        .stdout
+        .stderr
         .lines()
         .find(|l| l.contains("invalid page checksums found in file"))
-        .unwrap_or_else(|| panic!("no checksum WARN on stdout:\n{out}"));
+        .unwrap_or_else(|| panic!("no checksum WARN on stderr:\n{out}"));
     assert!(warn.contains("WARN"), "{warn}");
     assert!(warn.contains(&rel), "WARN names the file {rel}: {warn}");
     assert!(warn.ends_with("at blocks 0"), "WARN names block 0: {warn}");
@@ -926,7 +926,7 @@ fn restore_refuses_non_empty_or_running_targets() {
         .map(|e| e.file_name())
         .collect();
     let out = site.pgbr(&["restore", &format!("--set={label}")]);
-    assert_error(&out, 31, "holds a running cluster");
+    assert_error(&out, 38, "holds a running cluster");
     assert!(
         !site.cluster.data_dir().join("recovery.signal").exists(),
         "nothing written"
@@ -942,7 +942,7 @@ fn restore_refuses_non_empty_or_running_targets() {
     let target = site.dir.mkdir("target");
     harness::write_postgres(&target.join("keep-me"), "x", 0o600);
     let out = site.pgbr(&["restore", &format!("--pg1-path={}", p(&target))]);
-    assert_error(&out, 31, "is not empty");
+    assert_error(&out, 40, "is not empty");
     let entries: Vec<_> = fs::read_dir(&target)
         .unwrap()
         .flatten()
@@ -1029,7 +1029,7 @@ fn diff_or_incr_without_full_becomes_full() {
     let site = Site::local();
     let (label, out) = backup(&site, &["--type=incr"]);
     assert!(
-        out.stdout
+        out.stderr
             .lines()
             .any(|l| l.contains("WARN") && l.contains("changed to full")),
         "WARN that incr became full:\n{out}"
@@ -1040,7 +1040,7 @@ fn diff_or_incr_without_full_becomes_full() {
     assert_eq!(b[0]["type"], "full");
     assert!(b[0]["prior"].is_null(), "{:?}", b[0]);
     let (diff, out) = backup(&site, &["--type=diff"]);
-    assert!(!out.stdout.contains("changed to full"), "{out}");
+    assert!(!out.stderr.contains("changed to full"), "{out}");
     assert!(diff.ends_with('D'), "{diff}");
 }
 
@@ -1077,7 +1077,7 @@ fn tablespaces_are_backed_up_and_their_links_restored() {
     let out = site.pgbr(&["restore", &format!("--pg1-path={}", p(&target))]);
     assert_error(
         &out,
-        31,
+        40,
         &format!("tablespace 'pg_tblspc/{oid}' '{}' is not empty", p(&ts_dir)),
     );
     assert!(!target.exists(), "nothing restored after the refusal");

@@ -220,8 +220,8 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(57), "{stderr}");
-    assert!(stderr.starts_with("ERROR: [057]: "), "{stderr}");
+    assert_eq!(status.code(), Some(39), "{stderr}");
+    assert!(stderr.starts_with("ERROR: [039]: "), "{stderr}");
     let info = site.pgbr_repo_host(&["info", "--output=json"]);
     assert!(
         info.stdout.contains("\"backup\": []"),

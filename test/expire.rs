@@ -99,7 +99,7 @@ fn retention_by_count_removes_whole_chains_and_the_wal_no_kept_backup_needs() {
     let mut listed: Vec<&str> = dry
         .stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("[dry-run] expire "))
+        .filter_map(|l| l.strip_prefix("INFO: [dry-run] expire "))
         .filter_map(|l| l.split_once(" backup "))
         .map(|(_, label)| label)
         .collect();
@@ -272,12 +272,12 @@ fn set_expires_one_backup_with_its_dependents_and_guards_the_newest_full() {
 
     assert_error(
         &site.pgbr(&["expire", "--set=20200101-000000F"]),
-        31,
+        75,
         "backup set '20200101-000000F' is not in the repository",
     );
     assert_error(
         &site.pgbr(&["expire", &format!("--set={f2}")]),
-        31,
+        75,
         &format!("backup set '{f2}' is the newest full backup and is not expired without --force"),
     );
     assert_eq!(site.backup_labels().len(), 5, "refusals changed nothing");
@@ -462,12 +462,19 @@ fn a_backup_ends_with_an_expire_that_works_over_ssh() {
         log.contains("expire complete: removed 2 backup(s)"),
         "{log}"
     );
-    // The backup's own output stays its own.
+    // As pgBackRest's, the backup's expire reports at INFO within the backup's output: on
+    // stdout only with log-level-console=info (as the sites set it for backup).
     let out = site.pgbr(&[
         "backup",
         "--type=incr",
         "--start-fast",
         "--repo1-retention-full=1",
     ]);
-    assert!(out.success() && !out.stdout.contains("expire"), "{out}");
+    assert!(
+        out.success()
+            && out
+                .stdout
+                .contains("INFO: expire complete: removed 0 backup(s) and 0 WAL file(s)"),
+        "{out}"
+    );
 }

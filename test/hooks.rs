@@ -1,5 +1,5 @@
 //! Hooks around real commands: a start hook that fails or outlives hook-timeout stops the
-//! backup before it writes anything (exit 61, the hook's last stderr line quoted) and the
+//! backup before it writes anything (exit 90, the hook's last stderr line quoted) and the
 //! failure hook then runs; success and failure hooks see the stanza, command, backup label
 //! and type, exit code and error; a failing success or failure hook is only a warning; hook
 //! output reaches the log and the hook's command line does not. archive-push and archive-get,
@@ -55,7 +55,7 @@ fn a_start_hook_that_fails_or_times_out_stops_the_backup_and_the_failure_hook_ru
     ]);
     assert_error(
         &out,
-        61,
+        90,
         "hook-backup-start exited with code 3: 'snapshot failed: disk full'",
     );
     assert_eq!(
@@ -67,7 +67,7 @@ fn a_start_hook_that_fails_or_times_out_stops_the_backup_and_the_failure_hook_ru
     assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("failure"));
     assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("backup"));
     assert_eq!(get(&env, "PG_BACKREST_STANZA"), Some("main"));
-    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("61"));
+    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("90"));
     assert!(get(&env, "PG_BACKREST_ERROR")
         .is_some_and(|e| e.starts_with("hook-backup-start exited with code 3")));
     assert_eq!(
@@ -105,7 +105,7 @@ fn a_start_hook_that_fails_or_times_out_stops_the_backup_and_the_failure_hook_ru
     ]);
     assert_error(
         &out,
-        61,
+        90,
         "hook-backup-start did not finish within hook-timeout (1s) and was killed: 'about to hang'",
     );
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
@@ -125,7 +125,7 @@ fn a_start_hook_that_fails_or_times_out_stops_the_backup_and_the_failure_hook_ru
         "nothing new in the repository"
     );
     let env = saved_env(&failed_env);
-    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("61"));
+    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("90"));
     assert!(get(&env, "PG_BACKREST_ERROR").is_some_and(|e| e.contains("hook-timeout (1s)")));
 }
 
@@ -145,7 +145,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     );
     let full = label_of(&out);
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: hook-backup-success exited with code 4: (nothing on stderr)"),
         "{out}"
     );
@@ -179,7 +179,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     site.cluster.reload();
     assert_eq!(out.status, 82, "{out}");
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: hook-backup-failure exited with code 9: 'pager unreachable'"),
         "{out}"
     );
@@ -208,7 +208,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
             p(&seen)
         ),
     ]);
-    assert_error(&out, 61, "hook-restore-start exited with code 2: 'not now'");
+    assert_error(&out, 90, "hook-restore-start exited with code 2: 'not now'");
     assert_eq!(
         std::fs::read_to_string(&seen).unwrap().trim(),
         format!("restore {full}")
@@ -224,7 +224,7 @@ fn success_and_failure_hooks_see_the_backup_and_their_own_failure_is_a_warning()
     ]);
     assert_error(
         &out,
-        61,
+        90,
         "hook-expire-start exited with code 1: (nothing on stderr)",
     );
     assert_eq!(site.backup_labels(), vec![full.clone(), second.clone()]);
@@ -252,7 +252,7 @@ fn archive_push_and_archive_get_run_their_hooks_and_a_failing_start_hook_stores_
     }
 
     // A failing start hook stops archive-push before it writes into the repository; PostgreSQL
-    // sees exit 61 and keeps the segment for its next attempt.
+    // sees exit 90 and keeps the segment for its next attempt.
     let failed_env = site.dir.join("push-failure.env");
     let out = site.pgbr(&[
         "archive-push",
@@ -262,7 +262,7 @@ fn archive_push_and_archive_get_run_their_hooks_and_a_failing_start_hook_stores_
     ]);
     assert_error(
         &out,
-        61,
+        90,
         "hook-archive-push-start exited with code 7: 'archive volume not mounted'",
     );
     assert!(site.stored(&seg).is_empty(), "{:?}", site.stored(&seg));
@@ -270,7 +270,7 @@ fn archive_push_and_archive_get_run_their_hooks_and_a_failing_start_hook_stores_
     let env = saved_env(&failed_env);
     assert_eq!(get(&env, "PG_BACKREST_COMMAND"), Some("archive-push"));
     assert_eq!(get(&env, "PG_BACKREST_HOOK"), Some("failure"));
-    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("61"));
+    assert_eq!(get(&env, "PG_BACKREST_EXIT_CODE"), Some("90"));
 
     let pushed_env = site.dir.join("push-success.env");
     site.pgbr(&[
@@ -298,7 +298,7 @@ fn archive_push_and_archive_get_run_their_hooks_and_a_failing_start_hook_stores_
     ]);
     assert_error(
         &out,
-        61,
+        90,
         "hook-archive-get-start exited with code 3: (nothing on stderr)",
     );
     assert!(!fetched.exists());

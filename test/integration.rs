@@ -10,6 +10,7 @@ mod backup_ssh;
 mod compat_archive;
 mod compat_backup;
 mod config_errors;
+mod conventions;
 mod drill;
 mod expire;
 mod fixture;

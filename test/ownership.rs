@@ -84,10 +84,10 @@ fn root_never_takes_a_repository_lock_or_log_path_over() {
     ] {
         let out = pgbr_as_root(&site, &args);
         // The log file is refused too, with a warning before the error.
-        assert_eq!(out.status, 31, "{args:?}: {out}");
+        assert_eq!(out.status, 88, "{args:?}: {out}");
         let error = only_error_line(&out);
         for part in [
-            "ERROR: [031]: refusing to write into repository",
+            "ERROR: [088]: refusing to write into repository",
             "it belongs to user 'postgres'",
             "runs as user 'root' (uid 0)",
             "HINT: run pg_backrest as postgres",
@@ -105,7 +105,7 @@ fn root_never_takes_a_repository_lock_or_log_path_over() {
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains(&label), "{out}");
     assert!(
-        out.stdout.contains("WARN: refusing to write into log path"),
+        out.stderr.contains("WARN: refusing to write into log path"),
         "the skipped log file is said:\n{out}"
     );
     assert!(pgbr_as_root(&site, &["verify"]).success());
@@ -133,7 +133,7 @@ fn a_lock_file_root_left_behind_is_named_not_a_bare_permission_error() {
     let _ = fs::remove_file(&lock);
     fs::write(&lock, "").unwrap();
     let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
-    assert_error(&out, 31, "refusing to write into lock file");
+    assert_error(&out, 88, "refusing to write into lock file");
     assert!(out.stderr.contains("belongs to user 'root'"), "{out}");
 }
 
@@ -187,7 +187,7 @@ fn restore_as_root_applies_only_the_clusters_owner_and_safe_modes() {
     );
     assert!(out.success(), "{out}");
     assert!(
-        out.stdout
+        out.stderr
             .contains("WARN: the backup records owner 'root:root' for some files"),
         "{out}"
     );
@@ -203,8 +203,8 @@ fn restore_as_root_applies_only_the_clusters_owner_and_safe_modes() {
 
     // The cluster's owner itself must be a user of this host, and never root.
     for (owner, code, why) in [
-        ("root", 44, "records root ('root') as the cluster's owner"),
-        ("no-such-user-here", 31, "is not a user of this host"),
+        ("root", 29, "records root ('root') as the cluster's owner"),
+        ("no-such-user-here", 89, "is not a user of this host"),
     ] {
         tamper_manifest(&site, &label, |text| {
             set_field(text, "pg_data", "user", owner)
@@ -258,7 +258,7 @@ fn any_file_name_postgresql_allows_survives_backup_and_restore() {
     fs::write(&odd, "x").unwrap();
     chown_postgres(&odd);
     let out = site.pgbr(&["backup", "--type=incr", "--start-fast"]);
-    assert_error(&out, 39, "its name is not valid UTF-8");
+    assert_error(&out, 28, "its name is not valid UTF-8");
     assert!(out.stderr.contains("latin1-"), "{out}");
     fs::remove_file(&odd).unwrap();
     let out = site.pgbr(&["backup", "--type=incr", "--start-fast"]);

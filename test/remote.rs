@@ -46,7 +46,9 @@ fn a_silent_peer_fails_with_the_remote_code_within_io_timeout_and_recovery_follo
     let out = get(&site);
     let took = start.elapsed();
     site.sshd.as_mut().unwrap().resume();
-    assert_error(&out, 57, "repo1-host '127.0.0.1'");
+    // The TCP connection is made (the kernel accepts it) and then nothing answers: the
+    // protocol code, 39 (a refused connection is host-connect, 49, below).
+    assert_error(&out, 39, "repo1-host '127.0.0.1'");
     assert!(!dest.exists(), "nothing written on failure");
     // Bounded by io-timeout (3 s) and the connect timeout, not by a TCP or SSH default.
     assert!(
@@ -91,8 +93,8 @@ fn sshd_killed_mid_push_gives_the_remote_code_and_no_final_file_then_the_retry_s
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(57), "{stderr}");
-    assert!(stderr.starts_with("ERROR: [057]: "), "{stderr}");
+    assert_eq!(status.code(), Some(39), "{stderr}");
+    assert!(stderr.starts_with("ERROR: [039]: "), "{stderr}");
     assert!(
         site.stored("000000010000000A00000007").is_empty(),
         "no final name"
@@ -129,18 +131,18 @@ fn unreachable_host_bad_remote_command_and_bad_remote_config_are_remote_errors()
     let closed = harness::free_port().to_string();
     assert_error(
         &get(&format!("--repo1-host-port={closed}")),
-        57,
+        49,
         "unable to connect to repo1-host '127.0.0.1'",
     );
     assert_error(
         &get("--repo1-host-cmd=/nonexistent/pg_backrest"),
-        57,
+        39,
         "repo1-host '127.0.0.1'",
     );
     let bad = site.dir.join("bad-repo.conf");
     harness::write_postgres(&bad, "[global]\nrepo1-pth=/x\n", 0o640);
     let out = get(&format!("--repo1-host-config={}", bad.display()));
-    assert_error(&out, 57, "unknown option 'repo1-pth'");
+    assert_error(&out, 39, "unknown option 'repo1-pth'");
     assert!(!dest.exists());
 }
 
@@ -169,7 +171,7 @@ fn errors_keep_their_kind_across_hosts_and_the_ssh_master_persists() {
     harness::chown_postgres(&altered);
     assert_error(
         &site.pgbr(&["archive-push", altered.to_str().unwrap()]),
-        44,
+        45,
         "different checksum",
     );
     // Corrupt stored file over SSH: integrity, not "missing".
@@ -181,7 +183,7 @@ fn errors_keep_their_kind_across_hosts_and_the_ssh_master_persists() {
     assert_eq!(
         site.pgbr(&["archive-get", &seg, site.dir.join("x").to_str().unwrap()])
             .status,
-        44
+        29
     );
     assert_eq!(
         control_sockets(&site).len(),

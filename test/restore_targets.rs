@@ -146,32 +146,32 @@ fn targets_before_the_end_of_a_backup_are_refused() {
     let set = format!("--set={label}");
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=time", &target, &set]),
-        31,
+        75,
         "is before the end of the backup",
     );
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=time", &target]),
-        31,
+        75,
         "no backup ends before recovery target",
     );
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=lsn", "--target=0/100"]),
-        31,
+        75,
         "no backup ends before recovery target",
     );
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=time", "--target=yesterday"]),
-        31,
+        32,
         "is not a time pg_backrest can read",
     );
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=xid"]),
-        31,
+        37,
         "requires --target",
     );
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=sometime"]),
-        31,
+        32,
         "invalid value 'sometime' for option '--type' of restore",
     );
     assert!(!dest.exists(), "nothing restored");
@@ -278,13 +278,13 @@ fn hostile_targets_round_trip_through_postgres_and_control_characters_are_refuse
             "--type=name",
             "--target=a\nrestore_command = 'false'",
         ]),
-        31,
+        32,
         "option '--target' holds the control character U+000A",
     );
     for bad in ["2x", "010", "0", "last"] {
         assert_error(
             &site.pgbr(&["restore", &pg1, &format!("--target-timeline={bad}")]),
-            31,
+            32,
             "for option '--target-timeline'",
         );
     }

@@ -180,7 +180,7 @@ fn sigterm_stops_a_backup_cleanly_and_it_resumes_then_sigint_stops_a_restore() {
     let planted = backups.join(label).join("pg_data/base/.pgbr-tmp.x");
     fs::write(&planted, b"x").unwrap();
     let out = site.pgbr(&["verify"]);
-    assert_error(&out, 44, "verify found problems");
+    assert_error(&out, 91, "verify found problems");
     assert!(
         out.stdout.contains(&format!(
             "stray temp file: {label}/pg_data/base/.pgbr-tmp.x"
@@ -188,7 +188,7 @@ fn sigterm_stops_a_backup_cleanly_and_it_resumes_then_sigint_stops_a_restore() {
         "{out}"
     );
     let out = site.pgbr(&["verify", "--output=json"]);
-    assert_eq!(out.status, 44, "{out}");
+    assert_eq!(out.status, 91, "{out}");
     let report: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["ok"], false);

@@ -27,7 +27,7 @@ fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
     site.pgbr(&["stanza-create"]).expect_ok("repair");
     assert_eq!(fs::read(&info).unwrap(), before, "main file repaired");
 
-    // Both damaged: a clear integrity error, not "segment missing".
+    // Both damaged: no valid repository (pgBackRest's 103), not "segment missing".
     fs::write(&info, "garbage").unwrap();
     fs::write(site.repo.join("archive/main/archive.info.copy"), "garbage").unwrap();
     let out = site.pgbr(&[
@@ -35,7 +35,7 @@ fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
         "000000010000000000000001",
         check_dest.to_str().unwrap(),
     ]);
-    assert_error(&out, 44, "and so is");
+    assert_error(&out, 103, "and so is");
     fs::write(&info, &before).unwrap();
 
     // Another cluster pointed at the same stanza and repository is refused.
@@ -47,7 +47,7 @@ fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
         &format!("--pg1-port={}", other.port()),
         "stanza-create",
     ]);
-    assert_error(&out, 44, "already exists for another cluster");
+    assert_error(&out, 28, "already exists for another cluster");
     assert_eq!(fs::read(&info).unwrap(), before);
 
     // pg1-path that is not the connected cluster's data directory.
@@ -55,7 +55,7 @@ fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
         &format!("--pg1-path={}", other.data_dir().display()),
         "stanza-create",
     ]);
-    assert_error(&out, 31, "is not the data directory of the running cluster");
+    assert_error(&out, 58, "is not the data directory of the running cluster");
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn check_proves_archiving_and_reports_each_misconfiguration() {
     );
     assert_error(
         &site.pgbr(&["check"]),
-        31,
+        68,
         "does not call pg_backrest archive-push for stanza 'main'",
     );
 
@@ -132,7 +132,7 @@ fn a_held_lock_refuses_stanza_create_with_the_lock_code_but_never_blocks_archive
 }
 
 /// A label in backup.info is a directory name in the repository: one that backup could not
-/// have written, even under a recomputed checksum, is an integrity error (44) naming
+/// have written, even under a recomputed checksum, is a format error (29) naming
 /// backup.info for every command that reads it; info does not show it, expire removes nothing.
 #[test]
 fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
@@ -150,11 +150,11 @@ fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
         "'{}' names an invalid backup label '../../x' (a backup)",
         info.display()
     );
-    assert_error(&site.pgbr(&["info"]), 44, &expect);
-    assert_error(&site.pgbr(&["info", "--output=json"]), 44, &expect);
+    assert_error(&site.pgbr(&["info"]), 29, &expect);
+    assert_error(&site.pgbr(&["info", "--output=json"]), 29, &expect);
     assert_error(
         &site.pgbr(&["expire", "--repo1-retention-full=1"]),
-        44,
+        29,
         &expect,
     );
     assert!(site.repo.join(format!("backup/main/{label}")).is_dir());

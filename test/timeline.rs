@@ -181,7 +181,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     let out = site.pgbr(&["expire", "--repo1-retention-full=1"]);
     assert_eq!(out.status, 0, "expire with unknown entries:\n{out}");
     let out = site.pgbr(&["verify"]);
-    assert_error(&out, 44, "verify found problems");
+    assert_error(&out, 91, "verify found problems");
     assert!(
         out.stdout.contains("unknown entry: 15-1/notes.txt"),
         "{out}"
@@ -205,7 +205,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     ]);
     assert_error(
         &out,
-        32,
+        67,
         "with compression '.lz4' that pg_backrest cannot read",
     );
     assert!(!dest.exists());
@@ -221,7 +221,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     let good3 = fs::read(&hist3).unwrap();
     fs::remove_file(&hist3).unwrap();
     let out = site.pgbr(&["verify"]);
-    assert_error(&out, 44, "verify found problems");
+    assert_error(&out, 91, "verify found problems");
     assert!(
         out.stdout.contains("history: 15-1/00000002.history"),
         "{out}"
@@ -232,7 +232,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
         "{out}"
     );
     let out = site.pgbr(&["verify", "--output=json"]);
-    assert_eq!(out.status, 44, "{out}");
+    assert_eq!(out.status, 91, "{out}");
     let report: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     let problems = report["history_problems"].as_array().unwrap();
@@ -241,7 +241,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     assert!(problems[1].as_str().unwrap().contains("00000003.history"));
     fs::write(&hist2, good).unwrap();
     assert!(
-        site.pgbr(&["verify"]).status == 44,
+        site.pgbr(&["verify"]).status == 91,
         "00000003.history is still missing"
     );
 
@@ -257,13 +257,13 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
         fs::remove_file(f).unwrap();
     }
     let out = site.pgbr(&["verify"]);
-    assert_error(&out, 44, "verify found problems");
+    assert_error(&out, 91, "verify found problems");
     assert!(
         out.stdout.contains(&format!("gap: {seg2} is missing")),
         "{out}"
     );
     let out = site.pgbr(&["verify", "--output=json"]);
-    assert_eq!(out.status, 44, "{out}");
+    assert_eq!(out.status, 91, "{out}");
     let report: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["wal_gaps"], serde_json::json!([seg2]), "{out}");

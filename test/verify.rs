@@ -47,7 +47,7 @@ fn verify_is_clean_then_finds_each_kind_of_damage() {
     .unwrap();
 
     let out = site.pgbr(&["verify"]);
-    assert_error(&out, 44, "verify found problems");
+    assert_error(&out, 91, "verify found problems");
     assert!(
         out.stdout.contains("corrupt: pg_data/global/pg_control"),
         "{out}"
@@ -71,7 +71,7 @@ fn verify_is_clean_then_finds_each_kind_of_damage() {
     assert!(out.stdout.contains("result: PROBLEMS FOUND"), "{out}");
 
     let out = site.pgbr(&["verify", "--output=json"]);
-    assert_eq!(out.status, 44);
+    assert_eq!(out.status, 91);
     let report: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["ok"], false);

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::archive_push::missing_info;
+use super::archive_push::{missing_info, repo_invalid};
 use super::Outcome;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
@@ -27,8 +27,9 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
+    let info = ArchiveInfo::load(repo.as_ref(), &layout)
+        .map_err(repo_invalid)?
+        .ok_or_else(|| repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info())))?;
 
     for archive_id in info.archive_ids_newest_first() {
         let dir = layout.wal_dir(&archive_id, &wal);
@@ -37,17 +38,20 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             [] => continue,
             [one] => one,
             _ => {
-                return Err(Error::integrity(format!(
-                    "WAL file '{}' is archived more than once in '{}' with different contents",
-                    wal.name,
-                    repo.describe(&dir)
-                ))
+                return Err(Error::new(
+                    Kind::ArchiveDuplicate,
+                    format!(
+                        "WAL file '{}' is archived more than once in '{}' with different contents",
+                        wal.name,
+                        repo.describe(&dir)
+                    ),
+                )
                 .with_hint("find out which copy is right before removing the other"))
             }
         };
         if !stored.readable() {
             return Err(Error::new(
-                Kind::NotImplemented,
+                Kind::FeatureNotSupported,
                 format!(
                     "WAL file '{}' is stored as '{}' in '{}', with compression '{}' that pg_backrest cannot read",
                     wal.name,
@@ -83,10 +87,10 @@ fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
         .unwrap_or(Path::new("."));
     match name {
         Some(n) => Ok((dir, n)),
-        None => Err(Error::config(format!(
-            "destination '{}' is not a file path",
-            dest.display()
-        ))),
+        None => Err(Error::new(
+            Kind::ParamInvalid,
+            format!("destination '{}' is not a file path", dest.display()),
+        )),
     }
 }
 
@@ -100,7 +104,7 @@ fn copy_out(
     if !dest_dir.is_dir() {
         // PostgreSQL's pg_wal always exists; creating a directory here would hide a typo.
         return Err(Error::new(
-            Kind::FileIo,
+            Kind::PathMissing,
             format!(
                 "destination directory '{}' does not exist",
                 dest_dir.display()
@@ -108,9 +112,13 @@ fn copy_out(
         ));
     }
     let source = repo.describe(path);
-    let mut reader = repo
-        .open_read(path)?
-        .ok_or_else(|| Error::integrity(format!("'{source}' disappeared while being read")))?;
+    let mut reader = repo.open_read(path)?.ok_or_else(|| {
+        Error::new(
+            Kind::FileMissing,
+            format!("'{source}' disappeared while being read"),
+        )
+    })?;
+
     let target = PosixStorage::new(dest_dir);
     let mut writer = target.open_write("")?;
     let dest = dest_dir.join(dest_name).display().to_string();

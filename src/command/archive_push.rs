@@ -35,11 +35,13 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;
+    let info = ArchiveInfo::load(repo.as_ref(), &layout)
+        .map_err(repo_invalid)?
+        .ok_or_else(|| repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info())))?;
     if let Some(h) = &header {
         info.db
-            .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))?;
+            .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))
+            .map_err(|e| e.with_kind(Kind::ArchiveMismatch))?;
     }
 
     let archive_id = info.db.current.archive_id();
@@ -100,7 +102,7 @@ fn check_content(
         WalKind::Segment | WalKind::Partial => {
             if size < LONG_HEADER_SIZE as u64 {
                 return Err(Error::new(
-                    Kind::WalFormat,
+                    Kind::Format,
                     format!("WAL file '{source}' is {size} bytes, too short to be a WAL segment"),
                 )
                 .with_hint("PostgreSQL archives only complete segments; this file was truncated or altered"));
@@ -117,7 +119,7 @@ fn check_content(
         WalKind::History | WalKind::Backup => {
             if size > TEXT_FILE_LIMIT {
                 return Err(Error::new(
-                    Kind::WalFormat,
+                    Kind::Format,
                     format!(
                         "'{source}' is {size} bytes, too large for a {} file",
                         kind_name(wal.kind)
@@ -134,7 +136,7 @@ fn check_content(
             if wal.kind == WalKind::History {
                 parse_history(&text, wal.timeline()).map_err(|why| {
                     Error::new(
-                        Kind::WalFormat,
+                        Kind::Format,
                         format!(
                             "'{source}' ({size} bytes) is not a valid timeline history file: {why}"
                         ),
@@ -163,12 +165,24 @@ fn kind_name(kind: WalKind) -> &'static str {
     }
 }
 
+/// archive.info missing or unusable, as archive-push and archive-get report it: pgBackRest's
+/// repo-invalid ("unable to find a valid repository"), whatever the file's own failure was.
+/// Failures that are not about the file (a signal, the SSH link) keep their kind.
+pub fn repo_invalid(e: Error) -> Error {
+    match e.kind {
+        Kind::FileMissing | Kind::Checksum | Kind::Format | Kind::FileOpen | Kind::FileRead => {
+            e.with_kind(Kind::RepoInvalid)
+        }
+        _ => e,
+    }
+}
+
 /// The stanza lacks one of its info files (`info_path`, archive.info or backup.info): named
 /// exactly, since the other one may well be there.
 pub fn missing_info(stanza: &str, repo: &dyn Storage, info_path: &str) -> Error {
     let file = info_path.rsplit('/').next().unwrap_or(info_path);
     Error::new(
-        Kind::RepoMissing,
+        Kind::FileMissing,
         format!(
             "stanza '{stanza}' has no {file} at '{}'",
             repo.describe(info_path)
@@ -196,9 +210,13 @@ fn compare_with_archived(
         // stored copy.
         None => {
             let path = format!("{dir}/{}", stored.file_name);
-            let mut r = repo
-                .open_read(&path)?
-                .ok_or_else(|| Error::integrity(format!("'{}' vanished", repo.describe(&path))))?;
+            let mut r = repo.open_read(&path)?.ok_or_else(|| {
+                Error::new(
+                    Kind::FileMissing,
+                    format!("'{}' vanished", repo.describe(&path)),
+                )
+            })?;
+
             pipeline::digest(&mut r, &repo.describe(&path))?.sha1
         }
     };
@@ -209,7 +227,7 @@ fn compare_with_archived(
         );
         return Ok(());
     }
-    Err(Error::integrity(format!(
+    Err(Error::new(Kind::ArchiveDuplicate, format!(
         "WAL file '{}' already exists in the archive with a different checksum ({archived}, this one is {local})",
         wal.name
     ))

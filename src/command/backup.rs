@@ -46,7 +46,8 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let pg_path = cfg.required_path("pg1-path")?;
     if cfg.str("pg1-host").is_some() && cfg.str("repo1-host").is_some() {
-        return Err(Error::config(
+        return Err(Error::new(
+            Kind::Config,
             "pg1-host and repo1-host are both set: backup runs on one of the two hosts",
         )
         .with_hint("on the repository host set pg1-host; on the database host set repo1-host"));
@@ -63,13 +64,15 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     db::check_data_directory(&facts, &pg_path)?;
     let what = format!("the cluster at '{}'", pg_path.display());
     info.db
-        .check_cluster(facts.system_id, &facts.version, &what)?;
+        .check_cluster(facts.system_id, &facts.version, &what)
+        .map_err(|e| e.with_kind(Kind::BackupMismatch))?;
     archive
         .db
-        .check_cluster(facts.system_id, &facts.version, &what)?;
+        .check_cluster(facts.system_id, &facts.version, &what)
+        .map_err(|e| e.with_kind(Kind::ArchiveMismatch))?;
     if db.in_recovery()? {
         return Err(Error::new(
-            Kind::Database,
+            Kind::DbConnect,
             "backup from a standby is not supported; run it against the primary",
         ));
     }
@@ -79,8 +82,11 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     let prior_manifest = match &prior {
         Some(label) => Some(
             Manifest::load(repo.as_ref(), &layout.manifest(label))?.ok_or_else(|| {
-                Error::integrity(format!("prior backup '{label}' has no manifest"))
-                    .with_hint("run verify; the prior backup is damaged")
+                Error::new(
+                    Kind::FileMissing,
+                    format!("prior backup '{label}' has no manifest"),
+                )
+                .with_hint("run verify; the prior backup is damaged")
             })?,
         ),
         None => None,
@@ -303,7 +309,6 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         sizes.size,
         sizes.repo_size_delta
     );
-    println!("backup {label} complete");
     Ok(())
 }
 
@@ -345,7 +350,7 @@ struct Counters {
 fn choose_type(cfg: &Config, info: &BackupInfo) -> Result<(BackupType, Option<String>)> {
     let requested = cfg.str("type").unwrap_or("incr");
     let t = BackupType::parse(requested).ok_or_else(|| {
-        Error::config(format!(
+        Error::invalid_value(format!(
             "invalid value '{requested}' for option '--type': must be one of: full, diff, incr"
         ))
     })?;
@@ -754,7 +759,8 @@ fn wait_for_wal(
             }
             if Instant::now() >= deadline {
                 return Err(Error::new(
-                    Kind::Timeout,
+                    Kind::ArchiveTimeout,
+
                     format!(
                         "WAL segment '{seg}' that the backup needs did not reach the archive within archive-timeout ({}s)",
                         timeout.as_secs()

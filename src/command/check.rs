@@ -23,7 +23,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     db::check_data_directory(&facts, &pg_path)?;
     if db.in_recovery()? {
         return Err(Error::new(
-            Kind::Database,
+            Kind::Config,
             format!(
                 "the cluster at '{}' is a standby; check runs against the primary",
                 pg_path.display()
@@ -38,21 +38,25 @@ pub fn run(cfg: &Config) -> Result<()> {
     let what = format!("the cluster at '{}'", pg_path.display());
     archive
         .db
-        .check_cluster(facts.system_id, &facts.version, &what)?;
+        .check_cluster(facts.system_id, &facts.version, &what)
+        .map_err(|e| e.with_kind(Kind::FileInvalid))?;
     if let Some(backup) = BackupInfo::load(repo.as_ref(), &layout)? {
         backup
             .db
-            .check_cluster(facts.system_id, &facts.version, &what)?;
+            .check_cluster(facts.system_id, &facts.version, &what)
+            .map_err(|e| e.with_kind(Kind::FileInvalid))?;
     }
 
     let mode = db.setting("archive_mode")?;
     if mode == "off" {
-        return Err(Error::config("archive_mode is off in PostgreSQL")
-            .with_hint("set archive_mode = on in postgresql.conf and restart PostgreSQL"));
+        return Err(
+            Error::new(Kind::ArchiveDisabled, "archive_mode is off in PostgreSQL")
+                .with_hint("set archive_mode = on in postgresql.conf and restart PostgreSQL"),
+        );
     }
     let command = db.setting("archive_command")?;
     if !archive_command_ok(&command, stanza) {
-        return Err(Error::config(format!(
+        return Err(Error::new(Kind::ArchiveCommandInvalid, format!(
             "archive_command '{command}' does not call pg_backrest archive-push for stanza '{stanza}'"
         ))
         .with_hint(format!("set archive_command = 'pg_backrest --stanza={stanza} archive-push %p'")));
@@ -70,7 +74,8 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
         if start.elapsed() >= timeout {
             return Err(Error::new(
-                Kind::Timeout,
+                Kind::ArchiveTimeout,
+
                 format!(
                     "WAL segment '{segment}' did not reach the archive at '{}' within archive-timeout ({}s)",
                     repo.describe(&dir),

@@ -99,7 +99,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     crate::signal::check()?;
     if !started.status.success() {
         return Err(Error::new(
-            Kind::Database,
+            Kind::DrillFailed,
             format!(
                 "PostgreSQL did not start on the restored copy: {}",
                 log_tail(&log)
@@ -266,7 +266,7 @@ fn wait_recovered(
         }
         if Instant::now() >= deadline {
             return Err(Error::new(
-                Kind::Timeout,
+                Kind::DrillTimeout,
                 format!("recovery of the drill copy did not reach its target within drill-timeout ({}s): {}", timeout.as_secs(), log_tail(log)),
             ));
         }
@@ -305,9 +305,10 @@ fn run_amcheck(bin: &Path, socket: &Path, port: u16, promoted: bool) -> Result<S
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .to_string();
-        return Err(Error::integrity(format!(
-            "pg_amcheck found problems in the restored copy: {first}"
-        ))
+        return Err(Error::new(
+            Kind::DrillDamaged,
+            format!("pg_amcheck found problems in the restored copy: {first}"),
+        )
         .with_hint(
             "the backup restores to a damaged cluster; take a new full backup and investigate",
         ));

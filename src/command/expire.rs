@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::archive_push::missing_info;
 use super::backup::adopt_complete_backups;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
@@ -49,24 +49,27 @@ pub enum FullRetention {
 #[cfg(feature = "test-pause")]
 const TEST_PAUSE_ENV: &str = "PGBR_TEST_EXPIRE_PAUSE";
 
-/// The expire command: prints a summary line.
+/// The expire command. As pgBackRest's, it reports what it removes at INFO (log file, and
+/// stdout with log-level-console=info), so at the default levels it prints nothing.
 pub fn run(cfg: &Config) -> Result<()> {
-    expire(cfg, true)
+    expire(cfg)
 }
 
-/// The expire that ends every successful backup (no --set, --dry-run or --force there): its
-/// summary goes to the log only, so backup's output stays its own.
+/// The expire that ends every successful backup (no --set, --dry-run or --force there).
 pub fn after_backup(cfg: &Config) -> Result<()> {
-    expire(cfg, false)
+    expire(cfg)
 }
 
-fn expire(cfg: &Config, standalone: bool) -> Result<()> {
+fn expire(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let dry_run = cfg.bool("dry-run");
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
+        // pgBackRest's expire reports a repository it cannot expire as a command error.
+        .ok_or_else(|| {
+            missing_info(stanza, repo.as_ref(), &layout.backup_info()).with_kind(Kind::Command)
+        })?;
     // A backup a crash kept out of backup.info counts like any other.
     if !dry_run {
         adopt_complete_backups(repo.as_ref(), &layout, &mut info)?;
@@ -95,7 +98,7 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
 
     let say = |what: String| {
         if dry_run {
-            println!("[dry-run] {what}");
+            crate::info!("[dry-run] {what}");
         } else {
             crate::info!("{what}");
         }
@@ -141,9 +144,6 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
         expired.len()
     );
     crate::info!("{summary}");
-    if standalone {
-        println!("{summary}");
-    }
     Ok(())
 }
 
@@ -151,15 +151,19 @@ fn expire(cfg: &Config, standalone: bool) -> Result<()> {
 /// incr builds on, so it takes `--force`.
 fn chosen_set(info: &BackupInfo, label: &str, force: bool) -> Result<BTreeSet<String>> {
     if !info.backups.contains_key(label) {
-        return Err(
-            Error::config(format!("backup set '{label}' is not in the repository"))
-                .with_hint("'pg_backrest info' lists the backups"),
-        );
+        return Err(Error::new(
+            Kind::BackupSetInvalid,
+            format!("backup set '{label}' is not in the repository"),
+        )
+        .with_hint("'pg_backrest info' lists the backups"));
     }
     if info.latest_full() == Some(label) && !force {
-        return Err(Error::config(format!(
-            "backup set '{label}' is the newest full backup and is not expired without --force"
-        ))
+        return Err(Error::new(
+            Kind::BackupSetInvalid,
+            format!(
+                "backup set '{label}' is the newest full backup and is not expired without --force"
+            ),
+        )
         .with_hint("add --force to expire it with every backup that depends on it"));
     }
     Ok(with_dependents(
@@ -377,7 +381,7 @@ fn remove_orphans(
             continue;
         }
         if dry_run {
-            println!("[dry-run] remove orphan backup directory {entry}");
+            crate::info!("[dry-run] remove orphan backup directory {entry}");
         } else {
             crate::warn!(
                 "removing orphan backup directory {entry}: it is not in backup.info and is \

@@ -36,9 +36,10 @@ pub fn run(cfg: &Config) -> Result<()> {
             .iter()
             .all(|st| st["backup"].as_array().is_none_or(Vec::is_empty))
         {
-            return Err(crate::error::Error::config(format!(
-                "backup set '{set}' is not in the repository"
-            ))
+            return Err(crate::error::Error::new(
+                crate::error::Kind::BackupSetInvalid,
+                format!("backup set '{set}' is not in the repository"),
+            )
             .with_hint("'pg_backrest info' without --set lists the backups"));
         }
     }

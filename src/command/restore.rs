@@ -68,11 +68,15 @@ pub fn restore(
     let repo = storage::repo(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
-        .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
+        // pgBackRest's restore: a stanza without backup.info has no backup set to restore.
+        .ok_or_else(|| {
+            missing_info(stanza, repo.as_ref(), &layout.backup_info())
+                .with_kind(Kind::BackupSetInvalid)
+        })?;
     let label = match cfg.str("set").unwrap_or("latest") {
         "latest" => target.choose_backup(&info.backups)?.ok_or_else(|| {
             Error::new(
-                Kind::RepoMissing,
+                Kind::BackupSetInvalid,
                 format!("stanza '{stanza}' has no backup to restore"),
             )
             .with_hint("take a backup first; 'pg_backrest info' lists the backups")
@@ -83,15 +87,21 @@ pub fn restore(
                 set.to_string()
             }
             None => {
-                return Err(Error::config(format!(
-                    "backup set '{set}' is not in the repository of stanza '{stanza}'"
-                ))
+                return Err(Error::new(
+                    Kind::BackupSetInvalid,
+                    format!("backup set '{set}' is not in the repository of stanza '{stanza}'"),
+                )
                 .with_hint("'pg_backrest info' lists the backups"))
             }
         },
     };
-    let mut manifest = Manifest::load(repo.as_ref(), &layout.manifest(&label))?
-        .ok_or_else(|| Error::integrity(format!("backup '{label}' has no manifest")))?;
+    let mut manifest =
+        Manifest::load(repo.as_ref(), &layout.manifest(&label))?.ok_or_else(|| {
+            Error::new(
+                Kind::FileMissing,
+                format!("backup '{label}' has no manifest"),
+            )
+        })?;
     match relocate {
         Some(dir) => relocate_outside_paths(&mut manifest, dir),
         None => apply_mappings(&mut manifest, &Mappings::from_config(cfg))?,
@@ -99,11 +109,13 @@ pub fn restore(
     // Checked before anything is written.
     let zeroed = excluded_databases(&manifest, &cfg.list("db-include"))?;
     set_owner_policy(&manifest)?;
-    info.db.check_cluster(
-        manifest.db.system_id,
-        &manifest.db.version,
-        &format!("backup '{label}'"),
-    )?;
+    info.db
+        .check_cluster(
+            manifest.db.system_id,
+            &manifest.db.version,
+            &format!("backup '{label}'"),
+        )
+        .map_err(|e| e.with_kind(Kind::BackupMismatch))?;
 
     if delta {
         check_delta_destination(&pg_path, &manifest, cfg.bool("force"))?;
@@ -123,9 +135,10 @@ pub fn restore(
     compress_of.insert(label.clone(), manifest.options.compress());
     for r in manifest.references() {
         let m = Manifest::load(repo.as_ref(), &layout.manifest(&r))?.ok_or_else(|| {
-            Error::integrity(format!(
-                "backup '{r}', which '{label}' references, has no manifest"
-            ))
+            Error::new(
+                Kind::FileMissing,
+                format!("backup '{r}', which '{label}' references, has no manifest"),
+            )
         })?;
         compress_of.insert(r, m.options.compress());
     }
@@ -285,9 +298,10 @@ pub fn apply_mappings(manifest: &mut Manifest, m: &Mappings) -> Result<()> {
                     || t.tablespace_name.as_deref() == Some(wanted.as_str()))
         });
         let Some((key, target)) = found else {
-            return Err(Error::config(format!(
-                "tablespace '{wanted}' of --tablespace-map is not in the backup"
-            )));
+            return Err(Error::new(
+                Kind::TablespaceMap,
+                format!("tablespace '{wanted}' of --tablespace-map is not in the backup"),
+            ));
         };
         target.path = path.clone();
         let link_key = format!("pg_data/{key}");
@@ -327,14 +341,17 @@ pub fn apply_mappings(manifest: &mut Manifest, m: &Mappings) -> Result<()> {
                     .filter(|k| !k.starts_with("pg_data/pg_tblspc/"))
                     .map(|k| k.trim_start_matches("pg_data/"))
                     .collect();
-                return Err(Error::config(format!(
-                    "link '{wanted}' of --link-map is not in the backup (its links: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
+                return Err(Error::new(
+                    Kind::LinkMap,
+                    format!(
+                        "link '{wanted}' of --link-map is not in the backup (its links: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
                 .with_hint("map tablespaces with --tablespace-map"));
             }
         }
@@ -373,20 +390,25 @@ fn relocate_outside_paths(manifest: &mut Manifest, dir: &Path) {
 /// Refuses a non-empty directory and a running cluster.
 fn check_destination(path: &Path, what: &str) -> Result<()> {
     if path.join("postmaster.pid").exists() {
-        return Err(Error::config(format!(
-            "{what} '{}' holds a running cluster (postmaster.pid exists)",
-            path.display()
-        ))
+        return Err(Error::new(
+            Kind::PgRunning,
+            format!(
+                "{what} '{}' holds a running cluster (postmaster.pid exists)",
+                path.display()
+            ),
+        )
         .with_hint("stop PostgreSQL first; restore never writes into a running cluster"));
     }
     match fs::read_dir(path) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(
-                    Error::config(format!("{what} '{}' is not empty", path.display())).with_hint(
-                        "restore into an empty or absent directory; move the old one aside first",
-                    ),
-                );
+                return Err(Error::new(
+                    Kind::PathNotEmpty,
+                    format!("{what} '{}' is not empty", path.display()),
+                )
+                .with_hint(
+                    "restore into an empty or absent directory; move the old one aside first",
+                ));
             }
             Ok(())
         }
@@ -483,11 +505,14 @@ fn set_owner_policy(manifest: &Manifest) -> Result<()> {
         .ok()
         .flatten()
         .ok_or_else(|| {
-            Error::config(format!(
-                "restore as root: the cluster's owner '{}', recorded in the backup, is not a \
+            Error::new(
+                Kind::UserMissing,
+                format!(
+                    "restore as root: the cluster's owner '{}', recorded in the backup, is not a \
                  user of this host",
-                owner.user
-            ))
+                    owner.user
+                ),
+            )
             .with_hint("create that user, or run restore as the user who will run PostgreSQL")
         })?;
     if user.uid.is_root() {
@@ -661,19 +686,25 @@ fn excluded_databases(
         return Ok(Default::default());
     }
     if manifest.databases.is_empty() {
-        return Err(Error::config(format!(
-            "backup '{}' has no list of databases, so --db-include cannot be applied",
-            manifest.backup.label
-        ))
+        return Err(Error::new(
+            Kind::DbMissing,
+            format!(
+                "backup '{}' has no list of databases, so --db-include cannot be applied",
+                manifest.backup.label
+            ),
+        )
         .with_hint("take a new backup; this pg_backrest records the list in the manifest"));
     }
     for name in include {
         if !manifest.databases.contains_key(*name) {
             let known: Vec<&str> = manifest.databases.keys().map(String::as_str).collect();
-            return Err(Error::config(format!(
-                "database '{name}' of --db-include is not in the backup (it has: {})",
-                known.join(", ")
-            )));
+            return Err(Error::new(
+                Kind::DbMissing,
+                format!(
+                    "database '{name}' of --db-include is not in the backup (it has: {})",
+                    known.join(", ")
+                ),
+            ));
         }
     }
     const SYSTEM: [&str; 3] = ["postgres", "template0", "template1"];
@@ -868,10 +899,13 @@ fn check_delta_destination(pg_path: &Path, manifest: &Manifest, force: bool) -> 
                 Err(nix::errno::Errno::ESRCH)
             );
         if alive {
-            return Err(Error::config(format!(
+            return Err(Error::new(
+                Kind::PgRunning,
+                format!(
                 "pg1-path '{}' holds a running cluster (postmaster.pid names live process {pid})",
                 pg_path.display()
-            ))
+            ),
+            )
             .with_hint("stop PostgreSQL first; restore never writes into a running cluster"));
         }
     }
@@ -880,10 +914,13 @@ fn check_delta_destination(pg_path: &Path, manifest: &Manifest, force: bool) -> 
     if non_empty && !control.exists() && !pg_path.join("PG_VERSION").exists() && !force {
         // Delta removes whatever the backup does not list: a mistyped pg1-path must not be
         // wiped.
-        return Err(Error::config(format!(
-            "pg1-path '{}' is not empty and does not look like a PostgreSQL data directory",
-            pg_path.display()
-        ))
+        return Err(Error::new(
+            Kind::PathNotEmpty,
+            format!(
+                "pg1-path '{}' is not empty and does not look like a PostgreSQL data directory",
+                pg_path.display()
+            ),
+        )
         .with_hint("check pg1-path; add --force to restore over it anyway"));
     }
     if let Ok(bytes) = fs::read(&control) {
@@ -891,12 +928,15 @@ fn check_delta_destination(pg_path: &Path, manifest: &Manifest, force: bool) -> 
             .get(..8)
             .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
         if system_id != Some(manifest.db.system_id) && !force {
-            return Err(Error::config(format!(
-                "pg1-path '{}' holds another cluster (system-id {}), not the backup's ({})",
-                pg_path.display(),
-                system_id.map_or("unknown".into(), |s| s.to_string()),
-                manifest.db.system_id
-            ))
+            return Err(Error::new(
+                Kind::DbMismatch,
+                format!(
+                    "pg1-path '{}' holds another cluster (system-id {}), not the backup's ({})",
+                    pg_path.display(),
+                    system_id.map_or("unknown".into(), |s| s.to_string()),
+                    manifest.db.system_id
+                ),
+            )
             .with_hint("check pg1-path; add --force to overwrite it anyway"));
         }
     }
@@ -990,9 +1030,10 @@ fn restore_file(
 ) -> Result<()> {
     let source = repo.describe(stored);
     let mut reader = repo.open_read(stored)?.ok_or_else(|| {
-        Error::integrity(format!(
-            "backup file '{source}' is missing from the repository"
-        ))
+        Error::new(
+            Kind::FileMissing,
+            format!("backup file '{source}' is missing from the repository"),
+        )
     })?;
     let (dir, name) = split_path(local)?;
     let mode = parse_mode(&entry.mode).unwrap_or(0o600);

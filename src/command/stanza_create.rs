@@ -6,7 +6,7 @@
 //! refused: adopting it would mix two clusters' WAL under one name.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::info::{DbEntry, DbInfo};
@@ -34,6 +34,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     {
         db.check_cluster(facts.system_id, &facts.version, &what)
             .map_err(|e| Error {
+                kind: Kind::FileInvalid,
                 message: format!(
                     "stanza '{stanza}' already exists for another cluster: {}",
                     e.message

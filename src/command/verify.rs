@@ -297,8 +297,11 @@ pub fn run(cfg: &Config) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            Kind::Integrity,
-            format!("verify found problems in the repository of stanza '{stanza}'"),
+            Kind::VerifyFailed,
+            format!(
+                "verify found problems
+ in the repository of stanza '{stanza}'"
+            ),
         )
         .with_hint("see the report above; restore from a backup that verify reports clean"))
     }
@@ -425,7 +428,7 @@ fn expected_segments(
 ) -> Result<Option<Vec<String>>> {
     let bad = || {
         Error::new(
-            Kind::WalFormat,
+            Kind::Format,
             format!("invalid WAL range '{start}' to '{newest}'"),
         )
     };
@@ -757,6 +760,6 @@ mod tests {
             assert_eq!(path.unwrap(), None, "{why}");
         }
         let err = expected_segments(&[], "garbage", "000000010000000000000001", MB16);
-        assert_eq!(err.unwrap_err().kind, Kind::WalFormat);
+        assert_eq!(err.unwrap_err().kind, Kind::Format);
     }
 }

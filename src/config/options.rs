@@ -659,10 +659,11 @@ const BASE_OPTIONS: &[OptDef] =
         opt!(
             "log-level-stderr",
             OptKind::Enum(LOG_LEVELS),
-            Some("off"),
+            Some("warn"),
             Scope::Global,
             None,
-            "level of messages on stderr (the final ERROR line is always there)"
+            "level of messages on stderr instead of stdout (the final ERROR line is always there)"
+
         ),
         opt!(
             "io-timeout",

@@ -319,7 +319,7 @@ mod tests {
             ),
         ] {
             let e = load_with(&[(label, s)]).unwrap_err();
-            assert_eq!(e.kind, Kind::Integrity, "{label}: {e:?}");
+            assert_eq!(e.kind, Kind::Format, "{label}: {e:?}");
             assert!(e.message.contains("backup.info"), "{e:?}");
             assert!(e.message.contains(says), "{says}: {e:?}");
         }

@@ -61,8 +61,9 @@ enum Conn {
     Remote(std::sync::Mutex<crate::protocol::client::Client>),
 }
 
+/// A failed or unanswered query (pgBackRest's db-query); connecting uses db-connect.
 fn db_error(what: &str, target: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(Kind::Database, format!("{what} {target}: {e}"))
+    Error::new(Kind::DbQuery, format!("{what} {target}: {e}"))
 }
 
 /// tokio-postgres puts the useful part ("No such file or directory", the server's message)
@@ -139,9 +140,14 @@ impl Db {
             .connect_timeout(timeout);
         let (client, connection) = rt
             .block_on(async { tokio::time::timeout(timeout, pg.connect(NoTls)).await })
-            .map_err(|_| db_error("timed out connecting to", &target, "db-timeout reached"))?
+            .map_err(|_| {
+                db_error("timed out connecting to", &target, "db-timeout reached")
+                    .with_kind(Kind::DbConnect)
+            })?
             .map_err(|e| {
-                db_error("unable to connect to", &target, pg_error(&e)).with_hint(
+                db_error("unable to connect to", &target, pg_error(&e))
+                    .with_kind(Kind::DbConnect)
+                    .with_hint(
                     "check that PostgreSQL is running and pg1-socket-path, pg1-port and pg1-user are right",
                 )
             })?;
@@ -371,9 +377,10 @@ pub fn current_os_user() -> Result<String> {
         .flatten()
         .map(|u| u.name)
         .ok_or_else(|| {
-            Error::config(format!(
-                "unable to find the name of OS user {uid}; set pg1-user"
-            ))
+            Error::new(
+                Kind::UserMissing,
+                format!("unable to find the name of OS user {uid}; set pg1-user"),
+            )
         })
 }
 
@@ -381,11 +388,14 @@ pub fn current_os_user() -> Result<String> {
 pub fn check_data_directory(facts: &ClusterFacts, pg1_path: &std::path::Path) -> Result<()> {
     let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if canon(&facts.data_directory) != canon(pg1_path) {
-        return Err(Error::config(format!(
-            "pg1-path '{}' is not the data directory of the running cluster, which is '{}'",
-            pg1_path.display(),
-            facts.data_directory.display()
-        ))
+        return Err(Error::new(
+            Kind::DbMismatch,
+            format!(
+                "pg1-path '{}' is not the data directory of the running cluster, which is '{}'",
+                pg1_path.display(),
+                facts.data_directory.display()
+            ),
+        )
         .with_hint(
             "set pg1-path to the cluster's data_directory, or connect to the right cluster",
         ));

@@ -61,7 +61,7 @@ impl WalName {
                 kind,
             }),
             None => Err(Error::new(
-                Kind::WalFormat,
+                Kind::Format,
                 format!("'{name}' is not a WAL segment, partial, backup or history file name"),
             )
             .with_hint("archive-push takes %p and archive-get takes %f from PostgreSQL")),
@@ -92,7 +92,7 @@ impl WalName {
 pub fn segment_range(start: &str, stop: &str, segment_size: u64) -> Result<Vec<String>> {
     let bad = || {
         Error::new(
-            Kind::WalFormat,
+            Kind::Format,
             format!("invalid WAL range '{start}' to '{stop}'"),
         )
     };
@@ -186,7 +186,7 @@ impl WalHeader {
     pub fn parse(page: &[u8], file: &str) -> Result<WalHeader> {
         let bad = |why: &str| {
             Error::new(
-                Kind::WalFormat,
+                Kind::Format,
                 format!("'{file}' is not a valid WAL segment: {why}"),
             )
         };
@@ -224,7 +224,7 @@ impl WalHeader {
     /// under an archived name is refused forever, the right one could never follow.
     pub fn check_matches_name(&self, wal: &WalName, file_size: u64, file: &str) -> Result<()> {
         let bad = |message: String, hint: &str| {
-            Err(Error::new(Kind::WalFormat, message).with_hint(hint.to_string()))
+            Err(Error::new(Kind::Format, message).with_hint(hint.to_string()))
         };
         if !is_valid_segment_size(self.segment_size) {
             return bad(
@@ -297,7 +297,7 @@ impl WalHeader {
 pub fn check_backup_history(wal: &WalName, text: &str, file: &str) -> Result<()> {
     let bad = |why: String| {
         Err(Error::new(
-            Kind::WalFormat,
+            Kind::Format,
             format!("'{file}' is not a valid backup history file: {why}"),
         )
         .with_hint("archive only the .backup files PostgreSQL hands to archive_command"))
@@ -416,11 +416,7 @@ pub mod tests {
             "0000000é.history",
             "000000010000000100000023é0000028.backup",
         ] {
-            assert_eq!(
-                WalName::parse(bad).unwrap_err().kind,
-                Kind::WalFormat,
-                "{bad}"
-            );
+            assert_eq!(WalName::parse(bad).unwrap_err().kind, Kind::Format, "{bad}");
         }
         let n = WalName::parse("000000010000000100000023").unwrap();
         assert_eq!(n.archive_subdir(), Some("0000000100000001"));
@@ -498,7 +494,7 @@ pub mod tests {
         check(&h, "000000020000000100000023.partial", mb16.into()).unwrap();
         let err = |n: &str, size: u64, h: &WalHeader| {
             let e = check(h, n, size).unwrap_err();
-            assert_eq!(e.kind, Kind::WalFormat, "{n}");
+            assert_eq!(e.kind, Kind::Format, "{n}");
             assert!(e.hint.is_some(), "{n}");
             e.message
         };
@@ -586,7 +582,7 @@ pub mod tests {
             ),
         ] {
             let e = check_backup_history(&WalName::parse(n).unwrap(), text, n).unwrap_err();
-            assert_eq!(e.kind, Kind::WalFormat);
+            assert_eq!(e.kind, Kind::Format);
             assert!(e.message.contains(why), "{why}: {}", e.message);
             assert!(e
                 .message

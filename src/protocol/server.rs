@@ -296,7 +296,7 @@ fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Resu
                 };
             }
             Some(Frame::End) | None => {
-                return Err(Error::new(Kind::Remote, "write stream ended early"))
+                return Err(Error::new(Kind::Protocol, "write stream ended early"))
             }
         }
     }

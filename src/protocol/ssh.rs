@@ -17,7 +17,7 @@ use sha1::{Digest, Sha1};
 
 use super::client::{self, Client};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// Where and how to reach the other host.
 #[derive(Debug, Clone)]
@@ -103,12 +103,15 @@ impl SshTarget {
 }
 
 fn connect_error(t: &SshTarget, e: openssh::Error) -> Error {
-    Error::remote(format!(
-        "unable to connect to {} over SSH as '{}' port {}: {e}",
-        t.peer(),
-        t.user,
-        t.port
-    ))
+    Error::new(
+        Kind::HostConnect,
+        format!(
+            "unable to connect to {} over SSH as '{}' port {}: {e}",
+            t.peer(),
+            t.user,
+            t.port
+        ),
+    )
     .with_hint(
         "check that 'ssh -p PORT USER@HOST' works for this OS user without a password prompt",
     )
@@ -212,7 +215,12 @@ pub fn spawn_remote(t: &SshTarget, program: &str, args: &[String]) -> Result<Cli
     let io = t.io_timeout;
     let setup = rt.block_on(async {
         let session = Arc::new(tokio::time::timeout(io * 2, session(t)).await.map_err(
-            |_| Error::remote(format!("timed out connecting to {} over SSH", t.peer())),
+            |_| {
+                Error::new(
+                    Kind::HostConnect,
+                    format!("timed out connecting to {} over SSH", t.peer()),
+                )
+            },
         )??);
         let mut cmd = Session::to_command(session.clone(), program.to_string());
         cmd.args(args)

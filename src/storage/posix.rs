@@ -34,11 +34,11 @@ impl PosixStorage {
         {
             // Commands build storage paths from the stanza name (validated with the config)
             // and from repository contents (labels, manifest entries), so such a path means
-            // the repository was altered: an integrity failure, whether the repository is
+            // the repository was altered: a format failure, whether the repository is
             // local or this is the remote server (the kind travels back to the client). Only
             // a broken or hostile protocol client could send one otherwise.
             return Err(Error::new(
-                Kind::Integrity,
+                Kind::Format,
                 format!("refused storage path '{path}': not a plain relative path"),
             )
             .with_hint(
@@ -206,12 +206,15 @@ pub fn check_owner(path: &Path, what: &str) -> Result<()> {
         return Ok(());
     }
     let owner = user_name(meta.uid());
-    Err(Error::config(format!(
-        "refusing to write into {what} '{}': it belongs to {}, and pg_backrest runs as {}",
-        path.display(),
-        describe_user(meta.uid()),
-        describe_user(me)
-    ))
+    Err(Error::new(
+        Kind::FileOwner,
+        format!(
+            "refusing to write into {what} '{}': it belongs to {}, and pg_backrest runs as {}",
+            path.display(),
+            describe_user(meta.uid()),
+            describe_user(me)
+        ),
+    )
     .with_hint(format!(
         "run pg_backrest as {owner}, the owner (for example 'sudo -u {owner} pg_backrest ...'); \
          files written by another user would lock {owner} out"

@@ -292,7 +292,7 @@ mod tests {
 
         // Errors keep their kind across the wire; a hostile path is refused.
         let e = remote.list("../etc").unwrap_err();
-        assert_eq!(e.kind, Kind::Integrity);
+        assert_eq!(e.kind, Kind::Format);
         assert!(e.message.contains("refused storage path '../etc'"), "{e:?}");
         let e = remote.open_write("../x").unwrap().commit("f").unwrap_err();
         assert!(e.message.contains("refused storage path"), "{e:?}");
@@ -302,7 +302,7 @@ mod tests {
             .unwrap()
             .commit("f")
             .unwrap_err();
-        assert_eq!(e.kind, Kind::FileIo, "{e:?}");
+        assert_eq!(e.kind, Kind::PathCreate, "{e:?}");
 
         drop(remote);
         server.join().unwrap().unwrap();
@@ -321,7 +321,7 @@ mod tests {
         let c = client_over(ours, Duration::from_millis(300), "silent").unwrap();
         let remote = RemoteStorage::from_client(c, "silent".into());
         let e = remote.list("x").unwrap_err();
-        assert_eq!(e.kind, Kind::Remote);
+        assert_eq!(e.kind, Kind::Protocol);
         assert!(
             e.message.contains("did not answer within io-timeout"),
             "{e:?}"

@@ -193,7 +193,7 @@ fn walk_dir(dir: &Path, key: &str, place: Place, tree: &mut Tree, names: &mut Na
         let Some(name) = entry.file_name().to_str().map(String::from) else {
             // The manifest is UTF-8 text: a lossy name would restore under another name.
             return Err(Error::new(
-                crate::error::Kind::FileIo,
+                crate::error::Kind::FileInvalid,
                 format!(
                     "unable to back up '{}': its name is not valid UTF-8",
                     entry.path().display()

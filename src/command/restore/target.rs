@@ -89,7 +89,7 @@ pub fn quote_setting(value: &str) -> String {
 pub fn refuse_control_chars(option: &str, value: &str) -> Result<()> {
     match value.chars().find(|c| c.is_control()) {
         None => Ok(()),
-        Some(c) => Err(Error::config(format!(
+        Some(c) => Err(Error::invalid_value(format!(
             "option '{option}' holds the control character U+{:04X}, which a recovery setting cannot carry",
             u32::from(c)
         ))
@@ -116,7 +116,7 @@ pub fn parse_timeline(text: &str) -> Result<String> {
     };
     match number {
         Some(n) if n > 0 => Ok(n.to_string()),
-        _ => Err(Error::config(format!(
+        _ => Err(Error::invalid_value(format!(
             "invalid value '{}' for option '--target-timeline': must be 'latest', 'current' or a timeline id",
             text.escape_debug()
         ))
@@ -137,7 +137,7 @@ impl RecoveryTarget {
             "standby" => TargetType::Standby,
             "none" => TargetType::None,
             other => {
-                return Err(Error::config(format!(
+                return Err(Error::invalid_value(format!(
                     "invalid value '{other}' for option '--type' of restore: must be one of: \
                      default, immediate, time, xid, lsn, name, standby, none"
                 )))
@@ -150,7 +150,7 @@ impl RecoveryTarget {
         );
         if needs_target && target.is_none() {
             return Err(
-                Error::config(format!("restore --type={type_name} requires --target")).with_hint(
+                Error::required(format!("restore --type={type_name} requires --target")).with_hint(
                     "e.g. --target='2026-11-22 10:15:00+00' for time, --target=0/3000000 for lsn",
                 ),
             );
@@ -162,7 +162,7 @@ impl RecoveryTarget {
         }
         let time = match (kind, &target) {
             (TargetType::Time, Some(t)) => Some(parse_time(t).ok_or_else(|| {
-                Error::config(format!(
+                Error::invalid_value(format!(
                     "recovery target time '{t}' is not a time pg_backrest can read"
                 ))
                 .with_hint("use 'YYYY-MM-DD HH:MM:SS+TZ', e.g. '2026-11-22 10:15:00+00'")
@@ -171,13 +171,13 @@ impl RecoveryTarget {
         };
         let lsn = match (kind, &target) {
             (TargetType::Lsn, Some(t)) => Some(parse_lsn(t).ok_or_else(|| {
-                Error::config(format!("recovery target LSN '{t}' is not an LSN"))
+                Error::invalid_value(format!("recovery target LSN '{t}' is not an LSN"))
                     .with_hint("an LSN looks like 0/3000060")
             })?),
             _ => None,
         };
         if kind == TargetType::Xid && target.as_deref().is_some_and(|t| t.parse::<u64>().is_err()) {
-            return Err(Error::config(format!(
+            return Err(Error::invalid_value(format!(
                 "recovery target xid '{}' is not a transaction id",
                 target.unwrap_or_default()
             )));
@@ -209,7 +209,7 @@ impl RecoveryTarget {
         }
         match backups.iter().rev().find(|(_, b)| reaches(b)) {
             Some((label, _)) => Ok(Some(label.clone())),
-            None => Err(Error::config(format!(
+            None => Err(Error::new(crate::error::Kind::BackupSetInvalid, format!(
                 "no backup ends before recovery target '{}'",
                 self.target.as_deref().unwrap_or("")
             ))
@@ -221,7 +221,7 @@ impl RecoveryTarget {
     pub fn reachable_from(&self, b: &BackupSummary) -> Result<()> {
         if let Some(t) = self.time {
             if t < b.backup_timestamp_stop {
-                return Err(Error::config(format!(
+                return Err(Error::new(crate::error::Kind::BackupSetInvalid, format!(
                     "recovery target time '{}' is before the end of the backup ({}): recovery cannot reach it",
                     self.target.as_deref().unwrap_or(""),
                     chrono::DateTime::from_timestamp(b.backup_timestamp_stop, 0).map(|d| d.to_rfc3339()).unwrap_or_default()
@@ -233,7 +233,7 @@ impl RecoveryTarget {
             (self.lsn, b.backup_lsn_stop.as_deref().and_then(parse_lsn))
         {
             if lsn < stop {
-                return Err(Error::config(format!(
+                return Err(Error::new(crate::error::Kind::BackupSetInvalid, format!(
                     "recovery target LSN '{}' is before the backup's consistent point {}: recovery cannot reach it",
                     self.target.as_deref().unwrap_or(""),
                     b.backup_lsn_stop.as_deref().unwrap_or_default()
@@ -384,7 +384,7 @@ mod tests {
         assert!(refuse_control_chars("--target", r"it's \ fine").is_ok());
         for bad in ["a\nrestore_command = 'false'", "a\rb", "tab\there", "nul\0"] {
             let e = refuse_control_chars("--target", bad).unwrap_err();
-            assert_eq!(e.kind, crate::error::Kind::Config, "{bad:?}");
+            assert_eq!(e.kind, crate::error::Kind::OptionInvalidValue, "{bad:?}");
             assert!(e
                 .message
                 .starts_with("option '--target' holds the control character U+"));
@@ -414,7 +414,7 @@ mod tests {
             "2' x = '1",
         ] {
             let e = parse_timeline(bad).unwrap_err();
-            assert_eq!(e.kind, crate::error::Kind::Config, "{bad:?}");
+            assert_eq!(e.kind, crate::error::Kind::OptionInvalidValue, "{bad:?}");
             assert!(e.message.contains("'--target-timeline'"), "{e:?}");
         }
     }
