@@ -1158,6 +1158,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             None => None,
             Some(c) => match Cmd::from_name(c).filter(|c| !c.def().hidden) {
                 Some(cmd) => Some(cmd),
+                // A command of pgBackRest's that pg_backrest lacks never runs, so its section
+                // is never read, in pgBackRest either.
+                None if pgbackrest::PGBACKREST_COMMANDS.contains(&c) => continue,
                 None => {
                     // pgBackRest never reads such a section; a typo in its name must not stop
                     // archive_command, so it is a warning (and an error for check).
@@ -1620,6 +1623,8 @@ mod tests {
         assert!(warnings_of(&push, &[], other).is_empty());
         assert!(resolve_with(&["--stanza=main", "check"], &[], Some(other)).is_err());
         // A section naming no command is the same kind of typo.
+        let server = "[global:server]\ntls-server-address=*\n[main]\npg1-path=/d\n";
+        assert!(resolve_with(&["--stanza=main", "check"], &[], Some(server)).is_ok());
         let w = warnings_of(&push, &[], "[global:archive-pusj]\nrepo1-path=/x\n");
         assert!(
             w[0].contains(

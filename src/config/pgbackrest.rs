@@ -555,6 +555,35 @@ pub const DEPRECATED: &[(&str, &str)] = &[
     ("repo?-azure-port", "repo?-storage-port"),
 ];
 
+/// pgBackRest 2.45's commands. A config section of one pg_backrest lacks is never read, as
+/// pgBackRest never reads a section of a command other than the one running; it is not a typo.
+pub const PGBACKREST_COMMANDS: &[&str] = &[
+    "annotate",
+    "archive-get",
+    "archive-push",
+    "backup",
+    "check",
+    "expire",
+    "help",
+    "info",
+    "manifest",
+    "repo-create",
+    "repo-get",
+    "repo-ls",
+    "repo-put",
+    "repo-rm",
+    "restore",
+    "server",
+    "server-ping",
+    "stanza-create",
+    "stanza-delete",
+    "stanza-upgrade",
+    "start",
+    "stop",
+    "verify",
+    "version",
+];
+
 /// pgBackRest numbers the pg and repo groups from 1 to 256.
 const INDEX_MAX: u32 = 256;
 
@@ -823,6 +852,53 @@ mod tests {
         assert_eq!(nearest("archive-asyn"), "archive-async");
         assert_eq!(nearest("log-level-consol"), "log-level-console");
         assert_eq!(nearest_command("archive-pusj"), "archive-push");
+    }
+
+    /// docs/compatibility.md lists every option of both tables, each foreign one in the
+    /// section of its disposition, and every deprecated name.
+    #[test]
+    fn docs_list_every_option_of_both_tables() {
+        let doc = include_str!("../../docs/compatibility.md");
+        let mut section = "";
+        let mut rows: Vec<(&str, String)> = Vec::new();
+        for line in doc.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                section = h;
+            } else if let Some(cell) = line.strip_prefix("| ") {
+                let first = cell.split(" | ").next().unwrap_or("");
+                for name in first.split('`').skip(1).step_by(2) {
+                    rows.push((section, name.to_string()));
+                }
+            }
+        }
+        let in_section =
+            |want: &str, name: &str| rows.iter().any(|(s, n)| s.starts_with(want) && n == name);
+        for o in OPTIONS {
+            assert!(
+                rows.iter().any(|(_, n)| n == o.name),
+                "docs/compatibility.md lacks option '{}'",
+                o.name
+            );
+        }
+        for f in FOREIGN {
+            let want = match f.disposition {
+                Disposition::Ignored(_) => "Ignored",
+                Disposition::Refused(_) => "Refused",
+                Disposition::Translated(_) => "Translated",
+            };
+            assert!(
+                in_section(want, f.name),
+                "docs/compatibility.md lacks '{}' under '## {want}'",
+                f.name
+            );
+        }
+        for (old, new) in DEPRECATED {
+            assert!(
+                in_section("Deprecated", &old.replace('?', "N"))
+                    && in_section("Deprecated", &new.replace('?', "N")),
+                "docs/compatibility.md lacks deprecated '{old}'"
+            );
+        }
     }
 
     #[test]
