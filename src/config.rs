@@ -135,11 +135,10 @@ impl Config {
                 ));
             }
         }
-        for f in file
-            .findings
-            .iter()
-            .filter(|f| f.concerns(stanza.as_deref(), command))
-        {
+        // version and help print what tools parse: the config's findings are for commands.
+        for f in file.findings.iter().filter(|f| {
+            f.concerns(stanza.as_deref(), command) && !matches!(command, Cmd::Version | Cmd::Help)
+        }) {
             push_once(&mut warnings, format!("{}, ignored", f.message));
         }
 
