@@ -35,6 +35,9 @@ pub struct Config {
     /// Positional arguments after the command.
     pub args: Vec<String>,
     values: BTreeMap<&'static str, String>,
+    /// The options set on the command line, in the environment or in a config file (the
+    /// others have their default).
+    explicit: BTreeSet<&'static str>,
     /// The main config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// The include directory whose `*.conf` files were read, if any.
@@ -237,6 +240,7 @@ impl Config {
             command,
             args,
             values,
+            explicit,
             config_file: file.main,
             config_include_path: file.include,
             warnings,
@@ -246,6 +250,12 @@ impl Config {
 
     pub fn stanza(&self) -> Option<&str> {
         self.str("stanza")
+    }
+
+    /// Whether the option was set (command line, environment or config file) rather than
+    /// left at its default.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.explicit.contains(name)
     }
 
     /// The stanza, for commands whose table row says they need one (checked at resolve time).
@@ -2017,6 +2027,8 @@ mod tests {
             .non_default_options()
             .iter()
             .all(|(k, _)| *k != "repo1-path"));
+        // A default is not "set": the remote side then finds its own config.
+        assert!(!c.is_set("repo1-host-config") && c.is_set("stanza"));
         let c = resolve("pg_backrest");
         assert_eq!(c.str("repo1-path"), Some("/var/lib/pg_backrest"));
     }
