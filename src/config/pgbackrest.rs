@@ -682,7 +682,7 @@ fn find_known(name: &str) -> Option<Known> {
     let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (num, tail) = rest.split_at(digits);
     let index: u32 = num.parse().ok()?;
-    if index < 2 || index > INDEX_MAX || num.starts_with('0') || !tail.starts_with('-') {
+    if !(2..=INDEX_MAX).contains(&index) || num.starts_with('0') || !tail.starts_with('-') {
         return None;
     }
     let base_name = format!("{}1{tail}", if repo { "repo" } else { "pg" });
