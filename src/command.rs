@@ -116,13 +116,14 @@ fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {
         Cmd::ArchiveGet => archive_get::run(cfg),
         Cmd::Remote => remote::run(cfg).map(|_| Outcome::Done),
         Cmd::Version => {
-            println!("pg_backrest {}", crate::VERSION);
+            println!("{}", cfg.identity.version_line(crate::VERSION));
             Ok(Outcome::Done)
         }
         Cmd::Help => {
             let text = match cfg.args.first() {
-                None => help::general(crate::VERSION),
+                None => help::general(crate::VERSION, cfg.identity),
                 Some(name) => help::command(
+                    cfg.identity,
                     Cmd::from_name(name)
                         .filter(|c| !c.def().hidden)
                         .ok_or_else(|| {
@@ -135,8 +136,15 @@ fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         // As in pgBackRest, a successful backup ends with an expire under the same lock.
+        // expire-auto=n leaves retention to a separate expire, as in pgBackRest.
         Cmd::Backup => backup::run(cfg, facts)
-            .and_then(|_| expire::after_backup(cfg))
+            .and_then(|_| {
+                if cfg.bool("expire-auto") {
+                    expire::after_backup(cfg)
+                } else {
+                    Ok(())
+                }
+            })
             .map(|_| Outcome::Done),
         Cmd::Expire => expire::run(cfg).map(|_| Outcome::Done),
         Cmd::Restore => restore::run(cfg).map(|_| Outcome::Done),

@@ -1,25 +1,30 @@
-//! Configuration: turns the command line, the `PG_BACKREST_*` environment and the INI config
-//! file into one resolved [`Config`], following the contract's precedence:
+//! Configuration: turns the command line, the `PG_BACKREST_*` and `PGBACKREST_*` environment
+//! and the INI config files into one resolved [`Config`], following the contract's precedence:
 //! command line > environment > `[stanza:command]` > `[stanza]` > `[global:command]` >
 //! `[global]` > built-in default.
 //!
-//! Every option and command comes from the tables in [`options`] and [`commands`]; this
-//! module only applies them. Any mistake is an option error (pgBackRest's option-invalid,
-//! option-invalid-value, option-required, command-invalid) naming the source
-
-//! (file, section and key, the environment variable, or the command-line flag).
+//! Every option and command comes from the tables in [`options`], [`pgbackrest`] and
+//! [`commands`]; this module only applies them. A mistake is an option error (pgBackRest's
+//! option-invalid, option-invalid-value, option-required, command-invalid) naming its source (file, section and key, the environment variable, or the command-line flag),
+//! except where pgBackRest only warns: a key in a config file that no one knows (an error for
+//! `check` alone, so that a typo never stops archive_command) or that cannot apply where it
+//! stands. pgBackRest's options that pg_backrest lacks are ignored with a warning or refused,
+//! as their row in [`pgbackrest::FOREIGN`] says.
 
 pub mod commands;
 pub mod help;
 pub mod options;
+pub mod pgbackrest;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Kind, Result};
 pub use commands::{Cmd, LockType};
 use options::{OptDef, OptKind, Scope, OPTIONS};
+pub use pgbackrest::Identity;
+use pgbackrest::{Disposition, Known};
 
 /// The resolved configuration of one invocation. Commands read it; nothing writes it.
 #[derive(Debug, Clone)]
@@ -28,30 +33,59 @@ pub struct Config {
     /// Positional arguments after the command.
     pub args: Vec<String>,
     values: BTreeMap<&'static str, String>,
-    /// The config file that was read, if any.
+    /// The options set on the command line, in the environment or in a config file (the
+    /// others have their default).
+    explicit: BTreeSet<&'static str>,
+    /// The main config file that was read, if any.
     pub config_file: Option<PathBuf>,
-    /// Non-fatal findings (unknown environment variables) for the log once it is open.
+    /// The include directory whose `*.conf` files were read, if any.
+    pub config_include_path: Option<PathBuf>,
+    /// Non-fatal findings (unknown keys, ignored pgBackRest options) for the log once it is open.
     pub warnings: Vec<String>,
+    /// The program the binary answers as, from the name it was called by.
+    pub identity: Identity,
 }
 
 /// Where the raw inputs come from; tests pass their own.
 pub struct Sources<'a> {
+    /// The arguments, without the program name.
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
+    /// The name the program was called by (`argv[0]`), which decides its [`Identity`].
+    pub program: &'a str,
+    /// Prefix of the default config locations: `/` for real; tests give a directory of their own.
+    pub root: &'a Path,
+}
+
+/// A value of an option pg_backrest does not implement itself ([`Known::Foreign`] or
+/// [`Known::OtherIndex`]), with where it was found, for the warning or the error it causes.
+#[derive(Debug, Clone)]
+struct ForeignValue {
+    known: Known,
+    /// The name as written (a deprecated name stays visible in messages).
+    written: String,
+    value: String,
+    /// `in section '[global]' of '/etc/pgbackrest.conf'`, `in environment variable 'X'`, ...
+    origin: String,
 }
 
 impl Config {
     /// Resolves the configuration from real process inputs.
     pub fn from_process() -> Result<Config> {
-        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let mut args = std::env::args();
+        let program = args.next().unwrap_or_default();
+        let argv: Vec<String> = args.collect();
         let env: Vec<(String, String)> = std::env::vars().collect();
         Config::resolve(&Sources {
             argv: &argv,
             env: &env,
+            program: &program,
+            root: Path::new("/"),
         })
     }
 
     pub fn resolve(src: &Sources<'_>) -> Result<Config> {
+        let identity = Identity::from_program(src.program);
         let cli = parse_command_line(src.argv)?;
         let mut warnings = Vec::new();
         let env = parse_environment(src.env, &mut warnings)?;
@@ -59,48 +93,89 @@ impl Config {
         let command = cli.command;
         let def = command.def();
 
-        // Which file to read is itself an option: command line, then environment.
-        let explicit_config = cli
-            .values
-            .get("config")
-            .or_else(|| env.get("config"))
-            .cloned();
-        let config_path = PathBuf::from(
-            explicit_config
-                .clone()
-                .or_else(|| OptDef::find("config").and_then(|o| o.default.map(String::from)))
-                .unwrap_or_default(),
+        // Which files to read are options themselves: command line, then environment.
+        let given = |name: &str| {
+            cli.values
+                .get(name)
+                .or_else(|| env.values.get(name))
+                .cloned()
+        };
+        let places = locate_config(
+            &Requested {
+                config: given("config"),
+                no_config: cli.no_config,
+                config_path: given("config-path"),
+                include_path: given("config-include-path"),
+            },
+            identity,
+            src.root,
         );
-        let file = load_config_file(&config_path, explicit_config.is_some())?;
+        let file = load_config(&places)?;
 
         let stanza = cli
             .values
             .get("stanza")
-            .or_else(|| env.get("stanza"))
+            .or_else(|| env.values.get("stanza"))
             .cloned();
         if let Some(s) = &stanza {
             validate_stanza_name(s)?;
         }
 
+        // check is how a DBA validates an edited config: what other commands only warn
+        // about (a key no one knows, a section naming no command) fails it.
+        if command == Cmd::Check {
+            let unknown: Vec<&str> = file
+                .findings
+                .iter()
+                .filter(|f| f.unknown)
+                .map(|f| f.message.as_str())
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Error::config(unknown.join("; ")).with_hint(
+                    "correct or remove it: other commands ignore it with a warning, check refuses it",
+                ));
+            }
+        }
+        // version and help print what tools parse: the config's findings are for commands.
+        for f in file.findings.iter().filter(|f| {
+            f.concerns(stanza.as_deref(), command) && !matches!(command, Cmd::Version | Cmd::Help)
+        }) {
+            push_once(&mut warnings, format!("{}, ignored", f.message));
+        }
+
         let mut values = BTreeMap::new();
-        for opt in OPTIONS
-            .iter()
-            .filter(|o| o.applies_to(command) || o.name == "config" || o.name == "stanza")
-        {
+        let mut explicit = BTreeSet::new();
+        for opt in OPTIONS.iter().filter(|o| {
+            o.applies_to(command)
+                || matches!(
+                    o.name,
+                    "config" | "stanza" | "config-path" | "config-include-path"
+                )
+        }) {
             let value = cli
                 .values
                 .get(opt.name)
-                .or_else(|| env.get(opt.name))
+                .or_else(|| env.values.get(opt.name))
                 .cloned()
-                .or_else(|| {
-                    file.as_ref()
-                        .and_then(|f| f.lookup(opt, stanza.as_deref(), command))
-                })
-                .or_else(|| opt.default.map(String::from));
-            if let Some(v) = value {
+                .or_else(|| file.lookup(opt, stanza.as_deref(), command));
+            if value.is_some() {
+                explicit.insert(opt.name);
+            }
+            if let Some(v) = value.or_else(|| identity.default_of(opt).map(String::from)) {
                 values.insert(opt.name, v);
             }
         }
+
+        apply_foreign(
+            &cli.foreign,
+            &env.foreign,
+            &file,
+            stanza.as_deref(),
+            command,
+            &explicit,
+            &mut values,
+            &mut warnings,
+        )?;
 
         if def.needs_stanza && stanza.is_none() {
             return Err(Error::required(format!(
@@ -110,14 +185,18 @@ impl Config {
             .with_hint("add --stanza=NAME, the cluster's section in the config file"));
         }
         if matches!(command, Cmd::StanzaCreate | Cmd::Check) && !values.contains_key("pg1-path") {
+            let file_name = places
+                .files
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the config file".into());
             return Err(Error::required(format!(
                 "option 'pg1-path' is required for command '{}'",
                 def.name
             ))
             .with_hint(format!(
-                "set pg1-path in the [{}] section of '{}' or pass --pg1-path",
+                "set pg1-path in the [{}] section of '{file_name}' or pass --pg1-path",
                 stanza.as_deref().unwrap_or("STANZA"),
-                config_path.display()
             )));
         }
 
@@ -165,13 +244,22 @@ impl Config {
             command,
             args,
             values,
-            config_file: file.map(|f| f.path),
+            explicit,
+            config_file: file.main,
+            config_include_path: file.include,
             warnings,
+            identity,
         })
     }
 
     pub fn stanza(&self) -> Option<&str> {
         self.str("stanza")
+    }
+
+    /// Whether the option was set (command line, environment or config file) rather than
+    /// left at its default.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.explicit.contains(name)
     }
 
     /// The stanza, for commands whose table row says they need one (checked at resolve time).
@@ -230,7 +318,7 @@ impl Config {
             .iter()
             .filter_map(|o| {
                 let v = self.values.get(o.name)?;
-                if o.default == Some(v.as_str()) {
+                if self.identity.default_of(o) == Some(v.as_str()) {
                     return None;
                 }
                 Some((
@@ -246,15 +334,220 @@ impl Config {
     }
 }
 
+fn push_once(warnings: &mut Vec<String>, w: String) {
+    if !warnings.contains(&w) {
+        warnings.push(w);
+    }
+}
+
+/// Gives the pgBackRest options pg_backrest does not implement what their row says, for the
+/// values that reach this command: pgBackRest's default passes silently, an ignored option
+/// warns once, a refused one stops the command naming where it was set and why.
+#[allow(clippy::too_many_arguments)]
+fn apply_foreign(
+    cli: &BTreeMap<String, ForeignValue>,
+    env: &BTreeMap<String, ForeignValue>,
+    file: &LoadedConfig,
+    stanza: Option<&str>,
+    command: Cmd,
+    explicit: &BTreeSet<&'static str>,
+    values: &mut BTreeMap<&'static str, String>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let mut names: BTreeSet<&str> = cli.keys().chain(env.keys()).map(String::as_str).collect();
+    names.extend(file.foreign_names(stanza, command));
+    for name in names {
+        let found = cli
+            .get(name)
+            .or_else(|| env.get(name))
+            .cloned()
+            .or_else(|| file.lookup_foreign(name, stanza, command));
+        let Some(fv) = found else { continue };
+        if !fv.known.applies_to(command) {
+            continue;
+        }
+        let shown = if fv.written == name {
+            format!("'{name}'")
+        } else {
+            format!(
+                "'{}' (pgBackRest's deprecated name of '{name}')",
+                fv.written
+            )
+        };
+        match fv.known {
+            Known::Foreign(f) => {
+                if f.is_default(&fv.value) {
+                    continue;
+                }
+                match f.disposition {
+                    Disposition::Ignored(why) => push_once(
+                        warnings,
+                        format!("option {shown} {} is ignored: {why}", fv.origin),
+                    ),
+                    Disposition::Refused(why) => {
+                        let set_to = if f.secret {
+                            String::new()
+                        } else {
+                            format!(" is set to '{}', which", fv.value)
+                        };
+                        let hint = match f.default {
+                            Some(d) => format!(
+                                "remove it (pgBackRest's default is {name}={d}), or keep this stanza on pgBackRest"
+                            ),
+                            None => "remove it, or keep this stanza on pgBackRest".to_string(),
+                        };
+                        return Err(Error::new(
+                            Kind::NotImplemented,
+                            format!(
+                                "option {shown} {}{set_to} pg_backrest does not support: {why}",
+                                fv.origin
+                            ),
+                        )
+                        .with_hint(hint));
+                    }
+                    Disposition::Translated(_) => {
+                        // compress, deprecated: as pgBackRest, compress=n means
+                        // compress-type=none, and setting both is a mistake.
+                        if explicit.contains("compress-type") {
+                            return Err(Error::config(format!(
+                                "options 'compress' ({}) and 'compress-type' should not both be set",
+                                fv.origin
+                            ))
+                            .with_hint("'compress-type' is preferred; 'compress' is deprecated"));
+                        }
+                        if fv.value == "n" {
+                            values.insert("compress-type", "none".to_string());
+                        }
+                    }
+                }
+            }
+            Known::OtherIndex {
+                repo: true, index, ..
+            } => {
+                return Err(Error::new(
+                    Kind::NotImplemented,
+                    format!(
+                        "option {shown} {} configures repository repo{index}, which pg_backrest does not support: \
+                         it writes one repository, repo1, so repo{index} would miss what pgBackRest writes there",
+                        fv.origin
+                    ),
+                )
+                .with_hint(format!(
+                    "remove the repo{index}-* options, or keep this stanza on pgBackRest"
+                )));
+            }
+            Known::OtherIndex { index, .. } => push_once(
+                warnings,
+                format!(
+                    "option {shown} {} is ignored: pg_backrest works with pg1 only \
+                     (pgBackRest reads pg{index} to find the primary or back up from a standby)",
+                    fv.origin
+                ),
+            ),
+            Known::Ours(_) => {}
+        }
+    }
+    Ok(())
+}
+
 struct CommandLine {
     command: Cmd,
     args: Vec<String>,
     values: BTreeMap<&'static str, String>,
+    /// pgBackRest's options pg_backrest does not implement, by current name.
+    foreign: BTreeMap<String, ForeignValue>,
+    /// `--no-config`: read no main config file.
+    no_config: bool,
+}
+
+/// Takes out of `argv` what clap does not parse: `--no-config`, pgBackRest's options that
+/// pg_backrest does not implement, and pgBackRest's deprecated names of pg_backrest's own
+/// options (rewritten to the current name). A name no one knows is left for clap to refuse.
+fn take_pgbackrest_options(
+    argv: &[String],
+) -> Result<(Vec<String>, BTreeMap<String, ForeignValue>, bool)> {
+    let mut rest = Vec::with_capacity(argv.len());
+    let mut foreign = BTreeMap::new();
+    let mut no_config = false;
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        let Some(body) = word.strip_prefix("--") else {
+            rest.push(word.clone());
+            continue;
+        };
+        let (flag, inline) = match body.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (body, None),
+        };
+        if flag == "no-config" && inline.is_none() {
+            no_config = true;
+            continue;
+        }
+        let (negated, resolved) = match pgbackrest::resolve_name(flag) {
+            Some(r) => (false, Some(r)),
+            None => match flag.strip_prefix("no-") {
+                Some(f) => (true, pgbackrest::resolve_name(f)),
+                None => (false, None),
+            },
+        };
+        let Some((name, known)) = resolved else {
+            rest.push(word.clone());
+            continue;
+        };
+        let written = if negated { &flag[3..] } else { flag };
+        if let Known::Ours(_) = known {
+            if written != name {
+                let no = if negated { "no-" } else { "" };
+                rest.push(match inline {
+                    Some(v) => format!("--{no}{name}={v}"),
+                    None => format!("--{no}{name}"),
+                });
+            } else {
+                rest.push(word.clone());
+            }
+            continue;
+        }
+        let value = if known.is_bool() {
+            match (negated, inline) {
+                (true, None) => "n".to_string(),
+                (false, None) => "y".to_string(),
+                (false, Some(v)) => pgbackrest::normalize(true, v),
+                (true, Some(_)) => {
+                    return Err(Error::config(format!(
+                        "option '--no-{written}' takes no value"
+                    )))
+                }
+            }
+        } else {
+            if negated {
+                return Err(Error::config(format!(
+                    "option '--{written}' cannot be negated with --no-"
+                )));
+            }
+            match inline {
+                Some(v) => v.to_string(),
+                None => words.next().cloned().ok_or_else(|| {
+                    Error::config(format!("option '--{written}' requires a value"))
+                })?,
+            }
+        };
+        foreign.insert(
+            name,
+            ForeignValue {
+                known,
+                written: written.to_string(),
+                value,
+                origin: "on the command line".to_string(),
+            },
+        );
+    }
+    Ok((rest, foreign, no_config))
 }
 
 fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
     use clap::{Arg, ArgAction};
 
+    let (argv, foreign, no_config) = take_pgbackrest_options(argv)?;
     let mut app = clap::Command::new("pg_backrest")
         .no_binary_name(true)
         .disable_help_flag(true)
@@ -383,47 +676,92 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             }
         }
     }
+    for (name, fv) in &foreign {
+        if !fv.known.applies_to(command) && !matches!(command, Cmd::Help | Cmd::Version) {
+            return Err(Error::config(format!(
+                "option '--{}' is not valid for command '{}'",
+                fv.written,
+                command.name()
+            ))
+            .with_hint(format!(
+                "'{name}' is a pgBackRest option that does not apply to '{}'",
+                command.name()
+            )));
+        }
+    }
     Ok(CommandLine {
         command,
         args,
         values,
+        foreign,
+        no_config,
     })
 }
 
-fn parse_environment(
-    env: &[(String, String)],
-    warnings: &mut Vec<String>,
-) -> Result<BTreeMap<&'static str, String>> {
-    let mut values = BTreeMap::new();
-    for (key, raw) in env {
-        let Some(rest) = key.strip_prefix("PG_BACKREST_") else {
-            continue;
-        };
-        let name = rest.to_lowercase().replace('_', "-");
-        let Some(opt) = OptDef::find(&name) else {
-            warnings.push(format!("environment contains unknown option '{key}'"));
-            continue;
-        };
-        // A repeatable option takes its items comma-separated in one variable.
-        let items: Vec<&str> = if opt.kind.repeatable() {
-            raw.split(',').collect()
-        } else {
-            vec![raw.as_str()]
-        };
-        let v = items
-            .iter()
-            .map(|item| {
-                opt.validate(item).map_err(|why| {
-                    Error::invalid_value(format!(
-                        "invalid value '{raw}' in environment variable '{key}': {why}"
-                    ))
+struct Environment {
+    values: BTreeMap<&'static str, String>,
+    foreign: BTreeMap<String, ForeignValue>,
+}
+
+/// Reads `PGBACKREST_*` (pgBackRest's names) and `PG_BACKREST_*` (pg_backrest's). When both
+/// carry the same option, `PG_BACKREST_*` wins: it can only have been meant for pg_backrest,
+/// while a `PGBACKREST_*` variable may be left for a pgBackRest that still runs beside it.
+fn parse_environment(env: &[(String, String)], warnings: &mut Vec<String>) -> Result<Environment> {
+    let mut out = Environment {
+        values: BTreeMap::new(),
+        foreign: BTreeMap::new(),
+    };
+    let mut seen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    for prefix in ["PGBACKREST_", "PG_BACKREST_"] {
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            let written = rest.to_lowercase().replace('_', "-");
+            let Some((name, known)) = pgbackrest::resolve_name(&written) else {
+                warnings.push(format!("environment contains unknown option '{key}'"));
+                continue;
+            };
+            if let Some((other, other_raw)) = seen.insert(name.clone(), (key, raw)) {
+                if other_raw != raw {
+                    warnings.push(format!(
+                        "environment variables '{other}' and '{key}' both set option '{name}'; '{key}' is used"
+                    ));
+                }
+            }
+            let Known::Ours(opt) = known else {
+                out.foreign.insert(
+                    name,
+                    ForeignValue {
+                        known,
+                        written,
+                        value: pgbackrest::normalize(known.is_bool(), raw),
+                        origin: format!("in environment variable '{key}'"),
+                    },
+                );
+                continue;
+            };
+            // A repeatable option takes its items comma-separated in one variable.
+            let items: Vec<&str> = if opt.kind.repeatable() {
+                raw.split(',').collect()
+            } else {
+                vec![raw.as_str()]
+            };
+            let v = items
+                .iter()
+                .map(|item| {
+                    opt.validate(item).map_err(|why| {
+                        Error::invalid_value(format!(
+                            "invalid value '{raw}' in environment variable '{key}': {why}"
+                        ))
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join("\n");
-        values.insert(opt.name, v);
+                .collect::<Result<Vec<_>>>()?
+                .join("\n");
+            out.values.insert(opt.name, v);
+        }
     }
-    Ok(values)
+    Ok(out)
 }
 
 /// A stanza name becomes a directory name in the repository (`archive/NAME`, `backup/NAME`)
@@ -453,56 +791,304 @@ fn validate_stanza_name(name: &str) -> Result<()> {
     }
 }
 
-/// One section of the config file, already validated.
-#[derive(Debug)]
-struct Section {
-    /// `None` for global.
-    stanza: Option<String>,
-    command: Option<Cmd>,
-    values: BTreeMap<&'static str, String>,
+/// The config options of the command line and environment that decide which files to read.
+struct Requested {
+    config: Option<String>,
+    no_config: bool,
+    config_path: Option<String>,
+    include_path: Option<String>,
 }
 
-#[derive(Debug)]
-struct ConfigFile {
-    path: PathBuf,
-    sections: Vec<Section>,
+/// Which config files to read.
+#[derive(Debug, PartialEq)]
+struct Places {
+    /// Main file candidates: the first that exists is read.
+    files: Vec<PathBuf>,
+    /// The main file must exist (named by --config).
+    file_required: bool,
+    /// Directory whose `*.conf` files are read after the main file.
+    include: Option<PathBuf>,
+    /// The include directory must exist (named by --config-include-path).
+    include_required: bool,
 }
 
-impl ConfigFile {
-    /// The value of `opt` for this stanza and command, by the contract's precedence.
-    fn lookup(&self, opt: &OptDef, stanza: Option<&str>, cmd: Cmd) -> Option<String> {
-        if !opt.applies_to(cmd) {
-            return None;
+/// pgBackRest's rules (src/config/parse.c): `--config` alone reads that file only;
+/// `--config-include-path` adds that directory, which must exist; `--config-path=P` moves the
+/// defaults to P/<file> and P/conf.d, neither required; `--no-config` reads no main file.
+/// Without any of them, pg_backrest reads /etc/pg_backrest/pg_backrest.conf and
+/// /etc/pg_backrest/conf.d when either exists, and otherwise pgBackRest's own configuration:
+/// /etc/pgbackrest/pgbackrest.conf (or the older /etc/pgbackrest.conf) and
+/// /etc/pgbackrest/conf.d. Called as `pgbackrest`, it reads pgBackRest's only.
+fn locate_config(req: &Requested, identity: Identity, root: &Path) -> Places {
+    let under_root = |p: &str| root.join(p.trim_start_matches('/'));
+    let pgbackrest_files = vec![
+        under_root("/etc/pgbackrest/pgbackrest.conf"),
+        under_root("/etc/pgbackrest.conf"),
+    ];
+    let pgbackrest_include = under_root("/etc/pgbackrest/conf.d");
+    let (default_files, default_include) = match (&req.config_path, identity) {
+        (Some(p), Identity::Own) => (
+            vec![
+                Path::new(p).join("pg_backrest.conf"),
+                Path::new(p).join("pgbackrest.conf"),
+            ],
+            Path::new(p).join("conf.d"),
+        ),
+        (Some(p), Identity::PgBackRest) => (
+            vec![Path::new(p).join("pgbackrest.conf")],
+            Path::new(p).join("conf.d"),
+        ),
+        (None, Identity::Own) => {
+            let own_file = under_root("/etc/pg_backrest/pg_backrest.conf");
+            let own_include = under_root("/etc/pg_backrest/conf.d");
+            if own_file.exists() || own_include.is_dir() {
+                (vec![own_file], own_include)
+            } else {
+                (pgbackrest_files, pgbackrest_include)
+            }
         }
+        (None, Identity::PgBackRest) => (pgbackrest_files, pgbackrest_include),
+    };
+    let (files, file_required) = match (&req.config, req.no_config) {
+        (_, true) => (Vec::new(), false),
+        (Some(c), false) => (vec![PathBuf::from(c)], true),
+        (None, false) => (default_files, false),
+    };
+    let named_file = req.config.is_some() || req.no_config;
+    let (include, include_required) = match &req.include_path {
+        Some(p) => (Some(PathBuf::from(p)), true),
+        None if named_file && req.config_path.is_none() => (None, false),
+        None => (Some(default_include), false),
+    };
+    Places {
+        files,
+        file_required,
+        include,
+        include_required,
+    }
+}
+
+/// The config files read, merged.
+struct LoadedConfig {
+    main: Option<PathBuf>,
+    include: Option<PathBuf>,
+    sections: Vec<Section>,
+    findings: Vec<Finding>,
+}
+
+fn read_config_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            Kind::of_io("open", &e),
+            format!("unable to read config file '{}': {e}", path.display()),
+        )
+        .with_hint("check the path given by --config (or found in conf.d) and its permissions")
+    })
+}
+
+fn load_config(places: &Places) -> Result<LoadedConfig> {
+    let mut parsed = Vec::new();
+    let mut main = None;
+    for path in &places.files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                parsed.push(parse_config_text(path, &text)?);
+                main = Some(path.clone());
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !places.file_required => {}
+            Err(_) => {
+                read_config_file(path)?;
+            }
+        }
+    }
+    let mut include = None;
+    if let Some(dir) = &places.include {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut names: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "conf")
+                            && p.file_stem().is_some_and(|s| !s.is_empty())
+                    })
+                    .collect();
+                names.sort();
+                for path in names {
+                    if path.is_dir() {
+                        continue;
+                    }
+                    let text = read_config_file(&path)?;
+                    parsed.push(parse_config_text(&path, &text)?);
+                }
+                include = Some(dir.clone());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !places.include_required => {}
+            Err(e) => {
+                return Err(Error::config(format!(
+                    "unable to list config include path '{}': {e}",
+                    dir.display()
+                ))
+                .with_hint(
+                    "check the directory given by --config-include-path and its permissions",
+                ))
+            }
+        }
+    }
+    merge_config_files(parsed, main, include)
+}
+
+/// Joins the files read into one configuration, as pgBackRest reads them as one text: a
+/// section may continue in another file, but an option set twice in one section is an error
+/// naming both files (pgBackRest: "cannot be set multiple times").
+fn merge_config_files(
+    files: Vec<ConfigFile>,
+    main: Option<PathBuf>,
+    include: Option<PathBuf>,
+) -> Result<LoadedConfig> {
+    let mut sections: Vec<Section> = Vec::new();
+    let mut findings = Vec::new();
+    for file in files {
+        findings.extend(file.findings);
+        for s in file.sections {
+            for earlier in sections
+                .iter()
+                .filter(|e| e.stanza == s.stanza && e.command == s.command)
+            {
+                let twice = s
+                    .values
+                    .keys()
+                    .copied()
+                    .filter(|k| {
+                        earlier.values.contains_key(k)
+                            && !OptDef::find(k).is_some_and(|o| o.kind.repeatable())
+                    })
+                    .map(String::from)
+                    .chain(
+                        s.foreign
+                            .keys()
+                            .filter(|k| earlier.foreign.contains_key(*k))
+                            .cloned(),
+                    )
+                    .next();
+                if let Some(key) = twice {
+                    return Err(Error::config(format!(
+                        "option '{key}' is set in section '[{}]' of both '{}' and '{}'",
+                        s.name, earlier.file, s.file
+                    ))
+                    .with_hint("keep one of them"));
+                }
+            }
+            sections.push(s);
+        }
+    }
+    Ok(LoadedConfig {
+        main,
+        include,
+        sections,
+        findings,
+    })
+}
+
+impl LoadedConfig {
+    /// The sections that apply to this stanza and command, by the contract's precedence.
+    fn in_order<'s>(
+        &'s self,
+        stanza: Option<&'s str>,
+        cmd: Cmd,
+    ) -> impl Iterator<Item = Vec<&'s Section>> + 's {
         let mut order = Vec::with_capacity(4);
         if let Some(s) = stanza {
             order.extend([(Some(s), Some(cmd)), (Some(s), None)]);
         }
         order.extend([(None, Some(cmd)), (None, None)]);
-        order.into_iter().find_map(|(want_stanza, want_cmd)| {
+        order.into_iter().map(move |(want_stanza, want_cmd)| {
             self.sections
                 .iter()
-                .find(|s| s.stanza.as_deref() == want_stanza && s.command == want_cmd)
-                .and_then(|s| s.values.get(opt.name).cloned())
+                .filter(|s| s.stanza.as_deref() == want_stanza && s.command == want_cmd)
+                .collect()
         })
+    }
+
+    /// The value of `opt` for this stanza and command, by the contract's precedence.
+    fn lookup(&self, opt: &OptDef, stanza: Option<&str>, cmd: Cmd) -> Option<String> {
+        if !opt.applies_to(cmd) {
+            return None;
+        }
+        self.in_order(stanza, cmd).find_map(|level| {
+            // A section continued in another file: a list option gathers every file's items.
+            let items: Vec<&String> = level
+                .iter()
+                .filter_map(|s| s.values.get(opt.name))
+                .collect();
+            (!items.is_empty()).then(|| {
+                items
+                    .into_iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        })
+    }
+
+    fn lookup_foreign(&self, name: &str, stanza: Option<&str>, cmd: Cmd) -> Option<ForeignValue> {
+        self.in_order(stanza, cmd)
+            .find_map(|level| level.iter().find_map(|s| s.foreign.get(name).cloned()))
+    }
+
+    /// The names of pgBackRest-only options set in sections that apply to this invocation.
+    fn foreign_names<'s>(&'s self, stanza: Option<&'s str>, cmd: Cmd) -> Vec<&'s str> {
+        self.in_order(stanza, cmd)
+            .flatten()
+            .flat_map(|s| s.foreign.keys().map(String::as_str))
+            .collect()
     }
 }
 
-fn load_config_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
-        Err(e) => {
-            return Err(Error::new(
-                Kind::of_io("open", &e),
-                format!("unable to read config file '{}': {e}", path.display()),
-            )
-            .with_hint("check the path given by --config and its permissions"))
-        }
-    };
-    parse_config_text(path, &text).map(Some)
+/// Something in a config file that is not used but does not stop the command: pgBackRest
+/// warns about it when it reads the section for the command at hand, and so does
+/// pg_backrest. `check` refuses the `unknown` ones wherever they are.
+#[derive(Debug)]
+struct Finding {
+    stanza: Option<String>,
+    /// `None`: a section of every command, or one naming no command pg_backrest knows.
+    command: Option<Cmd>,
+    /// A key or section command that no one knows (a typo), as opposed to a misplaced one.
+    unknown: bool,
+    /// For an option in a section that cannot hold it: warn only if it concerns this command.
+    option: Option<Known>,
+    message: String,
 }
 
+impl Finding {
+    fn concerns(&self, stanza: Option<&str>, cmd: Cmd) -> bool {
+        (self.stanza.is_none() || self.stanza.as_deref() == stanza)
+            && (self.command.is_none() || self.command == Some(cmd))
+            && self.option.is_none_or(|k| k.applies_to(cmd))
+    }
+}
+
+/// One section of a config file, its keys checked.
+#[derive(Debug)]
+struct Section {
+    /// As written, e.g. `global:archive-push`.
+    name: String,
+    /// The file it is in, for messages.
+    file: String,
+    /// `None` for global.
+    stanza: Option<String>,
+    command: Option<Cmd>,
+    values: BTreeMap<&'static str, String>,
+    /// pgBackRest's options that pg_backrest does not implement, by current name.
+    foreign: BTreeMap<String, ForeignValue>,
+}
+
+#[derive(Debug)]
+struct ConfigFile {
+    sections: Vec<Section>,
+    findings: Vec<Finding>,
+}
 /// One `[section]` of the config file as written, before its keys are checked.
 struct RawSection<'t> {
     name: &'t str,
@@ -569,29 +1155,43 @@ fn split_config_lines<'t>(file: &str, text: &'t str) -> Result<Vec<RawSection<'t
 fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
     let file = path.display().to_string();
     let mut sections: Vec<Section> = Vec::new();
+    let mut findings = Vec::new();
     for raw_section in split_config_lines(&file, text)? {
         let name = raw_section.name;
         let (base, cmd_name) = match name.split_once(':') {
             Some((b, c)) => (b, Some(c)),
             None => (name, None),
         };
-        let command =
-            match cmd_name {
-                None => None,
-                Some(c) => Some(Cmd::from_name(c).filter(|c| !c.def().hidden).ok_or_else(
-                    || {
-                        Error::config(format!(
-                            "section '[{name}]' in '{file}' names unknown command '{c}'"
-                        ))
-                    },
-                )?),
-            };
         let stanza = if base == "global" {
             None
         } else {
             validate_stanza_name(base)
                 .map_err(|e| e.context(format!("section '[{name}]' in '{file}'")))?;
             Some(base.to_string())
+        };
+        let command = match cmd_name {
+            None => None,
+            Some(c) => match Cmd::from_name(c).filter(|c| !c.def().hidden) {
+                Some(cmd) => Some(cmd),
+                // A command of pgBackRest's that pg_backrest lacks never runs, so its section
+                // is never read, in pgBackRest either.
+                None if pgbackrest::PGBACKREST_COMMANDS.contains(&c) => continue,
+                None => {
+                    // pgBackRest never reads such a section; a typo in its name must not stop
+                    // archive_command, so it is a warning (and an error for check).
+                    findings.push(Finding {
+                        stanza: stanza.clone(),
+                        command: None,
+                        unknown: true,
+                        option: None,
+                        message: format!(
+                            "section '[{name}]' in '{file}' names unknown command '{c}' (nearest known command: '{}'): its options are not read",
+                            pgbackrest::nearest_command(c)
+                        ),
+                    });
+                    continue;
+                }
+            },
         };
         if sections
             .iter()
@@ -603,34 +1203,81 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
         }
 
         let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut foreign: BTreeMap<String, ForeignValue> = BTreeMap::new();
         for (key, raw, line) in raw_section.entries {
             let where_ = format!("in section '[{name}]' of '{file}'");
-            let opt = OptDef::find(key).ok_or_else(|| {
-                Error::config(format!("unknown option '{key}' {where_}"))
-                    .with_hint("see 'pg_backrest help' for the option names")
-            })?;
-            if opt.scope == Scope::CommandLine {
-                return Err(Error::config(format!(
-                    "option '{key}' {where_} cannot be set in a config file"
-                ))
-                .with_hint(format!("pass it on the command line as --{key}")));
+            let mut finding = |unknown: bool, option: Option<Known>, message: String| {
+                findings.push(Finding {
+                    stanza: stanza.clone(),
+                    command,
+                    unknown,
+                    option,
+                    message,
+                })
+            };
+            let Some((current, known)) = pgbackrest::resolve_name(key) else {
+                finding(
+                    true,
+                    None,
+                    format!(
+                        "unknown option '{key}' {where_} (nearest known option: '{}')",
+                        pgbackrest::nearest(key)
+                    ),
+                );
+                continue;
+            };
+            if known.scope() == Scope::CommandLine {
+                finding(
+                    false,
+                    None,
+                    format!("option '{key}' {where_} can only be given on the command line or in the environment"),
+                );
+                continue;
             }
-            if opt.scope == Scope::Stanza && stanza.is_none() {
-                return Err(Error::config(format!(
-                    "option '{key}' {where_} cannot apply there: it describes one cluster"
-                ))
-                .with_hint(format!(
-                    "move '{key}' to the stanza's own section, e.g. [main]"
-                )));
+            if known.scope() == Scope::Stanza && stanza.is_none() {
+                finding(
+                    false,
+                    Some(known),
+                    format!(
+                        "option '{key}' {where_} describes one cluster and belongs in a stanza section such as [main]"
+                    ),
+                );
+                continue;
             }
             if let Some(c) = command {
-                if !opt.applies_to(c) {
-                    return Err(Error::config(format!(
-                        "option '{key}' {where_} cannot apply to command '{}'",
-                        c.name()
-                    )));
+                if !known.applies_to(c) {
+                    finding(
+                        false,
+                        None,
+                        format!(
+                            "option '{key}' {where_} does not apply to command '{}'",
+                            c.name()
+                        ),
+                    );
+                    continue;
                 }
             }
+            let opt = match known {
+                Known::Ours(opt) => opt,
+                _ => {
+                    if foreign.contains_key(&current) {
+                        return Err(Error::config(format!(
+                            "option '{key}' is set twice {where_} (again at line {line})"
+                        ))
+                        .with_hint("keep one line"));
+                    }
+                    foreign.insert(
+                        current,
+                        ForeignValue {
+                            known,
+                            written: key.to_string(),
+                            value: pgbackrest::normalize(known.is_bool(), raw),
+                            origin: where_,
+                        },
+                    );
+                    continue;
+                }
+            };
             let v = opt.validate(raw).map_err(|why| {
                 Error::invalid_value(format!(
                     "invalid value '{raw}' for option '{key}' {where_}: {why}"
@@ -656,15 +1303,15 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             }
         }
         sections.push(Section {
+            name: name.to_string(),
+            file: file.clone(),
             stanza,
             command,
             values,
+            foreign,
         });
     }
-    Ok(ConfigFile {
-        path: path.to_path_buf(),
-        sections,
-    })
+    Ok(ConfigFile { sections, findings })
 }
 
 #[cfg(test)]
@@ -690,6 +1337,8 @@ mod tests {
         Config::resolve(&Sources {
             argv: &argv,
             env: &env,
+            program: "pg_backrest",
+            root: dir.path(),
         })
     }
 
@@ -773,21 +1422,8 @@ mod tests {
     #[test]
     fn every_mistake_is_a_config_error_naming_its_source() {
         let push = ["--stanza=main", "archive-push", "/x"];
-        assert!(err(&push, &[], Some("[global]\nbogus=1\n"))
-            .starts_with("unknown option 'bogus' in section '[global]' of '/"));
-        assert!(err(&push, &[], Some("[global:bogus]\nrepo1-path=/x\n"))
-            .contains("section '[global:bogus]' in '/"));
         assert!(err(&push, &[], Some("[global]\ncompress-level=11\n"))
             .contains("invalid value '11' for option 'compress-level' in section '[global]'"));
-        assert!(err(&push, &[], Some("[global]\npg1-path=/d\n"))
-            .contains("option 'pg1-path' in section '[global]' of '/"));
-        assert!(
-            err(&push, &[], Some("[main:archive-get]\ncompress-level=1\n"))
-                .contains("cannot apply to command 'archive-get'")
-        );
-        assert!(
-            err(&push, &[], Some("[main]\nstanza=x\n")).contains("cannot be set in a config file")
-        );
         assert!(err(&push, &[], Some("repo1-path=/x\n")).contains("is outside any section"));
         assert!(
             err(&push, &[], Some("[main]\nrepo1-path=/a\nrepo1-path=/b\n")).contains("set twice")
@@ -932,6 +1568,8 @@ mod tests {
         let e = Config::resolve(&Sources {
             argv: &argv,
             env: &[],
+            program: "pg_backrest",
+            root: Path::new("/nonexistent"),
         })
         .unwrap_err();
         assert!(e
@@ -944,7 +1582,9 @@ mod tests {
         let argv = vec!["version".to_string()];
         assert!(Config::resolve(&Sources {
             argv: &argv,
-            env: &env
+            env: &env,
+            program: "pg_backrest",
+            root: Path::new("/nonexistent"),
         })
         .is_err());
     }
@@ -985,6 +1625,433 @@ mod tests {
         assert!(e.message.contains("must be KEY=/absolute/path"), "{e:?}");
     }
 
+    fn warnings_of(argv: &[&str], env: &[(&str, &str)], file: &str) -> Vec<String> {
+        resolve_with(argv, env, Some(file)).unwrap().warnings
+    }
+
+    #[test]
+    fn an_unknown_key_warns_naming_the_nearest_option_and_fails_check_only() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let file = "[global]\nrepo1-paht=/x\n[main]\npg1-path=/d\n";
+        let w = warnings_of(&push, &[], file);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("unknown option 'repo1-paht' in section '[global]' of '/")
+                && w[0].ends_with("(nearest known option: 'repo1-path'), ignored"),
+            "{w:?}"
+        );
+        let e = resolve_with(&["--stanza=main", "check"], &[], Some(file)).unwrap_err();
+        assert_eq!(e.kind, Kind::Config);
+        assert!(
+            e.message.starts_with("unknown option 'repo1-paht'"),
+            "{e:?}"
+        );
+        // check refuses it in any section, even one another stanza reads.
+        let other = "[other]\nbogus=1\n[main]\npg1-path=/d\n";
+        assert!(warnings_of(&push, &[], other).is_empty());
+        assert!(resolve_with(&["--stanza=main", "check"], &[], Some(other)).is_err());
+        // A section naming no command is the same kind of typo.
+        let server = "[global:server]\ntls-server-address=*\n[main]\npg1-path=/d\n";
+        assert!(resolve_with(&["--stanza=main", "check"], &[], Some(server)).is_ok());
+        let w = warnings_of(&push, &[], "[global:archive-pusj]\nrepo1-path=/x\n");
+        assert!(
+            w[0].contains(
+                "names unknown command 'archive-pusj' (nearest known command: 'archive-push')"
+            ),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_where_it_cannot_apply_warns_when_its_section_is_read() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let w = warnings_of(&push, &[], "[global]\npg1-path=/d\n");
+        assert!(
+            w[0].contains("option 'pg1-path' in section '[global]' of '/"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("belongs in a stanza section"), "{w:?}");
+        let c = resolve_with(&push, &[], Some("[global]\npg1-path=/d\n")).unwrap();
+        assert_eq!(c.str("pg1-path"), None);
+        let w = warnings_of(&push, &[], "[main]\nstanza=x\n");
+        assert!(
+            w[0].contains("can only be given on the command line"),
+            "{w:?}"
+        );
+        let w = warnings_of(&push, &[], "[main:archive-push]\nstart-fast=y\n");
+        assert!(
+            w[0].contains("does not apply to command 'archive-push'"),
+            "{w:?}"
+        );
+        // Sections this invocation does not read stay quiet, as in pgBackRest.
+        assert!(warnings_of(&push, &[], "[main:archive-get]\ncompress-level=1\n").is_empty());
+        assert!(warnings_of(&push, &[], "[other]\nstanza=x\n").is_empty());
+        // A stanza option in [global] concerns only the commands that read it.
+        assert!(warnings_of(&["info"], &[], "[global]\npg1-path=/d\n").is_empty());
+    }
+
+    #[test]
+    fn pgbackrest_options_pg_backrest_lacks_are_ignored_with_one_warning() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let file = "[global]\narchive-async=y\nspool-path=/var/spool/x\nlog-timestamp=n\n\
+            [global:archive-push]\narchive-async=y\n";
+        let w = warnings_of(&push, &[], file);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].starts_with("option 'archive-async' in section '[global:archive-push]'"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("is ignored: asynchronous archiving"), "{w:?}");
+        // pgBackRest's default changes nothing and needs no warning.
+        assert!(
+            warnings_of(&push, &[], "[global]\narchive-async=n\nrepo1-type=posix\n").is_empty()
+        );
+        // Options of a command they do not concern are not looked at.
+        assert!(warnings_of(
+            &["--stanza=main", "expire"],
+            &[],
+            "[global]\narchive-async=y\n"
+        )
+        .is_empty());
+        // Object-store settings with a posix repository, secrets never echoed.
+        let w = warnings_of(&push, &[], "[global]\nrepo1-s3-key-secret=SECRET\n");
+        assert!(
+            w[0].contains("repo1-s3-key-secret") && !w[0].contains("SECRET"),
+            "{w:?}"
+        );
+        // A second cluster is ignored: the repository is the same.
+        let w = warnings_of(&push, &[], "[main]\npg1-path=/d\npg2-path=/s\n");
+        assert!(
+            w[0].contains("option 'pg2-path'") && w[0].contains("pg1 only"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn pgbackrest_options_that_change_what_is_stored_are_refused() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        for (file, expect) in [
+            (
+                "[global]\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=p\n",
+                "option 'repo1-cipher-type' in section '[global]' of '/",
+            ),
+            (
+                "[global]\nrepo1-type=s3\n",
+                "is set to 's3', which pg_backrest does not support",
+            ),
+            ("[global]\nrepo2-path=/r2\n", "configures repository repo2"),
+            (
+                "[main:archive-push]\nrepo3-s3-verify-ssl=n\n",
+                "repo3-s3-verify-ssl",
+            ),
+        ] {
+            let e = resolve_with(&push, &[], Some(file)).unwrap_err();
+            assert_eq!(e.kind, Kind::NotImplemented, "{file}");
+            assert!(e.message.contains(expect), "{file}: {e:?}");
+            assert!(!e.render().contains('\n'));
+        }
+        let backup = ["--stanza=main", "backup"];
+        let e = resolve_with(&backup, &[], Some("[global]\nrepo1-bundle=y\n")).unwrap_err();
+        assert!(e.message.contains("repo1-bundle"), "{e:?}");
+        // repo1-bundle concerns backup only: archive-push writes the same WAL either way.
+        assert!(resolve_with(&push, &[], Some("[global]\nrepo1-bundle=y\n")).is_ok());
+        // A refused option set for another stanza does not concern this one.
+        assert!(resolve_with(&push, &[], Some("[other]\nrepo1-cipher-type=aes-256-cbc\n")).is_ok());
+        // On the command line too.
+        let e = resolve_with(&["--stanza=main", "--repo=2", "info"], &[], None).unwrap_err();
+        assert!(
+            e.message
+                .contains("option 'repo' on the command line is set to '2'"),
+            "{e:?}"
+        );
+        assert!(resolve_with(&["--stanza=main", "--repo=1", "info"], &[], None).is_ok());
+        let e = resolve_with(&["--stanza=main", "--no-online", "backup"], &[], None).unwrap_err();
+        assert!(e.message.contains("'online'"), "{e:?}");
+    }
+
+    #[test]
+    fn deprecated_names_and_the_compress_option_keep_their_pgbackrest_meaning() {
+        let file = "[global]\nrepo-path=/old\nretention-full=2\nbackup-user=backrest\n\
+            [main]\ndb-path=/data\ndb-port=5433\n";
+        let c = resolve_with(&["--stanza=main", "backup"], &[], Some(file)).unwrap();
+        assert_eq!(c.str("repo1-path"), Some("/old"));
+        assert_eq!(c.str("repo1-retention-full"), Some("2"));
+        assert_eq!(c.str("pg1-path"), Some("/data"));
+        assert_eq!(c.str("pg1-port"), Some("5433"));
+        let c = resolve_with(&["--stanza=main", "info"], &[], Some(file)).unwrap();
+        assert_eq!(c.str("repo1-host-user"), Some("backrest"));
+        let c = resolve_with(&["--stanza=main", "--db-path=/cli", "restore"], &[], None).unwrap();
+        assert_eq!(c.str("pg1-path"), Some("/cli"));
+        let e = resolve_with(
+            &["--stanza=main", "check"],
+            &[],
+            Some("[main]\ndb-path=/a\npg1-path=/b\n"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("set twice"), "{e:?}");
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let c = resolve_with(&push, &[], Some("[global]\ncompress=n\n")).unwrap();
+        assert_eq!(c.str("compress-type"), Some("none"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = resolve_with(&push, &[], Some("[global]\ncompress=y\n")).unwrap();
+        assert_eq!(c.str("compress-type"), Some("gz"));
+        let e =
+            resolve_with(&push, &[], Some("[global]\ncompress=n\ncompress-type=gz\n")).unwrap_err();
+        assert!(e.message.contains("should not both be set"), "{e:?}");
+        let c = resolve_with(
+            &["--stanza=main", "backup"],
+            &[],
+            Some("[global]\nexpire-auto=n\n"),
+        )
+        .unwrap();
+        assert!(!c.bool("expire-auto"));
+    }
+
+    #[test]
+    fn pgbackrest_environment_variables_and_their_precedence() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let c = resolve_with(&push, &[("PGBACKREST_REPO1_PATH", "/pgbr")], Some(FILE)).unwrap();
+        assert_eq!(c.str("repo1-path"), Some("/pgbr"));
+        let env = [
+            ("PGBACKREST_REPO1_PATH", "/pgbr"),
+            ("PG_BACKREST_REPO1_PATH", "/ours"),
+        ];
+        let c = resolve_with(&push, &env, Some(FILE)).unwrap();
+        assert_eq!(c.str("repo1-path"), Some("/ours"));
+        assert!(
+            c.warnings[0].contains("'PG_BACKREST_REPO1_PATH' is used"),
+            "{:?}",
+            c.warnings
+        );
+        let c = resolve_with(&push, &[("PGBACKREST_ARCHIVE_ASYNC", "y")], None).unwrap();
+        assert!(
+            c.warnings[0].contains("in environment variable 'PGBACKREST_ARCHIVE_ASYNC' is ignored"),
+            "{:?}",
+            c.warnings
+        );
+        let e = resolve_with(
+            &push,
+            &[("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("environment variable 'PGBACKREST_REPO1_CIPHER_TYPE'"),
+            "{e:?}"
+        );
+        let c = resolve_with(
+            &["--stanza=main", "restore"],
+            &[("PGBACKREST_DB_PATH", "/d")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.str("pg1-path"), Some("/d"));
+        let c = resolve_with(&["version"], &[("PGBACKREST_NOPE", "1")], None).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec!["environment contains unknown option 'PGBACKREST_NOPE'"]
+        );
+    }
+
+    fn touch(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn requested() -> Requested {
+        Requested {
+            config: None,
+            no_config: false,
+            config_path: None,
+            include_path: None,
+        }
+    }
+
+    #[test]
+    fn config_locations_fall_back_to_pgbackrests() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let places = |req: &Requested, id| locate_config(req, id, r);
+        // Nothing of ours: pgBackRest's files, in its order.
+        let p = places(&requested(), Identity::Own);
+        assert_eq!(
+            p.files,
+            vec![
+                r.join("etc/pgbackrest/pgbackrest.conf"),
+                r.join("etc/pgbackrest.conf")
+            ]
+        );
+        assert_eq!(p.include, Some(r.join("etc/pgbackrest/conf.d")));
+        assert!(!p.file_required && !p.include_required);
+        touch(
+            &r.join("etc/pgbackrest.conf"),
+            "[global]\nrepo1-path=/old-place\n",
+        );
+        let loaded = load_config(&p).unwrap();
+        assert_eq!(loaded.main, Some(r.join("etc/pgbackrest.conf")));
+        touch(
+            &r.join("etc/pgbackrest/pgbackrest.conf"),
+            "[global]\nrepo1-path=/pgbr\n",
+        );
+        touch(
+            &r.join("etc/pgbackrest/conf.d/b.conf"),
+            "[main]\npg1-path=/d\n",
+        );
+        touch(&r.join("etc/pgbackrest/conf.d/ignored.txt"), "nonsense\n");
+        let loaded = load_config(&p).unwrap();
+        assert_eq!(loaded.main, Some(r.join("etc/pgbackrest/pgbackrest.conf")));
+        assert_eq!(loaded.sections.len(), 2);
+        // Ours, once it exists, wins; called as pgbackrest, pgBackRest's stays.
+        touch(&r.join("etc/pg_backrest/pg_backrest.conf"), "[global]\n");
+        let p = places(&requested(), Identity::Own);
+        assert_eq!(p.files, vec![r.join("etc/pg_backrest/pg_backrest.conf")]);
+        assert_eq!(p.include, Some(r.join("etc/pg_backrest/conf.d")));
+        let p = places(&requested(), Identity::PgBackRest);
+        assert_eq!(p.files[0], r.join("etc/pgbackrest/pgbackrest.conf"));
+        // --config alone: that file only; with --config-include-path: that directory too.
+        let explicit = Requested {
+            config: Some("/x.conf".into()),
+            ..requested()
+        };
+        let p = places(&explicit, Identity::Own);
+        assert_eq!(
+            (p.files, p.file_required, p.include),
+            (vec![PathBuf::from("/x.conf")], true, None)
+        );
+        let both = Requested {
+            config: Some("/x.conf".into()),
+            include_path: Some("/inc".into()),
+            ..requested()
+        };
+        let p = places(&both, Identity::Own);
+        assert_eq!(
+            (p.include, p.include_required),
+            (Some(PathBuf::from("/inc")), true)
+        );
+        // --config-path moves both defaults, neither required.
+        let moved = Requested {
+            config_path: Some("/cp".into()),
+            ..requested()
+        };
+        let p = places(&moved, Identity::Own);
+        assert_eq!(
+            p.files,
+            vec![
+                PathBuf::from("/cp/pg_backrest.conf"),
+                PathBuf::from("/cp/pgbackrest.conf")
+            ]
+        );
+        assert_eq!(
+            (p.include, p.include_required),
+            (Some(PathBuf::from("/cp/conf.d")), false)
+        );
+        // --no-config: no main file, and no default include directory.
+        let none = Requested {
+            no_config: true,
+            ..requested()
+        };
+        let p = places(&none, Identity::Own);
+        assert!(p.files.is_empty() && p.include.is_none());
+    }
+
+    #[test]
+    fn include_files_continue_sections_but_may_not_set_an_option_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main.conf");
+        touch(&main, "[global]\nrepo1-path=/r\n[main]\npg1-path=/d\n");
+        touch(
+            &dir.path().join("conf.d/10-log.conf"),
+            "[global]\nlog-level-console=info\n",
+        );
+        touch(
+            &dir.path().join("conf.d/20-main.conf"),
+            "[main]\npg1-port=5433\n",
+        );
+        let argv = |extra: &str| {
+            vec![
+                format!("--config={}", main.display()),
+                extra.to_string(),
+                "--stanza=main".to_string(),
+                "check".to_string(),
+            ]
+        };
+        let args = argv(&format!(
+            "--config-include-path={}",
+            dir.path().join("conf.d").display()
+        ));
+        let c = Config::resolve(&Sources {
+            argv: &args,
+            env: &[],
+            program: "pg_backrest",
+            root: dir.path(),
+        })
+        .unwrap();
+        assert_eq!(c.str("log-level-console"), Some("info"));
+        assert_eq!(c.str("pg1-port"), Some("5433"));
+        assert_eq!(c.str("pg1-path"), Some("/d"));
+        assert_eq!(c.config_include_path, Some(dir.path().join("conf.d")));
+        touch(
+            &dir.path().join("conf.d/30-dup.conf"),
+            "[global]\nrepo1-path=/other\n",
+        );
+        let e = Config::resolve(&Sources {
+            argv: &args,
+            env: &[],
+            program: "pg_backrest",
+            root: dir.path(),
+        })
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("option 'repo1-path' is set in section '[global]' of both"),
+            "{e:?}"
+        );
+        // A missing include directory named explicitly is an error.
+        let args = argv("--config-include-path=/nonexistent/conf.d");
+        let e = Config::resolve(&Sources {
+            argv: &args,
+            env: &[],
+            program: "pg_backrest",
+            root: dir.path(),
+        })
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("unable to list config include path '/nonexistent/conf.d'"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn called_as_pgbackrest_it_takes_pgbackrests_defaults() {
+        let root = tempfile::tempdir().unwrap();
+        let argv = vec!["--stanza=main".to_string(), "info".to_string()];
+        let resolve = |program| {
+            Config::resolve(&Sources {
+                argv: &argv,
+                env: &[],
+                program,
+                root: root.path(),
+            })
+            .unwrap()
+        };
+        let c = resolve("/usr/bin/pgbackrest");
+        assert_eq!(c.identity, Identity::PgBackRest);
+        assert_eq!(c.str("repo1-path"), Some("/var/lib/pgbackrest"));
+        assert_eq!(c.str("lock-path"), Some("/tmp/pgbackrest"));
+        assert_eq!(c.str("log-path"), Some("/var/log/pgbackrest"));
+        assert_eq!(c.str("repo1-host-user"), Some("pgbackrest"));
+        assert!(c
+            .non_default_options()
+            .iter()
+            .all(|(k, _)| *k != "repo1-path"));
+        // A default is not "set": the remote side then finds its own config.
+        assert!(!c.is_set("repo1-host-config") && c.is_set("stanza"));
+        let c = resolve("pg_backrest");
+        assert_eq!(c.str("repo1-path"), Some("/var/lib/pg_backrest"));
+    }
+
     #[test]
     fn unknown_environment_option_is_a_warning() {
         let c = resolve_with(&["version"], &[("PG_BACKREST_NOPE", "1")], None).unwrap();
@@ -1016,6 +2083,8 @@ mod sample_tests {
         ] {
             let parsed = parse_config_text(Path::new(name), text);
             assert!(parsed.is_ok(), "conf/{name}: {:?}", parsed.err());
+            let findings = parsed.unwrap().findings;
+            assert!(findings.is_empty(), "conf/{name}: {findings:?}");
         }
     }
 }

@@ -140,9 +140,10 @@ fn unreachable_host_bad_remote_command_and_bad_remote_config_are_remote_errors()
         "repo1-host '127.0.0.1'",
     );
     let bad = site.dir.join("bad-repo.conf");
-    harness::write_postgres(&bad, "[global]\nrepo1-pth=/x\n", 0o640);
+    // An unknown key only warns (as in pgBackRest); a bad value stops the remote side.
+    harness::write_postgres(&bad, "[global]\nrepo1-path=relative\n", 0o640);
     let out = get(&format!("--repo1-host-config={}", bad.display()));
-    assert_error(&out, 39, "unknown option 'repo1-pth'");
+    assert_error(&out, 39, "invalid value 'relative' for option 'repo1-path'");
     assert!(!dest.exists());
 }
 

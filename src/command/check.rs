@@ -95,7 +95,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Whether archive_command runs pg_backrest's archive-push for this stanza.
+/// Whether archive_command runs pg_backrest's archive-push for this stanza. Under the name
+/// `pgbackrest` (pg_backrest installed as pgBackRest's drop-in, or pgBackRest itself, which
+/// writes the same repository) it does too.
 fn archive_command_ok(command: &str, stanza: &str) -> bool {
     let words: Vec<&str> = command
         .split_whitespace()
@@ -134,6 +136,10 @@ mod tests {
         ));
         assert!(!archive_command_ok(
             "pg_backrest --stanza=other archive-push %p",
+            "main"
+        ));
+        assert!(archive_command_ok(
+            "pgbackrest --stanza=main archive-push %p",
             "main"
         ));
         assert!(!archive_command_ok("cp %p /archive/%f", "main"));

@@ -1059,6 +1059,21 @@ fn restore_file(
 fn restore_command(cfg: &Config, stanza: &str) -> Result<String> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("find own executable", Path::new("/proc/self/exe"), e))?;
+    // Called as `pgbackrest`, archive-get must answer as pgBackRest too (its default paths), so
+    // the command names the name it was called by rather than the executable the link points
+    // to: argv[0] when absolute, else a `pgbackrest` beside the executable, else PATH's.
+    let exe = match cfg.identity {
+        crate::config::Identity::PgBackRest => {
+            let link = exe.with_file_name("pgbackrest");
+            let found = std::env::args()
+                .next()
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| link.exists().then_some(link));
+            found.unwrap_or(PathBuf::from("pgbackrest"))
+        }
+        crate::config::Identity::Own => exe,
+    };
     let exe = exe.to_string_lossy();
     target::refuse_control_chars("executable path", &exe)?;
     let mut command = shell_quote(&exe);
@@ -1066,6 +1081,11 @@ fn restore_command(cfg: &Config, stanza: &str) -> Result<String> {
         let c = c.to_string_lossy();
         target::refuse_control_chars("--config", &c)?;
         command.push_str(&format!(" --config={}", shell_quote(&c)));
+    }
+    if let Some(c) = &cfg.config_include_path {
+        let c = c.to_string_lossy();
+        target::refuse_control_chars("--config-include-path", &c)?;
+        command.push_str(&format!(" --config-include-path={}", shell_quote(&c)));
     }
     target::refuse_control_chars("--stanza", stanza)?;
     command.push_str(&format!(

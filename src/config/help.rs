@@ -3,12 +3,15 @@
 
 use super::commands::{Cmd, COMMANDS};
 use super::options::{OptKind, OPTIONS};
+use super::pgbackrest::Identity;
 
 /// The general help: usage and the list of commands.
-pub fn general(version: &str) -> String {
+pub fn general(version: &str, identity: Identity) -> String {
+    let program = identity.program();
     let mut out = format!(
-        "pg_backrest {version} - PostgreSQL WAL archiving and backup\n\n\
-         Usage:\n    pg_backrest [OPTIONS] COMMAND [ARGS]\n\nCommands:\n"
+        "{} - PostgreSQL WAL archiving and backup\n\n\
+         Usage:\n    {program} [OPTIONS] COMMAND [ARGS]\n\nCommands:\n",
+        identity.version_line(version)
     );
     for def in COMMANDS.iter().filter(|d| !d.hidden) {
         let args = def.args.join(" ");
@@ -24,21 +27,30 @@ pub fn general(version: &str) -> String {
         };
         out.push_str(&format!("    {name:<34} {}{note}\n", def.summary));
     }
-    out.push_str(
+    let config = match identity {
+        Identity::Own => {
+            "/etc/pg_backrest/pg_backrest.conf, else pgBackRest's /etc/pgbackrest/pgbackrest.conf"
+        }
+        Identity::PgBackRest => "/etc/pgbackrest/pgbackrest.conf",
+    };
+    out.push_str(&format!(
         "\nOptions come from the command line (--name=value, --name, --no-name), the environment \
-         (PG_BACKREST_NAME) or the config file (/etc/pg_backrest/pg_backrest.conf).\n\
-         Use 'pg_backrest help COMMAND' for a command's options.\n",
-    );
+         (PG_BACKREST_NAME or PGBACKREST_NAME) or the config file ({config}).\n\
+         Use '{program} help COMMAND' for a command's options.\n"
+    ));
     out
 }
 
 /// Help for one command: what it does and every option that applies to it.
-pub fn command(cmd: Cmd) -> String {
+pub fn command(identity: Identity, cmd: Cmd) -> String {
     let def = cmd.def();
     let args = def.args.join(" ");
     let mut out = format!(
-        "pg_backrest {} {args}\n\n{}\n\n{}\n\nOptions:\n",
-        def.name, def.summary, def.help
+        "{} {} {args}\n\n{}\n\n{}\n\nOptions:\n",
+        identity.program(),
+        def.name,
+        def.summary,
+        def.help
     );
     for opt in OPTIONS
         .iter()
@@ -53,7 +65,7 @@ pub fn command(cmd: Cmd) -> String {
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
             OptKind::List => "=<value> (repeatable)".to_string(),
         };
-        let default = match opt.default {
+        let default = match identity.default_of(opt) {
             Some(d) => format!(" [default: {d}]"),
             None => String::new(),
         };
@@ -71,7 +83,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_visible_command_and_its_options() {
-        let g = general("1.2.3");
+        let g = general("1.2.3", Identity::Own);
         for def in COMMANDS {
             assert_eq!(
                 g.contains(&format!("    {}", def.name)),
@@ -80,7 +92,7 @@ mod tests {
                 def.name
             );
         }
-        let push = command(Cmd::ArchivePush);
+        let push = command(Identity::Own, Cmd::ArchivePush);
         assert!(push.contains("--compress-level=<0..9>"));
         assert!(push.contains("[default: 6]"));
         assert!(!push.contains("--start-fast"));

@@ -44,7 +44,7 @@ pub enum Scope {
     Stanza,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct OptDef {
     pub name: &'static str,
     pub kind: OptKind,
@@ -214,6 +214,23 @@ const BASE_OPTIONS: &[OptDef] =
             Scope::CommandLine,
             None,
             "config file; a missing default file is fine, a missing --config is an error"
+        ),
+        // pgBackRest's config locations (docs/configuration.md, "Where options come from").
+        opt!(
+            "config-include-path",
+            OptKind::Path,
+            Some("/etc/pg_backrest/conf.d"),
+            Scope::CommandLine,
+            None,
+            "directory whose *.conf files are read after the config file"
+        ),
+        opt!(
+            "config-path",
+            OptKind::Path,
+            Some("/etc/pg_backrest"),
+            Scope::CommandLine,
+            None,
+            "base directory of the default config file and conf.d"
         ),
         opt!(
             "stanza",
@@ -510,6 +527,14 @@ const BASE_OPTIONS: &[OptDef] =
             Scope::Global,
             Some(TIMEOUT_ARCHIVE),
             "seconds to wait for WAL to reach the repository"
+        ),
+        opt!(
+            "expire-auto",
+            OptKind::Bool,
+            Some("y"),
+            Scope::Global,
+            Some(BACKUP),
+            "expire by the retention settings after a successful backup"
         ),
         opt!(
             "archive-check",

@@ -198,10 +198,15 @@ async fn session(t: &SshTarget) -> Result<Session> {
 /// Arguments that start the remote side with the other host's own config (`config_option`
 /// names it) for this stanza.
 pub fn remote_args(cfg: &Config, config_option: &str) -> Vec<String> {
-    let mut args = vec![format!(
-        "--config={}",
-        cfg.str(config_option).unwrap_or_default()
-    )];
+    // Left at its default, the remote side finds its config as it would on its own (its own
+    // file, else pgBackRest's, with conf.d), as pgBackRest passes only a config it was given.
+    let mut args = Vec::new();
+    if cfg.is_set(config_option) {
+        args.push(format!(
+            "--config={}",
+            cfg.str(config_option).unwrap_or_default()
+        ));
+    }
     if let Some(s) = cfg.stanza() {
         args.push(format!("--stanza={s}"));
     }

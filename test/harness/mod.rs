@@ -186,16 +186,23 @@ pub fn run_as_postgres(program: impl AsRef<OsStr>, args: &[&str]) -> Out {
     run(postgres_command(program, args))
 }
 
-/// Our binary as `postgres`, with every `PG_BACKREST_*` variable of the test environment
-/// removed (add your own with `.env()`). Run it with `run()`.
+/// Our binary as `postgres`, with every `PG_BACKREST_*` and `PGBACKREST_*` variable of the
+/// test environment removed (add your own with `.env()`). Run it with `run()`.
 ///
 /// Without `--config` it reads `/dev/null`, never the machine's
-/// `/etc/pg_backrest/pg_backrest.conf`. Tests pass a config of their own that sets repo1-path,
-/// lock-path and log-path under their `TestDir` (the fixtures do), or use [`pgbr_in`].
+/// `/etc/pg_backrest/pg_backrest.conf` or `/etc/pgbackrest.conf`. Tests pass a config of their
+/// own that sets repo1-path, lock-path and log-path under their `TestDir` (the fixtures do), or
+/// use [`pgbr_in`].
 pub fn pgbr(args: &[&str]) -> Command {
-    let mut cmd = postgres_command(bin(), args);
+    pgbr_as(&bin(), args)
+}
+
+/// [`pgbr`] through another path to the binary (a symlink named `pgbackrest`).
+pub fn pgbr_as(program: &Path, args: &[&str]) -> Command {
+    let mut cmd = postgres_command(program, args);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG_BACKREST_") {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("PG_BACKREST_") || key_text.starts_with("PGBACKREST_") {
             cmd.env_remove(&key);
         }
     }

@@ -1,0 +1,253 @@
+//! A pgBackRest configuration carried over as it is: keys no one knows and pgBackRest options
+//! pg_backrest lacks warn and archive_command keeps archiving (check alone fails on the
+//! unknown ones); options that would change what is stored are refused before anything is
+//! written; pgBackRest's config-path, conf.d and `PGBACKREST_*` variables are read; and
+//! called through a symlink named `pgbackrest`, the binary answers as pgBackRest.
+
+use std::path::Path;
+
+use pg_backrest::error::Kind;
+
+use crate::fixture::{assert_error, Options, Site, STANZA};
+use crate::harness::{self, pgbr, pgbr_as, pgbr_in, run, write_postgres, TestDir};
+
+const VERSION: &str = include_str!("../VERSION");
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn unknown_and_ignored_keys_warn_while_archiving_goes_on_and_check_fails() {
+    // archive_command and stanza-create run with this config: before, each exited 31.
+    let site = Site::new(Options {
+        global: "repo1-paht=/nowhere\narchive-async=y\nspool-path=/var/spool/elsewhere\n\
+                 log-level-stderr=warn\n",
+        ..Options::default()
+    });
+    let seg = site.one_segment();
+    assert_eq!(
+        site.cluster
+            .psql("select failed_count from pg_stat_archiver"),
+        "0"
+    );
+
+    // Pushing it again (same content) succeeds, with the warnings on stderr.
+    let original = site.originals.join(&seg);
+    let out = site
+        .pgbr(&["archive-push", p(&original)])
+        .expect_ok("archive-push");
+    let conf = site.conf.display().to_string();
+    assert!(
+        out.stderr.contains(&format!(
+            "WARN: unknown option 'repo1-paht' in section '[global]' of '{conf}' \
+             (nearest known option: 'repo1-path'), ignored"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "WARN: option 'archive-async' in section '[global]' of '{conf}' is ignored: \
+             asynchronous archiving is not implemented"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("WARN: option 'archive-async'"))
+            .count(),
+        1,
+        "one warning per option:\n{out}"
+    );
+    assert!(!out.stderr.contains("ERROR"), "{out}");
+
+    let out = site.pgbr(&["check"]);
+    assert_error(
+        &out,
+        31,
+        &format!("unknown option 'repo1-paht' in section '[global]' of '{conf}' (nearest known option: 'repo1-path')"),
+    );
+}
+
+#[test]
+fn misplaced_keys_warn_as_pgbackrest_does() {
+    let dir = TestDir::new();
+    let conf = dir.join("misplaced.conf");
+    write_postgres(
+        &conf,
+        "[global]\npg1-path=/data\n[global:archive-get]\nstart-fast=y\n[main]\nstanza=main\n",
+        0o640,
+    );
+    let config = format!("--config={}", conf.display());
+    let out = run(pgbr_in(
+        &dir,
+        &[
+            &config,
+            "--stanza=main",
+            "--log-level-stderr=warn",
+            "archive-get",
+            "000000010000000000000001",
+            "/tmp/x",
+        ],
+    ));
+    // It got as far as the repository (no archive.info: the config itself was accepted).
+    assert_ne!(out.status, 31, "{out}");
+    for expect in [
+        "option 'pg1-path' in section '[global]'",
+        "option 'start-fast' in section '[global:archive-get]'",
+        "option 'stanza' in section '[main]'",
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with("WARN: ") && l.contains(expect)),
+            "no warning with {expect:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn options_that_would_change_what_is_stored_are_refused_before_anything_is_written() {
+    let dir = TestDir::new();
+    let code = Kind::NotImplemented.exit_code();
+    for (i, (file, expect)) in [
+        (
+            "[global]\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=secret\n",
+            "option 'repo1-cipher-type' in section '[global]' of 'CONF' is set to 'aes-256-cbc', which pg_backrest does not support",
+        ),
+        (
+            "[global]\nrepo-type=s3\n",
+            "option 'repo-type' (pgBackRest's deprecated name of 'repo1-type') in section '[global]' of 'CONF' is set to 's3'",
+        ),
+        (
+            "[main]\nrepo2-path=/var/lib/pgbackrest2\n",
+            "option 'repo2-path' in section '[main]' of 'CONF' configures repository repo2",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let conf = dir.join(format!("refused{i}.conf"));
+        write_postgres(&conf, file, 0o640);
+        let config = format!("--config={}", conf.display());
+        let out = run(pgbr_in(
+            &dir,
+            &[
+                &config,
+                "--stanza=main",
+                "archive-push",
+                "/tmp/000000010000000000000001",
+            ],
+        ));
+        assert_error(&out, code, &expect.replace("CONF", &conf.display().to_string()));
+        assert!(!out.stderr.contains("secret"), "{out}");
+        assert!(!dir.join("repo").exists(), "something was written:\n{out}");
+    }
+}
+
+#[test]
+fn pgbackrest_environment_and_config_path_with_conf_d() {
+    let site = Site::local();
+    let seg = site.one_segment();
+    let lock = site.dir.join("lock");
+    let log = site.dir.join("log");
+
+    // PGBACKREST_* variables alone locate the repository.
+    let mut cmd = pgbr(&["--stanza=main", "info"]);
+    cmd.env("PGBACKREST_REPO1_PATH", &site.repo)
+        .env("PGBACKREST_LOCK_PATH", &lock)
+        .env("PGBACKREST_LOG_PATH", &log);
+    let out = run(cmd).expect_ok("info with PGBACKREST_*");
+    assert!(out.stdout.contains(&format!("stanza: {STANZA}")), "{out}");
+
+    // pgBackRest's layout: --config-path holds pgbackrest.conf, conf.d/*.conf add to it.
+    let etc = site.dir.mkdir("etc-pgbackrest");
+    let conf_d = site.dir.mkdir("etc-pgbackrest/conf.d");
+    write_postgres(
+        &etc.join("pgbackrest.conf"),
+        &format!(
+            "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\n",
+            p(&site.repo),
+            p(&lock),
+            p(&log)
+        ),
+        0o640,
+    );
+    write_postgres(
+        &conf_d.join("main.conf"),
+        &format!(
+            "[{STANZA}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
+            p(&site.cluster.data_dir()),
+            p(&site.cluster.socket_dir()),
+            site.cluster.port()
+        ),
+        0o640,
+    );
+    write_postgres(&conf_d.join("notes.txt"), "not a config\n", 0o640);
+    let config_path = format!("--config-path={}", etc.display());
+    let original = site.originals.join(&seg);
+    let mut cmd = pgbr(&[&config_path, "--stanza=main", "archive-push", p(&original)]);
+    cmd.env_remove("PG_BACKREST_CONFIG");
+    run(cmd).expect_ok("archive-push with --config-path");
+    // pg1-path comes from conf.d: without it stanza-create would be refused (31).
+    let mut cmd = pgbr(&["--stanza=main", "stanza-create"]);
+    cmd.env_remove("PG_BACKREST_CONFIG")
+        .env("PGBACKREST_CONFIG_PATH", &etc);
+    run(cmd).expect_ok("stanza-create with PGBACKREST_CONFIG_PATH");
+}
+
+#[test]
+fn called_pgbackrest_it_answers_as_pgbackrest() {
+    harness::require_root();
+    let dir = TestDir::new();
+    let link = dir.join("pgbackrest");
+    std::os::unix::fs::symlink(harness::bin(), &link).expect("symlink");
+    let version = VERSION.trim();
+
+    let out = run(pgbr_as(&link, &["version"])).expect_ok("pgbackrest version");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("pgBackRest 2.45 (pg_backrest {version})")
+    );
+    let out = run(pgbr_as(&link, &["help"])).expect_ok("pgbackrest help");
+    assert!(
+        out.stdout
+            .starts_with(&format!("pgBackRest 2.45 (pg_backrest {version}) - ")),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("Usage:\n    pgbackrest [OPTIONS]"),
+        "{out}"
+    );
+    let out = run(pgbr_as(&link, &["help", "backup"])).expect_ok("pgbackrest help backup");
+    for default in [
+        "[default: /var/lib/pgbackrest]",
+        "[default: /tmp/pgbackrest]",
+        "[default: /var/log/pgbackrest]",
+        "[default: /etc/pgbackrest/pgbackrest.conf]",
+    ] {
+        assert!(out.stdout.contains(default), "{default}:\n{out}");
+    }
+    // Under its own name nothing changes.
+    let out = run(pgbr(&["version"])).expect_ok("pg_backrest version");
+    assert_eq!(out.stdout.trim(), format!("pg_backrest {version}"));
+    let out = run(pgbr(&["help", "backup"])).expect_ok("pg_backrest help backup");
+    assert!(
+        out.stdout.contains("[default: /var/lib/pg_backrest]"),
+        "{out}"
+    );
+
+    // The name works for real commands: archive-push and info through the link.
+    let site = Site::local();
+    let seg = site.one_segment();
+    let config = format!("--config={}", site.conf.display());
+    let original = site.originals.join(&seg);
+    run(pgbr_as(
+        &link,
+        &[&config, "--stanza=main", "archive-push", p(&original)],
+    ))
+    .expect_ok("pgbackrest archive-push");
+    let out = run(pgbr_as(&link, &[&config, "--stanza=main", "info"])).expect_ok("pgbackrest info");
+    assert!(out.stdout.contains(&format!("stanza: {STANZA}")), "{out}");
+}
