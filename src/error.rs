@@ -44,10 +44,18 @@ pub enum Kind {
     Terminated,
     /// A bug in pg_backrest.
     Internal,
+    /// A stop file (`pg_backrest stop` or `pgbackrest stop`) forbids the command: run `start`.
+    Stop,
+    /// PostgreSQL runs where the command needs it shut down (stanza-delete without --force).
+    PgRunning,
+    /// The backup set named does not exist or cannot be used (annotate --set).
+    BackupSetInvalid,
+    /// A positional argument is invalid (a repository path of repo-ls or repo-get).
+    ParamInvalid,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Config,
         Kind::LockHeld,
         Kind::HookAborted,
@@ -61,6 +69,10 @@ impl Kind {
         Kind::NotImplemented,
         Kind::Terminated,
         Kind::Internal,
+        Kind::Stop,
+        Kind::PgRunning,
+        Kind::BackupSetInvalid,
+        Kind::ParamInvalid,
     ];
 
     /// The process exit status. Documented in docs/exit-codes.md; never reuse a number.
@@ -79,6 +91,12 @@ impl Kind {
             Kind::NotImplemented => 32,
             Kind::Terminated => 63,
             Kind::Internal => 25,
+            // pgBackRest's StopError, PgRunningError, BackupSetInvalidError and
+            // ParamInvalidError: scripts written for pgBackRest test these numbers.
+            Kind::Stop => 62,
+            Kind::PgRunning => 38,
+            Kind::BackupSetInvalid => 75,
+            Kind::ParamInvalid => 96,
         }
     }
 
@@ -98,6 +116,10 @@ impl Kind {
             Kind::NotImplemented => "not-implemented",
             Kind::Terminated => "terminated",
             Kind::Internal => "internal",
+            Kind::Stop => "stop",
+            Kind::PgRunning => "pg-running",
+            Kind::BackupSetInvalid => "backup-set-invalid",
+            Kind::ParamInvalid => "param-invalid",
         }
     }
 

@@ -169,6 +169,9 @@ pub struct Manifest {
     /// Databases by name → OID (`[db]`), so a restore can include only some. Empty in
     /// manifests written before the list was recorded.
     pub databases: BTreeMap<String, u32>,
+    /// `backup --annotation` pairs, pgBackRest's `[metadata] annotation` (empty values are
+    /// not kept). `annotate` changes backup.info's copy, not this one, as pgBackRest does.
+    pub annotation: Option<BTreeMap<String, String>>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
@@ -216,6 +219,9 @@ impl Manifest {
         }
         for (name, oid) in &self.databases {
             doc.set("db", name, &serde_json::json!({ "db-id": oid }));
+        }
+        if let Some(annotation) = &self.annotation {
+            doc.set("metadata", "annotation", &to_json(annotation)?);
         }
         Ok(doc)
     }
@@ -282,6 +288,11 @@ impl Manifest {
                 .into_iter()
                 .filter_map(|(name, v)| Some((name, v.get("db-id")?.as_u64()? as u32)))
                 .collect(),
+            annotation: section("metadata")
+                .remove("annotation")
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| bad(format!("[metadata] annotation: {e}")))?,
         };
         manifest.check_keys().map_err(bad)?;
         Ok(manifest)
@@ -458,6 +469,7 @@ pub mod tests {
             files: BTreeMap::new(),
             links: BTreeMap::new(),
             databases: BTreeMap::from([("postgres".to_string(), 5), ("app".to_string(), 16384)]),
+            annotation: None,
         };
         m.targets.insert(
             "pg_data".into(),

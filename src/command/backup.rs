@@ -164,6 +164,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
             .into_iter()
             .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?.parse().ok()?)))
             .collect(),
+        annotation: super::annotate::from_options(cfg),
     };
 
     // What each file needs: a reference to the prior's copy, a resumed copy, or a new copy.

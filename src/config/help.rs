@@ -52,6 +52,7 @@ pub fn command(cmd: Cmd) -> String {
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
             OptKind::List => "=<value> (repeatable)".to_string(),
+            OptKind::KeyValue => "=<key>=<value> (repeatable)".to_string(),
         };
         let default = match opt.default {
             Some(d) => format!(" [default: {d}]"),

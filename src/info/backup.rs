@@ -31,6 +31,10 @@ pub struct BackupSummary {
     pub backup_info_repo_size_delta: u64,
     pub db_id: u32,
     pub backrest_version: String,
+    /// pgBackRest's `backup-annotation`: the manifest's annotation, then what `annotate`
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_annotation: Option<BTreeMap<String, String>>,
 }
 
 impl BackupSummary {
@@ -52,6 +56,7 @@ impl BackupSummary {
             backup_info_repo_size_delta: s.repo_size_delta,
             db_id: m.db.id,
             backrest_version: crate::VERSION.to_string(),
+            backup_annotation: m.annotation.clone(),
         }
     }
 }
@@ -211,6 +216,7 @@ mod tests {
             backup_info_repo_size_delta: 1,
             db_id: 1,
             backrest_version: "0".into(),
+            backup_annotation: None,
         }
     }
 
