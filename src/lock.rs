@@ -346,6 +346,68 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_file_its_holder_removed_is_retaken_at_the_path_and_the_record_is_pgbackrests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_file_path(dir.path(), "s", LockType::Backup).unwrap();
+        let first = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(record["pid"], std::process::id());
+        assert_eq!(record["command"], "backup");
+        assert!(record["execId"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("{}-", std::process::id()))));
+        // pgBackRest reads its keys in sorted order and skips the others.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("{\"command\":") && text.find("\"execId\"") < text.find("\"pid\"")
+        );
+        assert_eq!(recorded_pid(&text), Some(std::process::id() as i32));
+
+        let waiter_dir = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            acquire(
+                &waiter_dir,
+                "s",
+                LockType::Backup,
+                "expire",
+                Duration::from_secs(10),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting_on(&path) {
+            assert!(
+                Instant::now() < deadline,
+                "the second acquire never opened the lock file"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Released as pgBackRest releases: the file removed, then closed.
+        std::fs::remove_file(&path).unwrap();
+        drop(first);
+        let second = waiter.join().unwrap().unwrap();
+        assert!(path.exists(), "the waiter holds the file now at the path");
+        let e = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind, Kind::LockHeld, "{e:?}");
+        assert!(e.message.contains("(expire, started "), "{e:?}");
+        drop(second);
+        // Both files for the commands that rewrite both info files.
+        let all = acquire(
+            dir.path(),
+            "s",
+            LockType::All,
+            "stanza-upgrade",
+            Duration::ZERO,
+        )
+        .unwrap();
+        for t in [LockType::Archive, LockType::Backup] {
+            let e = acquire(dir.path(), "s", t, "x", Duration::ZERO).unwrap_err();
+            assert_eq!(e.kind, Kind::LockHeld);
+        }
+        drop(all);
+    }
+
+    #[test]
     fn waits_up_to_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let first = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap();

@@ -27,12 +27,12 @@ pub fn repo_path(cfg: &Config, arg: &str) -> Result<String> {
         "" if arg.starts_with('/') => "/",
         t => t,
     };
-    let rel = if trimmed.starts_with('/') {
+    let rel = if let Some(below_slash) = trimmed.strip_prefix('/') {
         let root = cfg.str("repo1-path").unwrap_or("/");
         if trimmed == root {
             String::new()
         } else if root == "/" {
-            trimmed[1..].to_string()
+            below_slash.to_string()
         } else {
             trimmed
                 .strip_prefix(&format!("{root}/"))
