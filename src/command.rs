@@ -2,12 +2,13 @@
 //! it, runs the command, and reports. Each command is a function from the resolved
 //! [`Config`] to a [`Result`] in its own file.
 //!
-//! Order: lock, start hook, command (a backup then expires under the same lock), success or
+//! Order: lock, stop file check, start hook, command (a backup then expires under the same lock), success or
 //! failure hook, unlock. The start hook runs once the lock is held, so it is serialized like
 //! the command and can still stop it before it changes anything; the failure hook runs for
 //! every failure, a lock that could not be taken or a start hook that aborted included, so
 //! that a scheduler hears about each one.
 
+pub mod annotate;
 pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
@@ -16,8 +17,14 @@ pub mod drill;
 pub mod expire;
 pub mod info;
 pub mod remote;
+pub mod repo_get;
+pub mod repo_ls;
 pub mod restore;
 pub mod stanza_create;
+pub mod stanza_delete;
+pub mod stanza_upgrade;
+pub mod start;
+pub mod stop;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -62,7 +69,9 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         take_lock(cfg)
     };
     let result = match &lock {
-        Ok(_) => hook::run(cfg, Point::Start, &facts, None).and_then(|_| dispatch(cfg, &mut facts)),
+        Ok(_) => stop::check(cfg)
+            .and_then(|_| hook::run(cfg, Point::Start, &facts, None))
+            .and_then(|_| dispatch(cfg, &mut facts)),
         Err(e) => Err(e.clone()),
     };
     let result = result.map_err(after_signal);
@@ -151,6 +160,13 @@ fn dispatch(cfg: &Config, facts: &mut RunFacts) -> Result<Outcome> {
         Cmd::Info => info::run(cfg).map(|_| Outcome::Done),
         Cmd::Verify => verify::run(cfg).map(|_| Outcome::Done),
         Cmd::Drill => drill::run(cfg).map(|_| Outcome::Done),
+        Cmd::Stop => stop::run(cfg).map(|_| Outcome::Done),
+        Cmd::Start => start::run(cfg).map(|_| Outcome::Done),
+        Cmd::StanzaUpgrade => stanza_upgrade::run(cfg).map(|_| Outcome::Done),
+        Cmd::StanzaDelete => stanza_delete::run(cfg).map(|_| Outcome::Done),
+        Cmd::RepoLs => repo_ls::run(cfg).map(|_| Outcome::Done),
+        Cmd::RepoGet => repo_get::run(cfg),
+        Cmd::Annotate => annotate::run(cfg).map(|_| Outcome::Done),
     }
 }
 

@@ -202,13 +202,20 @@ impl Config {
 
         let args = cli.args;
         let expected = def.args.len();
+        let optional = def.args.iter().filter(|a| a.starts_with('[')).count();
         let arity_ok = match command {
             Cmd::Help => args.len() <= 1,
-            _ => args.len() == expected,
+            _ => (expected - optional..=expected).contains(&args.len()),
         };
         if !arity_ok {
             let usage = if def.args.is_empty() {
                 format!("command '{}' takes no arguments", def.name)
+            } else if optional == expected {
+                format!(
+                    "command '{}' takes at most {}",
+                    def.name,
+                    def.args.join(" ")
+                )
             } else {
                 format!("command '{}' requires {}", def.name, def.args.join(" "))
             };

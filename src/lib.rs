@@ -95,13 +95,19 @@ pub fn main_exit_code() -> i32 {
 
 fn init_logging(cfg: &Config) {
     let level = |name: &str| log::Level::parse(cfg.str(name).unwrap_or("off"));
-    let quiet = matches!(cfg.command, Cmd::Version | Cmd::Help);
+    let quiet = matches!(
+        cfg.command,
+        Cmd::Version | Cmd::Help | Cmd::RepoLs | Cmd::RepoGet
+    );
     let stem = match cfg.stanza() {
         Some(s) => format!("{s}-{}", cfg.command.name()),
         None => format!("all-{}", cfg.command.name()),
     };
     let log_path = cfg.path("log-path").unwrap_or_default();
-    let json_output = cfg.str("output") == Some("json");
+    // repo-ls and repo-get print data on stdout (repo-get a file's bytes): like a JSON
+    // document, nothing else may go there.
+    let json_output =
+        cfg.str("output") == Some("json") || matches!(cfg.command, Cmd::RepoLs | Cmd::RepoGet);
     log::init(&log::Settings {
         // stdout of the remote command is the protocol channel: nothing else may go there.
         // The same for info --output=json, a document for scripts: its warnings go to stderr.

@@ -2,13 +2,18 @@
 //! leaves a lock behind: the kernel releases it with the holder's last file descriptor, and
 //! the file itself is simply reused by the next process.
 //!
-//! The holder writes its pid, command and start time into the file so that the lock-held
-//! error can name who holds it. Which lock a command takes is declared in the command table
-//! and acquired by the dispatcher, never by hand inside a command.
+//! The files are pgBackRest's (`STANZA-archive.lock`, `STANZA-backup.lock`, both for the
+//! commands that rewrite both info files), so the two tools lock each other out. The holder
+//! writes its record as pgBackRest's JSON with sorted keys: `execId` and `pid`, which
+//! pgBackRest reads (its `stop --force` signals that pid), and our `command` and `start`,
+//! which it skips; so that the lock-held error can name who holds it. pgBackRest removes its
+//! lock file when it releases it, so a lock taken on a file that is no longer the one at
+//! the path is retaken on the new file. Which lock a command takes is declared in the
+//! command table and acquired by the dispatcher, never by hand inside a command.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,20 +21,30 @@ use crate::config::LockType;
 use crate::error::{Error, Kind, Result};
 use crate::storage::posix::check_owner;
 
-/// A held lock; released when dropped (or when the process dies).
+/// A held lock (one file, or two for [`LockType::All`]); released when dropped (or when the
+/// process dies).
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    _files: Vec<File>,
     pub path: PathBuf,
 }
 
+/// The lock files of a lock type, in the order they are taken (pgBackRest's: archive first).
+pub fn lock_file_paths(lock_path: &Path, stanza: &str, lock: LockType) -> Vec<PathBuf> {
+    let one = |suffix: &str| lock_path.join(format!("{stanza}-{suffix}.lock"));
+    match lock {
+        LockType::None => vec![],
+        LockType::Archive => vec![one("archive")],
+        LockType::Backup => vec![one("backup")],
+        LockType::All => vec![one("archive"), one("backup")],
+    }
+}
+
 pub fn lock_file_path(lock_path: &Path, stanza: &str, lock: LockType) -> Option<PathBuf> {
-    let suffix = match lock {
-        LockType::None => return None,
-        LockType::Archive => "archive",
-        LockType::Backup => "backup",
-    };
-    Some(lock_path.join(format!("{stanza}-{suffix}.lock")))
+    match lock {
+        LockType::None | LockType::All => None,
+        _ => lock_file_paths(lock_path, stanza, lock).pop(),
+    }
 }
 
 /// Takes the lock, waiting up to `timeout` (zero: fail at once) while another process holds it.
@@ -40,7 +55,8 @@ pub fn acquire(
     command: &str,
     timeout: Duration,
 ) -> Result<Option<Lock>> {
-    let Some(path) = lock_file_path(lock_path, stanza, lock) else {
+    let paths = lock_file_paths(lock_path, stanza, lock);
+    let Some(last) = paths.last().cloned() else {
         return Ok(None);
     };
     check_owner(lock_path, "lock path")?;
@@ -49,43 +65,81 @@ pub fn acquire(
         .mode(0o770)
         .create(lock_path)
         .map_err(|e| Error::io("create lock path", lock_path, e))?;
-    check_owner(&path, "lock file")?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o660)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
-
     let deadline = Instant::now() + timeout;
+    let exec_id = exec_id();
+    let mut files = Vec::new();
+    for path in &paths {
+        files.push(acquire_file(path, command, &exec_id, deadline, timeout)?);
+    }
+    Ok(Some(Lock {
+        _files: files,
+        path: last,
+    }))
+}
+
+/// pgBackRest's exec id, `PID-RANDOM`: a process that finds a lock held under its own exec
+/// id takes it as its own, so ours must never equal one of pgBackRest's.
+fn exec_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-pgbr{nanos:08x}", std::process::id())
+}
+
+fn acquire_file(
+    path: &Path,
+    command: &str,
+    exec_id: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<File> {
+    check_owner(path, "lock file")?;
     loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                crate::signal::check()?;
-                if Instant::now() >= deadline {
-                    return Err(held_error(&mut file, &path, timeout));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o660)
+            .open(path)
+            .map_err(|e| Error::io("open lock file", path, e))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    crate::signal::check()?;
+                    if Instant::now() >= deadline {
+                        return Err(held_error(&mut file, path, timeout));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock", &path, e));
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock", path, e));
+                }
             }
         }
+        // A holder that removed the file as it released it (pgBackRest does) leaves this
+        // process locking a name no one else opens: take the file now at the path instead.
+        let same = match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
+        };
+        if !same {
+            continue;
+        }
+        let record = serde_json::json!({
+            "command": command,
+            "execId": exec_id,
+            "pid": std::process::id(),
+            "start": chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+        });
+        file.set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(record.to_string().as_bytes()))
+            .map_err(|e| Error::io("write lock file", path, e))?;
+        return Ok(file);
     }
-
-    let record = format!(
-        "pid={}\ncommand={command}\nstart={}\n",
-        std::process::id(),
-        chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-    );
-    file.set_len(0)
-        .and_then(|_| file.seek(SeekFrom::Start(0)))
-        .and_then(|_| file.write_all(record.as_bytes()))
-        .map_err(|e| Error::io("write lock file", &path, e))?;
-    Ok(Some(Lock { _file: file, path }))
 }
 
 /// Who holds a lock, as its holder recorded it.
@@ -119,12 +173,25 @@ pub fn holder(lock_path: &Path, stanza: &str, lock: LockType) -> Option<Holder> 
     })
 }
 
-/// Reads `key=value` lines of a lock record.
+/// Reads a field of a lock record: pgBackRest's JSON (ours carries `command` and `start`
+/// too), or the `key=value` lines earlier versions wrote.
 fn record_field(text: &str) -> impl Fn(&str) -> Option<String> + '_ {
-    move |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+    let json: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    move |k: &str| match &json {
+        Some(v) => v.get(k).and_then(|f| match f {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }),
+        None => text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string)),
     }
+}
+
+/// The pid recorded in a lock file, for `stop --force`.
+pub fn recorded_pid(text: &str) -> Option<i32> {
+    record_field(text)("pid")?.parse().ok().filter(|p| *p > 0)
 }
 
 fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
@@ -276,6 +343,68 @@ mod tests {
         assert_eq!(e.kind, Kind::LockAcquire);
         assert!(e.message.ends_with(": held by another process"), "{e:?}");
         assert!(!e.message.contains("unknown"), "{e:?}");
+    }
+
+    #[test]
+    fn a_lock_file_its_holder_removed_is_retaken_at_the_path_and_the_record_is_pgbackrests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_file_path(dir.path(), "s", LockType::Backup).unwrap();
+        let first = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(record["pid"], std::process::id());
+        assert_eq!(record["command"], "backup");
+        assert!(record["execId"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("{}-", std::process::id()))));
+        // pgBackRest reads its keys in sorted order and skips the others.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("{\"command\":") && text.find("\"execId\"") < text.find("\"pid\"")
+        );
+        assert_eq!(recorded_pid(&text), Some(std::process::id() as i32));
+
+        let waiter_dir = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            acquire(
+                &waiter_dir,
+                "s",
+                LockType::Backup,
+                "expire",
+                Duration::from_secs(10),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting_on(&path) {
+            assert!(
+                Instant::now() < deadline,
+                "the second acquire never opened the lock file"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Released as pgBackRest releases: the file removed, then closed.
+        std::fs::remove_file(&path).unwrap();
+        drop(first);
+        let second = waiter.join().unwrap().unwrap();
+        assert!(path.exists(), "the waiter holds the file now at the path");
+        let e = acquire(dir.path(), "s", LockType::Backup, "backup", Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind, Kind::LockHeld, "{e:?}");
+        assert!(e.message.contains("(expire, started "), "{e:?}");
+        drop(second);
+        // Both files for the commands that rewrite both info files.
+        let all = acquire(
+            dir.path(),
+            "s",
+            LockType::All,
+            "stanza-upgrade",
+            Duration::ZERO,
+        )
+        .unwrap();
+        for t in [LockType::Archive, LockType::Backup] {
+            let e = acquire(dir.path(), "s", t, "x", Duration::ZERO).unwrap_err();
+            assert_eq!(e.kind, Kind::LockHeld);
+        }
+        drop(all);
     }
 
     #[test]

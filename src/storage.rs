@@ -48,6 +48,48 @@ pub trait Storage: Send + Sync {
 
     /// Human-readable location for messages: a local path or `host:path`.
     fn describe(&self, path: &str) -> String;
+
+    /// What `path` is (not following a final symlink); `None` when it does not exist. The
+    /// name is the last component of `path`.
+    fn info(&self, path: &str) -> Result<Option<EntryInfo>>;
+
+    /// Every entry of `dir` (temp files included: this is the raw view repo-ls shows), in
+    /// name order; empty when `dir` does not exist.
+    fn list_info(&self, dir: &str) -> Result<Vec<EntryInfo>>;
+}
+
+/// One directory entry as repo-ls reports it (pgBackRest's storage info).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EntryInfo {
+    pub name: String,
+    pub kind: EntryKind,
+    /// Bytes, for files.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Where a symlink points.
+    pub link_destination: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Path,
+    Link,
+    Special,
+}
+
+impl EntryKind {
+    /// pgBackRest's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Path => "path",
+            EntryKind::Link => "link",
+            EntryKind::Special => "special",
+        }
+    }
 }
 
 /// A file being written; invisible until committed.

@@ -3,6 +3,7 @@
 //! Fixtures live in `harness` (servers, processes) and `fixture` (a ready stanza);
 //! `harness_smoke` proves the fixtures themselves work.
 
+mod admin_commands;
 mod archive;
 mod archive_validate;
 pub mod backup;

@@ -20,9 +20,10 @@ fn p(path: &Path) -> &str {
 fn recorded_pid(site: &Site) -> u32 {
     let text = std::fs::read_to_string(site.dir.join(format!("lock/{STANZA}-backup.lock")))
         .expect("lock file");
-    text.lines()
-        .find_map(|l| l.strip_prefix("pid="))
-        .and_then(|p| p.parse().ok())
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["pid"].as_u64())
+        .map(|p| p as u32)
         .unwrap_or_else(|| panic!("no pid in lock file: {text:?}"))
 }
 

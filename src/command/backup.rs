@@ -180,7 +180,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         files: BTreeMap::new(),
         links: tree.links,
         databases: databases(&db)?,
-        annotation: None,
+        annotation: super::annotate::from_options(cfg).map(|a| serde_json::json!(a)),
     };
     manifest.options.checksum_page = Some(verify_pages);
 

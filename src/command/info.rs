@@ -73,7 +73,7 @@ fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value
         .backups
         .iter()
         .map(|(label, b)| {
-            json!({
+            let mut entry = json!({
                 "label": label,
                 "type": b.backup_type.name(),
                 "prior": b.backup_prior,
@@ -87,7 +87,12 @@ fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value
                     "repository": {"size": b.backup_info_repo_size, "delta": b.backup_info_repo_size_delta},
                 },
                 "database": {"id": b.db_id},
-            })
+            });
+            // pgBackRest's field, present only when the backup has annotations.
+            if let Some(a) = &b.backup_annotation {
+                entry["annotation"] = json!(a);
+            }
+            entry
         })
         .collect();
     let in_progress = unfinished(repo, &layout, &backup)?;
@@ -309,6 +314,12 @@ fn render_text(report: &[Value]) -> String {
                     "        backup reference list: {}\n",
                     refs.join(", ")
                 ));
+            }
+            if let Some(annotation) = b["annotation"].as_object() {
+                out.push_str("        annotation(s)\n");
+                for (k, v) in annotation {
+                    out.push_str(&format!("            {k}: {}\n", s(v)));
+                }
             }
         }
     }

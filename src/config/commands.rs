@@ -18,6 +18,14 @@ pub enum Cmd {
     Help,
     /// Hidden: the server side of the SSH protocol, started by a remote client.
     Remote,
+    // Administration commands of pgBackRest (src/command/stop.rs and the files beside it).
+    Stop,
+    Start,
+    StanzaUpgrade,
+    StanzaDelete,
+    RepoLs,
+    RepoGet,
+    Annotate,
 }
 
 /// Which per-stanza lock file a command holds while it runs.
@@ -26,6 +34,8 @@ pub enum LockType {
     None,
     Archive,
     Backup,
+    /// Both: the commands that rewrite archive.info and backup.info together.
+    All,
 }
 
 pub struct CmdDef {
@@ -35,7 +45,7 @@ pub struct CmdDef {
     /// Writes into a local repository: refused up front when another user owns it.
     pub writes_repo: bool,
     pub needs_stanza: bool,
-    /// Positional arguments, by name, all required.
+    /// Positional arguments, by name; a name in brackets (`[PATH]`) is optional.
     pub args: &'static [&'static str],
     /// False for commands of the contract that this build does not have yet.
     pub implemented: bool,
@@ -48,7 +58,7 @@ pub const COMMANDS: &[CmdDef] = &[
     CmdDef {
         cmd: Cmd::StanzaCreate,
         name: "stanza-create",
-        lock: LockType::Backup,
+        lock: LockType::All,
         writes_repo: true,
         needs_stanza: true,
         args: &[],
@@ -235,9 +245,122 @@ pub const COMMANDS: &[CmdDef] = &[
         help: "Internal: started by another pg_backrest over SSH. Speaks the framed protocol \
                described in docs/protocol.md on stdin/stdout.",
     },
+    CmdDef {
+        cmd: Cmd::Stop,
+        name: "stop",
+        lock: LockType::None,
+        writes_repo: false,
+        needs_stanza: false,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "forbid backup, expire, archive-push and stanza commands (a stop file)",
+        help: "Creates STANZA.stop (all.stop without --stanza) in lock-path, the file \
+               pgBackRest uses too: from then on backup, expire, archive-push, stanza-create \
+               and stanza-upgrade fail with the stop code (62) until `start`. Running \
+               commands finish, unless --force, which sends SIGTERM to the processes holding \
+               the stanza's locks (all stanzas' without --stanza). Required by stanza-delete.",
+    },
+    CmdDef {
+        cmd: Cmd::Start,
+        name: "start",
+        lock: LockType::None,
+        writes_repo: false,
+        needs_stanza: false,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "allow the commands that stop forbade again",
+        help: "Removes the stop file that `stop` created (STANZA.stop, or all.stop without \
+               --stanza). Warns when there is none.",
+    },
+    CmdDef {
+        cmd: Cmd::StanzaUpgrade,
+        name: "stanza-upgrade",
+        lock: LockType::All,
+        writes_repo: true,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "bind the stanza to the upgraded cluster (after pg_upgrade)",
+        help: "After pg_upgrade (or when pg1-path now holds another cluster), adds the running \
+               cluster's version and system identifier as a new entry to archive.info and \
+               backup.info, so that WAL goes to a new archive id (e.g. 15-2) and backups are \
+               taken of the new cluster; older backups and WAL stay listed and restorable. \
+               Does nothing (and says so) when the stanza already matches the cluster.",
+    },
+    CmdDef {
+        cmd: Cmd::StanzaDelete,
+        name: "stanza-delete",
+        lock: LockType::All,
+        writes_repo: true,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "remove the stanza's backups and WAL from the repository",
+        help: "Permanently removes archive/STANZA and backup/STANZA. Requires `stop` for the \
+               stanza first, and refuses while PostgreSQL runs in pg1-path unless --force. The \
+               info files go first, so an interrupted delete leaves a stanza no command uses \
+               and that running stanza-delete again finishes. Removes the stop file at the end.",
+    },
+    CmdDef {
+        cmd: Cmd::RepoLs,
+        name: "repo-ls",
+        lock: LockType::None,
+        writes_repo: false,
+        needs_stanza: false,
+        args: &["[PATH]"],
+        implemented: true,
+        hidden: false,
+        summary: "list files in the repository",
+        help: "Lists PATH (relative to the repository, or absolute under repo1-path; default \
+               its root), one name per line, or with --output=json as pgBackRest does: an \
+               object of name -> {type, size, time} (destination for links). --recurse \
+               descends, --filter keeps names matching a regular expression, --sort=asc|desc|none.",
+    },
+    CmdDef {
+        cmd: Cmd::RepoGet,
+        name: "repo-get",
+        lock: LockType::None,
+        writes_repo: false,
+        needs_stanza: false,
+        args: &["PATH"],
+        implemented: true,
+        hidden: false,
+        summary: "write a repository file to stdout, as stored",
+        help: "Writes the file at PATH (relative to the repository, or absolute under \
+               repo1-path) to stdout byte for byte, as stored: compressed files stay \
+               compressed (pipe through `gzip -d`). A missing file is an error, or exit 1 \
+               with --ignore-missing.",
+    },
+    CmdDef {
+        cmd: Cmd::Annotate,
+        name: "annotate",
+        lock: LockType::Backup,
+        writes_repo: true,
+        needs_stanza: true,
+        args: &[],
+        implemented: true,
+        hidden: false,
+        summary: "add, change or remove annotations of a backup",
+        help: "Sets --annotation=KEY=VALUE pairs (repeatable) on the backup --set names, in \
+               backup.info as pgBackRest does; KEY= with an empty value removes KEY. `info \
+               --set` shows them.",
+    },
 ];
 
 impl Cmd {
+    /// The commands a stop file forbids, checked once the command holds its lock (so that
+    /// `stop --force`, which creates the file before it reads the locks, either sees the
+    /// holder or the holder sees the file). pgBackRest's list: archive-get is not in it.
+    pub fn honours_stop(self) -> bool {
+        matches!(
+            self,
+            Cmd::Backup | Cmd::Expire | Cmd::ArchivePush | Cmd::StanzaCreate | Cmd::StanzaUpgrade
+        )
+    }
     pub fn def(self) -> &'static CmdDef {
         // The table covers every variant; a unit test proves it, so the fallback is unreachable.
         COMMANDS
@@ -275,6 +398,13 @@ mod tests {
             Cmd::Version,
             Cmd::Help,
             Cmd::Remote,
+            Cmd::Stop,
+            Cmd::Start,
+            Cmd::StanzaUpgrade,
+            Cmd::StanzaDelete,
+            Cmd::RepoLs,
+            Cmd::RepoGet,
+            Cmd::Annotate,
         ];
         assert_eq!(all.len(), COMMANDS.len());
         for c in all {

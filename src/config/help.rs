@@ -64,6 +64,7 @@ pub fn command(identity: Identity, cmd: Cmd) -> String {
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
             OptKind::List => "=<value> (repeatable)".to_string(),
+            OptKind::KeyValue => "=<key>=<value> (repeatable)".to_string(),
         };
         let default = match identity.default_of(opt) {
             Some(d) => format!(" [default: {d}]"),

@@ -23,12 +23,14 @@ pub enum OptKind {
     PathMap,
     /// A plain value, repeatable: every occurrence adds one item.
     List,
+    /// `KEY=VALUE`, repeatable (pgBackRest's hash options); the value may be empty.
+    KeyValue,
 }
 
 impl OptKind {
     /// Whether the option may be given more than once, each time adding an item.
     pub fn repeatable(self) -> bool {
-        matches!(self, OptKind::PathMap | OptKind::List)
+        matches!(self, OptKind::PathMap | OptKind::List | OptKind::KeyValue)
     }
 }
 
@@ -71,6 +73,11 @@ const REPO_CMDS: &[Cmd] = &[
     Cmd::Verify,
     Cmd::Drill,
     Cmd::Remote,
+    Cmd::StanzaUpgrade,
+    Cmd::StanzaDelete,
+    Cmd::RepoLs,
+    Cmd::RepoGet,
+    Cmd::Annotate,
 ];
 const PG_CMDS: &[Cmd] = &[
     Cmd::StanzaCreate,
@@ -80,20 +87,39 @@ const PG_CMDS: &[Cmd] = &[
     Cmd::Backup,
     Cmd::Restore,
     Cmd::Remote,
+    Cmd::StanzaUpgrade,
+    Cmd::StanzaDelete,
 ];
-const DB_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup, Cmd::Remote];
+const DB_CMDS: &[Cmd] = &[
+    Cmd::StanzaCreate,
+    Cmd::Check,
+    Cmd::Backup,
+    Cmd::Remote,
+    Cmd::StanzaUpgrade,
+];
 const PUSH_BACKUP: &[Cmd] = &[Cmd::ArchivePush, Cmd::Backup];
 const BACKUP: &[Cmd] = &[Cmd::Backup];
-const PG_HOST_CMDS: &[Cmd] = &[Cmd::StanzaCreate, Cmd::Check, Cmd::Backup];
+const PG_HOST_CMDS: &[Cmd] = &[
+    Cmd::StanzaCreate,
+    Cmd::Check,
+    Cmd::Backup,
+    Cmd::StanzaUpgrade,
+];
 const BACKUP_EXPIRE: &[Cmd] = &[Cmd::Backup, Cmd::Expire];
 const RESTORE: &[Cmd] = &[Cmd::Restore];
 const RECOVERY: &[Cmd] = &[Cmd::Restore, Cmd::Drill];
 const DRILL: &[Cmd] = &[Cmd::Drill];
 const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
 const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify, Cmd::Drill];
-const SET_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Info, Cmd::Drill, Cmd::Expire];
+const SET_CMDS: &[Cmd] = &[
+    Cmd::Restore,
+    Cmd::Info,
+    Cmd::Drill,
+    Cmd::Expire,
+    Cmd::Annotate,
+];
 const EXPIRE: &[Cmd] = &[Cmd::Expire];
-const FORCE_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Expire];
+const FORCE_CMDS: &[Cmd] = &[Cmd::Restore, Cmd::Expire, Cmd::StanzaDelete, Cmd::Stop];
 /// Commands that run hooks. The generated hook rows below follow this order, which
 /// [`hook_option`] relies on and a unit test checks.
 pub const HOOK_CMDS: &[Cmd] = &[
@@ -107,7 +133,11 @@ pub const HOOK_CMDS: &[Cmd] = &[
     Cmd::ArchivePush,
     Cmd::ArchiveGet,
 ];
-const OUTPUT_CMDS: &[Cmd] = &[Cmd::Info, Cmd::Verify];
+const OUTPUT_CMDS: &[Cmd] = &[Cmd::Info, Cmd::Verify, Cmd::RepoLs];
+// The administration commands' own options (stop, repo-ls, repo-get, annotate).
+const REPO_LS: &[Cmd] = &[Cmd::RepoLs];
+const REPO_GET: &[Cmd] = &[Cmd::RepoGet];
+const ANNOTATION_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Annotate];
 const TYPE_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Drill];
 const DELTA_CMDS: &[Cmd] = &[Cmd::Backup, Cmd::Restore];
 
@@ -566,7 +596,57 @@ const BASE_OPTIONS: &[OptDef] =
             Some("n"),
             Scope::CommandLine,
             Some(FORCE_CMDS),
-            "restore: delta restore over another cluster; expire: allow --set on the newest full"
+            "restore: delta restore over another cluster; expire: allow --set on the newest full; \
+             stop: terminate running commands; stanza-delete: even while PostgreSQL runs"
+        ),
+        // The administration commands' options.
+        opt!(
+            "annotation",
+            OptKind::KeyValue,
+            None,
+            Scope::Global,
+            Some(ANNOTATION_CMDS),
+            "KEY=VALUE annotation of the backup (repeatable); annotate: an empty VALUE removes KEY"
+        ),
+        opt!(
+            "filter",
+            OptKind::Str,
+            None,
+            Scope::CommandLine,
+            Some(REPO_LS),
+            "repo-ls: list only names matching this regular expression"
+        ),
+        opt!(
+            "recurse",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(REPO_LS),
+            "repo-ls: include subdirectories and their content"
+        ),
+        opt!(
+            "sort",
+            OptKind::Enum(&["asc", "desc", "none"]),
+            Some("asc"),
+            Scope::CommandLine,
+            Some(REPO_LS),
+            "repo-ls: order of names in each directory"
+        ),
+        opt!(
+            "ignore-missing",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(REPO_GET),
+            "repo-get: exit 1 without an error when the file is missing"
+        ),
+        opt!(
+            "raw",
+            OptKind::Bool,
+            Some("n"),
+            Scope::CommandLine,
+            Some(REPO_GET),
+            "repo-get: do not decrypt (accepted for pgBackRest's scripts; the repository is never encrypted)"
         ),
         opt!(
             "dry-run",
@@ -770,6 +850,10 @@ impl OptDef {
                 Err("must be a non-empty name without commas".into())
             }
             OptKind::List => Ok(value.to_string()),
+            OptKind::KeyValue => match value.split_once('=') {
+                Some((k, v)) if !k.is_empty() && !v.contains('\n') => Ok(value.to_string()),
+                _ => Err("must be KEY=VALUE".into()),
+            },
             OptKind::PathMap => match value.split_once('=') {
                 Some((k, p)) if !k.is_empty() && p.starts_with('/') => {
                     Ok(format!("{k}={}", p.trim_end_matches('/')))

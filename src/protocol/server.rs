@@ -11,6 +11,8 @@
 //!   the error is the reply.
 //! - `temp-files {path}` → `{ok: {paths}}`, the temp files at any depth below `path`
 //! - `remove {path}`, `remove-tree {path}` → `{ok: {}}`
+//! - `info {path}` → `{ok: {info}}` (null when missing), `list-info {path}` →
+//!   `{ok: {entries}}`: name, kind, size, mtime, link_destination (repo-ls)
 //!
 //! On the database host (pg1-host), three more serve a backup taken from the repository host:
 //! - `db-query {sql}` → `{ok: {rows}}`, on one database session kept for the whole protocol
@@ -93,6 +95,12 @@ pub fn serve(
             "temp-files" => storage
                 .temp_files(&path("path"))
                 .map(|paths| ok(json!({ "paths": paths }))),
+            "info" => storage
+                .info(&path("path"))
+                .map(|info| ok(json!({ "info": info }))),
+            "list-info" => storage
+                .list_info(&path("path"))
+                .map(|entries| ok(json!({ "entries": entries }))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
             "remove-tree" => storage.remove_tree(&path("path")).map(|_| ok(json!({}))),
             "read" => {

@@ -161,6 +161,70 @@ impl Storage for PosixStorage {
     fn describe(&self, path: &str) -> String {
         self.root.join(path).display().to_string()
     }
+
+    fn info(&self, path: &str) -> Result<Option<super::EntryInfo>> {
+        let local = self.resolve(path)?;
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        match fs::symlink_metadata(&local) {
+            Ok(meta) => Ok(Some(entry_info(name, &local, &meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("inspect", &local, e)),
+        }
+    }
+
+    fn list_info(&self, dir: &str) -> Result<Vec<super::EntryInfo>> {
+        let path = self.resolve(dir)?;
+        let entries = match fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &path, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &path, e))?;
+            let local = entry.path();
+            match fs::symlink_metadata(&local) {
+                Ok(meta) => out.push(entry_info(
+                    entry.file_name().to_string_lossy().into_owned(),
+                    &local,
+                    &meta,
+                )),
+                // Removed since the listing (a temp file committed meanwhile): not there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("inspect", &local, e)),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+fn entry_info(name: String, local: &Path, meta: &fs::Metadata) -> super::EntryInfo {
+    use std::os::unix::fs::MetadataExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        super::EntryKind::File
+    } else if t.is_dir() {
+        super::EntryKind::Path
+    } else if t.is_symlink() {
+        super::EntryKind::Link
+    } else {
+        super::EntryKind::Special
+    };
+    super::EntryInfo {
+        name,
+        kind,
+        size: if kind == super::EntryKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        mtime: meta.mtime(),
+        link_destination: (kind == super::EntryKind::Link)
+            .then(|| fs::read_link(local).ok())
+            .flatten()
+            .map(|d| d.to_string_lossy().into_owned()),
+    }
 }
 
 /// Creates `dir` and any missing parents, each with [`DIR_MODE`], fsyncing each new entry

@@ -118,6 +118,20 @@ impl Storage for RemoteStorage {
     fn describe(&self, path: &str) -> String {
         format!("{}:{path}", self.host)
     }
+
+    fn info(&self, path: &str) -> Result<Option<super::EntryInfo>> {
+        let reply = self.lock()?.call(&json!({"op": "info", "path": path}))?;
+        serde_json::from_value(reply.get("info").cloned().unwrap_or_default())
+            .map_err(|e| Error::remote(format!("invalid info reply from {}: {e}", self.host)))
+    }
+
+    fn list_info(&self, dir: &str) -> Result<Vec<super::EntryInfo>> {
+        let reply = self
+            .lock()?
+            .call(&json!({"op": "list-info", "path": dir}))?;
+        serde_json::from_value(reply.get("entries").cloned().unwrap_or_default())
+            .map_err(|e| Error::remote(format!("invalid list-info reply from {}: {e}", self.host)))
+    }
 }
 
 struct RemoteReader<'a> {
@@ -275,6 +289,35 @@ mod tests {
             1,
             "temp file removed"
         );
+
+        // What each entry is, as repo-ls shows it (a symlink not followed).
+        std::os::unix::fs::symlink("f", tmp.path().join("a/b/l")).unwrap();
+        let info = remote.info("a/b/f").unwrap().unwrap();
+        assert_eq!(
+            (info.name.as_str(), info.kind),
+            ("f", crate::storage::EntryKind::File)
+        );
+        assert_eq!(info.size, data.len() as u64);
+        assert!(info.mtime > 1_600_000_000, "{info:?}");
+        assert_eq!(
+            remote.info("a/b").unwrap().unwrap().kind,
+            crate::storage::EntryKind::Path
+        );
+        assert_eq!(remote.info("a/missing").unwrap(), None);
+        let listed = remote.list_info("a/b").unwrap();
+        let shown: Vec<_> = listed
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.kind.name(),
+                    e.link_destination.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(shown, vec![("f", "file", None), ("l", "link", Some("f"))]);
+        assert!(remote.list_info("a/none").unwrap().is_empty());
+        std::fs::remove_file(tmp.path().join("a/b/l")).unwrap();
 
         // A reader dropped midway is drained; the next call works.
         let mut r = remote.open_read("a/b/f").unwrap().unwrap();
