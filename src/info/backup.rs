@@ -31,6 +31,10 @@ pub struct BackupSummary {
     pub backup_info_repo_size_delta: u64,
     pub db_id: u32,
     pub backrest_version: String,
+    /// Whether any page checksum failed in this backup (pgBackRest's `backup-error`); absent
+    /// in entries written before it was recorded, which `info` then shows as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_error: Option<bool>,
 }
 
 impl BackupSummary {
@@ -52,6 +56,11 @@ impl BackupSummary {
             backup_info_repo_size_delta: s.repo_size_delta,
             db_id: m.db.id,
             backrest_version: crate::VERSION.to_string(),
+            backup_error: Some(
+                m.files
+                    .values()
+                    .any(|f| !f.checksum_page_error.is_empty() || f.checksum_page == Some(false)),
+            ),
         }
     }
 }
@@ -211,6 +220,7 @@ mod tests {
             backup_info_repo_size_delta: 1,
             db_id: 1,
             backrest_version: "0".into(),
+            backup_error: None,
         }
     }
 

@@ -307,6 +307,7 @@ mod tests {
             backup_info_repo_size_delta: 0,
             db_id: 1,
             backrest_version: String::new(),
+            backup_error: None,
         }
     }
 
