@@ -739,7 +739,7 @@ fn render_db_groups(out: &mut String, st: &Value, set: bool) {
             )),
         }
         for b in &g.backups {
-            render_backup(&mut text, b);
+            render_backup(&mut text, b, set);
         }
         if *g.system_id == current["system-id"] && *g.version == current["version"] {
             current_text = Some(text);
@@ -754,7 +754,8 @@ fn render_db_groups(out: &mut String, st: &Value, set: bool) {
     }
 }
 
-fn render_backup(out: &mut String, b: &Value) {
+/// One backup in text; the LSNs only for `--set`, as pgBackRest prints them.
+fn render_backup(out: &mut String, b: &Value, set: bool) {
     let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
     out.push_str(&format!(
         "\n        {} backup: {}\n",
@@ -775,7 +776,7 @@ fn render_backup(out: &mut String, b: &Value) {
         }
         _ => out.push_str("            wal start/stop: n/a\n"),
     }
-    if let Some(lsn) = b["lsn"].as_object() {
+    if let Some(lsn) = b["lsn"].as_object().filter(|_| set) {
         out.push_str(&format!(
             "            lsn start/stop: {} / {}\n",
             s(&lsn["start"]),
