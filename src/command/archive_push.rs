@@ -50,7 +50,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
 
     let compress = match (wal.kind, cfg.str("compress-type")) {
-        (WalKind::History, _) | (_, Some("none")) => Compress::None,
+        (WalKind::History | WalKind::Backup, _) | (_, Some("none")) => Compress::None,
         _ => Compress::Gz(cfg.int("compress-level").unwrap_or(6) as u32),
     };
     let mut writer = repo.open_write(&dir)?;
@@ -192,7 +192,8 @@ fn compare_with_archived(
     let local = pipeline::digest(file, source)?.sha1;
     let archived = match &stored.sha1 {
         Some(s) => s.clone(),
-        // History files carry no checksum in their name: hash the stored copy.
+        // History and backup history files carry no checksum in their name: hash the
+        // stored copy.
         None => {
             let path = format!("{dir}/{}", stored.file_name);
             let mut r = repo
