@@ -4,8 +4,8 @@
 //! messages must match for a stanza with no backups, a missing stanza, a stanza without info
 //! files, a damaged backup.info, a held backup lock, and a repository listing several stanzas
 //! one of which is broken (reported in its own entry, exit 0). The text form's status line is
-//! compared too. The lock and progress fields monitoring plugins read are checked on a real
-//! running backup of ours.
+//! compared too. Then pg_backrest's info on pgBackRest's own repository (and lock path) must
+//! print every value pgBackRest prints, and every line of pgBackRest's text, in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,9 +15,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fixture::{Site, STANZA};
-use crate::harness::{self, postgres_command, run, wait_until, write_postgres, Out, PgCluster};
-
-const PGBACKREST: &str = "/usr/bin/pgbackrest";
+use crate::harness::{
+    self, postgres_command, run, wait_until, write_postgres, Out, PgBackrest, PgBackrestPaths,
+    PgCluster, PGBACKREST,
+};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
@@ -27,7 +28,7 @@ fn p(path: &Path) -> &str {
 /// paths (never its defaults).
 struct Theirs {
     cluster: PgCluster,
-    conf: PathBuf,
+    tool: PgBackrest,
     repo: PathBuf,
     lock: PathBuf,
 }
@@ -35,15 +36,15 @@ struct Theirs {
 impl Theirs {
     fn new(site: &Site) -> Theirs {
         let dir = site.dir.mkdir("pgbackrest");
-        let conf = dir.join("pgbackrest.conf");
         let repo = dir.join("repo");
-        let lock = dir.join("lock");
-        for d in [&repo, &lock, &dir.join("log")] {
+        let lock = dir.join("pgbackrest-lock");
+        for d in [&repo, &lock] {
             harness::mkdir_postgres(d);
         }
+        // The config file PgBackrest::new writes there.
         let archive_command = format!(
             "{PGBACKREST} --config={} --stanza={STANZA} archive-push %p",
-            p(&conf)
+            p(&dir.join("pgbackrest.conf"))
         );
         let cluster = PgCluster::init(
             &dir.join("pg"),
@@ -52,39 +53,35 @@ impl Theirs {
                 ("archive_command", archive_command.as_str()),
             ],
         );
-        let text = format!(
-            "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nlog-level-file=off\n\
-             log-level-console=warn\nstart-fast=y\n\n[{STANZA}]\npg1-path={}\n\
-             pg1-socket-path={}\npg1-port={}\n",
-            p(&repo),
-            p(&lock),
-            p(&dir.join("log")),
-            p(&cluster.data_dir()),
-            p(&cluster.socket_dir()),
-            cluster.port()
+        let tool = PgBackrest::new(
+            PgBackrestPaths {
+                dir: &dir,
+                repo: &repo,
+                stanza: STANZA,
+                global: "",
+            },
+            &cluster,
         );
-        write_postgres(&conf, &text, 0o640);
+        assert_eq!(tool.archive_command(), archive_command);
         cluster.start();
         Theirs {
             cluster,
-            conf,
+            tool,
             repo,
             lock,
         }
     }
 
+    /// pgbackrest with its config and no --stanza.
     fn run(&self, args: &[&str]) -> Out {
-        let config = format!("--config={}", p(&self.conf));
+        let config = format!("--config={}", p(&self.tool.conf));
         let mut all = vec![config.as_str()];
         all.extend_from_slice(args);
         run(postgres_command(PGBACKREST, &all))
     }
 
     fn stanza(&self, args: &[&str]) -> Out {
-        let stanza = format!("--stanza={STANZA}");
-        let mut all = vec![stanza.as_str()];
-        all.extend_from_slice(args);
-        self.run(&all)
+        self.tool.run(args)
     }
 
     fn one_segment(&self) {
@@ -107,6 +104,81 @@ impl Theirs {
                     .unwrap()
                     > before
             },
+        );
+    }
+
+    /// pg_backrest's info on pgBackRest's repository and lock path.
+    fn ours(&self, site: &Site, args: &[&str]) -> Out {
+        let conf = site.dir.join("on-theirs.conf");
+        write_postgres(
+            &conf,
+            &format!(
+                "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\n",
+                p(&self.repo),
+                p(&self.lock),
+                p(&site.dir.join("log"))
+            ),
+            0o640,
+        );
+        let config = format!("--config={}", p(&conf));
+        let mut all = vec![config.as_str(), "info"];
+        all.extend_from_slice(args);
+        run(harness::pgbr(&all))
+    }
+}
+
+/// Asserts every value pgBackRest printed is in ours at the same place, equal (ours may have
+/// more keys). The text of an unreadable stanza's error is ours, not pgBackRest's.
+fn assert_same_values(what: &str, theirs: &Value, ours: &Value) {
+    fn strip(v: &Value) -> Value {
+        let mut v = v.clone();
+        for st in v.as_array_mut().into_iter().flatten() {
+            for repo in st["repo"].as_array_mut().into_iter().flatten() {
+                if repo["status"]["code"] == 99 {
+                    repo["status"]["message"] = Value::from("(error text)");
+                }
+            }
+        }
+        v
+    }
+    fn diff(t: &Value, o: &Value, path: String, out: &mut Vec<String>) {
+        match (t, o) {
+            (Value::Object(tm), Value::Object(om)) => {
+                for (k, tv) in tm {
+                    match om.get(k) {
+                        Some(ov) => diff(tv, ov, format!("{path}.{k}"), out),
+                        None => out.push(format!("{path}.{k}: missing")),
+                    }
+                }
+            }
+            (Value::Array(ta), Value::Array(oa)) if ta.len() == oa.len() => {
+                for (i, (tv, ov)) in ta.iter().zip(oa).enumerate() {
+                    diff(tv, ov, format!("{path}[{i}]"), out);
+                }
+            }
+            _ if t == o => {}
+            _ => out.push(format!("{path}: pgBackRest {t}, ours {o}")),
+        }
+    }
+    let mut wrong = Vec::new();
+    diff(&strip(theirs), &strip(ours), String::new(), &mut wrong);
+    assert!(
+        wrong.is_empty(),
+        "{what}: values differ:\n{}\n--- pgBackRest ---\n{theirs:#}\n--- ours ---\n{ours:#}",
+        wrong.join("\n")
+    );
+}
+
+/// Asserts pgBackRest's text lines appear in ours in the same order (ours adds lines).
+fn assert_text_within(what: &str, theirs: &Out, ours: &Out) {
+    assert_eq!(ours.status, 0, "{what}:\n{ours}");
+    let mut rest = ours.stdout.lines();
+    for line in theirs.stdout.lines() {
+        assert!(
+            rest.any(|l| l == line),
+            "{what}: pgBackRest's line {line:?} is not in ours (in order)\n--- pgBackRest ---\n{}\n--- ours ---\n{}",
+            theirs.stdout,
+            ours.stdout
         );
     }
 }
@@ -213,6 +285,23 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
         all.extend_from_slice(args);
         theirs.stanza(&all)
     };
+    // pg_backrest reading pgBackRest's own repository must print pgBackRest's values.
+    let same_repo = |what: &str, args: &[&str]| {
+        let mut json = vec!["--output=json"];
+        json.extend_from_slice(args);
+        let (t, o) = (
+            json_of(what, &theirs.run(&[&["info"], &json[..]].concat())),
+            json_of(what, &theirs.ours(&site, &json)),
+        );
+        assert_same_values(what, &t, &o);
+        if args.iter().any(|a| a.starts_with("--stanza=")) {
+            assert_text_within(
+                what,
+                &theirs.run(&[&["info"], args].concat()),
+                &theirs.ours(&site, args),
+            );
+        }
+    };
 
     // No backups yet: status 2.
     let (t, o) = (
@@ -223,6 +312,7 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
     assert_eq!(status(&t[0]), status(&o[0]));
     assert_eq!(o[0]["status"]["code"], 2, "{o:#}");
     assert_eq!(o[0]["status"]["message"], "no valid backups");
+    same_repo("no backups, one repository", &["--stanza=main"]);
 
     // Full, WAL, incr on each side.
     theirs
@@ -260,6 +350,7 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
         "{o:#}"
     );
     assert!(backups[1]["timestamp"]["stop"].as_u64() >= backups[0]["timestamp"]["stop"].as_u64());
+    same_repo("full + incr, one repository", &["--stanza=main"]);
 
     // --set: the manifest's details.
     let their_full = t[0]["backup"][0]["label"].as_str().unwrap().to_string();
@@ -292,6 +383,10 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
     );
     assert_eq!(status(&ts[0]), status(&os[0]));
     assert_eq!(os[0]["status"]["code"], 6, "{os:#}");
+    same_repo(
+        "--set missing, one repository",
+        &["--stanza=main", &format!("--set={missing}")],
+    );
 
     // A stanza that is not in the repository: status 1.
     let (t, o) = (
@@ -312,6 +407,7 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
     assert_same_shape("missing stanza", &t, &o);
     assert_eq!(status(&t[0]), status(&o[0]));
     assert_eq!(o[0]["status"]["message"], "missing stanza path");
+    same_repo("missing stanza, one repository", &["--stanza=nope"]);
 
     // More stanzas: one without info files (3) and one with a damaged backup.info (99),
     // listed with the good one by an info without --stanza, which exits 0.
@@ -377,6 +473,11 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
         ])));
         assert_eq!(their_line, our_line, "text status of {name}");
     }
+    same_repo("three stanzas, one repository", &[]);
+    same_repo(
+        "a stanza without info files, one repository",
+        &["--stanza=empty"],
+    );
 
     // The backup lock held: same status and text for both.
     let mut their_holder = hold_lock(&theirs.lock);
@@ -394,6 +495,7 @@ fn info_json_has_every_field_and_status_pgbackrest_emits() {
     let their_line = status_line(&theirs.stanza(&["info"]), STANZA);
     assert_eq!(their_line, "    status: ok (backup/expire running)");
     assert_eq!(status_line(&site.pgbr(&["info"]), STANZA), their_line);
+    same_repo("lock held, one repository", &["--stanza=main"]);
     for holder in [&mut their_holder, &mut our_holder] {
         // runuser, flock and sleep: the lock goes with the last of them.
         harness::kill_tree(holder.id());

@@ -409,7 +409,7 @@ fn backup_entry(label: &str, raw: &Value, manifest: Option<&Manifest>) -> Value 
         "reference": reference,
         "archive": {"start": text("backup-archive-start"), "stop": text("backup-archive-stop")},
         "backrest": {
-            "format": raw["backrest-format"].as_u64().unwrap_or(u64::from(crate::info::FORMAT)),
+            "format": raw["backrest-format"].as_u64().unwrap_or(crate::codec::FORMAT),
             "version": text("backrest-version"),
         },
         "database": {"id": num("db-id"), "repo-key": REPO_KEY},
