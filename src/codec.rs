@@ -277,6 +277,9 @@ pub fn parse(bytes: &[u8]) -> Result<Document, CodecError> {
     }
     match doc.get(SECTION_BACKREST, KEY_CHECKSUM) {
         Some(Value::String(expected)) if expected == actual => Ok(doc),
+        // Written by pg_backrest before it spoke pgBackRest's format: still read, so an
+        // existing repository keeps working; every save rewrites it in pgBackRest's format.
+        Some(Value::String(expected)) if expected == legacy_checksum(&doc) => Ok(doc),
         Some(Value::String(expected)) => Err(CodecError::ChecksumMismatch { expected, actual }),
         _ => Err(CodecError::NoChecksum { actual }),
     }
@@ -323,6 +326,29 @@ pub fn parse_unverified(text: &str) -> Result<(Document, String), CodecError> {
         keys.set_raw(&key, value.to_string());
     }
     Ok((doc, sum.finish()))
+}
+
+/// The checksum pg_backrest 0.1 wrote: SHA-1 of the INI text rendered with sections and
+/// keys in name order, one empty line between sections, without the checksum line.
+fn legacy_checksum(doc: &Document) -> String {
+    let mut hash = Sha1::new();
+    let mut first = true;
+    for (name, section) in &doc.sections {
+        if !first {
+            hash.update(b"\n");
+        }
+        first = false;
+        hash.update(format!("[{name}]\n").as_bytes());
+        let mut keys: Vec<(&String, &String)> = section
+            .iter()
+            .filter(|(k, _)| !(name == SECTION_BACKREST && *k == KEY_CHECKSUM))
+            .collect();
+        keys.sort();
+        for (key, raw) in keys {
+            hash.update(format!("{}={raw}\n", render_key(key, raw)).as_bytes());
+        }
+    }
+    hex::encode(hash.finalize())
 }
 
 /// The running checksum: compact JSON of the values in file order, as pgBackRest streams it
@@ -492,6 +518,24 @@ mod tests {
             Err(CodecError::Format { found: "4".into() })
         );
         assert_eq!(parse(b"\xff\xfe"), Err(CodecError::NotText));
+    }
+
+    #[test]
+    fn files_of_pg_backrest_0_1_are_still_read() {
+        let legacy = "[backrest]\nbackrest-checksum=\"bb701100799923e75848c5f2a60dbdef1b1dc1dd\"\n\
+                      backrest-format=5\nbackrest-version=\"0.1.0\"\n\n[db]\ndb-id=1\n\
+                      db-system-id=7710841986905122693\ndb-version=\"15\"\n\n[db:history]\n\
+                      1={\"db-id\":7710841986905122693,\"db-version\":\"15\"}\n";
+        let doc = parse(legacy.as_bytes()).unwrap();
+        assert_eq!(doc.get("db", "db-id"), Some(Value::from(1)));
+        assert!(matches!(
+            parse(legacy.replace("db-id=1", "db-id=2").as_bytes()),
+            Err(CodecError::ChecksumMismatch { .. })
+        ));
+        // Rewritten in pgBackRest's format.
+        let text = String::from_utf8(doc.render()).unwrap();
+        assert!(text.starts_with("[backrest]\nbackrest-format=5\nbackrest-version=\"2.45\"\n"));
+        parse(text.as_bytes()).unwrap();
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::storage::Storage;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct BackupSummary {
+    // Defaults only for entries written by pg_backrest 0.1, which lacked these keys.
+    #[serde(default = "format5")]
     pub backrest_format: u64,
     /// The release that wrote the backup (pgBackRest's version, or [`crate::codec::BACKREST_VERSION`]).
     pub backrest_version: String,
@@ -58,12 +60,19 @@ pub struct BackupSummary {
     pub backup_timestamp_stop: i64,
     pub backup_type: BackupType,
     pub db_id: u32,
+    #[serde(default)]
     pub option_archive_check: bool,
+    #[serde(default)]
     pub option_archive_copy: bool,
+    #[serde(default)]
     pub option_backup_standby: bool,
+    #[serde(default)]
     pub option_checksum_page: bool,
+    #[serde(default)]
     pub option_compress: bool,
+    #[serde(default)]
     pub option_hardlink: bool,
+    #[serde(default)]
     pub option_online: bool,
 }
 
@@ -76,6 +85,10 @@ pub struct BackupInfo {
 }
 
 const CURRENT: &str = "backup:current";
+
+fn format5() -> u64 {
+    crate::codec::FORMAT
+}
 
 #[cfg(test)]
 impl BackupSummary {
