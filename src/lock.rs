@@ -173,6 +173,36 @@ pub fn holder(lock_path: &Path, stanza: &str, lock: LockType) -> Option<Holder> 
     })
 }
 
+/// Whether any process holds the `flock` on a stanza's lock file (ours or pgBackRest's, which
+/// use the same file name and the same kind of lock), the question pgBackRest's `info` answers
+/// for `status.lock.backup.held`. Answered from the kernel's table of held locks
+/// (`/proc/locks`) rather than by trying the lock, so that `info` never holds it, even for an
+/// instant in which a starting backup would fail with lock-held.
+pub fn is_held(lock_path: &Path, stanza: &str, lock: LockType) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = lock_file_path(lock_path, stanza, lock) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    table
+        .lines()
+        // `->` lines are processes waiting for the lock, not holding it.
+        .filter(|l| !l.contains("->"))
+        .any(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(1) == Some(&"FLOCK") && fields.contains(&file.as_str())
+        })
+}
+
 /// Reads a field of a lock record: pgBackRest's JSON (ours carries `command` and `start`
 /// too), or the `key=value` lines earlier versions wrote.
 fn record_field(text: &str) -> impl Fn(&str) -> Option<String> + '_ {
@@ -296,6 +326,27 @@ mod tests {
         std::fs::write(&path, "pid=99999999\ncommand=backup\nstart=x\n").unwrap();
         assert_eq!(holder(dir.path(), "main", LockType::Backup), None);
         assert_eq!(holder(dir.path(), "other", LockType::Backup), None);
+    }
+
+    #[test]
+    fn is_held_follows_the_flock_without_taking_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_held(dir.path(), "main", LockType::Backup), "no file");
+        let first = acquire(
+            dir.path(),
+            "main",
+            LockType::Backup,
+            "backup",
+            Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(is_held(dir.path(), "main", LockType::Backup));
+        assert!(!is_held(dir.path(), "other", LockType::Backup));
+        // Asking did not take it: the holder still has it, and nobody else can get it.
+        assert!(is_held(dir.path(), "main", LockType::Backup));
+        drop(first);
+        assert!(!is_held(dir.path(), "main", LockType::Backup), "released");
     }
 
     /// Whether some descriptor of this process other than the holder's has `path` open, i.e. a

@@ -224,7 +224,7 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
     assert!(stderr.starts_with("ERROR: [039]: "), "{stderr}");
     let info = site.pgbr_repo_host(&["info", "--output=json"]);
     assert!(
-        info.stdout.contains("\"backup\": []"),
+        info.stdout.contains("\"backup\":[]"),
         "no complete backup after the failure:\n{info}"
     );
 

@@ -19,6 +19,7 @@ mod fixture;
 mod harness;
 mod harness_smoke;
 mod hooks;
+mod info_json;
 mod locks;
 mod ownership;
 mod remote;

@@ -94,10 +94,16 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
     let info = site.info_json();
     assert_eq!(info["running"]["command"], "backup", "{info}");
     assert_eq!(info["running"]["pid"], pid, "{info}");
+    assert_eq!(info["status"]["lock"]["backup"]["held"], true, "{info}");
     let text = site.pgbr(&["info"]).expect_ok("info");
     assert!(
         text.stdout
             .contains(&format!("running now: backup (pid {pid}, started ")),
+        "{text}"
+    );
+    assert!(
+        text.stdout
+            .contains("    status: ok (backup/expire running)\n"),
         "{text}"
     );
     archive_push_goes_through(&site);
@@ -150,6 +156,7 @@ fn a_running_backup_refuses_a_second_backup_and_expire_until_lock_timeout_lets_t
     assert_eq!(site.backup_labels(), vec![second]);
     assert_ne!(first, site.backup_labels()[0]);
     assert!(site.info_json()["running"].is_null());
+    assert_eq!(site.info_json()["status"]["lock"]["backup"]["held"], false);
 }
 
 #[test]
@@ -181,6 +188,11 @@ fn a_running_expire_refuses_a_backup_and_its_killed_lock_never_blocks() {
     assert!(
         site.info_json()["running"].is_null(),
         "a dead holder is not running"
+    );
+    assert_eq!(
+        site.info_json()["status"]["lock"]["backup"]["held"],
+        false,
+        "the kernel released a killed holder's lock"
     );
     // The next backup takes the same file at once, without lock-timeout.
     let incr = site.backup("incr", &[]);

@@ -133,7 +133,8 @@ fn a_held_lock_refuses_stanza_create_with_the_lock_code_but_never_blocks_archive
 
 /// A label in backup.info is a directory name in the repository: one that backup could not
 /// have written, even under a recomputed checksum, is a format error (29) naming
-/// backup.info for every command that reads it; info does not show it, expire removes nothing.
+/// backup.info for every command that reads it (info reports the stanza as unreadable, status
+/// 99); info does not show it, expire removes nothing.
 #[test]
 fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
     let site = Site::local();
@@ -150,8 +151,24 @@ fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
         "'{}' names an invalid backup label '../../x' (a backup)",
         info.display()
     );
-    assert_error(&site.pgbr(&["info"]), 29, &expect);
-    assert_error(&site.pgbr(&["info", "--output=json"]), 29, &expect);
+    // info reports the stanza as unreadable (status 99, the error in its repo entry) and
+    // exits 0, as pgBackRest does, so monitoring sees the stanza's state.
+    let info = site.pgbr(&["info", "--output=json"]).expect_ok("info json");
+    let json: serde_json::Value = serde_json::from_str(&info.stdout).expect("info json");
+    assert_eq!(json[0]["status"]["code"], 99, "{info}");
+    assert_eq!(json[0]["backup"], serde_json::json!([]), "{info}");
+    let message = json[0]["repo"][0]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with('[') && message.contains(&expect),
+        "{message}"
+    );
+    let text = site.pgbr(&["info"]).expect_ok("info");
+    assert!(
+        text.stdout
+            .contains(&format!("    status: error (other)\n            [")),
+        "{text}"
+    );
+    assert!(!text.stdout.contains(&label), "{text}");
     assert_error(
         &site.pgbr(&["expire", "--repo1-retention-full=1"]),
         29,

@@ -1,129 +1,488 @@
-//! info [--stanza=NAME] [--output=text|json]: what the repository holds, per stanza: its
-//! cluster, the range of archived WAL, and every complete backup with its type, prior and
-//! references, times, LSNs, WAL range and sizes; when the last backup of each type finished;
-//! and whether a backup, expire or stanza-create holds the stanza's lock on this host right
-//! now. The JSON form is documented in docs/info-json.md and is what scripts should read.
+//! info [--stanza=NAME] [--set=LABEL] [--output=text|json]: what the repository holds, per
+//! stanza, in pgBackRest's `info` layout (docs/info-json.md): its status and lock, the cluster
+//! history, the archived WAL range of each cluster, and every complete backup. A stanza that
+//! cannot be read (a damaged info file, an unreachable repository) is reported in its own
+//! entry with status 99, as pgBackRest does, and the command still exits 0, so one broken
+//! stanza never hides the others from monitoring.
+//!
+//! Beyond pgBackRest's fields it adds what this project records: `running` (who holds the
+//! backup lock), `in-progress` (backup directories not in backup.info) and `last-backup`.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::config::{Config, LockType};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
-use crate::manifest::BackupType;
+use crate::info::DbEntry;
+use crate::manifest::{BackupType, Manifest};
 use crate::repo::{ArchiveIdListing, RepoLayout, StoredWal, WalDirListing};
 use crate::storage::{self, Storage};
 
-pub fn run(cfg: &Config) -> Result<()> {
-    let repo = storage::repo(cfg)?;
-    let stanzas = match cfg.stanza() {
-        Some(s) => vec![s.to_string()],
-        None => repo.list("backup")?,
-    };
-    // --set narrows the report to one backup.
-    let set = cfg.str("set").filter(|s| *s != "latest");
-    let mut report: Vec<Value> = stanzas
-        .iter()
-        .map(|s| stanza_report(cfg, repo.as_ref(), s))
-        .collect::<Result<_>>()?;
-    if let Some(set) = set {
-        for st in &mut report {
-            if let Some(Value::Array(backups)) = st.get_mut("backup") {
-                backups.retain(|b| b["label"] == set);
-            }
-        }
-        if report
-            .iter()
-            .all(|st| st["backup"].as_array().is_none_or(Vec::is_empty))
-        {
-            return Err(crate::error::Error::new(
-                crate::error::Kind::BackupSetInvalid,
-                format!("backup set '{set}' is not in the repository"),
-            )
-            .with_hint("'pg_backrest info' without --set lists the backups"));
-        }
+/// pgBackRest's stanza status codes (its `info` command; the same numbers in JSON).
+const OK: i64 = 0;
+const MISSING_STANZA_PATH: i64 = 1;
+const NO_BACKUP: i64 = 2;
+const MISSING_STANZA_DATA: i64 = 3;
+const BACKUP_MISSING: i64 = 6;
+const OTHER: i64 = 99;
+
+/// The only repository this build reads; its key in `repo[]` and `database.repo-key`.
+const REPO_KEY: u32 = 1;
+/// Stanza name pgBackRest reports a repository-level failure under when none was requested.
+const INVALID_STANZA: &str = "[invalid]";
+
+fn status_message(code: i64) -> &'static str {
+    match code {
+        OK => "ok",
+        MISSING_STANZA_PATH => "missing stanza path",
+        NO_BACKUP => "no valid backups",
+        MISSING_STANZA_DATA => "missing stanza data",
+        BACKUP_MISSING => "requested backup not found",
+        _ => "other",
     }
-    if cfg.str("output") == Some("json") {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+pub fn run(cfg: &Config) -> Result<()> {
+    let set = cfg.str("set").filter(|s| *s != "latest");
+    if set.is_some() && cfg.stanza().is_none() {
+        return Err(
+            Error::config("option 'set' not valid without option 'stanza'")
+                .with_hint("add --stanza=NAME, the stanza the backup belongs to"),
         );
+    }
+    let type_filter = cfg.str("type").and_then(BackupType::parse);
+    let report = report(cfg, set, type_filter);
+    if cfg.str("output") == Some("json") {
+        println!("{}", Value::Array(report));
     } else {
-        print!("{}", render_text(&report));
+        print!("{}", render_text(&report, set.is_some()));
     }
     Ok(())
 }
 
-fn stanza_report(cfg: &Config, repo: &dyn Storage, stanza: &str) -> Result<Value> {
-    let layout = RepoLayout::new(stanza);
-    let running = cfg
-        .path("lock-path")
-        .and_then(|p| crate::lock::holder(&p, stanza, LockType::Backup))
-        .map(|h| json!({"command": h.command, "pid": h.pid, "start": h.start}));
-    let backup = BackupInfo::load(repo, &layout)?;
-    let archive = ArchiveInfo::load(repo, &layout)?;
-    let (Some(backup), Some(archive)) = (backup, archive) else {
-        return Ok(
-            json!({"name": stanza, "status": {"code": 1, "message": "missing stanza data"}, "backup": [], "archive": [], "running": running}),
-        );
+/// One entry per stanza, sorted by name; a repository that cannot be listed gives one entry
+/// (the requested stanza, or `[invalid]`) carrying the error.
+fn report(cfg: &Config, set: Option<&str>, type_filter: Option<BackupType>) -> Vec<Value> {
+    let listed = storage::repo(cfg).and_then(|repo| {
+        let names = repo.list("backup")?;
+        Ok((repo, names))
+    });
+    let (repo, mut names) = match listed {
+        Ok(r) => r,
+        Err(e) => {
+            let name = cfg.stanza().unwrap_or(INVALID_STANZA);
+            return vec![Stanza::failed(name, Some(&e)).render(cfg, name)];
+        }
     };
-    let archive_id = archive.db.current.archive_id();
-    let (min, max) = wal_range(repo, &layout.archive_id_path(&archive_id))?;
-    let backups: Vec<Value> = backup
-        .backups
+    names.sort();
+    let wanted: Vec<(String, bool)> = match cfg.stanza() {
+        Some(s) => vec![(s.to_string(), names.iter().any(|n| n == s))],
+        None => names.into_iter().map(|n| (n, true)).collect(),
+    };
+    wanted
         .iter()
-        .map(|(label, b)| {
-            let mut entry = json!({
-                "label": label,
-                "type": b.backup_type.name(),
-                "prior": b.backup_prior,
-                "reference": b.backup_reference,
-                "timestamp": {"start": b.backup_timestamp_start, "stop": b.backup_timestamp_stop},
-                "lsn": {"start": b.backup_lsn_start, "stop": b.backup_lsn_stop},
-                "archive": {"start": b.backup_archive_start, "stop": b.backup_archive_stop},
-                "info": {
-                    "size": b.backup_info_size,
-                    "delta": b.backup_info_size_delta,
-                    "repository": {"size": b.backup_info_repo_size, "delta": b.backup_info_repo_size_delta},
-                },
-                "database": {"id": b.db_id},
-            });
-            // pgBackRest's field, present only when the backup has annotations.
-            if let Some(a) = &b.backup_annotation {
-                entry["annotation"] = json!(a);
+        .map(|(name, exists)| {
+            let stanza = if *exists {
+                Stanza::load(repo.as_ref(), name, set, type_filter)
+            } else {
+                Stanza {
+                    code: MISSING_STANZA_PATH,
+                    ..Stanza::failed(name, None)
+                }
+            };
+            stanza.render(cfg, name)
+        })
+        .collect()
+}
+
+/// What was read of one stanza, before rendering.
+struct Stanza {
+    code: i64,
+    /// `[ErrorType] message` for status 99.
+    error: Option<String>,
+    /// Both info files loaded: the stanza's data is readable.
+    readable: bool,
+    db: Vec<Value>,
+    archive: Vec<Value>,
+    backup: Vec<Value>,
+    in_progress: Vec<Value>,
+    last_backup: Value,
+}
+
+impl Stanza {
+    fn failed(_name: &str, e: Option<&Error>) -> Stanza {
+        Stanza {
+            code: if e.is_some() {
+                OTHER
+            } else {
+                MISSING_STANZA_DATA
+            },
+            error: e.map(describe_error),
+            readable: false,
+            db: Vec::new(),
+            archive: Vec::new(),
+            backup: Vec::new(),
+            in_progress: Vec::new(),
+            last_backup: json!({"full": null, "diff": null, "incr": null}),
+        }
+    }
+
+    fn load(
+        repo: &dyn Storage,
+        name: &str,
+        set: Option<&str>,
+        type_filter: Option<BackupType>,
+    ) -> Stanza {
+        match Stanza::try_load(repo, name, set, type_filter) {
+            Ok(s) => s,
+            Err(e) => Stanza::failed(name, Some(&e)),
+        }
+    }
+
+    fn try_load(
+        repo: &dyn Storage,
+        name: &str,
+        set: Option<&str>,
+        type_filter: Option<BackupType>,
+    ) -> Result<Stanza> {
+        let layout = RepoLayout::new(name);
+        let Some(backup) = BackupInfo::load(repo, &layout)? else {
+            return Ok(Stanza::failed(name, None));
+        };
+        // pgBackRest requires archive.info once backup.info exists: its absence is an error
+        // of the stanza, not "missing stanza data".
+        let archive = ArchiveInfo::load(repo, &layout)?.ok_or_else(|| {
+            Error::new(
+                crate::error::Kind::RepoMissing,
+                format!(
+                    "unable to load info file '{}' or '{}.copy': file is missing",
+                    repo.describe(&layout.archive_info()),
+                    repo.describe(&layout.archive_info())
+                ),
+            )
+        })?;
+        // --set: the backup is "found" when its manifest exists, as in pgBackRest.
+        let manifest = match set {
+            Some(label) if crate::info::backup::is_label(label) => {
+                Manifest::load(repo, &layout.manifest(label))?
             }
-            entry
+            _ => None,
+        };
+        if set.is_some() && manifest.is_none() {
+            return Ok(Stanza {
+                code: BACKUP_MISSING,
+                ..Stanza::failed(name, None)
+            });
+        }
+
+        let mut db = Vec::new();
+        let mut archive_section = Vec::new();
+        let newest = backup.db.history.len().saturating_sub(1);
+        for (i, pg) in backup.db.history.iter().enumerate() {
+            db.push(json!({
+                "id": pg.id,
+                "repo-key": REPO_KEY,
+                "system-id": pg.system_id,
+                "version": pg.version,
+            }));
+            let archive_id = archive_id_for(&archive.db.history, pg)?;
+            let (min, max) = wal_range(repo, &layout.archive_id_path(&archive_id))?;
+            if i == newest || min.is_some() {
+                archive_section.push(json!({
+                    "database": {"id": pg.id, "repo-key": REPO_KEY},
+                    "id": archive_id,
+                    "min": min,
+                    "max": max,
+                }));
+            }
+        }
+
+        let mut backups = Vec::new();
+        // backup.info is sorted by label; pgBackRest lists by stop time, which is the same
+        // order for backups one repository wrote one after another.
+        let mut ordered: Vec<_> = backup.backups.iter().collect();
+        ordered.sort_by_key(|(label, b)| (b.backup_timestamp_stop, label.as_str()));
+        for (label, summary) in ordered {
+            if set.is_some_and(|s| s != label) {
+                continue;
+            }
+            if type_filter.is_some_and(|t| t != summary.backup_type) {
+                continue;
+            }
+            let raw = serde_json::to_value(summary)
+                .map_err(|e| Error::internal(format!("backup.info entry {label}: {e}")))?;
+            backups.push(backup_entry(label, &raw, manifest.as_ref()));
+        }
+
+        let last = |t: BackupType| {
+            backup
+                .backups
+                .iter()
+                .rev()
+                .find(|(_, b)| b.backup_type == t)
+                .map(|(label, b)| json!({"label": label, "stop": b.backup_timestamp_stop}))
+        };
+        Ok(Stanza {
+            code: if backup.backups.is_empty() {
+                NO_BACKUP
+            } else {
+                OK
+            },
+            error: None,
+            readable: true,
+            db,
+            archive: archive_section,
+            backup: backups,
+            in_progress: unfinished(repo, &layout, &backup)?,
+            last_backup: json!({
+                "full": last(BackupType::Full),
+                "diff": last(BackupType::Diff),
+                "incr": last(BackupType::Incr),
+            }),
+        })
+    }
+
+    fn render(self, cfg: &Config, name: &str) -> Value {
+        let lock_path = cfg.path("lock-path");
+        // As pgBackRest, the lock is looked at only for a stanza whose data could be read.
+        let held = self.readable
+            && lock_path
+                .as_deref()
+                .is_some_and(|p| crate::lock::is_held(p, name, LockType::Backup));
+        let running = lock_path
+            .and_then(|p| crate::lock::holder(&p, name, LockType::Backup))
+            .map(|h| json!({"command": h.command, "pid": h.pid, "start": h.start}));
+        let repo_message = match (&self.error, self.code) {
+            (Some(e), OTHER) => e.clone(),
+            (_, code) => status_message(code).to_string(),
+        };
+        json!({
+            "name": name,
+            "cipher": "none",
+            "status": {
+                "code": self.code,
+                "message": status_message(self.code),
+                "lock": {"backup": {"held": held}},
+            },
+            "repo": [{
+                "key": REPO_KEY,
+                "cipher": "none",
+                "status": {"code": self.code, "message": repo_message},
+            }],
+            "db": self.db,
+            "archive": self.archive,
+            "backup": self.backup,
+            "in-progress": self.in_progress,
+            "last-backup": self.last_backup,
+            "running": running,
+        })
+    }
+}
+
+/// The archive id of backup.info's cluster `pg` in archive.info's history: the entry with the
+/// same id, version and system-id, else the newest with the same version and system-id.
+fn archive_id_for(archive_history: &[DbEntry], pg: &DbEntry) -> Result<String> {
+    let same = |a: &&DbEntry| a.version == pg.version && a.system_id == pg.system_id;
+    archive_history
+        .iter()
+        .rev()
+        .find(|a| a.id == pg.id && same(a))
+        .or_else(|| archive_history.iter().rev().find(same))
+        .map(DbEntry::archive_id)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "unable to retrieve the archive id for database version '{}' and system-id '{}'",
+                pg.version, pg.system_id
+            ))
+        })
+}
+
+/// `[ErrorType] message`, as pgBackRest reports a stanza it could not read. The type is the
+/// name pgBackRest gives the error code this error exits with.
+fn describe_error(e: &Error) -> String {
+    format!("[{}] {}", error_type_name(e.kind.exit_code()), e.message)
+}
+
+/// pgBackRest's error type names by code (its error table, build/error.yaml).
+fn error_type_name(code: i32) -> String {
+    const NAMES: &[(i32, &str)] = &[
+        (25, "assert"),
+        (26, "checksum"),
+        (27, "config"),
+        (28, "file-invalid"),
+        (29, "format"),
+        (30, "command-required"),
+        (31, "option-invalid"),
+        (32, "option-invalid-value"),
+        (37, "option-required"),
+        (38, "pg-running"),
+        (39, "protocol"),
+        (40, "path-not-empty"),
+        (41, "file-open"),
+        (42, "file-read"),
+        (43, "param-required"),
+        (44, "archive-mismatch"),
+        (45, "archive-duplicate"),
+        (46, "version-not-supported"),
+        (47, "path-create"),
+        (48, "command-invalid"),
+        (49, "host-connect"),
+        (50, "lock-acquire"),
+        (51, "backup-mismatch"),
+        (52, "file-sync"),
+        (53, "path-open"),
+        (54, "path-sync"),
+        (55, "file-missing"),
+        (56, "db-connect"),
+        (57, "db-query"),
+        (58, "db-mismatch"),
+        (60, "file-remove"),
+        (61, "path-remove"),
+        (62, "stop"),
+        (63, "term"),
+        (64, "file-write"),
+        (67, "feature-not-supported"),
+        (68, "archive-command-invalid"),
+        (69, "link-expected"),
+        (70, "link-destination"),
+        (72, "host-invalid"),
+        (73, "path-missing"),
+        (74, "file-move"),
+        (75, "backup-set-invalid"),
+        (76, "tablespace-map"),
+        (78, "link-map"),
+        (79, "file-close"),
+        (80, "db-missing"),
+        (81, "db-invalid"),
+        (82, "archive-timeout"),
+        (83, "file-mode"),
+        (87, "archive-disabled"),
+        (88, "file-owner"),
+        (89, "user-missing"),
+        (93, "file-exists"),
+        (94, "memory"),
+        (95, "crypto"),
+        (96, "param-invalid"),
+        (97, "path-close"),
+        (98, "file-info"),
+        (99, "json-format"),
+        (100, "kernel"),
+        (101, "service"),
+        (102, "execute"),
+        (103, "repo-invalid"),
+        (104, "command"),
+        (105, "access"),
+        (106, "clock"),
+    ];
+    let kebab = NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or("unknown", |(_, n)| n);
+    let mut out: String = kebab
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
         })
         .collect();
-    let in_progress = unfinished(repo, &layout, &backup)?;
-    let last = |t: BackupType| {
-        backup
-            .backups
-            .iter()
-            .rev()
-            .find(|(_, b)| b.backup_type == t)
-            .map(|(label, b)| json!({"label": label, "stop": b.backup_timestamp_stop}))
-    };
-    let last_backup = json!({
-        "full": last(BackupType::Full),
-        "diff": last(BackupType::Diff),
-        "incr": last(BackupType::Incr),
+    out.push_str("Error");
+    out
+}
+
+/// One entry of `backup[]` from backup.info's record of it (read by pgBackRest's key names,
+/// so keys a newer writer adds, such as `backup-error` or `backup-annotation`, show when
+/// present), plus the manifest's details for `--set`.
+fn backup_entry(label: &str, raw: &Value, manifest: Option<&Manifest>) -> Value {
+    let text = |k: &str| raw[k].as_str().filter(|s| !s.is_empty()).map(String::from);
+    let num = |k: &str| raw[k].as_u64().unwrap_or(0);
+    let reference = raw["backup-reference"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+        .map(|r| Value::Array(r.clone()));
+    let mut b = json!({
+        "label": label,
+        "type": raw["backup-type"],
+        "prior": text("backup-prior"),
+        "reference": reference,
+        "archive": {"start": text("backup-archive-start"), "stop": text("backup-archive-stop")},
+        "backrest": {
+            "format": raw["backrest-format"].as_u64().unwrap_or(crate::codec::FORMAT),
+            "version": text("backrest-version"),
+        },
+        "database": {"id": num("db-id"), "repo-key": REPO_KEY},
+        "info": {
+            "size": num("backup-info-size"),
+            "delta": num("backup-info-size-delta"),
+            "repository": {
+                "size": num("backup-info-repo-size"),
+                "delta": num("backup-info-repo-size-delta"),
+            },
+        },
+        "timestamp": {
+            "start": num("backup-timestamp-start"),
+            "stop": num("backup-timestamp-stop"),
+        },
     });
-    let status = if backups.is_empty() {
-        json!({"code": 2, "message": "no valid backups"})
-    } else {
-        json!({"code": 0, "message": "ok"})
-    };
-    Ok(json!({
-        "name": stanza,
-        "status": status,
-        "db": [{"id": archive.db.current.id, "system-id": archive.db.current.system_id, "version": archive.db.current.version}],
-        "archive": [{"id": archive_id, "min": min, "max": max}],
-        "backup": backups,
-        "in-progress": in_progress,
-        "last-backup": last_backup,
-        "running": running,
-    }))
+    let obj = b.as_object_mut().expect("built as an object");
+    if let Some(e) = raw["backup-error"].as_bool() {
+        obj.insert("error".into(), Value::Bool(e));
+    }
+    if let (Some(start), Some(stop)) = (text("backup-lsn-start"), text("backup-lsn-stop")) {
+        obj.insert("lsn".into(), json!({"start": start, "stop": stop}));
+    }
+    if let Some(a) = raw.get("backup-annotation").filter(|a| a.is_object()) {
+        obj.insert("annotation".into(), a.clone());
+    }
+    if let Some(m) = manifest {
+        set_details(obj, m);
+    }
+    b
+}
+
+/// `--set` details from the backup's manifest: its databases (templates left out), links,
+/// tablespaces, and the files whose page checksums failed.
+fn set_details(obj: &mut Map<String, Value>, m: &Manifest) {
+    let databases: Vec<Value> = m
+        .databases
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "template0" | "template1"))
+        .map(|(name, oid)| json!({"name": name, "oid": oid.id}))
+        .collect();
+    obj.insert("database-ref".into(), Value::Array(databases));
+    let mut links = Vec::new();
+    let mut tablespaces = Vec::new();
+    for (name, t) in &m.targets {
+        if t.kind != "link" {
+            continue;
+        }
+        match &t.tablespace_name {
+            Some(ts) => tablespaces.push(json!({
+                "name": ts,
+                "destination": t.path,
+                "oid": t.tablespace_id.as_deref().and_then(|i| i.parse::<u64>().ok()),
+            })),
+            None => links.push(json!({
+                "name": name.strip_prefix("pg_data/").unwrap_or(name),
+                "destination": t.path,
+            })),
+        }
+    }
+    let list_or_null = |v: Vec<Value>| (!v.is_empty()).then_some(Value::Array(v));
+    obj.insert("link".into(), list_or_null(links).into());
+    obj.insert("tablespace".into(), list_or_null(tablespaces).into());
+    let errors: Vec<Value> = m
+        .files
+        .iter()
+        .filter(|(_, f)| !f.checksum_page_error.is_empty() || f.checksum_page == Some(false))
+        .map(|(name, _)| Value::from(name.strip_prefix("pg_data/").unwrap_or(name)))
+        .collect();
+    if !errors.is_empty() {
+        obj.insert("error-list".into(), Value::Array(errors));
+        obj.insert("error".into(), Value::Bool(true));
+    }
 }
 
 /// Backup directories not (yet) in backup.info: a backup running now, or one interrupted
@@ -135,7 +494,7 @@ fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Res
         if !crate::info::backup::is_label(&entry) || info.backups.contains_key(&entry) {
             continue;
         }
-        let Some(m) = crate::manifest::Manifest::load_copy(repo, &layout.manifest(&entry))? else {
+        let Some(m) = Manifest::load_copy(repo, &layout.manifest(&entry))? else {
             continue;
         };
         let copied: u64 = m
@@ -191,137 +550,322 @@ fn wal_range(repo: &dyn Storage, dir: &str) -> Result<(Option<String>, Option<St
     Ok((min, max))
 }
 
+/// Local time as pgBackRest prints it.
 fn time(ts: &Value) -> String {
     ts.as_i64()
         .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
         .map(|t| {
             t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S%:z")
+                .format("%Y-%m-%d %H:%M:%S")
                 .to_string()
         })
         .unwrap_or_else(|| "-".into())
 }
 
+/// A size as pgBackRest prints it: whole units, or one decimal when the tenth is not zero.
 fn size(v: &Value) -> String {
-    let b = v.as_u64().unwrap_or(0) as f64;
-    match b {
-        b if b >= 1024.0 * 1024.0 * 1024.0 => format!("{:.1}GB", b / 1024f64.powi(3)),
-        b if b >= 1024.0 * 1024.0 => format!("{:.1}MB", b / 1024f64.powi(2)),
-        b if b >= 1024.0 => format!("{:.1}KB", b / 1024.0),
-        b => format!("{b}B"),
+    let b = v.as_u64().unwrap_or(0);
+    if b < 1024 {
+        return format!("{b}B");
+    }
+    let (unit, name) = match b {
+        b if b < 1 << 20 => (1u64 << 10, "KB"),
+        b if b < 1 << 30 => (1 << 20, "MB"),
+        _ => (1 << 30, "GB"),
+    };
+    if ((b as f64 / (unit as f64 / 10.0)) as u64) % 10 != 0 {
+        format!("{:.1}{name}", b as f64 / unit as f64)
+    } else {
+        format!("{}{name}", b / unit)
     }
 }
 
-fn render_text(report: &[Value]) -> String {
-    let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
+fn render_text(report: &[Value], set: bool) -> String {
+    if report.is_empty() {
+        return "No stanzas exist in the repository.\n".into();
+    }
     let mut out = String::new();
-    for st in report {
-        out.push_str(&format!(
-            "stanza: {}\n    status: {}\n",
-            s(&st["name"]),
-            s(&st["status"]["message"])
-        ));
-        if let Some(db) = st["db"].get(0) {
-            out.push_str(&format!(
-                "    db (current): PostgreSQL {}, system-id {}\n",
-                s(&db["version"]),
-                db["system-id"]
-            ));
+    for (i, st) in report.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
         }
-        if let Some(a) = st["archive"].get(0) {
-            out.push_str(&format!(
-                "    wal archive min/max ({}): {}/{}\n",
-                s(&a["id"]),
-                s(&a["min"]),
-                s(&a["max"])
-            ));
-        }
-        for t in ["full", "diff", "incr"] {
-            if let Some(b) = st["last-backup"][t].as_object() {
-                out.push_str(&format!(
-                    "    last {t} backup: {}, finished {}\n",
-                    s(&b["label"]),
-                    time(&b["stop"])
-                ));
+        render_stanza(&mut out, st, set);
+    }
+    out
+}
+
+fn render_stanza(out: &mut String, st: &Value, set: bool) {
+    let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
+    let code = st["status"]["code"].as_i64().unwrap_or(OTHER);
+    let held = st["status"]["lock"]["backup"]["held"] == true;
+    let running = "backup/expire running";
+    out.push_str(&format!("stanza: {}\n    status: ", s(&st["name"])));
+    match code {
+        OK if held => out.push_str(&format!("ok ({running})\n")),
+        OK => out.push_str("ok\n"),
+        OTHER => {
+            out.push_str("error (other)");
+            if held {
+                out.push_str(&format!(" ({running})"));
             }
-        }
-        match st["running"].as_object() {
-            Some(r) => out.push_str(&format!(
-                "    running now: {} (pid {}, started {})\n",
-                s(&r["command"]),
-                r["pid"],
-                s(&r["start"])
-            )),
-            None => out.push_str("    running now: no backup or expire\n"),
-        }
-        for b in st["in-progress"].as_array().into_iter().flatten() {
-            out.push_str(&if b["state"] == "expiring" {
-                format!(
-                    "    {} backup {}: expired, being removed (an interrupted expire; the next \
-                     expire or backup finishes it)\n",
-                    s(&b["type"]),
-                    s(&b["label"]),
-                )
-            } else {
-                format!(
-                    "    {} backup {}: running or interrupted, {} files ({}) copied so far\n",
-                    s(&b["type"]),
-                    s(&b["label"]),
-                    b["files-copied"],
-                    size(&b["bytes-copied"])
-                )
-            });
-        }
-        for b in st["backup"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "\n    {} backup: {}\n",
-                s(&b["type"]),
-                s(&b["label"])
-            ));
-            out.push_str(&format!(
-                "        timestamp start/stop: {} / {}\n",
-                time(&b["timestamp"]["start"]),
-                time(&b["timestamp"]["stop"])
-            ));
-            out.push_str(&format!(
-                "        lsn start/stop: {} / {}\n",
-                s(&b["lsn"]["start"]),
-                s(&b["lsn"]["stop"])
-            ));
-            out.push_str(&format!(
-                "        wal start/stop: {} / {}\n",
-                s(&b["archive"]["start"]),
-                s(&b["archive"]["stop"])
-            ));
-            out.push_str(&format!(
-                "        database size: {}, database backup size: {}\n        repo1: backup set size: {}, backup size: {}\n",
-                size(&b["info"]["size"]),
-                size(&b["info"]["delta"]),
-                size(&b["info"]["repository"]["size"]),
-                size(&b["info"]["repository"]["delta"])
-            ));
-            if let Some(prior) = b["prior"].as_str() {
-                out.push_str(&format!("        prior: {prior}\n"));
-            }
-            let refs: Vec<String> = b["reference"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(s)
-                .collect();
-            if !refs.is_empty() {
-                out.push_str(&format!(
-                    "        backup reference list: {}\n",
-                    refs.join(", ")
-                ));
-            }
-            if let Some(annotation) = b["annotation"].as_object() {
-                out.push_str("        annotation(s)\n");
-                for (k, v) in annotation {
-                    out.push_str(&format!("            {k}: {}\n", s(v)));
+            out.push('\n');
+            for repo in st["repo"].as_array().into_iter().flatten() {
+                for line in s(&repo["status"]["message"]).lines() {
+                    out.push_str(&format!("            {line}\n"));
                 }
             }
         }
+        _ => out.push_str(&format!(
+            "error ({}{})\n",
+            s(&st["status"]["message"]),
+            if held {
+                format!(", {running}")
+            } else {
+                String::new()
+            }
+        )),
     }
-    out
+    if code != MISSING_STANZA_PATH {
+        out.push_str(&format!("    cipher: {}\n", s(&st["cipher"])));
+    }
+
+    // This project's additions: who runs now, unfinished backups, the last of each type.
+    if let Some(r) = st["running"].as_object() {
+        out.push_str(&format!(
+            "    running now: {} (pid {}, started {})\n",
+            s(&r["command"]),
+            r["pid"],
+            s(&r["start"])
+        ));
+    } else if st["db"].as_array().is_some_and(|d| !d.is_empty()) {
+        out.push_str("    running now: no backup or expire\n");
+    }
+    for b in st["in-progress"].as_array().into_iter().flatten() {
+        out.push_str(&if b["state"] == "expiring" {
+            format!(
+                "    {} backup {}: expired, being removed (an interrupted expire; the next \
+                 expire or backup finishes it)\n",
+                s(&b["type"]),
+                s(&b["label"]),
+            )
+        } else {
+            format!(
+                "    {} backup {}: running or interrupted, {} files ({}) copied so far\n",
+                s(&b["type"]),
+                s(&b["label"]),
+                b["files-copied"],
+                size(&b["bytes-copied"])
+            )
+        });
+    }
+    for t in ["full", "diff", "incr"] {
+        if let Some(b) = st["last-backup"][t].as_object() {
+            out.push_str(&format!(
+                "    last {t} backup: {}, finished {}\n",
+                s(&b["label"]),
+                time(&b["stop"])
+            ));
+        }
+    }
+
+    render_db_groups(out, st, set);
+}
+
+/// The backups and WAL range per cluster (system-id and version), as pgBackRest groups them:
+/// earlier clusters first as `db (prior)` when they have WAL or backups, the current last.
+fn render_db_groups(out: &mut String, st: &Value, set: bool) {
+    let Some(dbs) = st["db"].as_array().filter(|d| !d.is_empty()) else {
+        return;
+    };
+    struct Group<'a> {
+        system_id: &'a Value,
+        version: &'a Value,
+        min: Option<String>,
+        max: Option<String>,
+        backups: Vec<&'a Value>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for db in dbs {
+        let at = match groups
+            .iter()
+            .position(|g| *g.system_id == db["system-id"] && *g.version == db["version"])
+        {
+            Some(at) => at,
+            None => {
+                groups.push(Group {
+                    system_id: &db["system-id"],
+                    version: &db["version"],
+                    min: None,
+                    max: None,
+                    backups: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        let g = &mut groups[at];
+        for a in st["archive"].as_array().into_iter().flatten() {
+            if a["database"]["id"] != db["id"] {
+                continue;
+            }
+            if let (Some(min), Some(max)) = (a["min"].as_str(), a["max"].as_str()) {
+                if g.min.as_deref().is_none_or(|m| m > min) {
+                    g.min = Some(min.to_string());
+                }
+                if g.max.as_deref().is_none_or(|m| m < max) {
+                    g.max = Some(max.to_string());
+                }
+            }
+        }
+        for b in st["backup"].as_array().into_iter().flatten() {
+            if b["database"]["id"] == db["id"] {
+                g.backups.push(b);
+            }
+        }
+    }
+    let current = dbs.last().expect("checked non-empty");
+    let mut current_text = None;
+    for g in &groups {
+        if set && g.backups.is_empty() {
+            continue;
+        }
+        let mut text = String::new();
+        let version = g.version.as_str().unwrap_or("-");
+        match (&g.min, &g.max) {
+            (Some(min), Some(max)) => text.push_str(&format!(
+                "\n        wal archive min/max ({version}): {min}/{max}\n"
+            )),
+            _ => text.push_str(&format!(
+                "\n        wal archive min/max ({version}): none present\n"
+            )),
+        }
+        for b in &g.backups {
+            render_backup(&mut text, b, set);
+        }
+        if *g.system_id == current["system-id"] && *g.version == current["version"] {
+            current_text = Some(text);
+        } else if g.min.is_some() || !g.backups.is_empty() {
+            out.push_str("\n    db (prior)");
+            out.push_str(&text);
+        }
+    }
+    if let Some(text) = current_text {
+        out.push_str("\n    db (current)");
+        out.push_str(&text);
+    }
+}
+
+/// One backup in text; the LSNs only for `--set`, as pgBackRest prints them.
+fn render_backup(out: &mut String, b: &Value, set: bool) {
+    let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
+    out.push_str(&format!(
+        "\n        {} backup: {}\n",
+        s(&b["type"]),
+        s(&b["label"])
+    ));
+    out.push_str(&format!(
+        "            timestamp start/stop: {} / {}\n",
+        time(&b["timestamp"]["start"]),
+        time(&b["timestamp"]["stop"])
+    ));
+    match (
+        b["archive"]["start"].as_str(),
+        b["archive"]["stop"].as_str(),
+    ) {
+        (Some(start), Some(stop)) => {
+            out.push_str(&format!("            wal start/stop: {start} / {stop}\n"))
+        }
+        _ => out.push_str("            wal start/stop: n/a\n"),
+    }
+    if let Some(lsn) = b["lsn"].as_object().filter(|_| set) {
+        out.push_str(&format!(
+            "            lsn start/stop: {} / {}\n",
+            s(&lsn["start"]),
+            s(&lsn["stop"])
+        ));
+    }
+    out.push_str(&format!(
+        "            database size: {}, database backup size: {}\n",
+        size(&b["info"]["size"]),
+        size(&b["info"]["delta"])
+    ));
+    out.push_str(&format!(
+        "            repo{}: backup set size: {}, backup size: {}\n",
+        b["database"]["repo-key"],
+        size(&b["info"]["repository"]["size"]),
+        size(&b["info"]["repository"]["delta"])
+    ));
+    if let Some(refs) = b["reference"].as_array() {
+        let refs: Vec<String> = refs.iter().map(s).collect();
+        out.push_str(&format!(
+            "            backup reference list: {}\n",
+            refs.join(", ")
+        ));
+    }
+    if let Some(dbs) = b["database-ref"].as_array() {
+        out.push_str("            database list:");
+        if dbs.is_empty() {
+            out.push_str(" none\n");
+        } else {
+            let list: Vec<String> = dbs
+                .iter()
+                .map(|d| format!(" {} ({})", s(&d["name"]), d["oid"]))
+                .collect();
+            out.push_str(&list.join(","));
+            out.push('\n');
+        }
+    }
+    if let Some(links) = b["link"].as_array() {
+        out.push_str("            symlinks:\n");
+        for l in links {
+            out.push_str(&format!(
+                "                {} => {}\n",
+                s(&l["name"]),
+                s(&l["destination"])
+            ));
+        }
+    }
+    if let Some(ts) = b["tablespace"].as_array() {
+        out.push_str("            tablespaces:\n");
+        for t in ts {
+            out.push_str(&format!(
+                "                {} ({}) => {}\n",
+                s(&t["name"]),
+                t["oid"],
+                s(&t["destination"])
+            ));
+        }
+    }
+    if b["error"] == true {
+        match b["error-list"].as_array() {
+            Some(list) => {
+                let list: Vec<String> = list.iter().map(s).collect();
+                out.push_str(&format!("            error list: {}\n", list.join(", ")));
+            }
+            None => out.push_str("            error(s) detected during backup\n"),
+        }
+    }
+    if let Some(a) = b["annotation"].as_object() {
+        out.push_str("            annotation(s)\n");
+        for (k, v) in a {
+            out.push_str(&format!("                {k}: {}\n", s(v)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_error_names_read_as_pgbackrest_prints_them() {
+        assert_eq!(size(&json!(1023)), "1023B");
+        assert_eq!(size(&json!(1024)), "1KB");
+        assert_eq!(size(&json!(1536)), "1.5KB");
+        assert_eq!(size(&json!(22_992_521)), "21.9MB");
+        assert_eq!(size(&json!(3u64 << 30)), "3GB");
+        assert_eq!(error_type_name(29), "FormatError");
+        assert_eq!(error_type_name(55), "FileMissingError");
+        assert_eq!(error_type_name(44), "ArchiveMismatchError");
+        assert_eq!(error_type_name(7), "UnknownError");
+    }
 }
