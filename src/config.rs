@@ -1648,7 +1648,7 @@ mod tests {
             "{w:?}"
         );
         let e = resolve_with(&["--stanza=main", "check"], &[], Some(file)).unwrap_err();
-        assert_eq!(e.kind, Kind::Config);
+        assert_eq!(e.kind, Kind::OptionInvalid);
         assert!(
             e.message.starts_with("unknown option 'repo1-paht'"),
             "{e:?}"
