@@ -251,3 +251,16 @@ fn called_pgbackrest_it_answers_as_pgbackrest() {
     let out = run(pgbr_as(&link, &[&config, "--stanza=main", "info"])).expect_ok("pgbackrest info");
     assert!(out.stdout.contains(&format!("stanza: {STANZA}")), "{out}");
 }
+
+#[test]
+fn expire_auto_n_leaves_retention_to_a_separate_expire() {
+    let site = Site::new(Options {
+        global: "repo1-retention-full=1\nexpire-auto=n\n",
+        ..Options::default()
+    });
+    let first = site.backup("full", &[]);
+    let second = site.backup("full", &[]);
+    assert_eq!(site.backup_labels(), vec![first, second.clone()]);
+    site.pgbr(&["expire"]).expect_ok("expire");
+    assert_eq!(site.backup_labels(), vec![second]);
+}
