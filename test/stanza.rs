@@ -165,7 +165,7 @@ fn a_tampered_label_in_backup_info_is_refused_by_info_and_expire() {
     let text = site.pgbr(&["info"]).expect_ok("info");
     assert!(
         text.stdout
-            .contains(&format!("    status: error (other)\n            [")),
+            .contains("    status: error (other)\n            ["),
         "{text}"
     );
     assert!(!text.stdout.contains(&label), "{text}");

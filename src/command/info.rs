@@ -573,7 +573,7 @@ fn size(v: &Value) -> String {
         b if b < 1 << 30 => (1 << 20, "MB"),
         _ => (1 << 30, "GB"),
     };
-    if ((b as f64 / (unit as f64 / 10.0)) as u64) % 10 != 0 {
+    if !((b as f64 / (unit as f64 / 10.0)) as u64).is_multiple_of(10) {
         format!("{:.1}{name}", b as f64 / unit as f64)
     } else {
         format!("{}{name}", b / unit)
