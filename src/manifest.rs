@@ -3,8 +3,8 @@
 //! where each part of the cluster lives (`[backup:target]`), and every path, file and link
 //! (`[target:path]`, `[target:file]`, `[target:link]`).
 //!
-//! The file is an info file (see [`crate::info`]): plain INI with JSON values and a checksum
-//! of its own, so Python's configparser reads it. File keys are paths inside the backup
+//! The file is in pgBackRest's metadata format ([`crate::codec`]): INI with JSON values and a
+//! checksum of its own (Python's configparser reads it with `strict=False`). File keys are paths inside the backup
 //! (`pg_data/base/5/16396`, `pg_tblspc/16385/PG_15_202209061/5/16400`); the stored copy is
 //! `LABEL/<key>` plus `.gz` when compressed, in the backup named by `reference` when the
 //! file's data lives in an earlier backup.

@@ -388,6 +388,37 @@ fn archive_command_switched_between_the_tools_mid_stream_leaves_no_gap() {
         assert_eq!(out.status, 0, "{tool:?} archive-push {name} again:\n{out}");
         assert_eq!(both.stored(name), before, "{tool:?} stored {name} again");
     }
+
+    // Timeline history files: each tool's stored under the plain name pgBackRest uses,
+    // fetched by both, and pushed again by the other.
+    let scratch = both.dir.mkdir("history");
+    for (tool, name, text) in [
+        (
+            Theirs,
+            "00000002.history",
+            "1\t0/9000000\tno recovery target specified\n",
+        ),
+        (
+            Ours,
+            "00000003.history",
+            "1\t0/9000000\tno recovery target specified\n\n2\t0/A000000\tno recovery target specified\n",
+        ),
+    ] {
+        let path = scratch.join(name);
+        fs::write(&path, text).unwrap();
+        harness::chown_postgres(&path);
+        let out = both.run(tool, &["archive-push", p(&path)]);
+        assert_eq!(out.status, 0, "{tool:?} archive-push {name}:\n{out}");
+        let stored = both.repo.join(format!("archive/{STANZA}/15-1/{name}"));
+        assert_eq!(fs::read_to_string(&stored).unwrap(), text, "{name} stored plain");
+        for getter in [Ours, Theirs] {
+            assert_eq!(both.get(getter, name), text.as_bytes(), "{getter:?} gets {name}");
+        }
+        let other = if tool == Ours { Theirs } else { Ours };
+        let out = both.run(other, &["archive-push", p(&path)]);
+        assert_eq!(out.status, 0, "{other:?} archive-push {name} again:\n{out}");
+    }
+
     for tool in [Ours, Theirs] {
         let out = both.run(tool, &["check"]);
         assert_eq!(out.status, 0, "{tool:?} check:\n{out}");
