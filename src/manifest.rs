@@ -814,6 +814,14 @@ impl Manifest {
         metafile::save(storage, path, &self.to_doc()?)
     }
 
+    /// Writes the gzip copy of a finished manifest that pgBackRest keeps for every backup it
+    /// completes (`backup.history/YYYY/LABEL.manifest.gz`, level 9 as pgBackRest): its backup
+    /// takes the newest one into account when it makes a new label, and a DBA can read what an
+    /// expired backup held.
+    pub fn save_history(&self, storage: &dyn Storage, path: &str) -> Result<()> {
+        metafile::save_gz(storage, path, &self.to_doc()?)
+    }
+
     /// Writes only the copy: the backup's progress so far.
     pub fn save_progress(&self, storage: &dyn Storage, path: &str) -> Result<()> {
         metafile::save_one(storage, &metafile::copy_path(path), &self.to_doc()?)

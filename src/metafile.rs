@@ -119,6 +119,16 @@ pub fn save(storage: &dyn Storage, path: &str, doc: &Document) -> Result<()> {
     storage::write_small(storage, &copy_path(path), &bytes)
 }
 
+/// Writes one file gzip-compressed (level 9, as pgBackRest writes `backup.history/`), atomically.
+pub fn save_gz(storage: &dyn Storage, path: &str, doc: &Document) -> Result<()> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+    gz.write_all(&doc.render())
+        .and_then(|()| gz.try_finish())
+        .map_err(|e| Error::internal(format!("compressing '{}': {e}", storage.describe(path))))?;
+    storage::write_small(storage, path, gz.get_ref())
+}
+
 /// Writes one file atomically (for a manifest in progress, only its copy).
 pub fn save_one(storage: &dyn Storage, path: &str, doc: &Document) -> Result<()> {
     storage::write_small(storage, path, &doc.render())

@@ -57,6 +57,16 @@ impl RepoLayout {
         format!("backup/{}/{label}/{}", self.stanza, MANIFEST_FILE)
     }
 
+    /// The gzip copy of a finished backup's manifest that pgBackRest keeps in
+    /// `backup.history/YYYY/` (the label's year).
+    pub fn backup_history(&self, label: &str) -> String {
+        let year = label.get(..4).unwrap_or(label);
+        format!(
+            "backup/{}/backup.history/{year}/{label}.manifest.gz",
+            self.stanza
+        )
+    }
+
     /// A stored file of a backup (`stored_name` from the manifest, e.g. `pg_data/PG_VERSION.gz`).
     pub fn backup_file(&self, label: &str, stored_name: &str) -> String {
         format!("backup/{}/{label}/{stored_name}", self.stanza)

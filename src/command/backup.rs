@@ -293,6 +293,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
 
     manifest.backup.timestamp_stop = Some(chrono::Utc::now().timestamp());
     manifest.save(repo.as_ref(), &layout.manifest(&label))?;
+    manifest.save_history(repo.as_ref(), &layout.backup_history(&label))?;
     info.backups.insert(label.clone(), manifest.summary());
     info.save(repo.as_ref(), &layout)?;
 

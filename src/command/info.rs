@@ -301,84 +301,12 @@ fn archive_id_for(archive_history: &[DbEntry], pg: &DbEntry) -> Result<String> {
 /// `[ErrorType] message`, as pgBackRest reports a stanza it could not read. The type is the
 /// name pgBackRest gives the error code this error exits with.
 fn describe_error(e: &Error) -> String {
-    format!("[{}] {}", error_type_name(e.kind.exit_code()), e.message)
+    format!("[{}] {}", error_type_name(e.kind), e.message)
 }
 
-/// pgBackRest's error type names by code (its error table, build/error.yaml).
-fn error_type_name(code: i32) -> String {
-    const NAMES: &[(i32, &str)] = &[
-        (25, "assert"),
-        (26, "checksum"),
-        (27, "config"),
-        (28, "file-invalid"),
-        (29, "format"),
-        (30, "command-required"),
-        (31, "option-invalid"),
-        (32, "option-invalid-value"),
-        (37, "option-required"),
-        (38, "pg-running"),
-        (39, "protocol"),
-        (40, "path-not-empty"),
-        (41, "file-open"),
-        (42, "file-read"),
-        (43, "param-required"),
-        (44, "archive-mismatch"),
-        (45, "archive-duplicate"),
-        (46, "version-not-supported"),
-        (47, "path-create"),
-        (48, "command-invalid"),
-        (49, "host-connect"),
-        (50, "lock-acquire"),
-        (51, "backup-mismatch"),
-        (52, "file-sync"),
-        (53, "path-open"),
-        (54, "path-sync"),
-        (55, "file-missing"),
-        (56, "db-connect"),
-        (57, "db-query"),
-        (58, "db-mismatch"),
-        (60, "file-remove"),
-        (61, "path-remove"),
-        (62, "stop"),
-        (63, "term"),
-        (64, "file-write"),
-        (67, "feature-not-supported"),
-        (68, "archive-command-invalid"),
-        (69, "link-expected"),
-        (70, "link-destination"),
-        (72, "host-invalid"),
-        (73, "path-missing"),
-        (74, "file-move"),
-        (75, "backup-set-invalid"),
-        (76, "tablespace-map"),
-        (78, "link-map"),
-        (79, "file-close"),
-        (80, "db-missing"),
-        (81, "db-invalid"),
-        (82, "archive-timeout"),
-        (83, "file-mode"),
-        (87, "archive-disabled"),
-        (88, "file-owner"),
-        (89, "user-missing"),
-        (93, "file-exists"),
-        (94, "memory"),
-        (95, "crypto"),
-        (96, "param-invalid"),
-        (97, "path-close"),
-        (98, "file-info"),
-        (99, "json-format"),
-        (100, "kernel"),
-        (101, "service"),
-        (102, "execute"),
-        (103, "repo-invalid"),
-        (104, "command"),
-        (105, "access"),
-        (106, "clock"),
-    ];
-    let kebab = NAMES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map_or("unknown", |(_, n)| n);
+/// pgBackRest's name of an error type (`FormatError`), from the kind's name in its error table.
+fn error_type_name(kind: crate::error::Kind) -> String {
+    let kebab = kind.wire_name();
     let mut out: String = kebab
         .split('-')
         .map(|w| {
@@ -863,9 +791,13 @@ mod tests {
         assert_eq!(size(&json!(1536)), "1.5KB");
         assert_eq!(size(&json!(22_992_521)), "21.9MB");
         assert_eq!(size(&json!(3u64 << 30)), "3GB");
-        assert_eq!(error_type_name(29), "FormatError");
-        assert_eq!(error_type_name(55), "FileMissingError");
-        assert_eq!(error_type_name(44), "ArchiveMismatchError");
-        assert_eq!(error_type_name(7), "UnknownError");
+        use crate::error::Kind;
+        assert_eq!(error_type_name(Kind::Format), "FormatError");
+        assert_eq!(error_type_name(Kind::FileMissing), "FileMissingError");
+        assert_eq!(
+            error_type_name(Kind::ArchiveMismatch),
+            "ArchiveMismatchError"
+        );
+        assert_eq!(error_type_name(Kind::RepoInvalid), "RepoInvalidError");
     }
 }
