@@ -754,8 +754,8 @@ mod tests {
             .starts_with("unknown option 'bogus' in section '[global]' of '/"));
         assert!(err(&push, &[], Some("[global:bogus]\nrepo1-path=/x\n"))
             .contains("section '[global:bogus]' in '/"));
-        assert!(err(&push, &[], Some("[global]\ncompress-level=11\n"))
-            .contains("invalid value '11' for option 'compress-level' in section '[global]'"));
+        assert!(err(&push, &[], Some("[global]\ncompress-level=30\n"))
+            .contains("invalid value '30' for option 'compress-level' in section '[global]'"));
         assert!(err(&push, &[], Some("[global]\npg1-path=/d\n"))
             .contains("option 'pg1-path' in section '[global]' of '/"));
         assert!(

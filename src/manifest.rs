@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::info::backup::is_label;
 use crate::info::{self, DbEntry, IniDoc};
-use crate::pipeline::Compress;
+use crate::pipeline::{Compress, CompressType};
 use crate::storage::Storage;
 
 pub const MANIFEST_FILE: &str = "backup.manifest";
@@ -84,7 +84,7 @@ pub struct BackupFacts {
 #[serde(rename_all = "kebab-case")]
 pub struct BackupOptions {
     pub compress_type: String,
-    pub compress_level: u32,
+    pub compress_level: i32,
     pub process_max: u32,
     pub delta: bool,
     pub archive_check: bool,
@@ -92,12 +92,23 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    pub fn compress(&self) -> Compress {
-        if self.compress_type == "gz" {
-            Compress::Gz(self.compress_level)
-        } else {
-            Compress::None
-        }
+    /// How this backup's files are stored. A type this build has no decoder for (a
+    /// repository written by another tool) is an error naming it, never a guess.
+    pub fn compress(&self) -> Result<Compress> {
+        let kind = CompressType::parse(&self.compress_type).ok_or_else(|| {
+            Error::new(
+                Kind::NotImplemented,
+                format!(
+                    "the backup's files are stored with compress-type '{}', which pg_backrest cannot read",
+                    self.compress_type
+                ),
+            )
+            .with_hint("use a backup stored with none, gz, bz2, lz4 or zst, or the tool that wrote this one")
+        })?;
+        // The level only matters for writing; one outside the type's range (written by
+        // another tool) still names how to read the files.
+        kind.with_level(Some(i64::from(self.compress_level)))
+            .or_else(|_| kind.with_level(None))
     }
 }
 
@@ -349,7 +360,12 @@ impl Manifest {
     /// The stored name of a file of this manifest, relative to the backup directory of the
     /// backup that holds it.
     pub fn stored_name(&self, key: &str) -> String {
-        format!("{key}{}", self.options.compress().extension())
+        // pgBackRest's rule (the type's name as extension) also names the files of a type
+        // this build cannot read, so that they are reported as such and not as missing.
+        match CompressType::parse(&self.options.compress_type) {
+            Some(kind) => format!("{key}{}", kind.extension()),
+            None => format!("{key}.{}", self.options.compress_type),
+        }
     }
 
     /// Loads `LABEL/backup.manifest`, falling back to its copy; `None` when neither exists.

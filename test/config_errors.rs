@@ -21,7 +21,7 @@ const PUSH: &[&str] = &[
 const CASES: &[Case] = &[
     Case { file: "[global]\nrepo1-paht=/x\n", args: PUSH, env: &[], expect: "unknown option 'repo1-paht' in section '[global]' of 'CONF'" },
     Case { file: "[global:archive-pusj]\nrepo1-path=/x\n", args: PUSH, env: &[], expect: "section '[global:archive-pusj]' in 'CONF' names unknown command 'archive-pusj'" },
-    Case { file: "[global]\ncompress-level=12\n", args: PUSH, env: &[], expect: "invalid value '12' for option 'compress-level' in section '[global]' of 'CONF': must be between 0 and 9" },
+    Case { file: "[global]\ncompress-level=30\n", args: PUSH, env: &[], expect: "invalid value '30' for option 'compress-level' in section '[global]' of 'CONF': must be between -7 and 22" },
     Case { file: "[global]\nrepo1-path=relative\n", args: PUSH, env: &[], expect: "invalid value 'relative' for option 'repo1-path' in section '[global]' of 'CONF': must be an absolute path" },
     Case { file: "[global]\npg1-path=/data\n", args: PUSH, env: &[], expect: "option 'pg1-path' in section '[global]' of 'CONF' cannot apply there" },
     Case { file: "[main:archive-get]\ncompress-type=none\n", args: PUSH, env: &[], expect: "option 'compress-type' in section '[main:archive-get]' of 'CONF' cannot apply to command 'archive-get'" },
@@ -118,7 +118,7 @@ fn version_and_help_come_from_the_tables() {
         "hidden command listed:\n{help}"
     );
     let push = run(pgbr(&["help", "archive-push"])).expect_ok("help archive-push");
-    assert!(push.stdout.contains("--compress-level=<0..9>"), "{push}");
+    assert!(push.stdout.contains("--compress-level=<-7..22>"), "{push}");
     let flag = run(pgbr(&["archive-get", "--help"])).expect_ok("--help");
     assert!(
         flag.stdout

@@ -49,9 +49,9 @@ pub fn run(cfg: &Config) -> Result<()> {
         return compare_with_archived(repo.as_ref(), &dir, stored, &mut file, &source, &wal);
     }
 
-    let compress = match (wal.kind, cfg.str("compress-type")) {
-        (WalKind::History, _) | (_, Some("none")) => Compress::None,
-        _ => Compress::Gz(cfg.int("compress-level").unwrap_or(6) as u32),
+    let compress = match wal.kind {
+        WalKind::History => Compress::None,
+        _ => pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?,
     };
     let mut writer = repo.open_write(&dir)?;
     let dest = repo.describe(&dir);
