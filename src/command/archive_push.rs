@@ -29,6 +29,14 @@ pub fn run(cfg: &Config) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let wal = WalName::parse(&file_name)?;
+    // Checked first: a level out of its type's range is a config error on every push, not
+    // only on those that store something.
+    let configured =
+        pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
+    let compress = match wal.kind {
+        WalKind::History => Compress::None,
+        _ => configured,
+    };
     let source = wal_path.display().to_string();
     let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
     let header = check_content(&wal, &mut file, &wal_path, &source)?;
@@ -49,10 +57,6 @@ pub fn run(cfg: &Config) -> Result<()> {
         return compare_with_archived(repo.as_ref(), &dir, stored, &mut file, &source, &wal);
     }
 
-    let compress = match wal.kind {
-        WalKind::History => Compress::None,
-        _ => pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?,
-    };
     let mut writer = repo.open_write(&dir)?;
     let dest = repo.describe(&dir);
     let copied = pipeline::store(
