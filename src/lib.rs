@@ -6,7 +6,10 @@
 //! - [`storage`]: one interface, posix and remote drivers
 //! - [`protocol`]: the framed protocol over SSH that the remote driver speaks
 //! - [`pipeline`]: the one copy pipeline (read, SHA-1, gzip, write)
-//! - [`info`], [`repo`]: the repository's info files and its path layout
+//! - [`codec`]: pgBackRest's metadata file format (bytes, checksum), storage-free
+//! - [`metafile`]: metadata files loaded and saved through storage, with their `.copy`
+//! - [`info`], [`manifest`], [`repo`], [`label`]: the info files, the backup manifest, the
+//!   repository's path layout, backup labels
 //! - [`pg`]: WAL names and headers, the database connection
 //! - [`lock`], [`hook`], [`log`], [`error`]: locks, hooks, logging, the error type and exit codes
 //! - [`signal`]: SIGINT, SIGTERM and SIGHUP, caught so that every command ends cleaned up
@@ -15,14 +18,17 @@
 // (storage/scan.rs), each saying why; a new exception needs the same justification.
 #![deny(unsafe_code)]
 
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod error;
 pub mod hook;
 pub mod info;
+pub mod label;
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod metafile;
 pub mod parallel;
 pub mod pg;
 pub mod pipeline;

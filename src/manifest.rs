@@ -18,49 +18,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::codec::Document;
 use crate::error::{Error, Kind, Result};
-use crate::info::backup::is_label;
-use crate::info::{self, DbEntry, IniDoc};
+use crate::info::backup::BackupSummary;
+use crate::info::DbEntry;
+use crate::label::is_label;
+use crate::metafile;
 use crate::pipeline::{Compress, CompressType};
 use crate::storage::Storage;
 
-pub const MANIFEST_FILE: &str = "backup.manifest";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupType {
-    Full,
-    Diff,
-    Incr,
-}
-
-impl BackupType {
-    pub fn parse(s: &str) -> Option<BackupType> {
-        match s {
-            "full" => Some(BackupType::Full),
-            "diff" => Some(BackupType::Diff),
-            "incr" => Some(BackupType::Incr),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackupType::Full => "full",
-            BackupType::Diff => "diff",
-            BackupType::Incr => "incr",
-        }
-    }
-
-    /// The letter that ends a label of this type.
-    pub fn letter(self) -> char {
-        match self {
-            BackupType::Full => 'F',
-            BackupType::Diff => 'D',
-            BackupType::Incr => 'I',
-        }
-    }
-}
+pub use crate::label::BackupType;
+pub use crate::repo::MANIFEST_FILE;
 
 /// The backup's own facts: `[backup]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,8 +155,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value> {
 }
 
 impl Manifest {
-    pub fn to_doc(&self) -> Result<IniDoc> {
-        let mut doc = IniDoc::default();
+    pub fn to_doc(&self) -> Result<Document> {
+        let mut doc = Document::new();
         if let Value::Object(map) = to_json(&self.backup)? {
             for (k, v) in map {
                 doc.set("backup", &format!("backup-{k}"), &v);
@@ -231,11 +199,10 @@ impl Manifest {
         Ok(doc)
     }
 
-    pub fn from_doc(doc: &IniDoc, what: &str) -> Result<Manifest> {
+    pub fn from_doc(doc: &Document, what: &str) -> Result<Manifest> {
         let bad = |why: String| Error::integrity(format!("manifest '{what}' is invalid: {why}"));
         let section = |name: &str| -> BTreeMap<String, Value> {
-            doc.sections
-                .get(name)
+            doc.section(name)
                 .map(|s| {
                     s.iter()
                         .filter_map(|(k, v)| serde_json::from_str(v).ok().map(|v| (k.clone(), v)))
@@ -370,7 +337,7 @@ impl Manifest {
 
     /// Loads `LABEL/backup.manifest`, falling back to its copy; `None` when neither exists.
     pub fn load(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
-        match info::load(storage, path)? {
+        match metafile::load(storage, path)? {
             None => Ok(None),
             Some(l) => Manifest::from_doc(&l.doc, &storage.describe(path)).map(Some),
         }
@@ -378,8 +345,8 @@ impl Manifest {
 
     /// Loads only the in-progress `.copy` (what a resumed backup may trust).
     pub fn load_copy(storage: &dyn Storage, path: &str) -> Result<Option<Manifest>> {
-        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
-        match info::load_one(storage, &copy) {
+        let copy = metafile::copy_path(path);
+        match metafile::load_one(storage, &copy) {
             Ok(Some(doc)) => Manifest::from_doc(&doc, &storage.describe(&copy)).map(Some),
             Ok(None) | Err(_) => Ok(None),
         }
@@ -387,13 +354,51 @@ impl Manifest {
 
     /// Writes the finished manifest: the file and its copy.
     pub fn save(&self, storage: &dyn Storage, path: &str) -> Result<()> {
-        info::save(storage, path, &mut self.to_doc()?)
+        metafile::save(storage, path, &self.to_doc()?)
     }
 
     /// Writes only the copy: the backup's progress so far.
     pub fn save_progress(&self, storage: &dyn Storage, path: &str) -> Result<()> {
-        let copy = format!("{path}{}", crate::repo::COPY_SUFFIX);
-        info::save_one(storage, &copy, &mut self.to_doc()?)
+        metafile::save_one(storage, &metafile::copy_path(path), &self.to_doc()?)
+    }
+
+    /// This backup's entry in backup.info's `[backup:current]`, as pgBackRest derives it from
+    /// a manifest.
+    pub fn summary(&self) -> BackupSummary {
+        let s = self.sizes();
+        BackupSummary {
+            backrest_format: crate::codec::FORMAT,
+            backrest_version: crate::codec::BACKREST_VERSION.to_string(),
+            backup_annotation: None,
+            backup_archive_start: Some(self.backup.archive_start.clone()),
+            backup_archive_stop: self.backup.archive_stop.clone(),
+            backup_error: Some(
+                self.files
+                    .values()
+                    .any(|f| !f.checksum_page_error.is_empty()),
+            ),
+            backup_info_repo_size: s.repo_size,
+            backup_info_repo_size_delta: s.repo_size_delta,
+            backup_info_repo_size_map: None,
+            backup_info_repo_size_map_delta: None,
+            backup_info_size: s.size,
+            backup_info_size_delta: s.size_delta,
+            backup_lsn_start: Some(self.backup.lsn_start.clone()),
+            backup_lsn_stop: self.backup.lsn_stop.clone(),
+            backup_prior: self.backup.prior.clone(),
+            backup_reference: self.references(),
+            backup_timestamp_start: self.backup.timestamp_start,
+            backup_timestamp_stop: self.backup.timestamp_stop.unwrap_or(0),
+            backup_type: self.backup.backup_type,
+            db_id: self.db.id,
+            option_archive_check: self.options.archive_check,
+            option_archive_copy: false,
+            option_backup_standby: false,
+            option_checksum_page: self.files.values().any(|f| f.checksum_page.is_some()),
+            option_compress: self.options.compress_type != CompressType::None.name(),
+            option_hardlink: false,
+            option_online: self.options.online,
+        }
     }
 
     /// Size of the database (original bytes) and of this backup's own part of it.
@@ -508,7 +513,7 @@ pub mod tests {
     fn round_trips_through_ini() {
         let m = sample();
         let doc = m.to_doc().unwrap();
-        let text = doc.render();
+        let text = String::from_utf8(doc.render()).unwrap();
         assert!(
             text.contains("[backup]\nbackup-archive-start=\"000000010000000000000002\""),
             "{text}"

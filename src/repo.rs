@@ -6,7 +6,7 @@
 //! archive/STANZA/ARCHIVE_ID/TIMELINE.history
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.partial-<sha1>[.gz]
-//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup-<sha1>[.gz]
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup   (plain, as pgBackRest)
 //! backup/STANZA/backup.info (+ .copy)
 //! backup/STANZA/LABEL/backup.manifest (+ .copy)
 //! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
@@ -21,6 +21,7 @@ use crate::pipeline::{Compress, CompressType};
 use crate::storage::Storage;
 
 pub const COPY_SUFFIX: &str = ".copy";
+pub const MANIFEST_FILE: &str = "backup.manifest";
 
 #[derive(Debug, Clone)]
 pub struct RepoLayout {
@@ -53,11 +54,7 @@ impl RepoLayout {
     }
 
     pub fn manifest(&self, label: &str) -> String {
-        format!(
-            "backup/{}/{label}/{}",
-            self.stanza,
-            crate::manifest::MANIFEST_FILE
-        )
+        format!("backup/{}/{label}/{}", self.stanza, MANIFEST_FILE)
     }
 
     /// A stored file of a backup (`stored_name` from the manifest, e.g. `pg_data/PG_VERSION.gz`).
@@ -96,11 +93,12 @@ pub struct StoredWal {
 }
 
 impl StoredWal {
-    /// The stored name of `wal` with this content checksum. History files keep their plain
-    /// name, uncompressed, as the contract's layout has them.
+    /// The stored name of `wal` with this content checksum. As pgBackRest stores them,
+    /// segments and `.partial` files carry the checksum and the compression extension;
+    /// timeline history and backup history files keep their plain name, uncompressed.
     pub fn new(wal: &WalName, sha1: &str, compress: Compress) -> StoredWal {
-        if wal.kind == WalKind::History {
-            return StoredWal::history(wal.clone());
+        if matches!(wal.kind, WalKind::History | WalKind::Backup) {
+            return StoredWal::plain(wal.clone());
         }
         StoredWal {
             file_name: format!("{}-{sha1}{}", wal.name, compress.extension()),
@@ -111,7 +109,7 @@ impl StoredWal {
         }
     }
 
-    fn history(wal: WalName) -> StoredWal {
+    fn plain(wal: WalName) -> StoredWal {
         StoredWal {
             file_name: wal.name.clone(),
             wal,
@@ -128,7 +126,7 @@ impl StoredWal {
             return entries
                 .iter()
                 .filter(|e| **e == wal.name)
-                .map(|_| StoredWal::history(wal.clone()))
+                .map(|_| StoredWal::plain(wal.clone()))
                 .collect();
         }
         entries
@@ -299,6 +297,16 @@ mod tests {
             StoredWal::new(&hist, &sha, Compress::Gz(6)).file_name,
             "00000002.history"
         );
+        // pgBackRest stores backup history files plain, beside the segments.
+        let backup = WalName::parse("000000010000000100000023.00000028.backup").unwrap();
+        let s = StoredWal::new(&backup, &sha, Compress::Gz(6));
+        assert_eq!(s.file_name, "000000010000000100000023.00000028.backup");
+        assert!(s.compress == Some(CompressType::None) && s.sha1.is_none());
+        assert_eq!(
+            l.wal_dir("15-1", &backup),
+            "archive/main/15-1/0000000100000001"
+        );
+        assert_eq!(StoredWal::find(&backup, &[s.file_name.clone()]), vec![s]);
     }
 
     /// Every type pgBackRest stores WAL with is named by its extension and read back; an

@@ -7,6 +7,7 @@ mod archive;
 mod archive_validate;
 pub mod backup;
 mod backup_ssh;
+mod compat_archive;
 mod compress;
 mod config_errors;
 mod drill;

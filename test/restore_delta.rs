@@ -292,50 +292,11 @@ fn an_unfinished_restore_leaves_no_pg_control_and_delta_finishes_it() {
 }
 
 /// `text` (an info file or manifest) with its `backrest-checksum` recomputed, as a tamperer
-/// would leave it.
+/// would leave it (with pgBackRest's checksum, through the codec both tools share).
 pub fn rechecksum(text: &str) -> String {
-    let mut sections: std::collections::BTreeMap<
-        String,
-        std::collections::BTreeMap<String, String>,
-    > = Default::default();
-    let mut current = String::new();
-    for line in text.lines() {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = name.to_string();
-            sections.entry(current.clone()).or_default();
-        } else if let Some((k, v)) = line.split_once('=') {
-            sections
-                .entry(current.clone())
-                .or_default()
-                .insert(k.to_string(), v.to_string());
-        }
-    }
-    let render = |sections: &std::collections::BTreeMap<
-        String,
-        std::collections::BTreeMap<String, String>,
-    >| {
-        let mut out = String::new();
-        for (i, (name, keys)) in sections.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(&format!("[{name}]\n"));
-            for (k, v) in keys {
-                out.push_str(&format!("{k}={v}\n"));
-            }
-        }
-        out
-    };
-    sections
-        .get_mut("backrest")
-        .unwrap()
-        .remove("backrest-checksum");
-    let sum = hex::encode(Sha1::digest(render(&sections).as_bytes()));
-    sections
-        .get_mut("backrest")
-        .unwrap()
-        .insert("backrest-checksum".into(), format!("\"{sum}\""));
-    render(&sections)
+    let (doc, _) = pg_backrest::codec::parse_unverified(text).expect("a metadata file");
+    let version = doc.backrest_version().unwrap_or_default();
+    String::from_utf8(doc.render_as(&version)).unwrap()
 }
 
 #[test]

@@ -33,8 +33,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     // only on those that store something.
     let configured =
         pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
+    // History and backup history files are stored plain, as pgBackRest stores them.
     let compress = match wal.kind {
-        WalKind::History => Compress::None,
+        WalKind::History | WalKind::Backup => Compress::None,
         _ => configured,
     };
     let source = wal_path.display().to_string();
@@ -196,7 +197,8 @@ fn compare_with_archived(
     let local = pipeline::digest(file, source)?.sha1;
     let archived = match &stored.sha1 {
         Some(s) => s.clone(),
-        // History files carry no checksum in their name: hash the stored copy.
+        // History and backup history files carry no checksum in their name: hash the
+        // stored copy.
         None => {
             let path = format!("{dir}/{}", stored.file_name);
             let mut r = repo

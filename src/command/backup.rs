@@ -29,7 +29,7 @@ use crate::error::{Error, Kind, Result};
 use crate::hook::RunFacts;
 use crate::info::archive::ArchiveInfo;
 pub(crate) use crate::info::backup::is_label;
-use crate::info::backup::{BackupInfo, BackupSummary};
+use crate::info::backup::BackupInfo;
 use crate::manifest::{BackupFacts, BackupOptions, BackupType, FileEntry, Manifest};
 use crate::pg::db::{self, Db};
 use crate::pg::wal::{segment_range, WalName};
@@ -277,8 +277,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
 
     manifest.backup.timestamp_stop = Some(chrono::Utc::now().timestamp());
     manifest.save(repo.as_ref(), &layout.manifest(&label))?;
-    info.backups
-        .insert(label.clone(), BackupSummary::of(&manifest));
+    info.backups.insert(label.clone(), manifest.summary());
     info.save(repo.as_ref(), &layout)?;
 
     let sizes = manifest.sizes();
@@ -426,7 +425,7 @@ pub(crate) fn adopt_complete_backups(
         if !is_label(&entry) || info.backups.contains_key(&entry) {
             continue;
         }
-        let Ok(Some(doc)) = crate::info::load_one(repo, &layout.manifest(&entry)) else {
+        let Ok(Some(doc)) = crate::metafile::load_one(repo, &layout.manifest(&entry)) else {
             continue;
         };
         let Ok(m) = Manifest::from_doc(&doc, &entry) else {
@@ -434,7 +433,7 @@ pub(crate) fn adopt_complete_backups(
         };
         if m.db == info.db.current && m.backup.timestamp_stop.is_some() && m.backup.label == entry {
             crate::warn!("backup {entry} is complete but was missing from backup.info; adding it");
-            info.backups.insert(entry, BackupSummary::of(&m));
+            info.backups.insert(entry, m.summary());
             adopted = true;
         }
     }

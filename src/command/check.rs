@@ -96,7 +96,11 @@ fn archive_command_ok(command: &str, stanza: &str) -> bool {
         .split_whitespace()
         .map(|w| w.trim_matches(|c| c == '\'' || c == '"'))
         .collect();
-    let calls_us = words.iter().any(|w| w.ends_with("pg_backrest"));
+    // pgBackRest itself writes the same archive on the same repository, and pg_backrest may
+    // be installed under its name.
+    let calls_us = words
+        .iter()
+        .any(|w| w.ends_with("pg_backrest") || w.ends_with("pgbackrest"));
     let pushes = words.contains(&"archive-push");
     let names_stanza = words
         .windows(2)
@@ -113,6 +117,10 @@ mod tests {
     fn recognizes_archive_commands() {
         assert!(archive_command_ok(
             "pg_backrest --stanza=main archive-push %p",
+            "main"
+        ));
+        assert!(archive_command_ok(
+            "/usr/bin/pgbackrest --config=/x --stanza=main archive-push %p",
             "main"
         ));
         assert!(archive_command_ok(

@@ -406,7 +406,7 @@ fn remove_wal(
         return Ok(0);
     };
     let archive_dir = layout.archive_id_path(&db.archive_id());
-    let start = boundary.backup_archive_start.as_str();
+    let start = boundary.backup_archive_start.as_deref().unwrap_or_default();
     if start.len() != 24 {
         return Ok(0);
     }
@@ -415,8 +415,8 @@ fn remove_wal(
         .filter(|b| b.db_id == boundary.db_id)
         .map(|b| {
             (
-                b.backup_archive_start.as_str(),
-                b.backup_archive_stop.as_str(),
+                b.backup_archive_start.as_deref().unwrap_or_default(),
+                b.backup_archive_stop.as_deref().unwrap_or_default(),
             )
         })
         .collect();
@@ -485,21 +485,13 @@ mod tests {
     /// A backup.info entry: `stop` in days before "now", WAL range from the label's number.
     fn b(t: BackupType, prior: Option<&str>, stop_days_ago: i64, wal: (u32, u32)) -> BackupSummary {
         BackupSummary {
-            backup_type: t,
             backup_prior: prior.map(String::from),
             backup_reference: prior.map(String::from).into_iter().collect(),
             backup_timestamp_start: 1_000 * DAY - stop_days_ago * DAY - 60,
             backup_timestamp_stop: 1_000 * DAY - stop_days_ago * DAY,
-            backup_lsn_start: String::new(),
-            backup_lsn_stop: String::new(),
-            backup_archive_start: format!("0000000100000000{:08X}", wal.0),
-            backup_archive_stop: format!("0000000100000000{:08X}", wal.1),
-            backup_info_size: 0,
-            backup_info_size_delta: 0,
-            backup_info_repo_size: 0,
-            backup_info_repo_size_delta: 0,
-            db_id: 1,
-            backrest_version: String::new(),
+            backup_archive_start: Some(format!("0000000100000000{:08X}", wal.0)),
+            backup_archive_stop: Some(format!("0000000100000000{:08X}", wal.1)),
+            ..BackupSummary::sample(t)
         }
     }
 
@@ -608,7 +600,7 @@ mod tests {
         let all = sample();
         let start = |t, n| {
             archive_boundary(&all, t, n)
-                .map(|b| b.backup_archive_start[16..].to_string())
+                .map(|b| b.backup_archive_start.as_deref().unwrap()[16..].to_string())
                 .unwrap()
         };
         assert_eq!(start(BackupType::Full, 1), "00000014");

@@ -157,7 +157,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                     .iter()
                     .any(|d| d.id == b.db_id && d.archive_id() == archive_id)
             })
-            .filter_map(|b| WalName::parse(&b.backup_archive_start).ok())
+            .filter_map(|b| WalName::parse(b.backup_archive_start.as_deref()?).ok())
             .map(|w| w.timeline())
             .collect();
         for sub in &listing.wal_dirs {

@@ -1,8 +1,10 @@
 //! `archive.info`: which cluster the stanza's WAL archive belongs to, and the archive ids of
 //! every cluster it has belonged to (newest first is the search order of archive-get).
 
-use super::{DbInfo, IniDoc};
+use super::DbInfo;
+use crate::codec::Document;
 use crate::error::Result;
+use crate::metafile;
 use crate::repo::RepoLayout;
 use crate::storage::Storage;
 
@@ -16,7 +18,7 @@ pub struct ArchiveInfo {
 impl ArchiveInfo {
     pub fn load(storage: &dyn Storage, layout: &RepoLayout) -> Result<Option<ArchiveInfo>> {
         let path = layout.archive_info();
-        let Some(loaded) = super::load(storage, &path)? else {
+        let Some(loaded) = metafile::load(storage, &path)? else {
             return Ok(None);
         };
         let db = DbInfo::read_from(&loaded.doc, &storage.describe(&path))?;
@@ -27,9 +29,14 @@ impl ArchiveInfo {
     }
 
     pub fn save(&self, storage: &dyn Storage, layout: &RepoLayout) -> Result<()> {
-        let mut doc = IniDoc::default();
+        metafile::save(storage, &layout.archive_info(), &self.to_doc())
+    }
+
+    /// The document pgBackRest writes: `[db]` and `[db:history]` without catalog versions.
+    pub fn to_doc(&self) -> Document {
+        let mut doc = Document::new();
         self.db.write_to(&mut doc, false);
-        super::save(storage, &layout.archive_info(), &mut doc)
+        doc
     }
 
     /// Archive ids to search for a WAL file, newest cluster first.
@@ -40,5 +47,27 @@ impl ArchiveInfo {
             .rev()
             .map(|h| h.archive_id())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &[u8] = include_bytes!("../../test/data/pgbackrest-2.45/archive.info");
+
+    #[test]
+    fn archive_info_written_by_pgbackrest_reads_and_writes_back_byte_for_byte() {
+        let doc = crate::codec::parse(FIXTURE).unwrap();
+        let info = ArchiveInfo {
+            db: DbInfo::read_from(&doc, "archive.info").unwrap(),
+            from_copy: false,
+        };
+        assert_eq!(info.archive_ids_newest_first(), vec!["15-1".to_string()]);
+        assert_eq!(info.db.current.system_id, 7714710211506830604);
+        assert_eq!(
+            String::from_utf8(info.to_doc().render()).unwrap(),
+            String::from_utf8(FIXTURE.to_vec()).unwrap()
+        );
     }
 }

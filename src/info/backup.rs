@@ -1,59 +1,79 @@
 //! `backup.info`: which cluster the stanza's backups belong to (with the control and catalog
 //! versions a restore must match), and the list of complete backups in `[backup:current]`,
-//! one JSON summary per label. A backup is added here only after its manifest is complete.
+//! one JSON summary per label, with pgBackRest's keys. A backup is added here only after its
+//! manifest is complete.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{DbInfo, IniDoc};
+use super::DbInfo;
+use crate::codec::Document;
 use crate::error::{Error, Result};
-use crate::manifest::{BackupType, Manifest};
+use crate::label::BackupType;
+pub use crate::label::{is_label, label_type};
+use crate::metafile;
 use crate::repo::RepoLayout;
 use crate::storage::Storage;
 
-/// What backup.info says about one backup (enough for info, expire and choosing a prior).
+/// One backup as `[backup:current]` records it: pgBackRest's keys, in its (name) order, with
+/// the keys it omits when unset omitted too. pgBackRest reads the entry key by key in name
+/// order and skips keys it does not know; it rewrites only the keys it knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct BackupSummary {
-    pub backup_type: BackupType,
+    // Defaults only for entries written by pg_backrest 0.1, which lacked these keys.
+    #[serde(default = "format5")]
+    pub backrest_format: u64,
+    /// The release that wrote the backup (pgBackRest's version, or [`crate::codec::BACKREST_VERSION`]).
+    pub backrest_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_annotation: Option<Value>,
+    /// `null` for an offline backup, as pgBackRest writes it.
+    #[serde(default)]
+    pub backup_archive_start: Option<String>,
+    #[serde(default)]
+    pub backup_archive_stop: Option<String>,
+    /// Whether a page checksum failed; absent in entries older than the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_error: Option<bool>,
+    pub backup_info_repo_size: u64,
+    pub backup_info_repo_size_delta: u64,
+    /// Block incremental only (which pg_backrest does not write; kept when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_info_repo_size_map: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_info_repo_size_map_delta: Option<u64>,
+    pub backup_info_size: u64,
+    pub backup_info_size_delta: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_lsn_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_lsn_stop: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_prior: Option<String>,
+    /// Earlier backups this one needs; absent for a full backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backup_reference: Vec<String>,
     pub backup_timestamp_start: i64,
     pub backup_timestamp_stop: i64,
-    pub backup_lsn_start: String,
-    pub backup_lsn_stop: String,
-    pub backup_archive_start: String,
-    pub backup_archive_stop: String,
-    pub backup_info_size: u64,
-    pub backup_info_size_delta: u64,
-    pub backup_info_repo_size: u64,
-    pub backup_info_repo_size_delta: u64,
+    pub backup_type: BackupType,
     pub db_id: u32,
-    pub backrest_version: String,
-}
-
-impl BackupSummary {
-    pub fn of(m: &Manifest) -> BackupSummary {
-        let s = m.sizes();
-        BackupSummary {
-            backup_type: m.backup.backup_type,
-            backup_prior: m.backup.prior.clone(),
-            backup_reference: m.references(),
-            backup_timestamp_start: m.backup.timestamp_start,
-            backup_timestamp_stop: m.backup.timestamp_stop.unwrap_or(0),
-            backup_lsn_start: m.backup.lsn_start.clone(),
-            backup_lsn_stop: m.backup.lsn_stop.clone().unwrap_or_default(),
-            backup_archive_start: m.backup.archive_start.clone(),
-            backup_archive_stop: m.backup.archive_stop.clone().unwrap_or_default(),
-            backup_info_size: s.size,
-            backup_info_size_delta: s.size_delta,
-            backup_info_repo_size: s.repo_size,
-            backup_info_repo_size_delta: s.repo_size_delta,
-            db_id: m.db.id,
-            backrest_version: crate::VERSION.to_string(),
-        }
-    }
+    #[serde(default)]
+    pub option_archive_check: bool,
+    #[serde(default)]
+    pub option_archive_copy: bool,
+    #[serde(default)]
+    pub option_backup_standby: bool,
+    #[serde(default)]
+    pub option_checksum_page: bool,
+    #[serde(default)]
+    pub option_compress: bool,
+    #[serde(default)]
+    pub option_hardlink: bool,
+    #[serde(default)]
+    pub option_online: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,74 +86,93 @@ pub struct BackupInfo {
 
 const CURRENT: &str = "backup:current";
 
-/// `YYYYMMDD-HHMMSS` at the start of `s`, as backup labels carry it.
-fn is_stamp(s: &[u8]) -> bool {
-    s.len() == 15
-        && s.iter().enumerate().all(|(i, b)| match i {
-            8 => *b == b'-',
-            _ => b.is_ascii_digit(),
-        })
+fn format5() -> u64 {
+    crate::codec::FORMAT
 }
 
-/// The type a backup label names, when it has the only shapes backup ever writes: a full
-/// `YYYYMMDD-HHMMSSF`, or a diff or incr `<full label>_YYYYMMDD-HHMMSS` + `D` or `I`. Labels
-/// become directory names in the repository, so nothing else is trusted as one.
-pub fn label_type(label: &str) -> Option<BackupType> {
-    let b = label.as_bytes();
-    match b.len() {
-        16 if is_stamp(&b[..15]) && b[15] == b'F' => Some(BackupType::Full),
-        // Bytes, not `&label[..16]`: a tampered label may have a multi-byte character there.
-        33 if is_stamp(&b[..15]) && b[15] == b'F' && b[16] == b'_' && is_stamp(&b[17..32]) => {
-            match b[32] {
-                b'D' => Some(BackupType::Diff),
-                b'I' => Some(BackupType::Incr),
-                _ => None,
-            }
+#[cfg(test)]
+impl BackupSummary {
+    /// A complete summary of type `t` for tests to adjust.
+    pub fn sample(t: BackupType) -> BackupSummary {
+        BackupSummary {
+            backrest_format: crate::codec::FORMAT,
+            backrest_version: crate::codec::BACKREST_VERSION.into(),
+            backup_annotation: None,
+            backup_archive_start: Some("000000010000000000000002".into()),
+            backup_archive_stop: Some("000000010000000000000002".into()),
+            backup_error: Some(false),
+            backup_info_repo_size: 1,
+            backup_info_repo_size_delta: 1,
+            backup_info_repo_size_map: None,
+            backup_info_repo_size_map_delta: None,
+            backup_info_size: 1,
+            backup_info_size_delta: 1,
+            backup_lsn_start: Some("0/2000028".into()),
+            backup_lsn_stop: Some("0/2000100".into()),
+            backup_prior: None,
+            backup_reference: vec![],
+            backup_timestamp_start: 1,
+            backup_timestamp_stop: 2,
+            backup_type: t,
+            db_id: 1,
+            option_archive_check: true,
+            option_archive_copy: false,
+            option_backup_standby: false,
+            option_checksum_page: false,
+            option_compress: true,
+            option_hardlink: false,
+            option_online: true,
         }
-        _ => None,
     }
-}
-
-/// Whether `name` is a backup label (see [`label_type`]).
-pub fn is_label(name: &str) -> bool {
-    label_type(name).is_some()
 }
 
 impl BackupInfo {
     pub fn load(storage: &dyn Storage, layout: &RepoLayout) -> Result<Option<BackupInfo>> {
         let path = layout.backup_info();
-        let Some(loaded) = super::load(storage, &path)? else {
+        let Some(loaded) = metafile::load(storage, &path)? else {
             return Ok(None);
         };
-        let what = storage.describe(&path);
-        let db = DbInfo::read_from(&loaded.doc, &what)?;
+        let mut info = BackupInfo::from_doc(&loaded.doc, &storage.describe(&path))?;
+        info.from_copy = loaded.from_copy;
+        Ok(Some(info))
+    }
+
+    /// Reads backup.info's content; `what` names the file in errors.
+    pub fn from_doc(doc: &Document, what: &str) -> Result<BackupInfo> {
+        let db = DbInfo::read_from(doc, what)?;
         let mut backups = BTreeMap::new();
-        for (label, raw) in loaded.doc.sections.get(CURRENT).into_iter().flatten() {
+        for (label, raw) in doc.section(CURRENT).into_iter().flatten() {
             let summary: BackupSummary = serde_json::from_str(raw).map_err(|e| {
                 Error::integrity(format!(
                     "'{what}' has an invalid entry for backup '{}': {e}",
                     label.escape_debug()
                 ))
             })?;
-            check_labels(&what, label, &summary)?;
+            check_labels(what, label, &summary)?;
             backups.insert(label.clone(), summary);
         }
-        Ok(Some(BackupInfo {
+        Ok(BackupInfo {
             db,
             backups,
-            from_copy: loaded.from_copy,
-        }))
+            from_copy: false,
+        })
     }
 
     pub fn save(&self, storage: &dyn Storage, layout: &RepoLayout) -> Result<()> {
-        let mut doc = IniDoc::default();
-        self.db.write_to(&mut doc, true);
+        metafile::save(storage, &layout.backup_info(), &self.to_doc()?)
+    }
+
+    /// The document pgBackRest writes: `[backup:current]` by label, then `[db]` and
+    /// `[db:history]`.
+    pub fn to_doc(&self) -> Result<Document> {
+        let mut doc = Document::new();
         for (label, summary) in &self.backups {
             let v = serde_json::to_value(summary)
                 .map_err(|e| Error::internal(format!("backup.info encoding: {e}")))?;
             doc.set(CURRENT, label, &v);
         }
-        super::save(storage, &layout.backup_info(), &mut doc)
+        self.db.write_to(&mut doc, true);
+        Ok(doc)
     }
 
     /// The newest backup, of any type.
@@ -196,22 +235,33 @@ mod tests {
 
     fn summary(t: BackupType, prior: Option<&str>, refs: &[&str]) -> BackupSummary {
         BackupSummary {
-            backup_type: t,
             backup_prior: prior.map(String::from),
             backup_reference: refs.iter().map(|r| r.to_string()).collect(),
-            backup_timestamp_start: 1,
-            backup_timestamp_stop: 2,
-            backup_lsn_start: "0/2000028".into(),
-            backup_lsn_stop: "0/2000100".into(),
-            backup_archive_start: "000000010000000000000002".into(),
-            backup_archive_stop: "000000010000000000000002".into(),
-            backup_info_size: 1,
-            backup_info_size_delta: 1,
-            backup_info_repo_size: 1,
-            backup_info_repo_size_delta: 1,
-            db_id: 1,
-            backrest_version: "0".into(),
+            ..BackupSummary::sample(t)
         }
+    }
+
+    const FIXTURE: &[u8] = include_bytes!("../../test/data/pgbackrest-2.45/backup.info");
+
+    #[test]
+    fn backup_info_written_by_pgbackrest_reads_and_writes_back_byte_for_byte() {
+        let doc = crate::codec::parse(FIXTURE).unwrap();
+        let info = BackupInfo::from_doc(&doc, "backup.info").unwrap();
+        assert_eq!(info.db.current.archive_id(), "15-1");
+        assert_eq!(info.db.current.catalog_version, Some(202209061));
+        let full = &info.backups["20261202-141549F"];
+        assert_eq!(full.backup_type, BackupType::Full);
+        assert!(full.backup_reference.is_empty() && full.backup_prior.is_none());
+        assert_eq!(full.backup_lsn_stop.as_deref(), Some("0/2000100"));
+        assert_eq!(full.backup_error, Some(false));
+        let incr = &info.backups["20261202-141549F_20261202-141553I"];
+        assert_eq!(incr.backup_reference, vec!["20261202-141549F".to_string()]);
+        assert!(incr.option_compress && incr.option_online && !incr.option_hardlink);
+        let rendered = info.to_doc().unwrap().render();
+        assert_eq!(
+            String::from_utf8(rendered).unwrap(),
+            String::from_utf8(FIXTURE.to_vec()).unwrap()
+        );
     }
 
     /// backup.info written with a valid checksum (as a tamperer who recomputes it would) but
@@ -272,36 +322,6 @@ mod tests {
             assert_eq!(e.kind, Kind::Integrity, "{label}: {e:?}");
             assert!(e.message.contains("backup.info"), "{e:?}");
             assert!(e.message.contains(says), "{says}: {e:?}");
-        }
-    }
-
-    #[test]
-    fn labels_have_only_the_shapes_backup_writes() {
-        assert_eq!(label_type("20261122-044646F"), Some(BackupType::Full));
-        assert_eq!(
-            label_type("20261122-044646F_20261122-050000D"),
-            Some(BackupType::Diff)
-        );
-        assert_eq!(
-            label_type("20261122-044646F_20261122-050000I"),
-            Some(BackupType::Incr)
-        );
-        for bad in [
-            "",
-            "..",
-            "../../etc",
-            "20261122-044646D",
-            "20261122-04464xF",
-            "2026112-0446460F",
-            "20261122-044646F_20261122-050000F",
-            "20261122-044646I_20261122-050000I",
-            "20261122-044646F/20261122-050000I",
-            "20261122-044646F_20261122-050000Ix",
-            "20261122-044646F/../../../../../tmp",
-            // 33 bytes with a two-byte character across byte 16: refused, never a panic.
-            "20261122-044646\u{e9}20261122-050000I",
-        ] {
-            assert_eq!(label_type(bad), None, "{bad:?}");
         }
     }
 }

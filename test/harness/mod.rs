@@ -9,11 +9,13 @@
 #![allow(dead_code, unused_imports)]
 
 mod pg;
+mod pgbackrest;
 mod proc;
 mod sshd;
 mod testdir;
 
 pub use pg::{PgCluster, PG_BIN};
+pub use pgbackrest::{Paths as PgBackrestPaths, PgBackrest, PGBACKREST};
 pub use proc::{children, descendants, holds_open, is_dead, kill_tree, signal};
 pub use sshd::Sshd;
 pub use testdir::TestDir;

@@ -229,12 +229,14 @@ impl RecoveryTarget {
                 .with_hint("choose an older backup with --set, or a later target"));
             }
         }
-        if let (Some(lsn), Some(stop)) = (self.lsn, parse_lsn(&b.backup_lsn_stop)) {
+        if let (Some(lsn), Some(stop)) =
+            (self.lsn, b.backup_lsn_stop.as_deref().and_then(parse_lsn))
+        {
             if lsn < stop {
                 return Err(Error::config(format!(
                     "recovery target LSN '{}' is before the backup's consistent point {}: recovery cannot reach it",
                     self.target.as_deref().unwrap_or(""),
-                    b.backup_lsn_stop
+                    b.backup_lsn_stop.as_deref().unwrap_or_default()
                 ))
                 .with_hint("choose an older backup with --set, or a later target"));
             }
@@ -292,21 +294,11 @@ mod tests {
 
     fn summary(stop: i64, lsn_stop: &str) -> BackupSummary {
         BackupSummary {
-            backup_type: BackupType::Full,
-            backup_prior: None,
-            backup_reference: vec![],
             backup_timestamp_start: stop - 10,
             backup_timestamp_stop: stop,
-            backup_lsn_start: "0/1000000".into(),
-            backup_lsn_stop: lsn_stop.into(),
-            backup_archive_start: String::new(),
-            backup_archive_stop: String::new(),
-            backup_info_size: 0,
-            backup_info_size_delta: 0,
-            backup_info_repo_size: 0,
-            backup_info_repo_size_delta: 0,
-            db_id: 1,
-            backrest_version: String::new(),
+            backup_lsn_start: Some("0/1000000".into()),
+            backup_lsn_stop: Some(lsn_stop.into()),
+            ..BackupSummary::sample(BackupType::Full)
         }
     }
 
