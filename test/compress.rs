@@ -94,7 +94,11 @@ fn wal_pushed_in_every_type_comes_back_identical() {
         let seg = site.one_segment();
         let stored = site.stored(&seg);
         assert_eq!(stored.len(), 1, "{kind}: {seg} stored once: {stored:?}");
-        let name = stored[0].file_name().unwrap().to_string_lossy().into_owned();
+        let name = stored[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let sha_and_ext = name.split_once('-').unwrap().1;
         assert_eq!(&sha_and_ext[40..], ext, "{kind}: stored as {name}");
         let dest = fetched.join(&seg);
