@@ -306,7 +306,10 @@ mod tests {
             l.wal_dir("15-1", &backup),
             "archive/main/15-1/0000000100000001"
         );
-        assert_eq!(StoredWal::find(&backup, &[s.file_name.clone()]), vec![s]);
+        assert_eq!(
+            StoredWal::find(&backup, std::slice::from_ref(&s.file_name)),
+            vec![s]
+        );
     }
 
     /// Every type pgBackRest stores WAL with is named by its extension and read back; an
