@@ -1429,8 +1429,8 @@ mod tests {
     #[test]
     fn every_mistake_is_a_config_error_naming_its_source() {
         let push = ["--stanza=main", "archive-push", "/x"];
-        assert!(err(&push, &[], Some("[global]\ncompress-level=11\n"))
-            .contains("invalid value '11' for option 'compress-level' in section '[global]'"));
+        assert!(err(&push, &[], Some("[global]\ncompress-level=30\n"))
+            .contains("invalid value '30' for option 'compress-level' in section '[global]'"));
         assert!(err(&push, &[], Some("repo1-path=/x\n")).contains("is outside any section"));
         assert!(
             err(&push, &[], Some("[main]\nrepo1-path=/a\nrepo1-path=/b\n")).contains("set twice")

@@ -24,7 +24,7 @@ use crate::info::backup::BackupSummary;
 use crate::info::DbEntry;
 use crate::label::is_label;
 use crate::metafile;
-use crate::pipeline::Compress;
+use crate::pipeline::{Compress, CompressType};
 use crate::storage::Storage;
 
 pub use crate::label::BackupType;
@@ -71,7 +71,7 @@ pub struct BackupOptions {
     pub buffer_size: Option<u64>,
     pub checksum_page: Option<bool>,
     pub compress_type: String,
-    pub compress_level: u32,
+    pub compress_level: i32,
     pub compress_level_network: Option<u32>,
     pub delta: bool,
     pub hardlink: bool,
@@ -80,12 +80,23 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    pub fn compress(&self) -> Compress {
-        if self.compress_type == "gz" {
-            Compress::Gz(self.compress_level)
-        } else {
-            Compress::None
-        }
+    /// How this backup's files are stored. A type this build has no decoder for (a
+    /// repository written by another tool) is an error naming it, never a guess.
+    pub fn compress(&self) -> Result<Compress> {
+        let kind = CompressType::parse(&self.compress_type).ok_or_else(|| {
+            Error::new(
+                Kind::NotImplemented,
+                format!(
+                    "the backup's files are stored with compress-type '{}', which pg_backrest cannot read",
+                    self.compress_type
+                ),
+            )
+            .with_hint("use a backup stored with none, gz, bz2, lz4 or zst, or the tool that wrote this one")
+        })?;
+        // The level only matters for writing; one outside the type's range (written by
+        // another tool) still names how to read the files.
+        kind.with_level(Some(i64::from(self.compress_level)))
+            .or_else(|_| kind.with_level(None))
     }
 }
 
@@ -238,14 +249,8 @@ fn file_mode_default(path_mode: &str) -> String {
     format!("{:04o}", mode & 0o640)
 }
 
-fn compress_level_default(compress_type: &str) -> u32 {
-    match compress_type {
-        "gz" => 6,
-        "zst" => 3,
-        "lz4" => 1,
-        "bz2" => 9,
-        _ => 0,
-    }
+fn compress_level_default(compress_type: &str) -> i32 {
+    CompressType::parse(compress_type).map_or(0, CompressType::default_level)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
@@ -542,6 +547,16 @@ impl Manifest {
                     .ok_or_else(|| bad(format!("[backup:option] {k} is not a number"))),
             }
         };
+        // Levels go below zero (lz4, zst).
+        let signed = |k: &str| -> Result<Option<i64>> {
+            match o.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("[backup:option] {k} is not a number"))),
+            }
+        };
         // Before option-compress-type existed, option-compress meant gz.
         let compress_type = match string(&o, "backup:option", "option-compress-type")? {
             Some(t) => t,
@@ -554,9 +569,12 @@ impl Manifest {
             backup_standby: flag("option-backup-standby")?.unwrap_or(false),
             buffer_size: unsigned("option-buffer-size")?,
             checksum_page: flag("option-checksum-page")?,
-            compress_level: unsigned("option-compress-level")?
-                .map(|n| n as u32)
-                .unwrap_or_else(|| compress_level_default(&compress_type)),
+            compress_level: match signed("option-compress-level")? {
+                Some(n) => i32::try_from(n).map_err(|_| {
+                    bad("[backup:option] option-compress-level is out of range".into())
+                })?,
+                None => compress_level_default(&compress_type),
+            },
             compress_level_network: unsigned("option-compress-level-network")?.map(|n| n as u32),
             compress_type,
             delta: flag("option-delta")?.unwrap_or(false),
@@ -789,7 +807,12 @@ impl Manifest {
     /// The stored name of a file of this manifest, relative to the backup directory of the
     /// backup that holds it.
     pub fn stored_name(&self, key: &str) -> String {
-        format!("{key}{}", self.options.compress().extension())
+        // pgBackRest's rule (the type's name as extension) also names the files of a type
+        // this build cannot read, so that they are reported as such and not as missing.
+        match CompressType::parse(&self.options.compress_type) {
+            Some(kind) => format!("{key}{}", kind.extension()),
+            None => format!("{key}.{}", self.options.compress_type),
+        }
     }
 
     /// Loads `LABEL/backup.manifest`, falling back to its copy; `None` when neither exists.
@@ -868,7 +891,7 @@ impl Manifest {
                 .options
                 .checksum_page
                 .unwrap_or_else(|| self.files.values().any(|f| f.checksum_page.is_some())),
-            option_compress: self.options.compress() != Compress::None,
+            option_compress: self.options.compress_type != CompressType::None.name(),
             option_hardlink: self.options.hardlink,
             option_online: self.options.online,
         }
@@ -1177,7 +1200,7 @@ user="postgres"
         assert_eq!(m.paths["pg_data/pg_wal/archive_status"].mode, "0750");
         assert_eq!(m.links["pg_data/pg_tblspc/16385"].user, "postgres");
         assert_eq!(m.databases["template0"].last_system_id, 4);
-        assert_eq!(m.options.compress(), Compress::Gz(6));
+        assert_eq!(m.options.compress().unwrap(), Compress::Gz(6));
         assert_eq!(m.references(), vec!["20261202-141457F".to_string()]);
         // Written back, every section is what pgBackRest wrote, byte for byte.
         assert_eq!(m.to_doc().unwrap().render(), doc.render());

@@ -17,7 +17,7 @@
 
 use crate::error::Result;
 use crate::pg::wal::{is_upper_hex, WalKind, WalName};
-use crate::pipeline::Compress;
+use crate::pipeline::{Compress, CompressType};
 use crate::storage::Storage;
 
 pub const COPY_SUFFIX: &str = ".copy";
@@ -94,9 +94,11 @@ pub struct StoredWal {
     pub wal: WalName,
     /// SHA-1 of the original content, when the name carries it (not for history files).
     pub sha1: Option<String>,
-    pub compressed: bool,
-    /// What follows the checksum: `""`, `".gz"`, or the extension of a compression this
-    /// build cannot read (a repository written by another tool).
+    /// How it is stored, from its extension; `None` for an extension no compression type
+    /// has (`.xz`, from another tool): the file cannot be read.
+    pub compress: Option<CompressType>,
+    /// What follows the checksum: `""`, `".gz"`, `".zst"`..., or an extension this build
+    /// cannot read (a repository written by another tool).
     pub extension: String,
 }
 
@@ -112,7 +114,7 @@ impl StoredWal {
             file_name: format!("{}-{sha1}{}", wal.name, compress.extension()),
             wal: wal.clone(),
             sha1: Some(sha1.to_string()),
-            compressed: compress != Compress::None,
+            compress: Some(compress.kind()),
             extension: compress.extension().to_string(),
         }
     }
@@ -122,7 +124,7 @@ impl StoredWal {
             file_name: wal.name.clone(),
             wal,
             sha1: None,
-            compressed: false,
+            compress: Some(CompressType::None),
             extension: String::new(),
         }
     }
@@ -176,7 +178,7 @@ impl StoredWal {
             file_name: entry.to_string(),
             wal,
             sha1: sha1.map(String::from),
-            compressed: extension == ".gz",
+            compress: CompressType::from_extension(extension),
             extension: extension.to_string(),
         })
     }
@@ -187,9 +189,9 @@ impl StoredWal {
         (self.wal.kind != WalKind::History).then(|| &self.wal.name[..24])
     }
 
-    /// Whether this build can read the stored content back: stored plain or gzip.
+    /// Whether this build can read the stored content back.
     pub fn readable(&self) -> bool {
-        self.extension.is_empty() || self.compressed
+        self.compress.is_some()
     }
 }
 
@@ -309,7 +311,7 @@ mod tests {
         let backup = WalName::parse("000000010000000100000023.00000028.backup").unwrap();
         let s = StoredWal::new(&backup, &sha, Compress::Gz(6));
         assert_eq!(s.file_name, "000000010000000100000023.00000028.backup");
-        assert!(!s.compressed && s.sha1.is_none());
+        assert!(s.compress == Some(CompressType::None) && s.sha1.is_none());
         assert_eq!(
             l.wal_dir("15-1", &backup),
             "archive/main/15-1/0000000100000001"
@@ -318,6 +320,29 @@ mod tests {
             StoredWal::find(&backup, std::slice::from_ref(&s.file_name)),
             vec![s]
         );
+    }
+
+    /// Every type pgBackRest stores WAL with is named by its extension and read back; an
+    /// extension no type has stays unreadable (and is reported, never guessed at).
+    #[test]
+    fn every_compression_type_names_and_recognizes_its_wal_files() {
+        let seg = WalName::parse("000000010000000100000023").unwrap();
+        let sha = "d".repeat(40);
+        for (compress, ext) in [
+            (Compress::None, ""),
+            (Compress::Gz(6), ".gz"),
+            (Compress::Bz2(9), ".bz2"),
+            (Compress::Lz4(1), ".lz4"),
+            (Compress::Zst(3), ".zst"),
+        ] {
+            let stored = StoredWal::new(&seg, &sha, compress);
+            assert_eq!(stored.file_name, format!("{}-{sha}{ext}", seg.name));
+            let found = StoredWal::classify(&stored.file_name).unwrap();
+            assert_eq!(found.compress, Some(compress.kind()), "{ext}");
+            assert!(found.readable());
+        }
+        let xz = StoredWal::classify(&format!("{}-{sha}.xz", seg.name)).unwrap();
+        assert!(!xz.readable() && xz.extension == ".xz");
     }
 
     #[test]
@@ -333,7 +358,8 @@ mod tests {
         ];
         let found = StoredWal::find(&seg, &entries);
         assert_eq!(found.len(), 2);
-        assert!(found[0].compressed && !found[1].compressed);
+        assert_eq!(found[0].compress, Some(CompressType::Gz));
+        assert_eq!(found[1].compress, Some(CompressType::None));
         assert_eq!(found[0].sha1.as_deref(), Some(sha.as_str()));
     }
 
@@ -377,7 +403,7 @@ mod tests {
             format!("{seg}.partial-{sha}.gz"),
             format!("{seg}.00000028.backup-{sha}"),
             format!("{seg}.00000060.backup"),
-            format!("000000020000000000000006-{sha}.lz4"),
+            format!("000000020000000000000006-{sha}.xz"),
             format!("000000020000000000000007-{sha}"),
             format!("{seg}-{sha}.gz.bak~"),
             format!("{seg}-short"),
@@ -408,13 +434,15 @@ mod tests {
                     WalKind::Segment,
                     Some("000000020000000000000006"),
                     true,
-                    ".lz4"
+                    ".xz"
                 ),
                 (WalKind::Segment, Some("000000020000000000000007"), true, ""),
             ]
         );
-        assert!(l.stored[0].compressed && l.stored[0].readable());
-        assert!(!l.stored[4].compressed && !l.stored[4].readable());
+        assert_eq!(l.stored[0].compress, Some(CompressType::Gz));
+        assert!(l.stored[0].readable());
+        assert_eq!(l.stored[4].compress, None);
+        assert!(!l.stored[4].readable());
         assert!(l.stored[5].readable());
         assert_eq!(
             l.unknown,

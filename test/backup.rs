@@ -998,6 +998,11 @@ for label in sys.argv[2:]:
             missing.append((key, where))
     assert not missing, missing[:20]
     print(label, len(m['target:file']), 'files ok')
+    # pgBackRest's history copy of the finished manifest: the same bytes, gzip-compressed.
+    import gzip
+    hist = os.path.join(root, 'backup.history', label[:4], label + '.manifest.gz')
+    with gzip.open(hist, 'rb') as f, open(os.path.join(root, label, 'backup.manifest'), 'rb') as g:
+        assert f.read() == g.read(), hist
 "#;
     let out = run(std::process::Command::new("python3").args([
         "-c",

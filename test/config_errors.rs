@@ -26,7 +26,7 @@ const CASES: &[Case] = &[
     // check, run after editing the config, refuses it.
     Case { file: "[global]\nrepo1-paht=/x\n", args: CHECK, env: &[], expect: "unknown option 'repo1-paht' in section '[global]' of 'CONF' (nearest known option: 'repo1-path')" },
     Case { file: "[global:archive-pusj]\nrepo1-path=/x\n", args: CHECK, env: &[], expect: "section '[global:archive-pusj]' in 'CONF' names unknown command 'archive-pusj' (nearest known command: 'archive-push')" },
-    Case { file: "[global]\ncompress-level=12\n", args: PUSH, env: &[], expect: "invalid value '12' for option 'compress-level' in section '[global]' of 'CONF': must be between 0 and 9" },
+    Case { file: "[global]\ncompress-level=30\n", args: PUSH, env: &[], expect: "invalid value '30' for option 'compress-level' in section '[global]' of 'CONF': must be between -7 and 22" },
     Case { file: "[global]\nrepo1-path=relative\n", args: PUSH, env: &[], expect: "invalid value 'relative' for option 'repo1-path' in section '[global]' of 'CONF': must be an absolute path" },
     Case { file: "[main]\nstart-fast=perhaps\n", args: PUSH, env: &[], expect: "invalid value 'perhaps' for option 'start-fast' in section '[main]' of 'CONF': must be y or n" },
     Case { file: "", args: &["archive-push", "/tmp/x"], env: &[], expect: "option 'stanza' is required for command 'archive-push'" },
@@ -135,7 +135,7 @@ fn version_and_help_come_from_the_tables() {
         "hidden command listed:\n{help}"
     );
     let push = run(pgbr(&["help", "archive-push"])).expect_ok("help archive-push");
-    assert!(push.stdout.contains("--compress-level=<0..9>"), "{push}");
+    assert!(push.stdout.contains("--compress-level=<-7..22>"), "{push}");
     let flag = run(pgbr(&["archive-get", "--help"])).expect_ok("--help");
     assert!(
         flag.stdout

@@ -10,6 +10,7 @@ pub mod backup;
 mod backup_ssh;
 mod compat_archive;
 mod compat_backup;
+mod compress;
 mod config_compat;
 mod config_errors;
 mod conventions;

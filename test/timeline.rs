@@ -191,11 +191,11 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
             .contains("unknown entry: 15-1/0000000300000000/garbage"),
         "{out}"
     );
-    // A segment stored in a compression this build cannot read is no "not found" (exit 1,
-    // which would end recovery early) but a hard error.
+    // A segment stored in a compression this build cannot read (pgBackRest's .xz) is no
+    // "not found" (exit 1, which would end recovery early) but a hard error.
     let foreign_dir = archive.join("0000000500000000");
     harness::mkdir_postgres(&foreign_dir);
-    let foreign = foreign_dir.join(format!("000000050000000000000001-{}.lz4", "a".repeat(40)));
+    let foreign = foreign_dir.join(format!("000000050000000000000001-{}.xz", "a".repeat(40)));
     fs::write(&foreign, "x").unwrap();
     let dest = got.join("000000050000000000000001");
     let out = site.pgbr(&[
@@ -206,7 +206,7 @@ fn history_files_partials_and_new_timelines_work_with_every_command() {
     assert_error(
         &out,
         67,
-        "with compression '.lz4' that pg_backrest cannot read",
+        "with compression '.xz' that pg_backrest cannot read",
     );
     assert!(!dest.exists());
     fs::remove_dir_all(&foreign_dir).unwrap();

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
-use crate::pipeline::{self, Ends};
+use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{RepoLayout, StoredWal};
 use crate::storage::posix::PosixStorage;
 use crate::storage::{self, Storage};
@@ -101,6 +101,11 @@ fn copy_out(
     dest_dir: &Path,
     dest_name: &str,
 ) -> Result<()> {
+    let compress: CompressType = stored.compress.ok_or_else(|| {
+        Error::internal(format!(
+            "'{path}' reached copy_out though it cannot be read"
+        ))
+    })?;
     if !dest_dir.is_dir() {
         // PostgreSQL's pg_wal always exists; creating a directory here would hide a typo.
         return Err(Error::new(
@@ -125,7 +130,7 @@ fn copy_out(
     pipeline::restore(
         &mut reader,
         &mut writer,
-        stored.compressed,
+        compress,
         stored.sha1.as_deref(),
         &Ends {
             source: &source,

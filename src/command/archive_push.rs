@@ -29,6 +29,15 @@ pub fn run(cfg: &Config) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let wal = WalName::parse(&file_name)?;
+    // Checked first: a level out of its type's range is a config error on every push, not
+    // only on those that store something.
+    let configured =
+        pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
+    // History and backup history files are stored plain, as pgBackRest stores them.
+    let compress = match wal.kind {
+        WalKind::History | WalKind::Backup => Compress::None,
+        _ => configured,
+    };
     let source = wal_path.display().to_string();
     let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
     let header = check_content(&wal, &mut file, &wal_path, &source)?;
@@ -51,10 +60,6 @@ pub fn run(cfg: &Config) -> Result<()> {
         return compare_with_archived(repo.as_ref(), &dir, stored, &mut file, &source, &wal);
     }
 
-    let compress = match (wal.kind, cfg.str("compress-type")) {
-        (WalKind::History | WalKind::Backup, _) | (_, Some("none")) => Compress::None,
-        _ => Compress::Gz(cfg.int("compress-level").unwrap_or(6) as u32),
-    };
     let mut writer = repo.open_write(&dir)?;
     let dest = repo.describe(&dir);
     let copied = pipeline::store(

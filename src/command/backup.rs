@@ -91,14 +91,16 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         ),
         None => None,
     };
+    let compress =
+        pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
     let options = BackupOptions {
         archive_check: cfg.bool("archive-check"),
         archive_copy: false,
         backup_standby: false,
         buffer_size: None,
         checksum_page: None,
-        compress_type: cfg.str("compress-type").unwrap_or("gz").to_string(),
-        compress_level: cfg.int("compress-level").unwrap_or(6) as u32,
+        compress_type: compress.kind().name().to_string(),
+        compress_level: compress.level(),
         compress_level_network: None,
         delta: cfg.bool("delta"),
         hardlink: false,
@@ -220,7 +222,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     manifest.save_progress(repo.as_ref(), &layout.manifest(&label))?;
 
     let params = CopyParams {
-        compress: manifest.options.compress(),
+        compress: manifest.options.compress()?,
         verify_pages,
         start_lsn,
         compress_threads: cfg.int("process-max").unwrap_or(1).max(1) as u32,
@@ -484,7 +486,7 @@ fn find_resumable(
                 && m.backup.backup_type == t
                 && m.backup.prior.as_deref() == prior
                 && m.db == info.db.current
-                // The level does not matter: any gzip level decodes the same way.
+                // The level does not matter: any level of a type decodes the same way.
                 && m.options.compress_type == options.compress_type
                 && repo
                     .list(&layout.backup_path(&entry))
@@ -540,11 +542,11 @@ fn reusable(
         source: &path,
         dest: "verification",
     };
-    let compressed = partial.options.compress() != pipeline::Compress::None;
+    let compress = partial.options.compress().ok()?.kind();
     pipeline::restore(
         &mut reader,
         &mut std::io::sink(),
-        compressed,
+        compress,
         Some(&e.checksum),
         &ends,
     )

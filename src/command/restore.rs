@@ -132,7 +132,7 @@ pub fn restore(
 
     // Which compression each holding backup used.
     let mut compress_of: BTreeMap<String, Compress> = BTreeMap::new();
-    compress_of.insert(label.clone(), manifest.options.compress());
+    compress_of.insert(label.clone(), stored_as(&label, &manifest)?);
     for r in manifest.references() {
         let m = Manifest::load(repo.as_ref(), &layout.manifest(&r))?.ok_or_else(|| {
             Error::new(
@@ -140,7 +140,7 @@ pub fn restore(
                 format!("backup '{r}', which '{label}' references, has no manifest"),
             )
         })?;
-        compress_of.insert(r, m.options.compress());
+        compress_of.insert(r.clone(), stored_as(&r, &m)?);
     }
 
     crate::info!("restore backup {label} into '{}'", pg_path.display());
@@ -834,9 +834,8 @@ fn prefix_matches(
     let Some(reader) = repo.open_read(stored)? else {
         return Ok(false);
     };
-    let mut stored_bytes: Box<dyn Read + '_> = match compress {
-        Compress::None => reader,
-        Compress::Gz(_) => Box::new(flate2::read::GzDecoder::new(reader)),
+    let Ok(mut stored_bytes) = pipeline::decoder(reader, compress.kind()) else {
+        return Ok(false);
     };
     let mut ours = vec![0u8; pipeline::CHUNK];
     let mut theirs = vec![0u8; pipeline::CHUNK];
@@ -1020,6 +1019,15 @@ fn remove_unlisted_in(manifest: &Manifest, dir: &Path, key: &str, removed: &mut 
     Ok(())
 }
 
+/// How the files of backup `label` are stored, or the error naming it when this build cannot
+/// read them: found before any file of the data directory is touched.
+fn stored_as(label: &str, manifest: &Manifest) -> Result<Compress> {
+    manifest.options.compress().map_err(|mut e| {
+        e.message = format!("backup '{label}': {}", e.message);
+        e
+    })
+}
+
 /// Restores one file: verified content, its mode, owner and mtime.
 fn restore_file(
     repo: &dyn Storage,
@@ -1042,7 +1050,7 @@ fn restore_file(
     pipeline::restore(
         &mut reader,
         &mut writer,
-        compress != Compress::None,
+        compress.kind(),
         Some(&entry.checksum),
         &Ends {
             source: &source,

@@ -24,7 +24,7 @@ use crate::pg::timeline::{parse_history, HistoryEntry};
 use crate::pg::wal::{
     segment_number, segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE,
 };
-use crate::pipeline::{self, Compress, Ends};
+use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
@@ -68,7 +68,7 @@ enum Check {
     BackupFile {
         backup: usize,
         path: String,
-        compress: Compress,
+        compress: CompressType,
         checksum: String,
         size: u64,
         key: String,
@@ -77,7 +77,7 @@ enum Check {
         path: String,
         name: String,
         sha1: String,
-        compressed: bool,
+        compress: CompressType,
     },
 }
 
@@ -104,7 +104,15 @@ pub fn run(cfg: &Config) -> Result<()> {
         };
         match Manifest::load(repo.as_ref(), &layout.manifest(label)) {
             Ok(Some(m)) => {
-                let compress = m.options.compress();
+                let compress = match m.options.compress() {
+                    Ok(c) => c.kind(),
+                    Err(e) => {
+                        b.corrupt.push(format!("backup.manifest: {}", e.message));
+                        report.backups.push(b);
+                        manifests.push(Some(m));
+                        continue;
+                    }
+                };
                 for (key, entry) in m.files.iter().filter(|(_, e)| e.reference.is_none()) {
                     b.files += 1;
                     checks.push(Check::BackupFile {
@@ -162,18 +170,17 @@ pub fn run(cfg: &Config) -> Result<()> {
             for stored in wal_dir.stored {
                 timelines.insert(stored.wal.timeline());
                 let path = format!("{dir}/{sub}/{}", stored.file_name);
-                if !stored.readable() {
+                let Some(compress) = stored.compress else {
                     report.wal_corrupt.push(format!(
                         "{}: stored with compression '{}' that pg_backrest cannot read",
                         stored.file_name, stored.extension
                     ));
                     continue;
-                }
+                };
                 match stored.segment() {
                     Some(segment) if stored.wal.kind == WalKind::Segment => {
                         if segment_size.is_none() {
-                            segment_size =
-                                read_segment_size(repo.as_ref(), &path, stored.compressed);
+                            segment_size = read_segment_size(repo.as_ref(), &path, compress);
                         }
                         archived
                             .entry(archive_id.clone())
@@ -188,7 +195,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                         path,
                         name: stored.file_name,
                         sha1,
-                        compressed: stored.compressed,
+                        compress,
                     });
                 }
             }
@@ -369,22 +376,22 @@ enum Problem {
     Bad(String),
 }
 
-/// Streams one stored file through gunzip and SHA-1 and compares.
+/// Streams one stored file through its decompression and SHA-1 and compares.
 fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Problem> {
-    let (path, compressed, checksum, size) = match check {
+    let (path, compress, checksum, size) = match check {
         Check::BackupFile {
             path,
             compress,
             checksum,
             size,
             ..
-        } => (path, *compress != Compress::None, checksum, Some(*size)),
+        } => (path, *compress, checksum, Some(*size)),
         Check::Wal {
             path,
-            compressed,
+            compress,
             sha1,
             ..
-        } => (path, *compressed, sha1, None),
+        } => (path, *compress, sha1, None),
     };
     let mut reader = match repo.open_read(path) {
         Ok(Some(r)) => r,
@@ -398,7 +405,7 @@ fn verify_one(repo: &dyn Storage, check: &Check) -> std::result::Result<(), Prob
     let copied = pipeline::restore(
         &mut reader,
         &mut std::io::sink(),
-        compressed,
+        compress,
         Some(checksum),
         &ends,
     )
@@ -569,14 +576,10 @@ fn check_history(
 }
 
 /// The WAL segment size from a stored segment's first page header.
-fn read_segment_size(repo: &dyn Storage, path: &str, compressed: bool) -> Option<u64> {
+fn read_segment_size(repo: &dyn Storage, path: &str, compress: CompressType) -> Option<u64> {
     let reader = repo.open_read(path).ok()??;
     let mut page = [0u8; LONG_HEADER_SIZE];
-    let mut source: Box<dyn std::io::Read> = if compressed {
-        Box::new(flate2::read::GzDecoder::new(reader))
-    } else {
-        reader
-    };
+    let mut source = pipeline::decoder(reader, compress).ok()?;
     source.read_exact(&mut page).ok()?;
     WalHeader::parse(&page, path)
         .ok()

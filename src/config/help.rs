@@ -94,8 +94,8 @@ mod tests {
             );
         }
         let push = command(Identity::Own, Cmd::ArchivePush);
-        assert!(push.contains("--compress-level=<0..9>"));
-        assert!(push.contains("[default: 6]"));
+        assert!(push.contains("--compress-level=<-7..22>"));
+        assert!(push.contains("[default: gz]"));
         assert!(!push.contains("--start-fast"));
     }
 }

@@ -528,7 +528,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "compress-type",
-            OptKind::Enum(&["gz", "none"]),
+            OptKind::Enum(&["none", "bz2", "gz", "lz4", "zst"]),
             Some("gz"),
             Scope::Global,
             Some(PUSH_BACKUP),
@@ -536,11 +536,13 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "compress-level",
-            OptKind::Int { min: 0, max: 9 },
-            Some("6"),
+            // The widest range of any type (zst); each type's own is checked where the
+            // type is known (pipeline::codec). No default: it depends on the type.
+            OptKind::Int { min: -7, max: 22 },
+            None,
             Scope::Global,
             Some(PUSH_BACKUP),
-            "gzip level"
+            "compression level (default per type: gz 6, bz2 9, lz4 1, zst 3)"
         ),
         opt!(
             "start-fast",
@@ -930,7 +932,13 @@ mod tests {
         assert_eq!(path.validate("/var/lib/x/").unwrap(), "/var/lib/x");
         assert!(path.validate("relative").is_err());
         let ct = OptDef::find("compress-type").unwrap();
-        assert_eq!(ct.validate("zstd").unwrap_err(), "must be one of: gz, none");
+        assert_eq!(
+            ct.validate("zstd").unwrap_err(),
+            "must be one of: none, bz2, gz, lz4, zst"
+        );
+        for t in ["none", "bz2", "gz", "lz4", "zst"] {
+            assert_eq!(ct.validate(t).unwrap(), t);
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 #
 # Environment:
 #   SCALES="50 100"  pgbench -i scales, one fresh cluster and fresh repositories each
+#   COMPRESS=gz      compress-type of both tools' repositories (gz at level 6, others at default)
 #   OUT=file.md      also write the markdown report there
 #   ROUNDS=5         how often each restore variant is measured (interleaved, tool order
 #                    alternating); the report gives the median and the range
@@ -28,6 +29,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
 SCALES=${SCALES:-"50 100"}
+# compress-type of every repository of both tools (none, gz, bz2, lz4, zst); gz runs at level 6,
+# the others at each tool's default level for the type (lz4 1, zst 3, bz2 9).
+COMPRESS=${COMPRESS:-gz}
 KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-5}
 PREFAULT=${PREFAULT:-0}
@@ -44,6 +48,7 @@ as_pg() { runuser -u postgres -- env HOME=/var/lib/postgresql "$@"; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts sshd, uses runuser)"
 for s in $SCALES; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || die "SCALES must be positive integers"; done
+case $COMPRESS in none | gz | bz2 | lz4 | zst) ;; *) die "COMPRESS must be none, gz, bz2, lz4 or zst" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
@@ -156,8 +161,8 @@ lock-path=$SD/lock/$1
 log-path=$SD/log/$1
 log-level-console=off
 log-level-file=info
-compress-type=gz
-compress-level=6
+compress-type=$COMPRESS
+$([ "$COMPRESS" != gz ] || echo compress-level=6)
 EOF
     pgdir "$SD/lock/$1" "$SD/log/$1"
 }
@@ -558,7 +563,8 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
            "pg_version": "$("$PGBIN/postgres" --version | awk '{print $3}')",
            "pgbackrest_version": "$(pgbackrest version | awk '{print $2}')",
            "ours_version": "$("$BIN" version | awk '{print $2}')", "commit": "$COMMIT",
-           "total": $(($(date +%s) - T0)), "prefault": "$PREFAULT" == "1"}, open(sys.argv[1], "w"))
+           "total": $(($(date +%s) - T0)), "prefault": "$PREFAULT" == "1",
+           "compress": "$COMPRESS"}, open(sys.argv[1], "w"))
 EOF
 log "done; report:"
 echo

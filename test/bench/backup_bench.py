@@ -257,7 +257,10 @@ def cmd_report(results, meta_path, out_path=None):
     w = lines.append
     w(f"Measured {meta['date']} on {meta['machine']}; PostgreSQL {meta['pg_version']}, "
       f"pgBackRest {meta['pgbackrest_version']}, pg_backrest {meta['ours_version']} "
-      f"(commit {meta['commit']}); gz level 6; total run time {meta.get('total', '?')} s; "
+      f"(commit {meta['commit']}); "
+      + ("gz level 6" if meta.get("compress", "gz") == "gz"
+         else f"compress-type={meta['compress']} at its default level")
+      + f"; total run time {meta.get('total', '?')} s; "
       + ("PREFAULT=1 (6 GiB of memory written and freed before each measurement)."
          if meta.get("prefault") else "page cache dropped before each measurement, no prefault."))
     w("")

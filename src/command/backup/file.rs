@@ -53,19 +53,13 @@ mod compress_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(c: &Compress, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64(match c {
-            Compress::None => -1,
-            Compress::Gz(level) => i64::from(*level),
-        })
+        s.serialize_str(&c.to_wire())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compress, D::Error> {
-        let n = i64::deserialize(d)?;
-        Ok(if n < 0 {
-            Compress::None
-        } else {
-            Compress::Gz(n.min(9) as u32)
-        })
+        let wire = String::deserialize(d)?;
+        Compress::from_wire(&wire)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown compression '{wire}'")))
     }
 }
 

@@ -1,0 +1,212 @@
+//! Compression of a stream as a run of independent frames, compressed side by side on
+//! several threads once a file is large enough, and written in order.
+//!
+//! Formats whose frames can simply be concatenated (the LZ4 frame format) are read back as one
+//! stream by every decoder, pgBackRest's included: it keeps calling `LZ4F_decompress` on
+//! what follows the end of a frame, which starts the next. Each frame covers [`BLOCK`] bytes
+//! of input; LZ4 looks back only 64 KiB, so cutting the stream there costs a few bytes of
+//! frame header per MiB and nothing measurable in ratio, and it lets a large file
+//! (a 1 GiB relation segment) spread over `threads` threads instead of ending a backup on
+//! one busy core (see pipeline::gzip for the same reasoning about gzip).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::gzip::{BLOCK, PARALLEL_AFTER};
+
+/// Compresses one block of input into one complete, independent frame.
+pub type FrameFn = fn(&[u8], i32) -> io::Result<Vec<u8>>;
+
+/// A writer cutting its input into frames of [`BLOCK`] bytes.
+pub struct FrameWriter<W: Write> {
+    inner: W,
+    compress: FrameFn,
+    level: i32,
+    threads: usize,
+    block: Vec<u8>,
+    /// Input taken so far.
+    size: u64,
+    frames: u64,
+    pool: Option<Pool>,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(inner: W, compress: FrameFn, level: i32, threads: usize) -> FrameWriter<W> {
+        FrameWriter {
+            inner,
+            compress,
+            level,
+            threads,
+            block: Vec::new(),
+            size: 0,
+            frames: 0,
+            pool: None,
+        }
+    }
+
+    /// Writes the last frame and waits for every frame in flight. An empty input still gets
+    /// one (empty) frame: a stored file of zero bytes would not decode.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !self.block.is_empty() || self.frames == 0 {
+            self.emit()?;
+        }
+        if let Some(pool) = &mut self.pool {
+            pool.drain(&mut self.inner)?;
+        }
+        self.inner.flush()
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        let input = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        self.frames += 1;
+        if self.pool.is_none() && self.threads > 1 && self.size > PARALLEL_AFTER {
+            self.pool = Some(Pool::start(self.compress, self.level, self.threads)?);
+        }
+        match &mut self.pool {
+            Some(pool) => pool.send(input, &mut self.inner),
+            None => {
+                let frame = (self.compress)(&input, self.level)?;
+                self.inner.write_all(&frame)
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for FrameWriter<W> {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let taken = buf.len();
+        while !buf.is_empty() {
+            if self.block.capacity() == 0 {
+                self.block.reserve(BLOCK.min(buf.len().max(64 * 1024)));
+            }
+            let n = (BLOCK - self.block.len()).min(buf.len());
+            self.block.extend_from_slice(&buf[..n]);
+            self.size += n as u64;
+            buf = &buf[n..];
+            if self.block.len() == BLOCK {
+                self.emit()?;
+            }
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Job = (u64, Vec<u8>);
+type Done = (u64, io::Result<Vec<u8>>);
+
+/// The compressing threads of one file. At most `threads + 1` frames are in flight, so
+/// memory stays at a few MiB whatever the file's size.
+struct Pool {
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+    next_seq: u64,
+    next_to_write: u64,
+    waiting: BTreeMap<u64, Vec<u8>>,
+    max_in_flight: u64,
+}
+
+impl Pool {
+    fn start(compress: FrameFn, level: i32, threads: usize) -> io::Result<Pool> {
+        let max_in_flight = threads as u64 + 1;
+        let (jobs, queue) = sync_channel::<Job>(threads + 1);
+        let queue = Arc::new(Mutex::new(queue));
+        let (report, done) = channel::<Done>();
+        let threads = (0..threads)
+            .map(|_| {
+                let queue = Arc::clone(&queue);
+                let report = report.clone();
+                std::thread::Builder::new()
+                    .name("pgbr-frames".into())
+                    .spawn(move || compress_frames(compress, level, &queue, &report))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Pool {
+            jobs: Some(jobs),
+            done,
+            threads,
+            next_seq: 0,
+            next_to_write: 0,
+            waiting: BTreeMap::new(),
+            max_in_flight,
+        })
+    }
+
+    fn send(&mut self, input: Vec<u8>, out: &mut dyn Write) -> io::Result<()> {
+        while self.next_seq - self.next_to_write >= self.max_in_flight {
+            self.receive(out)?;
+        }
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send((self.next_seq, input)).ok())
+            .ok_or_else(threads_gone)?;
+        self.next_seq += 1;
+        while let Ok(done) = self.done.try_recv() {
+            self.accept(done, out)?;
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let done = self.done.recv().map_err(|_| threads_gone())?;
+        self.accept(done, out)
+    }
+
+    fn accept(&mut self, (seq, frame): Done, out: &mut dyn Write) -> io::Result<()> {
+        self.waiting.insert(seq, frame?);
+        while let Some(frame) = self.waiting.remove(&self.next_to_write) {
+            out.write_all(&frame)?;
+            self.next_to_write += 1;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        while self.next_to_write < self.next_seq {
+            self.receive(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the queue ends the threads once they finish the frame at hand.
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn threads_gone() -> io::Error {
+    io::Error::other("the compressing threads stopped")
+}
+
+fn compress_frames(
+    compress: FrameFn,
+    level: i32,
+    queue: &Mutex<Receiver<Job>>,
+    report: &Sender<Done>,
+) {
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, input)) = job else { return };
+        // A panic must come back as an error: the writer waits for every frame's report.
+        let frame = std::panic::catch_unwind(|| compress(&input, level))
+            .unwrap_or_else(|_| Err(io::Error::other("a compressing thread panicked")));
+        if report.send((seq, frame)).is_err() {
+            return;
+        }
+    }
+}
