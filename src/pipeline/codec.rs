@@ -548,7 +548,7 @@ mod tests {
             for cut in [bytes.len() / 2, bytes.len() - 6] {
                 let e = restore(&mut &bytes[..cut], &mut Vec::new(), kind, None, &ENDS)
                     .expect_err(&format!("{compress:?} cut at {cut}"));
-                assert_eq!(e.kind, Kind::Integrity, "{compress:?}: {e:?}");
+                assert_eq!(e.kind, Kind::Format, "{compress:?}: {e:?}");
             }
             let mut flipped = bytes.clone();
             let mid = flipped.len() / 2;
@@ -556,7 +556,12 @@ mod tests {
             let sha1 = crate::pipeline::digest(&mut &data[..], "d").unwrap().sha1;
             let e = restore(&mut &flipped[..], &mut Vec::new(), kind, Some(&sha1), &ENDS)
                 .expect_err(&format!("{compress:?} flipped"));
-            assert_eq!(e.kind, Kind::Integrity, "{compress:?}: {e:?}");
+            // A damaged stream (format) or, where the format has no checksum of its own
+            // (lz4 as pgBackRest writes it), a content that fails its SHA-1 (checksum).
+            assert!(
+                matches!(e.kind, Kind::Format | Kind::Checksum),
+                "{compress:?}: {e:?}"
+            );
         }
     }
 
@@ -588,7 +593,7 @@ mod tests {
         );
         assert_eq!(configured(Some("none"), Some(22)).unwrap(), Compress::None);
         let e = configured(Some("gz"), Some(12)).unwrap_err();
-        assert_eq!(e.kind, Kind::Config);
+        assert_eq!(e.kind, Kind::OptionInvalidValue);
         assert_eq!(
             e.message,
             "'12' is out of range for 'compress-level' option when 'compress-type' option = 'gz'"
