@@ -279,7 +279,7 @@ fn stanza_upgrade_binds_the_stanza_to_a_new_cluster_with_a_new_archive_id() {
     let port = format!("--pg1-port={}", new.port());
     assert_error(
         &site.pgbr(&["backup", "--type=full", "--start-fast", &port]),
-        44,
+        51,
         "system-id",
     );
 

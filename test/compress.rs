@@ -87,8 +87,9 @@ fn wal_pushed_in_every_type_comes_back_identical() {
     let base_conf = fs::read_to_string(&site.conf).unwrap();
     let fetched = site.dir.mkdir("fetched");
     for (kind, ext) in TYPES {
-        // Appended to the stanza's section, which archive-push reads on its next run.
-        let conf = format!("{base_conf}compress-type={kind}\n");
+        // archive-push's own section, read on its next run (the site's file may end with
+        // another command's section).
+        let conf = format!("{base_conf}\n[global:archive-push]\ncompress-type={kind}\n");
         fs::write(&site.conf, conf).unwrap();
         harness::chown_postgres(&site.conf);
         let seg = site.one_segment();
@@ -116,7 +117,7 @@ fn wal_pushed_in_every_type_comes_back_identical() {
 /// A level outside the type's range is refused as pgBackRest refuses it, before anything is
 /// stored; the same number is fine for a type whose range holds it.
 #[test]
-fn a_level_outside_the_types_range_is_a_config_error() {
+fn a_level_outside_the_types_range_is_an_invalid_value() {
     let site = Site::local();
     let seg = site.one_segment();
     let original = site.originals.join(&seg);
@@ -128,7 +129,7 @@ fn a_level_outside_the_types_range_is_a_config_error() {
     ]);
     crate::fixture::assert_error(
         &out,
-        31,
+        32,
         "'12' is out of range for 'compress-level' option when 'compress-type' option = 'gz'",
     );
     let out = site.pgbr(&[

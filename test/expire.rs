@@ -60,9 +60,12 @@ fn expected_wal(site: &Site, from: &str, ranges: &[(String, String)]) -> Vec<Str
         .collect()
 }
 
+/// The backup directory's entries: the labels kept, the info file and its copy, and
+/// `backup.history`, which expire keeps (as pgBackRest does) with the manifests of every
+/// backup taken, expired ones included.
 fn entries(labels: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-    v.extend(["backup.info".to_string(), "backup.info.copy".to_string()]);
+    v.extend(["backup.history", "backup.info", "backup.info.copy"].map(String::from));
     v.sort();
     v
 }
