@@ -239,6 +239,29 @@ impl Read for CountingReader<'_> {
     }
 }
 
+/// Data for the compression tests of every codec.
+#[cfg(test)]
+pub(crate) mod test_data {
+    /// Page-like data: zeros, counters and noise in runs of `run` bytes, compressible but not
+    /// trivially, the same on every call.
+    pub fn pages(len: usize, run: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_u32;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                match (i / run) % 4 {
+                    0 => 0,
+                    1 => (i % 251) as u8,
+                    2 => (x % 16) as u8,
+                    _ => (x >> 24) as u8,
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,11 +83,7 @@ fn renamed_segment_is_refused_and_the_right_one_follows(site: &Site) {
     let out = site.pgbr(&["archive-get", &next, dest.to_str().unwrap()]);
     assert_eq!(out.status, 0, "{out}");
     assert!(fs::read(&dest).unwrap() == fs::read(site.originals.join(&next)).unwrap());
-    assert_eq!(
-        site.cluster
-            .psql("select failed_count from pg_stat_archiver"),
-        "0"
-    );
+    site.cluster.assert_archiving_never_failed();
 }
 
 #[test]

@@ -161,15 +161,7 @@ impl Both {
         wait_until(&format!("{name} archived"), Duration::from_secs(60), || {
             self.originals.join(name).exists()
         });
-        let failed = self
-            .cluster
-            .psql("select failed_count from pg_stat_archiver");
-        assert_eq!(
-            failed,
-            "0",
-            "archive_command failed:\n{}",
-            harness::tail(&self.cluster.log(), 30)
-        );
+        self.cluster.assert_archiving_never_failed();
     }
 
     /// `archive-get` by `tool` into a scratch directory; the bytes it wrote.

@@ -208,15 +208,7 @@ impl Site {
             self.cluster
                 .pgbench(&["-n", "-c", "2", "-j", "2", "-T", "2"]);
             self.cluster.psql("insert into filler select g, md5(g::text) || repeat('x', 900) from generate_series(1, 20000) g");
-            let failed = self
-                .cluster
-                .psql("select failed_count from pg_stat_archiver");
-            assert_eq!(
-                failed,
-                "0",
-                "archive_command failed:\n{}",
-                harness::tail(&self.cluster.log(), 30)
-            );
+            self.cluster.assert_archiving_never_failed();
         }
         wait_until_archived(self);
     }

@@ -394,22 +394,8 @@ mod tests {
         dest: "dst",
     };
 
-    /// Page-like data: zeros, counters and noise, compressible but not trivially.
     fn sample(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_u32;
-        (0..len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                match (i / 8192) % 4 {
-                    0 => 0,
-                    1 => (i % 251) as u8,
-                    2 => (x % 16) as u8,
-                    _ => (x >> 24) as u8,
-                }
-            })
-            .collect()
+        crate::pipeline::test_data::pages(len, 8192)
     }
 
     fn stored(data: &[u8], compress: Compress, threads: usize) -> Vec<u8> {

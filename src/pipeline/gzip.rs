@@ -556,22 +556,8 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// Page-like data: runs, counters and some noise, compressible but not trivially.
     fn sample(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_u32;
-        (0..len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                match (i / 4096) % 4 {
-                    0 => 0,
-                    1 => (i % 251) as u8,
-                    2 => (x % 16) as u8,
-                    _ => (x >> 24) as u8,
-                }
-            })
-            .collect()
+        crate::pipeline::test_data::pages(len, 4096)
     }
 
     fn gzip(data: &[u8], level: u32, piece: usize) -> Vec<u8> {

@@ -201,6 +201,17 @@ impl PgCluster {
         }
     }
 
+    /// Fails the test, quoting the server log, if archive_command has failed even once.
+    pub fn assert_archiving_never_failed(&self) {
+        let failed = self.psql("select failed_count from pg_stat_archiver");
+        assert_eq!(
+            failed,
+            "0",
+            "archive_command failed:\n{}",
+            tail(&self.log(), 30)
+        );
+    }
+
     /// Like `try_psql`, but panics (with psql's stderr and the server log) on failure.
     pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql).unwrap_or_else(|err| {
