@@ -547,16 +547,6 @@ impl Manifest {
                     .ok_or_else(|| bad(format!("[backup:option] {k} is not a number"))),
             }
         };
-        // Levels go below zero (lz4, zst).
-        let signed = |k: &str| -> Result<Option<i64>> {
-            match o.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| bad(format!("[backup:option] {k} is not a number"))),
-            }
-        };
         // Before option-compress-type existed, option-compress meant gz.
         let compress_type = match string(&o, "backup:option", "option-compress-type")? {
             Some(t) => t,
@@ -569,7 +559,8 @@ impl Manifest {
             backup_standby: flag("option-backup-standby")?.unwrap_or(false),
             buffer_size: unsigned("option-buffer-size")?,
             checksum_page: flag("option-checksum-page")?,
-            compress_level: match signed("option-compress-level")? {
+            // Levels go below zero (lz4, zst).
+            compress_level: match int(&o, "backup:option", "option-compress-level")? {
                 Some(n) => i32::try_from(n).map_err(|_| {
                     bad("[backup:option] option-compress-level is out of range".into())
                 })?,
