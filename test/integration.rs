@@ -22,6 +22,7 @@ mod harness_smoke;
 mod hooks;
 mod info_json;
 mod locks;
+mod monitoring;
 mod ownership;
 mod remote;
 mod restore_delta;

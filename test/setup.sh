@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent test-machine setup for a fresh Debian 12, run as root: installs (only when
-# missing) PostgreSQL 15, the OpenSSH server and client, python3 and pgBackRest (Debian's
-# pgbackrest 2.45, which the compatibility tests run against), and checks for cargo.
+# missing) PostgreSQL 15, the OpenSSH server and client, python3, pgBackRest (Debian's
+# pgbackrest 2.45, which the compatibility tests run against) and the monitoring plugin
+# check_pgbackrest (Debian's check-pgbackrest 2.3, which test/monitoring.rs runs against both
+# tools), and checks for cargo.
 # Starts no system services: the tests run their own PostgreSQL clusters and sshd.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -21,7 +23,7 @@ real_package() {
     apt-cache show --no-all-versions "$1" 2>/dev/null | grep -q "^Package: $1\$"
 }
 
-wanted=(postgresql-15 openssh-server openssh-client python3 pgbackrest)
+wanted=(postgresql-15 openssh-server openssh-client python3 pgbackrest check-pgbackrest)
 missing=()
 for pkg in "${wanted[@]}"; do
     if installed "$pkg"; then
@@ -67,7 +69,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-for tool in /usr/bin/pgbackrest /usr/lib/postgresql/15/bin/initdb /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen; do
+for tool in /usr/bin/pgbackrest /usr/bin/check_pgbackrest /usr/lib/postgresql/15/bin/initdb /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen; do
     if [ ! -x "$tool" ]; then
         echo "setup.sh: $tool is missing after installation" >&2
         exit 1

@@ -11,7 +11,7 @@ pub fn general(version: &str, identity: Identity) -> String {
     let mut out = format!(
         "{} - PostgreSQL WAL archiving and backup\n\n\
          Usage:\n    {program} [OPTIONS] COMMAND [ARGS]\n\nCommands:\n",
-        identity.version_line(version)
+        identity.banner(version)
     );
     for def in COMMANDS.iter().filter(|d| !d.hidden) {
         let args = def.args.join(" ");

@@ -40,15 +40,27 @@ impl Identity {
         }
     }
 
-    /// The `version` line. Tools parse `pgBackRest X.Y` to decide which features they may use,
-    /// so under pgBackRest's name the line starts with the pgBackRest version whose formats
-    /// this build speaks, and names the real program after it.
+    /// The `version` line. Under pgBackRest's name it is pgBackRest's line for the release whose
+    /// formats this build speaks, and nothing more: monitoring reads the whole line as a version
+    /// number (check_pgbackrest strips `pgBackRest ` and compares the rest as a number, and
+    /// Perl warns on stderr, which Icinga shows as the check's output, about any text after
+    /// it). `help` names the real program ([`Identity::banner`]).
     pub fn version_line(self, own_version: &str) -> String {
         match self {
             Identity::Own => format!("pg_backrest {own_version}"),
-            Identity::PgBackRest => {
-                format!("pgBackRest {PGBACKREST_VERSION} (pg_backrest {own_version})")
-            }
+            Identity::PgBackRest => format!("pgBackRest {PGBACKREST_VERSION}"),
+        }
+    }
+
+    /// The first line of `help`: the version line, and under pgBackRest's name the real
+    /// program and its version after it, so `pgbackrest help` tells which program answers.
+    pub fn banner(self, own_version: &str) -> String {
+        match self {
+            Identity::Own => self.version_line(own_version),
+            Identity::PgBackRest => format!(
+                "{} (pg_backrest {own_version})",
+                self.version_line(own_version)
+            ),
         }
     }
 
@@ -919,8 +931,13 @@ mod tests {
         assert_eq!(Identity::from_program("pgbackrest2"), Identity::Own);
         assert_eq!(
             Identity::PgBackRest.version_line("0.1.0"),
+            "pgBackRest 2.45"
+        );
+        assert_eq!(
+            Identity::PgBackRest.banner("0.1.0"),
             "pgBackRest 2.45 (pg_backrest 0.1.0)"
         );
+        assert_eq!(Identity::Own.banner("0.1.0"), "pg_backrest 0.1.0");
         let repo = OptDef::find("repo1-path").unwrap();
         assert_eq!(
             Identity::PgBackRest.default_of(repo),
