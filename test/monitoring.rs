@@ -8,8 +8,8 @@
 //! each tool in turn) and each tool takes its own backups of it, so the two repositories go
 //! through the same situations: a stanza with no backup, full backups, WAL between backups,
 //! differential backups, a backup directory gone, a WAL segment gone before and after the
-//! latest backup's start, and a timeline switch (the plugin then reads `00000002.history`
-//! through `repo-get`). The plugin calls `pgbackrest version`, `info --output=json`,
+//! latest backup's start, a timeline switch (the plugin then reads `00000002.history`
+//! through `repo-get`) and a backup that found a page with a bad checksum. The plugin calls `pgbackrest version`, `info --output=json`,
 //! `repo-ls --output=json [--recurse]` and `repo-get`; its services are `retention`, `archives`
 //! (2.3 reads the repository only through repo-ls; the local-directory mode of its 1.x
 //! releases is gone) and `check_pgb_version` (the script's own version, no pgBackRest call).
@@ -495,5 +495,43 @@ fn check_pgbackrest_reads_a_pg_backrest_repository_as_a_pgbackrest_one() {
         "{}",
         a.out
     );
-    both(&ours, &theirs, &[retention, "--retention-full=1"], 0, &same);
+    both(
+        &ours,
+        &theirs,
+        &[retention, "--retention-full=1", "--repo=1"],
+        0,
+        &same,
+    );
+
+    // A page whose checksum fails: each tool's next backup records the error in backup.info
+    // (`backup-error`, info's `error`), which the plugin reports.
+    corrupt_a_page(&site);
+    backup_both(&site, &pgbackrest, "incr");
+    let (a, _) = both(&ours, &theirs, &[retention], 2, &same);
+    let latest = ours.backups().last().cloned().unwrap();
+    assert_eq!(
+        a.message(),
+        format!(
+            "error(s) detected during backup {} (repo1)",
+            latest["label"].as_str().unwrap()
+        ),
+        "{}",
+        a.out
+    );
+}
+
+/// Writes over the first page of a new table's file while the cluster is stopped, so its
+/// checksum fails.
+fn corrupt_a_page(site: &Site) {
+    site.cluster.psql(
+        "create table damaged(id int, v text) with (autovacuum_enabled = off); \
+         insert into damaged select g, md5(g::text) from generate_series(1, 2000) g; checkpoint",
+    );
+    let rel = site.cluster.psql("select pg_relation_filepath('damaged')");
+    site.cluster.stop();
+    let file = site.cluster.data_dir().join(rel);
+    let mut bytes = fs::read(&file).expect("relation file");
+    bytes[4000..4022].copy_from_slice(b"corrupted by the test!");
+    fs::write(&file, bytes).expect("relation file");
+    site.cluster.start();
 }
