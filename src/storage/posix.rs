@@ -138,6 +138,43 @@ impl Storage for PosixStorage {
         Ok(Box::new(PosixWriter::create(dir)?))
     }
 
+    fn create_path(&self, path: &str) -> Result<()> {
+        let dir = self.resolve(path)?;
+        self.check_writer(&dir)?;
+        create_dir_durable(&dir)?;
+        match dir.parent() {
+            Some(parent) if dir != self.root => sync_dir(parent),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_link(&self, target: &str, link: &str) -> Result<()> {
+        check_link_target(target, link)?;
+        let local = self.resolve(link)?;
+        let Some(dir) = local.parent().filter(|_| local != self.root) else {
+            return Err(Error::new(
+                Kind::Format,
+                format!("refused link '{link}': the storage root cannot be a link"),
+            ));
+        };
+        self.check_writer(dir)?;
+        create_dir_durable(dir)?;
+        match fs::symlink_metadata(&local) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let current =
+                    fs::read_link(&local).map_err(|e| Error::io("read link", &local, e))?;
+                if current == Path::new(target) {
+                    return sync_dir(dir);
+                }
+                fs::remove_file(&local).map_err(|e| Error::io("remove link", &local, e))?;
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(target, &local)
+            .map_err(|e| Error::io("create link", &local, e))?;
+        sync_dir(dir)
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         let path = self.resolve(path)?;
         self.check_writer(path.parent().unwrap_or(&path))?;
@@ -225,6 +262,36 @@ fn entry_info(name: String, local: &Path, meta: &fs::Metadata) -> super::EntryIn
             .flatten()
             .map(|d| d.to_string_lossy().into_owned()),
     }
+}
+
+/// Refuses a link whose target, taken from the link's directory, leaves the storage: the
+/// link arrives from a protocol client like any path, and writes or removals through it
+/// would reach outside the root.
+fn check_link_target(target: &str, link: &str) -> Result<()> {
+    let mut depth: Vec<&str> = link
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    depth.pop();
+    let mut inside = !target.is_empty() && !target.starts_with('/');
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => inside &= depth.pop().is_some(),
+            name => depth.push(name),
+        }
+    }
+    if inside {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Format,
+        format!("refused link '{link}' to '{target}': the target leaves the storage"),
+    )
+    .with_hint(
+        "a link in a repository points into its own backup only: check the manifest for \
+         tampering",
+    ))
 }
 
 /// Creates `dir` and any missing parents, each with [`DIR_MODE`], fsyncing each new entry
@@ -598,6 +665,59 @@ mod tests {
 
     fn write_small_at(s: &PosixStorage, path: &str, data: &[u8]) {
         crate::storage::write_small(s, path, data).unwrap();
+    }
+
+    /// Paths come with the repository's directory mode and may exist already (a resumed
+    /// backup creates them again).
+    #[test]
+    fn create_path_makes_every_level_and_accepts_an_existing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        s.create_path("b/L/pg_data/pg_notify").unwrap();
+        s.create_path("b/L/pg_data/pg_notify").unwrap();
+        for d in ["b", "b/L", "b/L/pg_data", "b/L/pg_data/pg_notify"] {
+            let m = fs::metadata(tmp.path().join(d)).unwrap();
+            assert!(m.is_dir() && m.mode() & 0o777 == DIR_MODE, "{d}");
+        }
+        fs::write(tmp.path().join("b/f"), b"x").unwrap();
+        let e = s.create_path("b/f/sub").unwrap_err();
+        assert_eq!(e.kind, Kind::PathCreate, "{e:?}");
+        assert!(s.create_path("b/../../x").is_err());
+    }
+
+    /// A tablespace link as pgBackRest makes it: relative, inside the backup. Made again it
+    /// stays; pointing elsewhere it is replaced; a link out of the root is refused, and a
+    /// file in its place is not removed.
+    #[test]
+    fn create_link_makes_replaces_and_refuses_escapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        s.create_path("L/pg_tblspc/16385").unwrap();
+        let link = "L/pg_data/pg_tblspc/16385";
+        s.create_link("../../pg_tblspc/16385", link).unwrap();
+        s.create_link("../../pg_tblspc/16385", link).unwrap();
+        let local = tmp.path().join(link);
+        assert_eq!(
+            fs::read_link(&local).unwrap(),
+            Path::new("../../pg_tblspc/16385")
+        );
+        assert!(local.is_dir(), "the link resolves inside the backup");
+        let info = s.info(link).unwrap().unwrap();
+        assert_eq!(info.kind, crate::storage::EntryKind::Link);
+        s.create_link("../../pg_tblspc/16386", link).unwrap();
+        assert_eq!(
+            fs::read_link(&local).unwrap(),
+            Path::new("../../pg_tblspc/16386")
+        );
+        for bad in ["../../../../x", "/etc", "", "../../../.."] {
+            let e = s.create_link(bad, link).unwrap_err();
+            assert_eq!(e.kind, Kind::Format, "{bad}: {e:?}");
+            assert!(e.message.contains("leaves the storage"), "{e:?}");
+        }
+        assert!(s.create_link("x", "../l").is_err());
+        fs::write(tmp.path().join("L/file"), b"x").unwrap();
+        assert!(s.create_link("pg_data", "L/file").is_err());
+        assert_eq!(fs::read(tmp.path().join("L/file")).unwrap(), b"x");
     }
 
     #[test]
