@@ -3,7 +3,8 @@
 //! what one tool writes (stanza, WAL, full, diff, incr) the other lists, verifies, fetches
 //! WAL from, restores (the restored cluster starts and holds the rows of that backup), builds
 //! an incr on, and expires; and an expire by either leaves a repository the other accepts.
-//! A full backup of either holds the same directories and tablespace links.
+//! A full backup of either holds the same directories and tablespace links, so a copy of an
+//! uncompressed one starts as a cluster.
 //!
 //! pgBackRest runs as postgres with a config of the test's own (repository, lock and log
 //! paths under the test directory), never /etc/pgbackrest.conf or its default paths.
@@ -452,7 +453,48 @@ fn full_backups_have_the_paths_and_links_pgbackrest_makes(site: &Site) {
 
 #[test]
 fn full_backups_have_the_paths_and_links_pgbackrest_makes_locally() {
-    full_backups_have_the_paths_and_links_pgbackrest_makes(&Site::local());
+    let site = Site::local();
+    full_backups_have_the_paths_and_links_pgbackrest_makes(&site);
+
+    // What the directories and link are for: `cp -a` of an uncompressed full's pg_data and
+    // pg_tblspc is a cluster that starts (recovering from the archive) with the tablespace's
+    // rows. Its tablespace_map goes: PostgreSQL would re-point the link at the original
+    // location, which the running cluster still uses.
+    let expected = site.cluster.psql("select count(*), sum(g) from in_ts");
+    let out = site.pgbr(&[
+        "backup",
+        "--type=full",
+        "--start-fast",
+        "--compress-type=none",
+    ]);
+    assert_eq!(out.status, 0, "{out}");
+    let label = label_of(&out);
+    let backup = site.repo.join("backup").join(STANZA).join(&label);
+    let copy = Restored::at(&site, "copy");
+    let parent = copy.data.parent().unwrap();
+    for (from, to) in [("pg_data", "pgdata"), ("pg_tblspc", "pg_tblspc")] {
+        let out = harness::run(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(backup.join(from))
+                .arg(parent.join(to)),
+        );
+        assert!(out.success(), "cp -a {from}: {out}");
+    }
+    fs::remove_file(copy.data.join("tablespace_map")).unwrap();
+    harness::write_postgres(&copy.data.join("recovery.signal"), "", 0o640);
+    copy.start(&format!(
+        "archive_mode = off\nrestore_command = '{} --config={} --stanza={STANZA} archive-get %f \"%p\"'\n\
+         recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+        p(&harness::bin()),
+        p(&site.conf)
+    ));
+    copy.wait_for("select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(
+        copy.psql("select count(*), sum(g) from in_ts"),
+        expected,
+        "the copy holds the tablespace's rows"
+    );
 }
 
 #[test]
