@@ -431,6 +431,11 @@ fn full_backups_have_the_paths_and_links_pgbackrest_makes(site: &Site) {
     }
 
     // Both tools accept backups holding them: info, verify, and our expire of our full.
+    let info = site.pgbr(&["info"]);
+    assert_eq!(info.status, 0, "{info}");
+    for label in [&ours, &theirs, &ours_incr, &theirs_incr] {
+        assert!(info.stdout.contains(label.as_str()), "{label}: {info}");
+    }
     ok(pgbr.run(&["verify"]), "pgbackrest verify");
     let verify = site.pgbr(&["verify"]);
     assert_eq!(verify.status, 0, "pg_backrest verify:\n{verify}");
