@@ -149,7 +149,6 @@ impl Storage for PosixStorage {
     }
 
     fn create_link(&self, target: &str, link: &str) -> Result<()> {
-        check_link_target(target, link)?;
         let local = self.resolve(link)?;
         let Some(dir) = local.parent().filter(|_| local != self.root) else {
             return Err(Error::new(
@@ -157,6 +156,7 @@ impl Storage for PosixStorage {
                 format!("refused link '{link}': the storage root cannot be a link"),
             ));
         };
+        check_link_target(&self.root, dir, target, link)?;
         self.check_writer(dir)?;
         create_dir_durable(dir)?;
         match fs::symlink_metadata(&local) {
@@ -264,34 +264,62 @@ fn entry_info(name: String, local: &Path, meta: &fs::Metadata) -> super::EntryIn
     }
 }
 
-/// Refuses a link whose target, taken from the link's directory, leaves the storage: the
-/// link arrives from a protocol client like any path, and writes or removals through it
-/// would reach outside the root.
-fn check_link_target(target: &str, link: &str) -> Result<()> {
-    let mut depth: Vec<&str> = link
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    depth.pop();
-    let mut inside = !target.is_empty() && !target.starts_with('/');
+/// Refuses a link whose target, taken from the link's directory `dir`, leaves the storage
+/// `root`: the link arrives from a protocol client like any path, and writes or removals
+/// through it would reach outside the root. The check runs on real paths (symlinks in the
+/// root, the root's own path, resolved), and `..` may only lead the target, so no `..`
+/// comes after a component that could itself be a symlink: lexical and real resolution then
+/// agree, and a chain of links, each checked when made, cannot climb out either.
+fn check_link_target(root: &Path, dir: &Path, target: &str, link: &str) -> Result<()> {
+    let refused = |why: &str| {
+        Err(Error::new(
+            Kind::Format,
+            format!("refused link '{link}' to '{target}': {why}"),
+        )
+        .with_hint(
+            "a link in a repository points into its own backup only: check the manifest for \
+             tampering",
+        ))
+    };
+    let real = |p: &Path| fs::canonicalize(p).map_err(|e| Error::io("resolve path", p, e));
+    let real_root = real(root)?;
+    // The nearest existing ancestor of the link's directory, resolved; the rest of it does
+    // not exist yet, so holds no symlink.
+    let mut existing = dir;
+    let mut missing = Vec::new();
+    while fs::symlink_metadata(existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return refused("its directory is not inside the storage"),
+        }
+    }
+    let mut here = real(existing)?;
+    here.extend(missing.iter().rev());
+    if target.is_empty() || target.starts_with('/') {
+        return refused("the target must be a relative path");
+    }
+    let mut named = false;
     for c in target.split('/') {
         match c {
             "" | "." => {}
-            ".." => inside &= depth.pop().is_some(),
-            name => depth.push(name),
+            ".." if named => return refused("'..' may only lead the target"),
+            ".." => {
+                here.pop();
+            }
+            name => {
+                named = true;
+                here.push(name);
+            }
         }
     }
-    if inside {
-        return Ok(());
+    if here.starts_with(&real_root) {
+        Ok(())
+    } else {
+        refused("the target leaves the storage")
     }
-    Err(Error::new(
-        Kind::Format,
-        format!("refused link '{link}' to '{target}': the target leaves the storage"),
-    )
-    .with_hint(
-        "a link in a repository points into its own backup only: check the manifest for \
-         tampering",
-    ))
 }
 
 /// Creates `dir` and any missing parents, each with [`DIR_MODE`], fsyncing each new entry
@@ -709,11 +737,23 @@ mod tests {
             fs::read_link(&local).unwrap(),
             Path::new("../../pg_tblspc/16386")
         );
-        for bad in ["../../../../x", "/etc", "", "../../../.."] {
+        for bad in [
+            "../../../../x",
+            "/etc",
+            "",
+            "../../../..",
+            "../x/../../../..",
+        ] {
             let e = s.create_link(bad, link).unwrap_err();
             assert_eq!(e.kind, Kind::Format, "{bad}: {e:?}");
-            assert!(e.message.contains("leaves the storage"), "{e:?}");
+            assert!(e.message.contains("refused link"), "{e:?}");
         }
+        // Lexically inside, but through a link to the root one level further up: out.
+        s.create_link("../..", "L/up").unwrap_err();
+        s.create_link("..", "L/up").unwrap();
+        let e = s.create_link("../..", "L/up/x").unwrap_err();
+        assert!(e.message.contains("leaves the storage"), "{e:?}");
+        s.create_link(".", "L/up/x").unwrap();
         assert!(s.create_link("x", "../l").is_err());
         fs::write(tmp.path().join("L/file"), b"x").unwrap();
         assert!(s.create_link("pg_data", "L/file").is_err());
