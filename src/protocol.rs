@@ -15,4 +15,4 @@ pub mod server;
 pub mod ssh;
 
 /// Bumped on any incompatible change of the wire format.
-pub const PROTOCOL_VERSION: u64 = 4;
+pub const PROTOCOL_VERSION: u64 = 5;

@@ -40,6 +40,19 @@ pub trait Storage: Send + Sync {
     /// Starts an atomic write of a new file in `dir` (created, with parents, when missing).
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>>;
 
+    /// Creates the directory `path` and any missing parents (mode 0750), and fsyncs its
+    /// parent, also when `path` already existed: a run killed between the mkdir and that
+    /// fsync leaves a directory that only this call makes durable. Backup creates every path
+    /// of a full backup with it, so that empty directories exist in the repository.
+    fn create_path(&self, path: &str) -> Result<()>;
+
+    /// Makes `link` a symlink to `target` (creating the link's directory when missing) and
+    /// fsyncs the directory. `target` is relative to the link's directory and may not lead
+    /// outside the storage. A symlink already at `link` is replaced, so a resumed backup
+    /// ends with the link it wants whatever the interrupted one left; anything else there is
+    /// an error.
+    fn create_link(&self, target: &str, link: &str) -> Result<()>;
+
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &str) -> Result<()>;
 

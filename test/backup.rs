@@ -700,6 +700,10 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
         !manifest_path(&site, &killed).exists(),
         "a killed backup has no final manifest"
     );
+    // A full creates the cluster's directories before it copies (as pgBackRest); the
+    // resumed run finds them there.
+    let notify = backup_dir(&site).join(&killed).join("pg_data/pg_notify");
+    assert!(notify.is_dir(), "empty directories exist before the copy");
 
     let info = read_ini(&backup_dir(&site).join("backup.info"));
     assert!(
@@ -734,6 +738,10 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
         "copied only what was missing ({c:?} of {total} files)"
     );
     assert_eq!(info_backups(&site).len(), 1);
+    assert!(
+        notify.is_dir(),
+        "empty directories kept by the resumed backup"
+    );
 
     site.one_segment();
     let r = Restored::restore(&site, "r", Some(&label), &["--process-max=2"]);

@@ -3,11 +3,15 @@
 //! what one tool writes (stanza, WAL, full, diff, incr) the other lists, verifies, fetches
 //! WAL from, restores (the restored cluster starts and holds the rows of that backup), builds
 //! an incr on, and expires; and an expire by either leaves a repository the other accepts.
+//! A full backup of either holds the same directories and tablespace links, so a copy of an
+//! uncompressed one starts as a cluster.
 //!
 //! pgBackRest runs as postgres with a config of the test's own (repository, lock and log
 //! paths under the test directory), never /etc/pgbackrest.conf or its default paths.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::backup::Restored;
@@ -345,4 +349,160 @@ fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest(
         &full2_state,
         "pg_backrest's restore after pgBackRest's expire",
     );
+}
+
+/// The directories (`PATH/`) and symlinks (`PATH -> DESTINATION`) below a backup's
+/// directory, relative to it; files are left out (their names differ by compression only
+/// where both tools store them).
+fn shape(backup: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let rel = p(path.strip_prefix(root).unwrap()).to_string();
+            let kind = entry.file_type().unwrap();
+            if kind.is_symlink() {
+                let dest = fs::read_link(&path).unwrap();
+                out.insert(format!("{rel} -> {}", p(&dest)));
+            } else if kind.is_dir() {
+                out.insert(format!("{rel}/"));
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(backup, backup, &mut out);
+    out
+}
+
+/// Issue 14: a full backup creates every directory of the cluster in the repository, empty
+/// ones too, and links each tablespace into its pg_data, exactly as pgBackRest 2.45 does for
+/// the same cluster; an incr does neither (as pgBackRest). Both tools then list, verify and
+/// expire such backups. `site` reaches its repository directly or over SSH.
+fn full_backups_have_the_paths_and_links_pgbackrest_makes(site: &Site) {
+    let pgbr = pgbackrest_conf(site);
+    archive_with_pg_backrest_named_pgbackrest(site);
+    let ts = site.dir.mkdir("ts1");
+    site.cluster
+        .psql(&format!("create tablespace ts1 location '{}'", p(&ts)));
+    site.cluster
+        .psql("create table in_ts tablespace ts1 as select generate_series(1, 1000) g");
+    let oid = site
+        .cluster
+        .psql("select oid from pg_tablespace where spcname = 'ts1'");
+    let backups = site.repo.join("backup").join(STANZA);
+
+    let ours = pg_backrest_backup(site, "full");
+    let theirs = pgbackrest_backup(site, &pgbr, "full");
+    let (ours_shape, theirs_shape) = (shape(&backups.join(&ours)), shape(&backups.join(&theirs)));
+    let link = format!("pg_data/pg_tblspc/{oid} -> ../../pg_tblspc/{oid}");
+    for expected in [
+        "pg_data/pg_notify/",
+        "pg_data/pg_replslot/",
+        "pg_data/pg_tblspc/",
+        "pg_data/pg_wal/archive_status/",
+        link.as_str(),
+    ] {
+        assert!(
+            ours_shape.contains(expected),
+            "{expected} in our full {ours}: {ours_shape:#?}"
+        );
+    }
+    assert_eq!(
+        ours_shape, theirs_shape,
+        "our full {ours} and pgBackRest's {theirs} have the same directories and links"
+    );
+    let mode = fs::metadata(backups.join(&ours).join("pg_data/pg_notify"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750, "repository directory mode");
+
+    // An incr holds only the directories of the files it stores, and no link.
+    site.cluster
+        .psql("insert into in_ts select generate_series(1, 10)");
+    let ours_incr = pg_backrest_backup(site, "incr");
+    let theirs_incr = pgbackrest_backup(site, &pgbr, "incr");
+    for label in [&ours_incr, &theirs_incr] {
+        let s = shape(&backups.join(label));
+        assert!(
+            !s.contains("pg_data/pg_notify/") && !s.iter().any(|e| e.contains(" -> ")),
+            "incr {label}: {s:#?}"
+        );
+    }
+
+    // Both tools accept backups holding them: info, verify, and our expire of our full.
+    let info = site.pgbr(&["info"]);
+    assert_eq!(info.status, 0, "{info}");
+    for label in [&ours, &theirs, &ours_incr, &theirs_incr] {
+        assert!(info.stdout.contains(label.as_str()), "{label}: {info}");
+    }
+    ok(pgbr.run(&["verify"]), "pgbackrest verify");
+    let verify = site.pgbr(&["verify"]);
+    assert_eq!(verify.status, 0, "pg_backrest verify:\n{verify}");
+    let out = site.pgbr(&["expire", "--repo1-retention-full=1"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        !labels(site).contains(&ours) && labels(site).contains(&theirs),
+        "{:?}",
+        labels(site)
+    );
+    assert_eq!(
+        shape(&backups.join(&theirs)),
+        theirs_shape,
+        "expire removed our full's link, not what it points at"
+    );
+    let info = ok(pgbr.run(&["info"]), "pgbackrest info after our expire");
+    assert!(info.stdout.contains(&theirs_incr), "{info}");
+    ok(pgbr.run(&["verify"]), "pgbackrest verify after our expire");
+}
+
+#[test]
+fn full_backups_have_the_paths_and_links_pgbackrest_makes_locally() {
+    let site = Site::local();
+    full_backups_have_the_paths_and_links_pgbackrest_makes(&site);
+
+    // What the directories and link are for: `cp -a` of an uncompressed full's pg_data and
+    // pg_tblspc is a cluster that starts (recovering from the archive) with the tablespace's
+    // rows. Its tablespace_map goes: PostgreSQL would re-point the link at the original
+    // location, which the running cluster still uses.
+    let expected = site.cluster.psql("select count(*), sum(g) from in_ts");
+    let out = site.pgbr(&[
+        "backup",
+        "--type=full",
+        "--start-fast",
+        "--compress-type=none",
+    ]);
+    assert_eq!(out.status, 0, "{out}");
+    let label = label_of(&out);
+    let backup = site.repo.join("backup").join(STANZA).join(&label);
+    let copy = Restored::at(&site, "copy");
+    let parent = copy.data.parent().unwrap();
+    for (from, to) in [("pg_data", "pgdata"), ("pg_tblspc", "pg_tblspc")] {
+        let out = harness::run(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(backup.join(from))
+                .arg(parent.join(to)),
+        );
+        assert!(out.success(), "cp -a {from}: {out}");
+    }
+    fs::remove_file(copy.data.join("tablespace_map")).unwrap();
+    harness::write_postgres(&copy.data.join("recovery.signal"), "", 0o640);
+    copy.start(&format!(
+        "archive_mode = off\nrestore_command = '{} --config={} --stanza={STANZA} archive-get %f \"%p\"'\n\
+         recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+        p(&harness::bin()),
+        p(&site.conf)
+    ));
+    copy.wait_for("select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(
+        copy.psql("select count(*), sum(g) from in_ts"),
+        expected,
+        "the copy holds the tablespace's rows"
+    );
+}
+
+#[test]
+fn full_backups_have_the_paths_and_links_pgbackrest_makes_over_ssh() {
+    full_backups_have_the_paths_and_links_pgbackrest_makes(&Site::remote());
 }

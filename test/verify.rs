@@ -1,6 +1,6 @@
 //! verify against a real repository: clean after backups and archiving; a flipped byte in a
-//! backup file, a deleted WAL segment, a truncated one and a stray file are each reported,
-//! with the integrity exit code, in text and JSON.
+//! backup file, a deleted WAL segment, a truncated one, a stray file and a stray symlink are
+//! each reported, with the integrity exit code, in text and JSON.
 
 use std::fs;
 
@@ -45,6 +45,13 @@ fn verify_is_clean_then_finds_each_kind_of_damage() {
         b"x",
     )
     .unwrap();
+    // A symlink that is no tablespace link: reported with its destination, not followed.
+    std::os::unix::fs::symlink(
+        "../global",
+        site.repo
+            .join(format!("backup/main/{full}/pg_data/stray-link")),
+    )
+    .unwrap();
 
     let out = site.pgbr(&["verify"]);
     assert_error(&out, 91, "verify found problems");
@@ -65,7 +72,13 @@ fn verify_is_clean_then_finds_each_kind_of_damage() {
     );
     assert!(
         out.stdout
-            .contains(&format!("unreferenced file: {full}/pg_data/stray")),
+            .contains(&format!("unreferenced file: {full}/pg_data/stray\n")),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "unreferenced file: {full}/pg_data/stray-link -> ../global\n"
+        )),
         "{out}"
     );
     assert!(out.stdout.contains("result: PROBLEMS FOUND"), "{out}");

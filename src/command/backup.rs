@@ -3,8 +3,10 @@
 //!
 //! The order of steps is what makes a crash at any instant harmless:
 //! 1. `pg_backup_start` on a connection held open until `pg_backup_stop`;
-//! 2. files are copied in parallel; `backup.manifest.copy` records the files copied so far
-//!    every few seconds, so an interrupted backup can be resumed;
+//! 2. a full backup creates every directory of the manifest and the tablespace links in the
+//!    repository (as pgBackRest); files are copied in parallel; `backup.manifest.copy`
+//!    records the files copied so far every few seconds, so an interrupted backup can be
+//!    resumed;
 //! 3. `pg_backup_stop`; its backup_label and tablespace_map are stored in the backup;
 //! 4. every WAL segment from start to stop must be in the archive (archive-check);
 //! 5. `backup.manifest` is written, and only then the backup is added to `backup.info`.
@@ -220,6 +222,9 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         }
     }
     manifest.save_progress(repo.as_ref(), &layout.manifest(&label))?;
+    if backup_type == BackupType::Full {
+        create_paths_and_links(repo.as_ref(), &layout, &manifest)?;
+    }
 
     let params = CopyParams {
         compress: manifest.options.compress()?,
@@ -552,6 +557,28 @@ fn reusable(
     )
     .ok()?;
     Some(e.clone())
+}
+
+/// Every path of a full backup's manifest as a directory in the backup, and for each
+/// tablespace a link `pg_data/pg_tblspc/OID` -> `../../pg_tblspc/OID`, as pgBackRest makes
+/// them before copying: empty directories (pg_notify, pg_replslot, ...) then exist in the
+/// repository, and a copy of the backup directory has the shape of a cluster. A diff or
+/// incr gets only the directories its copied files need, as with pgBackRest. A resumed
+/// backup makes them again: existing directories are kept, links made anew.
+fn create_paths_and_links(repo: &dyn Storage, layout: &RepoLayout, m: &Manifest) -> Result<()> {
+    let label = &m.backup.label;
+    for path in m.paths.keys() {
+        repo.create_path(&layout.backup_file(label, path))?;
+    }
+    for (name, target) in &m.targets {
+        if let Some(oid) = &target.tablespace_id {
+            repo.create_link(
+                &format!("../../pg_tblspc/{oid}"),
+                &layout.backup_file(label, &format!("pg_data/{name}")),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies files with process-max workers, saving progress for resume and logging it.

@@ -26,7 +26,7 @@ use crate::pg::wal::{
 };
 use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
-use crate::storage::{self, Storage};
+use crate::storage::{self, EntryKind, Storage};
 
 #[derive(Debug, Default, Serialize)]
 struct BackupReport {
@@ -256,9 +256,11 @@ pub fn run(cfg: &Config) -> Result<()> {
             .iter()
             .filter(|(_, e)| e.reference.is_none())
             .map(|(k, _)| m.stored_name(k))
-            // pgBackRest creates every path of a full backup in the repository, so empty
-            // ones stay there as directories.
-            .chain(m.paths.keys().cloned())
+            // A full backup links each tablespace into its pg_data, as pgBackRest does.
+            .chain(m.targets.iter().filter_map(|(name, t)| {
+                let oid = t.tablespace_id.as_ref()?;
+                Some(tablespace_link(name, oid))
+            }))
             .chain([
                 crate::manifest::MANIFEST_FILE.to_string(),
                 format!("{}{COPY_SUFFIX}", crate::manifest::MANIFEST_FILE),
@@ -586,23 +588,34 @@ fn read_segment_size(repo: &dyn Storage, path: &str, compress: CompressType) -> 
         .map(|h| u64::from(h.segment_size))
 }
 
-/// Calls `found` with the path (relative to `dir`) of every file below `dir`.
+/// How a tablespace link of a full backup is listed: its path, `->`, its destination.
+fn tablespace_link(target: &str, oid: &str) -> String {
+    format!("pg_data/{target} -> ../../pg_tblspc/{oid}")
+}
+
+/// Calls `found` for every entry below `dir` other than a directory or a temp file (those
+/// are asked for on their own): with its path relative to `dir`, and for a symlink
+/// `path -> destination`. Directories are descended, links never followed, so a tablespace
+/// link is seen once, as a link, and its files once, under pg_tblspc; an empty directory
+/// (a full backup keeps every one, as pgBackRest) shows nothing.
 fn list_tree(repo: &dyn Storage, dir: &str, rel: &str, found: &mut dyn FnMut(&str)) -> Result<()> {
     let here = if rel.is_empty() {
         dir.to_string()
     } else {
         format!("{dir}/{rel}")
     };
-    for name in repo.list(&here)? {
+    for entry in repo.list_info(&here)? {
+        if entry.name.starts_with(crate::storage::TEMP_PREFIX) {
+            continue;
+        }
         let child = if rel.is_empty() {
-            name.clone()
+            entry.name.clone()
         } else {
-            format!("{rel}/{name}")
+            format!("{rel}/{}", entry.name)
         };
-        // Directories list as non-empty; files list as nothing (a missing directory).
-        let below = repo.list(&format!("{dir}/{child}"));
-        match below {
-            Ok(entries) if !entries.is_empty() => list_tree(repo, dir, &child, found)?,
+        match (entry.kind, &entry.link_destination) {
+            (EntryKind::Path, _) => list_tree(repo, dir, &child, found)?,
+            (EntryKind::Link, Some(dest)) => found(&format!("{child} -> {dest}")),
             _ => found(&child),
         }
     }

@@ -11,6 +11,8 @@
 //!   the error is the reply.
 //! - `temp-files {path}` → `{ok: {paths}}`, the temp files at any depth below `path`
 //! - `remove {path}`, `remove-tree {path}` → `{ok: {}}`
+//! - `create-path {path}`, `create-link {target, link}` → `{ok: {}}`: the empty directories
+//!   and tablespace links of a full backup
 //! - `info {path}` → `{ok: {info}}` (null when missing), `list-info {path}` →
 //!   `{ok: {entries}}`: name, kind, size, mtime, link_destination (repo-ls)
 //!
@@ -101,6 +103,10 @@ pub fn serve(
             "list-info" => storage
                 .list_info(&path("path"))
                 .map(|entries| ok(json!({ "entries": entries }))),
+            "create-path" => storage.create_path(&path("path")).map(|_| ok(json!({}))),
+            "create-link" => storage
+                .create_link(&path("target"), &path("link"))
+                .map(|_| ok(json!({}))),
             "remove" => storage.remove(&path("path")).map(|_| ok(json!({}))),
             "remove-tree" => storage.remove_tree(&path("path")).map(|_| ok(json!({}))),
             "read" => {

@@ -138,6 +138,43 @@ impl Storage for PosixStorage {
         Ok(Box::new(PosixWriter::create(dir)?))
     }
 
+    fn create_path(&self, path: &str) -> Result<()> {
+        let dir = self.resolve(path)?;
+        self.check_writer(&dir)?;
+        create_dir_durable(&dir)?;
+        match dir.parent() {
+            Some(parent) if dir != self.root => sync_dir(parent),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_link(&self, target: &str, link: &str) -> Result<()> {
+        let local = self.resolve(link)?;
+        let Some(dir) = local.parent().filter(|_| local != self.root) else {
+            return Err(Error::new(
+                Kind::Format,
+                format!("refused link '{link}': the storage root cannot be a link"),
+            ));
+        };
+        check_link_target(&self.root, dir, target, link)?;
+        self.check_writer(dir)?;
+        create_dir_durable(dir)?;
+        match fs::symlink_metadata(&local) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let current =
+                    fs::read_link(&local).map_err(|e| Error::io("read link", &local, e))?;
+                if current == Path::new(target) {
+                    return sync_dir(dir);
+                }
+                fs::remove_file(&local).map_err(|e| Error::io("remove link", &local, e))?;
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(target, &local)
+            .map_err(|e| Error::io("create link", &local, e))?;
+        sync_dir(dir)
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         let path = self.resolve(path)?;
         self.check_writer(path.parent().unwrap_or(&path))?;
@@ -224,6 +261,64 @@ fn entry_info(name: String, local: &Path, meta: &fs::Metadata) -> super::EntryIn
             .then(|| fs::read_link(local).ok())
             .flatten()
             .map(|d| d.to_string_lossy().into_owned()),
+    }
+}
+
+/// Refuses a link whose target, taken from the link's directory `dir`, leaves the storage
+/// `root`: the link arrives from a protocol client like any path, and writes or removals
+/// through it would reach outside the root. The check runs on real paths (symlinks in the
+/// root, the root's own path, resolved), and `..` may only lead the target, so no `..`
+/// comes after a component that could itself be a symlink: lexical and real resolution then
+/// agree, and a chain of links, each checked when made, cannot climb out either.
+fn check_link_target(root: &Path, dir: &Path, target: &str, link: &str) -> Result<()> {
+    let refused = |why: &str| {
+        Err(Error::new(
+            Kind::Format,
+            format!("refused link '{link}' to '{target}': {why}"),
+        )
+        .with_hint(
+            "a link in a repository points into its own backup only: check the manifest for \
+             tampering",
+        ))
+    };
+    let real = |p: &Path| fs::canonicalize(p).map_err(|e| Error::io("resolve path", p, e));
+    let real_root = real(root)?;
+    // The nearest existing ancestor of the link's directory, resolved; the rest of it does
+    // not exist yet, so holds no symlink.
+    let mut existing = dir;
+    let mut missing = Vec::new();
+    while fs::symlink_metadata(existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return refused("its directory is not inside the storage"),
+        }
+    }
+    let mut here = real(existing)?;
+    here.extend(missing.iter().rev());
+    if target.is_empty() || target.starts_with('/') {
+        return refused("the target must be a relative path");
+    }
+    let mut named = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if named => return refused("'..' may only lead the target"),
+            ".." => {
+                here.pop();
+            }
+            name => {
+                named = true;
+                here.push(name);
+            }
+        }
+    }
+    if here.starts_with(&real_root) {
+        Ok(())
+    } else {
+        refused("the target leaves the storage")
     }
 }
 
@@ -598,6 +693,71 @@ mod tests {
 
     fn write_small_at(s: &PosixStorage, path: &str, data: &[u8]) {
         crate::storage::write_small(s, path, data).unwrap();
+    }
+
+    /// Paths come with the repository's directory mode and may exist already (a resumed
+    /// backup creates them again).
+    #[test]
+    fn create_path_makes_every_level_and_accepts_an_existing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        s.create_path("b/L/pg_data/pg_notify").unwrap();
+        s.create_path("b/L/pg_data/pg_notify").unwrap();
+        for d in ["b", "b/L", "b/L/pg_data", "b/L/pg_data/pg_notify"] {
+            let m = fs::metadata(tmp.path().join(d)).unwrap();
+            assert!(m.is_dir() && m.mode() & 0o777 == DIR_MODE, "{d}");
+        }
+        fs::write(tmp.path().join("b/f"), b"x").unwrap();
+        let e = s.create_path("b/f/sub").unwrap_err();
+        assert_eq!(e.kind, Kind::PathCreate, "{e:?}");
+        assert!(s.create_path("b/../../x").is_err());
+    }
+
+    /// A tablespace link as pgBackRest makes it: relative, inside the backup. Made again it
+    /// stays; pointing elsewhere it is replaced; a link out of the root is refused, and a
+    /// file in its place is not removed.
+    #[test]
+    fn create_link_makes_replaces_and_refuses_escapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        s.create_path("L/pg_tblspc/16385").unwrap();
+        let link = "L/pg_data/pg_tblspc/16385";
+        s.create_link("../../pg_tblspc/16385", link).unwrap();
+        s.create_link("../../pg_tblspc/16385", link).unwrap();
+        let local = tmp.path().join(link);
+        assert_eq!(
+            fs::read_link(&local).unwrap(),
+            Path::new("../../pg_tblspc/16385")
+        );
+        assert!(local.is_dir(), "the link resolves inside the backup");
+        let info = s.info(link).unwrap().unwrap();
+        assert_eq!(info.kind, crate::storage::EntryKind::Link);
+        s.create_link("../../pg_tblspc/16386", link).unwrap();
+        assert_eq!(
+            fs::read_link(&local).unwrap(),
+            Path::new("../../pg_tblspc/16386")
+        );
+        for bad in [
+            "../../../../x",
+            "/etc",
+            "",
+            "../../../..",
+            "../x/../../../..",
+        ] {
+            let e = s.create_link(bad, link).unwrap_err();
+            assert_eq!(e.kind, Kind::Format, "{bad}: {e:?}");
+            assert!(e.message.contains("refused link"), "{e:?}");
+        }
+        // Lexically inside, but through a link to the root one level further up: out.
+        s.create_link("../..", "L/up").unwrap_err();
+        s.create_link("..", "L/up").unwrap();
+        let e = s.create_link("../..", "L/up/x").unwrap_err();
+        assert!(e.message.contains("leaves the storage"), "{e:?}");
+        s.create_link(".", "L/up/x").unwrap();
+        assert!(s.create_link("x", "../l").is_err());
+        fs::write(tmp.path().join("L/file"), b"x").unwrap();
+        assert!(s.create_link("pg_data", "L/file").is_err());
+        assert_eq!(fs::read(tmp.path().join("L/file")).unwrap(), b"x");
     }
 
     #[test]

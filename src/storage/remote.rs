@@ -103,6 +103,18 @@ impl Storage for RemoteStorage {
         }))
     }
 
+    fn create_path(&self, path: &str) -> Result<()> {
+        self.lock()?
+            .call(&json!({"op": "create-path", "path": path}))
+            .map(|_| ())
+    }
+
+    fn create_link(&self, target: &str, link: &str) -> Result<()> {
+        self.lock()?
+            .call(&json!({"op": "create-link", "target": target, "link": link}))
+            .map(|_| ())
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         self.lock()?
             .call(&json!({"op": "remove", "path": path}))
@@ -318,6 +330,24 @@ mod tests {
         assert_eq!(shown, vec![("f", "file", None), ("l", "link", Some("f"))]);
         assert!(remote.list_info("a/none").unwrap().is_empty());
         std::fs::remove_file(tmp.path().join("a/b/l")).unwrap();
+
+        // Empty directories and a tablespace link as a full backup makes them.
+        remote.create_path("a/L/pg_data/pg_notify").unwrap();
+        remote.create_path("a/L/pg_tblspc/1").unwrap();
+        remote
+            .create_link("../../pg_tblspc/1", "a/L/pg_data/pg_tblspc/1")
+            .unwrap();
+        assert!(tmp.path().join("a/L/pg_data/pg_notify").is_dir());
+        let link = remote.info("a/L/pg_data/pg_tblspc/1").unwrap().unwrap();
+        assert_eq!(
+            (link.kind, link.link_destination.as_deref()),
+            (crate::storage::EntryKind::Link, Some("../../pg_tblspc/1"))
+        );
+        let e = remote
+            .create_link("../../../../..", "a/L/pg_data/pg_tblspc/2")
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Format, "{e:?}");
+        remote.remove_tree("a/L").unwrap();
 
         // A reader dropped midway is drained; the next call works.
         let mut r = remote.open_read("a/b/f").unwrap().unwrap();
