@@ -69,6 +69,12 @@ pub trait Storage: Send + Sync {
     /// Every entry of `dir` (temp files included: this is the raw view repo-ls shows), in
     /// name order; empty when `dir` does not exist.
     fn list_info(&self, dir: &str) -> Result<Vec<EntryInfo>>;
+
+    /// Makes the entries of directory `dir` durable: what [`AtomicWrite::commit_unsynced`]
+    /// left to the caller. Storage whose commits are always durable has nothing to do.
+    fn sync_path(&self, _dir: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One directory entry as repo-ls reports it (pgBackRest's storage info).
@@ -110,6 +116,14 @@ pub trait AtomicWrite: Write + Send {
     /// Makes the data durable and visible as `name` in the writer's directory, replacing any
     /// file of that name.
     fn commit(self: Box<Self>, name: &str) -> Result<()>;
+
+    /// As [`AtomicWrite::commit`], except that the new name may not survive a crash until
+    /// the caller syncs the directory ([`Storage::sync_path`]): a caller writing many files
+    /// into few directories (a backup: a thousand small files into a few dozen directories)
+    /// syncs each directory once instead of once per file, as pgBackRest does.
+    fn commit_unsynced(self: Box<Self>, name: &str) -> Result<()> {
+        self.commit(name)
+    }
 }
 
 /// Reads a whole small file (info files); `None` when missing.

@@ -17,7 +17,7 @@
 pub mod file;
 pub mod walk;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -298,6 +298,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
     }
     drop(db);
 
+    sync_backup_paths(repo.as_ref(), &layout, &manifest)?;
     manifest.backup.timestamp_stop = Some(chrono::Utc::now().timestamp());
     manifest.save(repo.as_ref(), &layout.manifest(&label))?;
     manifest.save_history(repo.as_ref(), &layout.backup_history(&label))?;
@@ -681,6 +682,32 @@ fn copy_all(
         }
         None => manifest.save_progress(repo, &manifest_path),
     }
+}
+
+/// Makes every file the backup stored durable under its name: files are committed without
+/// syncing their directory (one sync per file was a third of the fsyncs of a backup), so each
+/// directory of the backup is synced once here, before the manifest that declares the backup
+/// complete. A crash before this point leaves at worst a file missing from a backup that is
+/// not complete; resume verifies every file it keeps, so such a file is copied again.
+fn sync_backup_paths(repo: &dyn Storage, layout: &RepoLayout, manifest: &Manifest) -> Result<()> {
+    let label = &manifest.backup.label;
+    // The directories of the files this backup stored, which exist, and the manifest's other
+    // paths where they exist (a path without files is not created by every backup).
+    let stored: BTreeSet<&str> = manifest
+        .files
+        .iter()
+        .filter(|(_, e)| e.reference.is_none())
+        .filter_map(|(key, _)| key.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    for path in manifest.paths.keys() {
+        if !stored.contains(path.as_str()) && repo.info(&layout.backup_file(label, path))?.is_some() {
+            repo.sync_path(&layout.backup_file(label, path))?;
+        }
+    }
+    for dir in stored {
+        repo.sync_path(&layout.backup_file(label, dir))?;
+    }
+    repo.sync_path(&layout.backup_file(label, ""))
 }
 
 /// Stores a file PostgreSQL handed us (backup_label, tablespace_map) through the pipeline.

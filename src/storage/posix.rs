@@ -209,6 +209,10 @@ impl Storage for PosixStorage {
         }
     }
 
+    fn sync_path(&self, dir: &str) -> Result<()> {
+        sync_dir(&self.resolve(dir)?)
+    }
+
     fn list_info(&self, dir: &str) -> Result<Vec<super::EntryInfo>> {
         let path = self.resolve(dir)?;
         let entries = match fs::read_dir(&path) {
@@ -576,6 +580,10 @@ impl AtomicWrite for PosixWriter {
     fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
         self.sync_and_rename(name)?;
         sync_dir(&self.dir)
+    }
+
+    fn commit_unsynced(mut self: Box<Self>, name: &str) -> Result<()> {
+        self.sync_and_rename(name)
     }
 }
 

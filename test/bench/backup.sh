@@ -15,6 +15,9 @@
 #   OUT=file.md      also write the markdown report there
 #   ROUNDS=5         how often each restore variant is measured (interleaved, tool order
 #                    alternating); the report gives the median and the range
+#   FULL_ROUNDS=1    how often each full backup variant is measured, the same way (a single
+#                    full backup of a scale-100 cluster varied from 2.7 to 5.6 s between runs
+#                    on the benchmark VM, so one run decides nothing)
 #   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
 #   PREFAULT=1       before each measurement, write to (and free) 6 GiB of memory, so that
 #                    every free page the tools get is backed by the host (see "Measures" in
@@ -34,6 +37,7 @@ SCALES=${SCALES:-"50 100"}
 COMPRESS=${COMPRESS:-gz}
 KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-5}
+FULL_ROUNDS=${FULL_ROUNDS:-1}
 PREFAULT=${PREFAULT:-0}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -50,6 +54,7 @@ as_pg() { runuser -u postgres -- env HOME=/var/lib/postgresql "$@"; }
 for s in $SCALES; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || die "SCALES must be positive integers"; done
 case $COMPRESS in none | gz | bz2 | lz4 | zst) ;; *) die "COMPRESS must be none, gz, bz2, lz4 or zst" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$FULL_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "FULL_ROUNDS must be a positive integer"
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 fi
@@ -440,25 +445,27 @@ EOF
     archive_idle
 
     # Full backups, interleaved: the tool that goes first alternates per scale and variant.
-    local j=0 p where first
-    for p in 1 2; do
-        for where in local ssh; do
-            local key="full-p$p-$where" order=(ours theirs)
-            [ $(((idx + j) % 2)) = 0 ] || order=(theirs ours)
-            log "scale $SCALE: $key (${order[*]})"
-            if [ "$key" = full-p1-local ] && [ "${order[0]}" = theirs ]; then basebackup; fi
-            for first in "${order[@]}"; do
-                if [ "$first" = ours ]; then
-                    backup "ours-$where" pg_backrest "$key" "$SD/conf/ours-$where.conf" \
-                        --type=full --start-fast --process-max="$p"
-                else
-                    backup "theirs-$where" pgBackRest "$key" "$SD/conf/theirs-$where.conf" \
-                        --type=full --start-fast --process-max="$p"
-                fi
-                [ "$key" != full-p2-local ] || eval "FULL_${first^^}=\$LAST_LABEL"
+    local j=0 p where first round
+    for round in $(seq "$FULL_ROUNDS"); do
+        for p in 1 2; do
+            for where in local ssh; do
+                local key="full-p$p-$where" order=(ours theirs)
+                [ $(((idx + j) % 2)) = 0 ] || order=(theirs ours)
+                log "scale $SCALE: $key, round $round (${order[*]})"
+                if [ "$key" = full-p1-local ] && [ "$round" = 1 ] && [ "${order[0]}" = theirs ]; then basebackup; fi
+                for first in "${order[@]}"; do
+                    if [ "$first" = ours ]; then
+                        backup "ours-$where" pg_backrest "$key" "$SD/conf/ours-$where.conf" \
+                            --type=full --start-fast --process-max="$p"
+                    else
+                        backup "theirs-$where" pgBackRest "$key" "$SD/conf/theirs-$where.conf" \
+                            --type=full --start-fast --process-max="$p"
+                    fi
+                    [ "$key" != full-p2-local ] || eval "FULL_${first^^}=\$LAST_LABEL"
+                done
+                if [ "$key" = full-p1-local ] && [ "$round" = 1 ] && [ "${order[0]}" = ours ]; then basebackup; fi
+                j=$((j + 1))
             done
-            if [ "$key" = full-p1-local ] && [ "${order[0]}" = ours ]; then basebackup; fi
-            j=$((j + 1))
         done
     done
 

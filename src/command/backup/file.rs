@@ -89,9 +89,10 @@ pub fn copy_source(
         source: &source,
         dest: dest_name,
     };
+    let mut scan = ScanReader::new(file).map_err(|e| Error::io("read", &src.path, e))?;
     let (copied, bad_blocks) = match (p.verify_pages, src.first_block) {
         (true, Some(first)) => {
-            let mut checker = PageChecker::new(ScanReader::new(file), first, p.start_lsn);
+            let mut checker = PageChecker::new(scan, first, p.start_lsn);
             let copied = pipeline::store(&mut checker, dest, p.compress, p.threads(), &ends)?;
             let suspects = std::mem::take(&mut checker.bad_blocks);
             // The scan's reader gives the descriptor back to plain reads.
@@ -103,7 +104,7 @@ pub fn copy_source(
         }
         _ => (
             pipeline::store(
-                &mut ScanReader::new(file),
+                &mut scan,
                 dest,
                 p.compress,
                 p.threads(),
@@ -372,7 +373,9 @@ pub fn backup_file(
                 }))
             }
             _ => {
-                writer.commit(name)?;
+                // The backup syncs its directories once, before its manifest says it is
+                // complete (sync_backup_paths).
+                writer.commit_unsynced(name)?;
                 Ok(FileOutcome::Copied(entry))
             }
         },
