@@ -686,24 +686,19 @@ fn copy_all(
 
 /// Makes every file the backup stored durable under its name: files are committed without
 /// syncing their directory (one sync per file was a third of the fsyncs of a backup), so each
-/// directory of the backup is synced once here, before the manifest that declares the backup
-/// complete. A crash before this point leaves at worst a file missing from a backup that is
-/// not complete; resume verifies every file it keeps, so such a file is copied again.
+/// directory that received files is synced once here, before the manifest that declares the
+/// backup complete, as pgBackRest syncs its paths. (Directories themselves were made durable in
+/// their parents when created.) A crash before this point leaves at worst a file missing from
+/// a backup that is not complete; resume checks every file it keeps against its checksum, so
+/// such a file is copied again.
 fn sync_backup_paths(repo: &dyn Storage, layout: &RepoLayout, manifest: &Manifest) -> Result<()> {
     let label = &manifest.backup.label;
-    // The directories of the files this backup stored, which exist, and the manifest's other
-    // paths where they exist (a path without files is not created by every backup).
     let stored: BTreeSet<&str> = manifest
         .files
         .iter()
         .filter(|(_, e)| e.reference.is_none())
         .filter_map(|(key, _)| key.rsplit_once('/').map(|(dir, _)| dir))
         .collect();
-    for path in manifest.paths.keys() {
-        if !stored.contains(path.as_str()) && repo.info(&layout.backup_file(label, path))?.is_some() {
-            repo.sync_path(&layout.backup_file(label, path))?;
-        }
-    }
     for dir in stored {
         repo.sync_path(&layout.backup_file(label, dir))?;
     }
