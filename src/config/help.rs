@@ -35,7 +35,8 @@ pub fn general(version: &str, identity: Identity) -> String {
     };
     out.push_str(&format!(
         "\nOptions come from the command line (--name=value, --name, --no-name), the environment \
-         (PG_BACKREST_NAME or PGBACKREST_NAME) or the config file ({config}).\n\
+         (PG_BACKREST_NAME or PGBACKREST_NAME) or the config file ({config}); \
+         --reset-name gives an option its default whatever the environment and the file say.\n\
          Use '{program} help COMMAND' for a command's options.\n"
     ));
     out
