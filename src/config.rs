@@ -152,12 +152,16 @@ impl Config {
                     "config" | "stanza" | "config-path" | "config-include-path"
                 )
         }) {
-            let value = cli
-                .values
-                .get(opt.name)
-                .or_else(|| env.values.get(opt.name))
-                .cloned()
-                .or_else(|| file.lookup(opt, stanza.as_deref(), command));
+            // --reset-NAME: the default, whatever the environment and the files say.
+            let value = if cli.reset.contains(opt.name) {
+                None
+            } else {
+                cli.values
+                    .get(opt.name)
+                    .or_else(|| env.values.get(opt.name))
+                    .cloned()
+                    .or_else(|| file.lookup(opt, stanza.as_deref(), command))
+            };
             if value.is_some() {
                 explicit.insert(opt.name);
             }
@@ -166,10 +170,26 @@ impl Config {
             }
         }
 
+        // Values whose validity depends on the command (backup's and restore's `type`) are
+        // checked now, before the command loads or does anything: pgBackRest's
+        // option-invalid-value, whatever state the repository is in.
+        for (name, v) in &values {
+            if let Some(opt) = OptDef::find(name) {
+                opt.validate_for(command, v).map_err(|why| {
+                    Error::invalid_value(format!(
+                        "invalid value '{v}' for option '--{name}': {why}"
+                    ))
+                })?;
+            }
+        }
+
         apply_foreign(
-            &cli.foreign,
-            &env.foreign,
-            &file,
+            &Foreigners {
+                cli: &cli.foreign,
+                env: &env.foreign,
+                file: &file,
+                reset: &cli.reset,
+            },
             stanza.as_deref(),
             command,
             &explicit,
@@ -314,8 +334,14 @@ impl Config {
         self.str(name) == Some("y")
     }
 
+    /// A time option (seconds, to the millisecond).
     pub fn seconds(&self, name: &str) -> Duration {
-        Duration::from_secs(self.int(name).unwrap_or(0).max(0) as u64)
+        let ms = self
+            .str(name)
+            .and_then(options::parse_millis)
+            .unwrap_or(0)
+            .max(0);
+        Duration::from_millis(ms as u64)
     }
 
     /// Options set to a value other than their default, for the log's start line. Secret
@@ -341,6 +367,14 @@ impl Config {
     }
 }
 
+/// A duration for messages, in seconds as the time options take them: `60s`, `0.5s`.
+pub fn fmt_seconds(d: Duration) -> String {
+    format!(
+        "{}s",
+        options::format_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    )
+}
+
 fn push_once(warnings: &mut Vec<String>, w: String) {
     if !warnings.contains(&w) {
         warnings.push(w);
@@ -350,19 +384,33 @@ fn push_once(warnings: &mut Vec<String>, w: String) {
 /// Gives the pgBackRest options pg_backrest does not implement what their row says, for the
 /// values that reach this command: pgBackRest's default passes silently, an ignored option
 /// warns once, a refused one stops the command naming where it was set and why.
-#[allow(clippy::too_many_arguments)]
+/// Where the values of pgBackRest's options that pg_backrest lacks come from.
+struct Foreigners<'a> {
+    cli: &'a BTreeMap<String, ForeignValue>,
+    env: &'a BTreeMap<String, ForeignValue>,
+    file: &'a LoadedConfig,
+    /// `--reset-NAME` options: their values elsewhere do not count.
+    reset: &'a BTreeSet<String>,
+}
+
 fn apply_foreign(
-    cli: &BTreeMap<String, ForeignValue>,
-    env: &BTreeMap<String, ForeignValue>,
-    file: &LoadedConfig,
+    sources: &Foreigners<'_>,
     stanza: Option<&str>,
     command: Cmd,
     explicit: &BTreeSet<&'static str>,
     values: &mut BTreeMap<&'static str, String>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
+    let Foreigners {
+        cli,
+        env,
+        file,
+        reset,
+    } = *sources;
     let mut names: BTreeSet<&str> = cli.keys().chain(env.keys()).map(String::as_str).collect();
     names.extend(file.foreign_names(stanza, command));
+    // A reset option is at pgBackRest's default, which pg_backrest matches.
+    names.retain(|n| !reset.contains(*n));
     for name in names {
         let found = cli
             .get(name)
@@ -465,17 +513,28 @@ struct CommandLine {
     foreign: BTreeMap<String, ForeignValue>,
     /// `--no-config`: read no main config file.
     no_config: bool,
+    /// `--reset-NAME`: these options take their default, whatever the environment and the
+    /// config files say (current names).
+    reset: BTreeSet<String>,
+}
+
+/// What [`take_pgbackrest_options`] takes out of the command line.
+struct Taken {
+    rest: Vec<String>,
+    foreign: BTreeMap<String, ForeignValue>,
+    no_config: bool,
+    reset: BTreeSet<String>,
 }
 
 /// Takes out of `argv` what clap does not parse: `--no-config`, pgBackRest's options that
-/// pg_backrest does not implement, and pgBackRest's deprecated names of pg_backrest's own
-/// options (rewritten to the current name). A name no one knows is left for clap to refuse.
-fn take_pgbackrest_options(
-    argv: &[String],
-) -> Result<(Vec<String>, BTreeMap<String, ForeignValue>, bool)> {
+/// pg_backrest does not implement, pgBackRest's deprecated names of pg_backrest's own
+/// options (rewritten to the current name) and `--reset-NAME`. A name no one knows is left
+/// for clap to refuse.
+fn take_pgbackrest_options(argv: &[String]) -> Result<Taken> {
     let mut rest = Vec::with_capacity(argv.len());
     let mut foreign = BTreeMap::new();
     let mut no_config = false;
+    let mut reset = BTreeSet::new();
     let mut words = argv.iter();
     while let Some(word) = words.next() {
         let Some(body) = word.strip_prefix("--") else {
@@ -488,6 +547,10 @@ fn take_pgbackrest_options(
         };
         if flag == "no-config" && inline.is_none() {
             no_config = true;
+            continue;
+        }
+        if let Some(target) = flag.strip_prefix("reset-") {
+            reset.insert(take_reset(flag, target, inline, &reset)?);
             continue;
         }
         let (negated, resolved) = match pgbackrest::resolve_name(flag) {
@@ -548,13 +611,58 @@ fn take_pgbackrest_options(
             },
         );
     }
-    Ok((rest, foreign, no_config))
+    Ok(Taken {
+        rest,
+        foreign,
+        no_config,
+        reset,
+    })
+}
+
+/// `--reset-NAME` as pgBackRest reads it: NAME goes back to its default, ignoring the
+/// environment and the config files. Only an option a config file can hold can be reset
+/// (a command-line-only one has nothing to reset), and the flag takes no value. Every
+/// mistake is pgBackRest's option-invalid. Returns NAME's current name.
+fn take_reset(
+    flag: &str,
+    target: &str,
+    inline: Option<&str>,
+    seen: &BTreeSet<String>,
+) -> Result<String> {
+    let Some((name, known)) = pgbackrest::resolve_name(target) else {
+        return Err(Error::config(format!("invalid option '--{flag}'"))
+            .with_hint("see 'pg_backrest help' for commands and options"));
+    };
+    if known.scope() == Scope::CommandLine {
+        return Err(
+            Error::config(format!("option '{flag}' cannot be reset")).with_hint(format!(
+                "'{name}' is a command-line option: leave it out to have its default"
+            )),
+        );
+    }
+    if inline.is_some() {
+        return Err(
+            Error::config(format!("option '{flag}' does not allow an argument"))
+                .with_hint(format!("--{flag} alone gives '{name}' its default")),
+        );
+    }
+    if seen.contains(&name) {
+        return Err(Error::config(format!(
+            "option '{name}' is reset multiple times"
+        )));
+    }
+    Ok(name)
 }
 
 fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
     use clap::{Arg, ArgAction};
 
-    let (argv, foreign, no_config) = take_pgbackrest_options(argv)?;
+    let Taken {
+        rest: argv,
+        foreign,
+        no_config,
+        reset,
+    } = take_pgbackrest_options(argv)?;
     let mut app = clap::Command::new("pg_backrest")
         .no_binary_name(true)
         .disable_help_flag(true)
@@ -683,6 +791,23 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             }
         }
     }
+    for name in &reset {
+        if values.contains_key(name.as_str()) || foreign.contains_key(name) {
+            return Err(
+                Error::config(format!("option '{name}' cannot be set and reset")).with_hint(
+                    format!("give either --{name}=VALUE or --reset-{name}, not both"),
+                ),
+            );
+        }
+        let applies = pgbackrest::resolve_name(name).is_some_and(|(_, k)| k.applies_to(command));
+        if !applies && !matches!(command, Cmd::Help | Cmd::Version) {
+            return Err(Error::config(format!(
+                "option '--reset-{name}' is not valid for command '{}'",
+                command.name()
+            ))
+            .with_hint(format!("see 'pg_backrest help {}'", command.name())));
+        }
+    }
     for (name, fv) in &foreign {
         if !fv.known.applies_to(command) && !matches!(command, Cmd::Help | Cmd::Version) {
             return Err(Error::config(format!(
@@ -702,6 +827,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
         values,
         foreign,
         no_config,
+        reset,
     })
 }
 
@@ -1389,6 +1515,127 @@ mod tests {
         assert_eq!(c.args, vec!["/x".to_string()]);
         // Defaults fill the rest.
         assert_eq!(c.str("compress-type"), Some("gz"));
+    }
+
+    #[test]
+    fn reset_gives_the_default_over_the_file_and_the_environment() {
+        let file =
+            "[global]\nrepo1-path=/g\ncompress-type=zst\narchive-async=y\n[main]\npg1-path=/data\n";
+        let env = [("PG_BACKREST_PROCESS_MAX", "4")];
+        let c = resolve_with(
+            &[
+                "--stanza=main",
+                "--reset-repo1-path",
+                "--reset-compress-type",
+                "--reset-process-max",
+                "backup",
+            ],
+            &env,
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(c.str("repo1-path"), Some("/var/lib/pg_backrest"));
+        assert_eq!(c.str("compress-type"), Some("gz"));
+        assert_eq!(c.str("process-max"), Some("1"));
+        assert!(!c.is_set("repo1-path"));
+        // archive-async is pgBackRest's; reset, it is at its default and warns no more.
+        let c = resolve_with(
+            &[
+                "--stanza=main",
+                "--reset-archive-async",
+                "archive-push",
+                "/x",
+            ],
+            &[],
+            Some(file),
+        )
+        .unwrap();
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("archive-async")),
+            "{:?}",
+            c.warnings
+        );
+        // pgBackRest's deprecated name is reset as its current one.
+        let c = resolve_with(
+            &["--stanza=main", "--reset-repo-path", "archive-push", "/x"],
+            &[],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(c.str("repo1-path"), Some("/var/lib/pg_backrest"));
+        for (argv, says) in [
+            (
+                &["--reset-bogus", "info"][..],
+                "invalid option '--reset-bogus'",
+            ),
+            (
+                &["--reset-set", "info"],
+                "option 'reset-set' cannot be reset",
+            ),
+            (
+                &["--reset-config", "info"],
+                "option 'reset-config' cannot be reset",
+            ),
+            (
+                &["--reset-repo1-path=/x", "info"],
+                "option 'reset-repo1-path' does not allow an argument",
+            ),
+            (
+                &["--reset-repo1-path", "--repo1-path=/x", "info"],
+                "option 'repo1-path' cannot be set and reset",
+            ),
+            (
+                &["--reset-repo1-path", "--reset-repo-path", "info"],
+                "option 'repo1-path' is reset multiple times",
+            ),
+            (
+                &["--reset-start-fast", "info"],
+                "option '--reset-start-fast' is not valid for command 'info'",
+            ),
+        ] {
+            let e = resolve_with(argv, &[], Some(file)).unwrap_err();
+            assert_eq!(e.kind, Kind::OptionInvalid, "{argv:?}: {e:?}");
+            assert_eq!(e.message, says, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn type_is_checked_for_the_command_before_anything_runs() {
+        let e = resolve_with(&["--stanza=main", "--type=xid", "backup"], &[], None).unwrap_err();
+        assert_eq!(e.kind, Kind::OptionInvalidValue);
+        assert_eq!(
+            e.message,
+            "invalid value 'xid' for option '--type': must be one of: full, diff, incr for backup"
+        );
+        let e = resolve_with(&["--stanza=main", "--type=full", "restore"], &[], None).unwrap_err();
+        assert_eq!(e.kind, Kind::OptionInvalidValue);
+        let c = resolve_with(&["--stanza=main", "--type=diff", "backup"], &[], None).unwrap();
+        assert_eq!(c.str("type"), Some("diff"));
+        let env = [("PG_BACKREST_TYPE", "bogus")];
+        let e = resolve_with(&["--stanza=main", "backup"], &env, None).unwrap_err();
+        assert_eq!(e.kind, Kind::OptionInvalidValue);
+    }
+
+    #[test]
+    fn time_options_keep_milliseconds() {
+        let file = "[global]\nio-timeout=0.5\n[main]\npg1-path=/data\n";
+        let c = resolve_with(
+            &["--stanza=main", "--db-timeout=1.25", "backup"],
+            &[],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(c.seconds("io-timeout"), Duration::from_millis(500));
+        assert_eq!(c.seconds("db-timeout"), Duration::from_millis(1250));
+        assert_eq!(c.seconds("protocol-timeout"), Duration::from_secs(1830));
+        assert_eq!(fmt_seconds(Duration::from_millis(1250)), "1.25s");
+        let e = resolve_with(
+            &["--stanza=main", "--io-timeout=0.01", "backup"],
+            &[],
+            Some(file),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::OptionInvalidValue);
     }
 
     #[test]

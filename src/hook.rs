@@ -151,8 +151,8 @@ pub fn run(cfg: &Config, point: Point, facts: &RunFacts, failure: Option<&Error>
 
     let why = if timed_out {
         format!(
-            "did not finish within hook-timeout ({}s) and was killed",
-            timeout.as_secs()
+            "did not finish within hook-timeout ({}) and was killed",
+            crate::config::fmt_seconds(timeout)
         )
     } else {
         match status {

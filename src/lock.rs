@@ -232,7 +232,7 @@ fn held_error(file: &mut File, path: &Path, waited: Duration) -> Error {
     let waited = if waited.is_zero() {
         String::new()
     } else {
-        format!(" after waiting {}s", waited.as_secs())
+        format!(" after waiting {}", crate::config::fmt_seconds(waited))
     };
     Error::new(
         Kind::LockAcquire,

@@ -153,18 +153,31 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
     let mut site = Site::new(Options {
         remote: true,
         pg_host: true,
-        global: "io-timeout=5",
+        // Killing sshd closes the connection at once; io-timeout only bounds a hang. A short
+        // one (it was 5 s) can run out while a starved remote is merely slow on a loaded
+        // machine, failing the backup before the cut.
+        global: "io-timeout=30",
         ..Default::default()
     });
     // Several tables of poorly compressible data, so that some are safely copied (and
     // recorded for resume) while others are still to come when the connection drops.
+    // Their files must not change between the two backups, or the second one rightly copies
+    // them again and resumes nothing: autovacuum (which a table of 200000 new rows triggers
+    // within its naptime) would set hint bits and freeze them in between, and under load
+    // the runs are slow enough for it to come. So autovacuum is off for them, and a vacuum
+    // freeze now leaves nothing for anyone to write later.
     for t in 0..8 {
         site.cluster.psql(&format!(
-            "create table big{t} as select g, md5(g::text) || md5((g * 7)::text) || md5((g * {t} + 13)::text) as pad \
+            "create table big{t} with (autovacuum_enabled = off) as \
+             select g, md5(g::text) || md5((g * 7)::text) || md5((g * {t} + 13)::text) as pad \
              from generate_series(1, 200000) g"
         ));
     }
+    site.cluster.psql("vacuum (freeze, analyze)");
     site.cluster.psql("checkpoint");
+    // A file is resumed only if its mtime is before the second its copy began: let the
+    // checkpoint's writes fall in an earlier second than any copy.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut child = harness::pgbr(&[
         &format!("--config={}", site.repo_conf.display()),
         "--stanza=main",
@@ -210,11 +223,22 @@ fn a_connection_lost_mid_backup_fails_with_the_remote_code_and_the_next_run_resu
             );
         }
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
+            start.elapsed() < std::time::Duration::from_secs(300),
             "no progress saved:\n{}",
             backup_log(&site)
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Freeze the database host's side first: from now on the backup cannot get further, so
+    // it is still running when the connection is cut, however late this thread got here.
+    site.sshd.as_mut().unwrap().pause();
+    if let Some(status) = child.try_wait().unwrap() {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        panic!(
+            "backup ended ({status}) before the connection was cut:\n{stderr}\n{}",
+            backup_log(&site)
+        );
     }
     site.sshd.as_mut().unwrap().stop();
     let status = child.wait().unwrap();

@@ -244,6 +244,126 @@ fn called_pgbackrest_it_answers_as_pgbackrest() {
     .expect_ok("pgbackrest archive-push");
     let out = run(pgbr_as(&link, &[&config, "--stanza=main", "info"])).expect_ok("pgbackrest info");
     assert!(out.stdout.contains(&format!("stanza: {STANZA}")), "{out}");
+
+    // The stop file's hint names the binary as it was called.
+    run(pgbr_as(&link, &[&config, "--stanza=main", "stop"])).expect_ok("pgbackrest stop");
+    let push = |program: &Path| {
+        run(pgbr_as(
+            program,
+            &[&config, "--stanza=main", "archive-push", p(&original)],
+        ))
+    };
+    let out = push(&link);
+    assert_error(&out, 62, "stop file exists for stanza main");
+    assert!(
+        out.stderr
+            .contains("HINT: run 'pgbackrest start --stanza=main' when it may run again"),
+        "{out}"
+    );
+    let out = push(&harness::bin());
+    assert_error(&out, 62, "stop file exists for stanza main");
+    assert!(
+        out.stderr
+            .contains("HINT: run 'pg_backrest start --stanza=main' when it may run again"),
+        "{out}"
+    );
+    run(pgbr_as(&link, &[&config, "--stanza=main", "start"])).expect_ok("pgbackrest start");
+    push(&link).expect_ok("archive-push after start");
+}
+
+/// `--reset-NAME` gives an option its default whatever the config file and the environment
+/// say, as pgBackRest's; its mistakes are pgBackRest's option-invalid (31), checked against
+/// the real pgBackRest 2.45.
+#[test]
+fn reset_options_take_their_default_over_the_config_file() {
+    let site = Site::new(Options {
+        global: "archive-check=n
+",
+        ..Options::default()
+    });
+    let pgbackrest = |args: &[&str]| {
+        let mut cmd = harness::postgres_command("/usr/bin/pgbackrest", args);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PGBACKREST_") {
+                cmd.env_remove(&key);
+            }
+        }
+        run(cmd)
+    };
+    let config = format!("--config={}", site.conf.display());
+    let both = |args: &[&str], code: i32, ours: &str| {
+        let mut all = vec![config.as_str(), "--stanza=main"];
+        all.extend_from_slice(args);
+        let theirs = pgbackrest(&all);
+        assert_eq!(theirs.status, code, "pgBackRest {all:?}:\n{theirs}");
+        assert_error(&site.pgbr(args), code, ours);
+    };
+    both(
+        &["--reset-bogus", "backup"],
+        31,
+        "invalid option '--reset-bogus'",
+    );
+    both(
+        &["--reset-stanza", "backup"],
+        31,
+        "option 'reset-stanza' cannot be reset",
+    );
+    both(
+        &["--reset-type", "backup"],
+        31,
+        "option 'reset-type' cannot be reset",
+    );
+    both(
+        &["--reset-start-fast=y", "backup"],
+        31,
+        "option 'reset-start-fast' does not allow an argument",
+    );
+    both(
+        &["--reset-start-fast", "--start-fast", "backup"],
+        31,
+        "option 'start-fast' cannot be set and reset",
+    );
+    both(
+        &["--reset-start-fast", "--reset-start-fast", "backup"],
+        31,
+        "option 'start-fast' is reset multiple times",
+    );
+    both(
+        &["--reset-no-start-fast", "backup"],
+        31,
+        "'--reset-no-start-fast'",
+    );
+    both(
+        &["--reset-pg1-path", "expire"],
+        31,
+        "is not valid for command 'expire'",
+    );
+
+    // The site's config says archive-check=n (and io-timeout, repo1-path...): reset, the
+    // default applies. Reset the repository path and backup looks in the default one.
+    let out = site.pgbr(&["--reset-repo1-path", "backup"]);
+    assert_error(&out, 55, "'/var/lib/pg_backrest/backup/main/backup.info'");
+    // A reset option set in the environment is reset too.
+    let mut cmd = pgbr(&[&config, "--stanza=main", "--reset-repo1-path", "backup"]);
+    cmd.env("PG_BACKREST_REPO1_PATH", p(&site.repo));
+    assert_error(
+        &run(cmd),
+        55,
+        "'/var/lib/pg_backrest/backup/main/backup.info'",
+    );
+
+    // archive-check=n in the config, reset on the command line: the backup checks its WAL,
+    // as its manifest records.
+    let label = site.backup("full", &["--reset-archive-check"]);
+    let manifest = std::fs::read_to_string(
+        site.repo
+            .join(format!("backup/{STANZA}/{label}/backup.manifest")),
+    )
+    .unwrap();
+    assert!(
+        manifest.contains("\noption-archive-check=true\n"),
+        "{manifest}"
+    );
 }
 
 #[test]

@@ -34,15 +34,17 @@ const CASES: &[Case] = &[
     Case { file: "", args: &["--stanza=main", "archive-get", "000000010000000000000001"], env: &[], expect: "command 'archive-get' requires WAL_NAME DEST_PATH, got 1" },
     Case { file: "", args: &["--stanza=main", "--compress-levle=1", "archive-push", "/tmp/x"], env: &[], expect: "invalid command line: unexpected argument '--compress-levle'" },
     Case { file: "", args: &["--stanza=main", "--start-fast", "archive-push", "/tmp/x"], env: &[], expect: "option '--start-fast' is not valid for command 'archive-push'" },
-    Case { file: "", args: &["--stanza=main", "--lock-timeout=soon", "archive-push", "/tmp/x"], env: &[], expect: "invalid value 'soon' for option '--lock-timeout': must be an integer" },
-    Case { file: "", args: PUSH, env: &[("PG_BACKREST_IO_TIMEOUT", "0")], expect: "invalid value '0' in environment variable 'PG_BACKREST_IO_TIMEOUT': must be between 1 and 604800" },
+    Case { file: "", args: &["--stanza=main", "--lock-timeout=soon", "archive-push", "/tmp/x"], env: &[], expect: "invalid value 'soon' for option '--lock-timeout': must be a number of seconds, e.g. 30 or 0.5" },
+    Case { file: "", args: PUSH, env: &[("PG_BACKREST_IO_TIMEOUT", "0")], expect: "invalid value '0' in environment variable 'PG_BACKREST_IO_TIMEOUT': must be between 0.1 and 3600 seconds" },
     Case { file: "", args: &["--stanza=main", "backupp"], env: &[], expect: "invalid command 'backupp'" },
     // Retention, expire and hooks.
     Case { file: "[global]\nrepo1-retention-full-type=weeks\n", args: &["--stanza=main", "expire"], env: &[], expect: "invalid value 'weeks' for option 'repo1-retention-full-type' in section '[global]' of 'CONF': must be one of: count, time" },
     Case { file: "[global]\nrepo1-retention-full=0\n", args: &["--stanza=main", "expire"], env: &[], expect: "invalid value '0' for option 'repo1-retention-full' in section '[global]' of 'CONF': must be between 1 and 9999999" },
     Case { file: "", args: &["--stanza=main", "--dry-run", "backup"], env: &[], expect: "option '--dry-run' is not valid for command 'backup'" },
     Case { file: "[global]\nhook-info-start=true\n", args: CHECK, env: &[], expect: "unknown option 'hook-info-start' in section '[global]' of 'CONF'" },
-    Case { file: "", args: &["--stanza=main", "--hook-timeout=0", "expire"], env: &[], expect: "invalid value '0' for option '--hook-timeout': must be between 1 and 604800" },
+    Case { file: "", args: &["--stanza=main", "--hook-timeout=0", "expire"], env: &[], expect: "invalid value '0' for option '--hook-timeout': must be between 0.1 and 604800 seconds" },
+    Case { file: "[global]\nio-timeout=0.05\n", args: PUSH, env: &[], expect: "invalid value '0.05' for option 'io-timeout' in section '[global]' of 'CONF': must be between 0.1 and 3600 seconds" },
+    Case { file: "", args: &["--stanza=main", "--type=incr", "restore"], env: &[], expect: "invalid value 'incr' for option '--type': must be one of: default, immediate, time, xid, lsn, name, standby, none for restore" },
     Case { file: "", args: &["--stanza=main", "--hook-restore-start=", "restore"], env: &[], expect: "invalid value '' for option '--hook-restore-start': must not be empty" },
 ];
 

@@ -1,8 +1,8 @@
 //! pgBackRest's conventions, checked against the real pgBackRest 2.45 where both tools can run
 //! the same command: the exit code of each condition (pgBackRest's error table), warnings and
 //! errors on stderr (log-level-stderr=warn), and nothing on stdout from a successful backup,
-//! expire or archive-push at the default levels, so a cron job that sends stdout to /dev/null
-//! keeps its warnings.
+//! expire, archive-push, check or restore at the default levels, so a cron job that sends
+//! stdout to /dev/null keeps its warnings.
 
 use std::fs;
 use std::path::Path;
@@ -91,6 +91,35 @@ fn config_and_command_line_mistakes_exit_with_pgbackrests_codes() {
         &["--config=/nonexistent/both.conf", s, "archive-push", w],
         55,
         "'/nonexistent/both.conf'",
+    );
+    // Option values are checked before anything is loaded: a type the command does not
+    // have is option-invalid-value (32) though the stanza has no backup.info (55 otherwise).
+    both_exit(&[c, s, "--type=bogus", "backup"], 32, "'--type'");
+    both_exit(&[c, s, "--type=xid", "backup"], 32, "'--type'");
+    both_exit(&[c, s, "--type=bogus", "restore"], 32, "'--type'");
+    both_exit(&[c, s, "--type=full", "restore"], 32, "'--type'");
+    // Time options take fractional seconds within pgBackRest's ranges.
+    both_exit(
+        &[c, s, "--io-timeout=0.5", "backup"],
+        55,
+        "has no backup.info",
+    );
+    both_exit(
+        &[c, s, "--db-timeout=1.25", "backup"],
+        55,
+        "has no backup.info",
+    );
+    both_exit(&[c, s, "--io-timeout=0.05", "backup"], 32, "'--io-timeout'");
+    both_exit(&[c, s, "--io-timeout=3601", "backup"], 32, "'--io-timeout'");
+    both_exit(
+        &[c, s, "--archive-timeout=86401", "backup"],
+        32,
+        "'--archive-timeout'",
+    );
+    both_exit(
+        &[c, s, "--protocol-timeout=abc", "backup"],
+        32,
+        "'--protocol-timeout'",
     );
     // No stanza in the repository: expire reports a command error, restore no backup set.
     both_exit(&[c, s, "expire"], 104, "has no backup.info");
@@ -223,7 +252,7 @@ fn warnings_reach_stderr_when_stdout_goes_to_dev_null() {
 }
 
 #[test]
-fn successful_backup_expire_and_archive_push_print_nothing_at_default_levels() {
+fn successful_backup_expire_archive_push_check_and_restore_print_nothing_at_default_levels() {
     let site = Site::local();
     // The site's config asks for INFO on the console for backup and expire; this one keeps
     // pgBackRest's defaults.
@@ -263,6 +292,32 @@ fn successful_backup_expire_and_archive_push_print_nothing_at_default_levels() {
         site.backup_labels().len(),
         1,
         "expire removed the older full"
+    );
+    silent("check", &run_quiet(&["check"]));
+    let restored = site.dir.join("restored");
+    let data = format!("--pg1-path={}", p(&restored));
+    silent("restore", &run_quiet(&[&data, "restore"]));
+    assert!(restored.join("PG_VERSION").exists());
+    // At log-level-console=info each says what it did, as an INFO line as pgBackRest's.
+    let out = run_quiet(&["--log-level-console=info", "check"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("INFO: WAL segment '")
+                && l.contains("' successfully archived to '")),
+        "{out}"
+    );
+    let again = site.dir.join("restored-again");
+    let data = format!("--pg1-path={}", p(&again));
+    let out = run_quiet(&["--log-level-console=info", &data, "restore"]);
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("INFO: restore of backup ")
+                && l.ends_with(&format!(" into '{}' complete", p(&again)))),
+        "{out}"
     );
 
     let seg = site.one_segment();

@@ -241,7 +241,9 @@ say "restore into a new directory, start it, and compare its data with the origi
 RESTORED="$WORK/restored"
 RSOCKET="$WORK/restored-socket"
 as_pg mkdir -p "$RSOCKET"
-pgbr --log-level-console=warn --pg1-path="$RESTORED" --process-max=2 restore
+# At log-level-console=warn restore prints nothing (as pgBackRest); its INFO line says what it did.
+pgbr --log-level-console=info --pg1-path="$RESTORED" --process-max=2 restore \
+    | grep -F "INFO: restore of backup "
 RPORT=$((PORT + 1))
 printf "port = %s\nunix_socket_directories = '%s'\narchive_mode = off\n" "$RPORT" "$RSOCKET" \
     | as_pg tee -a "$RESTORED/postgresql.auto.conf" >/dev/null

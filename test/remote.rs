@@ -151,7 +151,7 @@ fn unreachable_host_bad_remote_command_and_bad_remote_config_are_remote_errors()
 fn errors_keep_their_kind_across_hosts_and_the_ssh_master_persists() {
     let site = Site::remote();
     // check works through the remote repository as it does locally.
-    let out = site.pgbr(&["check"]);
+    let out = site.pgbr(&["--log-level-console=info", "check"]);
     assert_eq!(out.status, 0, "{out}");
     assert!(
         out.stdout

@@ -172,7 +172,7 @@ fn targets_before_the_end_of_a_backup_are_refused() {
     assert_error(
         &site.pgbr(&["restore", &pg1, "--type=sometime"]),
         32,
-        "invalid value 'sometime' for option '--type' of restore",
+        "invalid value 'sometime' for option '--type': must be one of: default, immediate, time, xid, lsn, name, standby, none for restore",
     );
     assert!(!dest.exists(), "nothing restored");
 }

@@ -61,8 +61,9 @@ fn stanza_create_is_idempotent_refuses_another_cluster_and_repairs_from_copy() {
 #[test]
 fn check_proves_archiving_and_reports_each_misconfiguration() {
     let site = Site::local();
-    let out = site.pgbr(&["check"]);
+    let out = site.pgbr(&["--log-level-console=info", "check"]);
     assert_eq!(out.status, 0, "{out}");
+    assert!(out.stdout.contains("INFO: WAL segment '"), "{out}");
     assert!(out.stdout.contains("successfully archived to"), "{out}");
 
     site.cluster

@@ -814,8 +814,8 @@ fn wait_for_wal(
                     Kind::ArchiveTimeout,
 
                     format!(
-                        "WAL segment '{seg}' that the backup needs did not reach the archive within archive-timeout ({}s)",
-                        timeout.as_secs()
+                        "WAL segment '{seg}' that the backup needs did not reach the archive within archive-timeout ({})",
+                        crate::config::fmt_seconds(timeout)
                     ),
                 )
                 .with_hint("check archive_command and PostgreSQL's log; the backup is not usable without this WAL"));

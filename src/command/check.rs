@@ -77,21 +77,21 @@ pub fn run(cfg: &Config) -> Result<()> {
                 Kind::ArchiveTimeout,
 
                 format!(
-                    "WAL segment '{segment}' did not reach the archive at '{}' within archive-timeout ({}s)",
+                    "WAL segment '{segment}' did not reach the archive at '{}' within archive-timeout ({})",
                     repo.describe(&dir),
-                    timeout.as_secs()
+                    crate::config::fmt_seconds(timeout)
                 ),
             )
             .with_hint("check PostgreSQL's log for archive_command failures"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let msg = format!(
+    // An INFO line as pgBackRest's: at the default log-level-console (warn) a successful
+    // check prints nothing, so a cron job or script sees output only when something is wrong.
+    crate::info!(
         "WAL segment '{segment}' successfully archived to '{}'",
         repo.describe(&dir)
     );
-    crate::info!("{msg}");
-    println!("{msg}");
     Ok(())
 }
 

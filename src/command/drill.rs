@@ -90,7 +90,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         .arg(&copy.data)
         .arg("-l")
         .arg(&log)
-        .args(["-w", "-t", &timeout.as_secs().to_string(), "start"])
+        // pg_ctl takes whole seconds: round a fractional drill-timeout up, never to 0.
+        .args([
+            "-w",
+            "-t",
+            &timeout.as_secs_f64().ceil().max(1.0).to_string(),
+            "start",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -267,7 +273,7 @@ fn wait_recovered(
         if Instant::now() >= deadline {
             return Err(Error::new(
                 Kind::DrillTimeout,
-                format!("recovery of the drill copy did not reach its target within drill-timeout ({}s): {}", timeout.as_secs(), log_tail(log)),
+                format!("recovery of the drill copy did not reach its target within drill-timeout ({}): {}", crate::config::fmt_seconds(timeout), log_tail(log)),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -35,7 +35,8 @@ pub fn run(cfg: &Config) -> Result<()> {
     let pg_path = cfg.required_path("pg1-path")?;
     let target = RecoveryTarget::from_config(cfg)?;
     let restored = restore(cfg, &pg_path, &target, cfg.bool("delta"), None)?;
-    println!(
+    // INFO as pgBackRest: nothing on stdout at the default log-level-console (warn).
+    crate::info!(
         "restore of backup {} into '{}' complete",
         restored.label,
         pg_path.display()

@@ -31,8 +31,9 @@ pub fn run(cfg: &Config) -> Result<()> {
                 format!("stop file does not exist for stanza '{stanza}'"),
             )
             .with_hint(format!(
-                "run 'pg_backrest stop --stanza={stanza}' on this host first (required even \
-                 with --force)"
+                "run '{} stop --stanza={stanza}' on this host first (required even \
+                 with --force)",
+                cfg.identity.program()
             )));
         }
         if !cfg.bool("force") && pg_path.join("postmaster.pid").exists() {

@@ -23,9 +23,11 @@ pub fn check(cfg: &Config) -> Result<()> {
         return Ok(());
     }
     let lock_path = cfg.required_path("lock-path")?;
+    // The binary as the user called it: under the name pgbackrest the hint says pgbackrest.
+    let program = cfg.identity.program();
     let start_hint = |stanza: Option<&str>| {
         format!(
-            "run 'pg_backrest start{}' when it may run again",
+            "run '{program} start{}' when it may run again",
             stanza.map_or(String::new(), |s| format!(" --stanza={s}"))
         )
     };

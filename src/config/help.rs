@@ -35,7 +35,8 @@ pub fn general(version: &str, identity: Identity) -> String {
     };
     out.push_str(&format!(
         "\nOptions come from the command line (--name=value, --name, --no-name), the environment \
-         (PG_BACKREST_NAME or PGBACKREST_NAME) or the config file ({config}).\n\
+         (PG_BACKREST_NAME or PGBACKREST_NAME) or the config file ({config}); \
+         --reset-name gives an option its default whatever the environment and the file say.\n\
          Use '{program} help COMMAND' for a command's options.\n"
     ));
     out
@@ -60,6 +61,19 @@ pub fn command(identity: Identity, cmd: Cmd) -> String {
             OptKind::Bool => String::new(),
             OptKind::Int { min, max } => format!("=<{min}..{max}>"),
             OptKind::Enum(vals) => format!("=<{}>", vals.join("|")),
+            OptKind::CmdEnum(lists) => {
+                let vals = lists
+                    .iter()
+                    .find(|(c, _)| *c == cmd)
+                    .map(|(_, v)| v.join("|"))
+                    .unwrap_or_else(|| "value".into());
+                format!("=<{vals}>")
+            }
+            OptKind::Time { min_ms, max_ms } => format!(
+                "=<{}..{} seconds>",
+                super::options::format_millis(min_ms),
+                super::options::format_millis(max_ms)
+            ),
             OptKind::Path => "=<path>".to_string(),
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),

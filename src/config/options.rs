@@ -19,6 +19,17 @@ pub enum OptKind {
     /// `y`/`n` in config files and the environment, `--name`/`--no-name` on the command line.
     Bool,
     Enum(&'static [&'static str]),
+    /// An enum whose allowed values depend on the command (pgBackRest's per-command
+    /// allow-lists: `type` is full/diff/incr for backup, a recovery type for restore). A
+    /// value is checked against the command's list as soon as the command is known, before
+    /// anything is loaded.
+    CmdEnum(&'static [(Cmd, &'static [&'static str])]),
+    /// Seconds, as pgBackRest's `time` options: a decimal number (`0.5`, `1e2`) kept to the
+    /// millisecond (truncated, as pgBackRest), within `min_ms..=max_ms`.
+    Time {
+        min_ms: i64,
+        max_ms: i64,
+    },
     /// `KEY=/absolute/path`, repeatable: every occurrence adds one mapping.
     PathMap,
     /// A plain value, repeatable: every occurrence adds one item.
@@ -155,10 +166,38 @@ macro_rules! opt {
     };
 }
 
-const SECONDS: OptKind = OptKind::Int {
-    min: 1,
-    max: 7 * 86400,
-};
+/// pgBackRest's ranges of its time options (config.yaml's allow-range, in seconds there).
+const fn seconds(min_ms: i64, max_s: i64) -> OptKind {
+    OptKind::Time {
+        min_ms,
+        max_ms: max_s * 1000,
+    }
+}
+/// archive-timeout: 0.1 to 86400 seconds.
+const ARCHIVE_TIMEOUT: OptKind = seconds(100, 86400);
+/// io-timeout: 0.1 to 3600 seconds.
+const IO_TIMEOUT: OptKind = seconds(100, 3600);
+/// db-timeout, protocol-timeout, and pg_backrest's own hook-timeout and drill-timeout:
+/// 0.1 seconds to a week.
+const LONG_TIMEOUT: OptKind = seconds(100, 7 * 86400);
+
+/// The backup types and the recovery types (restore's and drill's `type`).
+const BACKUP_TYPES: &[&str] = &["full", "diff", "incr"];
+const RECOVERY_TYPES: &[&str] = &[
+    "default",
+    "immediate",
+    "time",
+    "xid",
+    "lsn",
+    "name",
+    "standby",
+    "none",
+];
+const TYPE_VALUES: &[(Cmd, &[&str])] = &[
+    (Cmd::Backup, BACKUP_TYPES),
+    (Cmd::Restore, RECOVERY_TYPES),
+    (Cmd::Drill, RECOVERY_TYPES),
+];
 
 /// Every option: the hand-written rows followed by the generated hook rows.
 pub const OPTIONS: &[OptDef] = &ALL_OPTIONS;
@@ -463,7 +502,7 @@ const BASE_OPTIONS: &[OptDef] =
         // Per-invocation choices.
         opt!(
             "type",
-            OptKind::Str,
+            OptKind::CmdEnum(TYPE_VALUES),
             None,
             Scope::CommandLine,
             Some(TYPE_CMDS),
@@ -554,7 +593,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "archive-timeout",
-            SECONDS,
+            ARCHIVE_TIMEOUT,
             Some("60"),
             Scope::Global,
             Some(TIMEOUT_ARCHIVE),
@@ -660,7 +699,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "hook-timeout",
-            SECONDS,
+            LONG_TIMEOUT,
             Some("300"),
             Scope::Global,
             Some(HOOK_CMDS),
@@ -716,7 +755,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "drill-timeout",
-            SECONDS,
+            LONG_TIMEOUT,
             Some("1800"),
             Scope::Global,
             Some(DRILL),
@@ -733,7 +772,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "lock-timeout",
-            OptKind::Int { min: 0, max: 86400 },
+            seconds(0, 86400),
             Some("0"),
             Scope::Global,
             None,
@@ -774,7 +813,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "io-timeout",
-            SECONDS,
+            IO_TIMEOUT,
             Some("60"),
             Scope::Global,
             None,
@@ -782,7 +821,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "protocol-timeout",
-            SECONDS,
+            LONG_TIMEOUT,
             Some("1830"),
             Scope::Global,
             None,
@@ -790,7 +829,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "db-timeout",
-            SECONDS,
+            LONG_TIMEOUT,
             Some("1800"),
             Scope::Global,
             Some(DB_CMDS),
@@ -869,7 +908,84 @@ impl OptDef {
                     Err(format!("must be one of: {}", values.join(", ")))
                 }
             }
+            // The command is not known yet: `validate_for` applies its list, so that the
+            // message names the values of that command.
+            OptKind::CmdEnum(_) => {
+                if value.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(value.to_string())
+                }
+            }
+            OptKind::Time { min_ms, max_ms } => {
+                let ms =
+                    parse_millis(value).ok_or("must be a number of seconds, e.g. 30 or 0.5")?;
+                if (min_ms..=max_ms).contains(&ms) {
+                    Ok(format_millis(ms))
+                } else {
+                    Err(format!(
+                        "must be between {} and {} seconds",
+                        format_millis(min_ms),
+                        format_millis(max_ms)
+                    ))
+                }
+            }
         }
+    }
+
+    /// Checks a value already validated by [`validate`](Self::validate) against what
+    /// `cmd` allows (a [`OptKind::CmdEnum`]'s list for that command).
+    pub fn validate_for(&self, cmd: Cmd, value: &str) -> Result<(), String> {
+        let OptKind::CmdEnum(lists) = self.kind else {
+            return Ok(());
+        };
+        match lists.iter().find(|(c, _)| *c == cmd) {
+            Some((_, values)) if !values.contains(&value) => Err(format!(
+                "must be one of: {} for {}",
+                values.join(", "),
+                cmd.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Seconds as pgBackRest reads a time option, in milliseconds: a decimal number, the
+/// fraction beyond the millisecond dropped (pgBackRest truncates too). `None` for what is not
+/// a finite number.
+pub fn parse_millis(value: &str) -> Option<i64> {
+    // Plain decimals are read digit by digit, so 4.35 is 4350 ms and not the 4349 that
+    // 4.35 * 1000 gives in binary floating point.
+    if let Some((int, frac)) = value.split_once('.').or(Some((value, ""))) {
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty()) {
+            let whole: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+            let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+            return whole.checked_mul(1000)?.checked_add(ms);
+        }
+    }
+    // Otherwise a signed number or an exponent (1e2), which pgBackRest's strtod also reads;
+    // Rust's float syntax without its words ("inf", "nan"), which are no timeouts.
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
+        return None;
+    }
+    let ms = value.parse::<f64>().ok()? * 1000.0;
+    // Truncation toward zero, as pgBackRest's (int64_t) cast; out-of-range values saturate
+    // and then fail the range check.
+    ms.is_finite().then_some(ms as i64)
+}
+
+/// Milliseconds as the shortest decimal seconds: 60000 is "60", 500 is "0.5".
+pub fn format_millis(ms: i64) -> String {
+    let (s, frac) = (ms / 1000, (ms % 1000).abs());
+    if frac == 0 {
+        s.to_string()
+    } else {
+        let sign = if ms < 0 && s == 0 { "-" } else { "" };
+        format!("{sign}{s}.{}", format!("{frac:03}").trim_end_matches('0'))
     }
 }
 
@@ -939,6 +1055,69 @@ mod tests {
         for t in ["none", "bz2", "gz", "lz4", "zst"] {
             assert_eq!(ct.validate(t).unwrap(), t);
         }
+    }
+
+    #[test]
+    fn time_options_take_seconds_to_the_millisecond_within_pgbackrests_ranges() {
+        let io = OptDef::find("io-timeout").unwrap();
+        for (given, kept) in [
+            ("0.5", "0.5"),
+            ("60", "60"),
+            ("1.2345", "1.234"),
+            ("1e2", "100"),
+            (".25", "0.25"),
+            ("3600", "3600"),
+            ("0.1", "0.1"),
+            ("2.000", "2"),
+        ] {
+            assert_eq!(io.validate(given).unwrap(), kept, "{given}");
+        }
+        for bad in ["0.05", "0", "-1", "3600.001", "3601"] {
+            assert_eq!(
+                io.validate(bad).unwrap_err(),
+                "must be between 0.1 and 3600 seconds",
+                "{bad}"
+            );
+        }
+        for bad in ["abc", "", "inf", "nan", "5s", "1,5"] {
+            assert!(
+                io.validate(bad)
+                    .unwrap_err()
+                    .starts_with("must be a number"),
+                "{bad}"
+            );
+        }
+        let db = OptDef::find("db-timeout").unwrap();
+        assert_eq!(db.validate("604800").unwrap(), "604800");
+        assert!(db.validate("604800.5").is_err());
+        let archive = OptDef::find("archive-timeout").unwrap();
+        assert!(archive.validate("86400.001").is_err());
+        let lock = OptDef::find("lock-timeout").unwrap();
+        assert_eq!(lock.validate("0").unwrap(), "0");
+        assert_eq!(lock.validate("0.25").unwrap(), "0.25");
+        assert_eq!(format_millis(1500), "1.5");
+        assert_eq!(format_millis(1050), "1.05");
+        assert_eq!(parse_millis("0.0005"), Some(0));
+        assert_eq!(parse_millis("4.35"), Some(4350));
+        assert_eq!(parse_millis("5."), Some(5000));
+        assert_eq!(parse_millis("."), None);
+        assert_eq!(parse_millis("-0.5"), Some(-500));
+    }
+
+    #[test]
+    fn type_is_checked_against_the_commands_own_list() {
+        let t = OptDef::find("type").unwrap();
+        assert_eq!(t.validate("full").unwrap(), "full");
+        assert_eq!(t.validate("xid").unwrap(), "xid");
+        assert!(t.validate("").is_err());
+        assert!(t.validate_for(Cmd::Backup, "bogus").is_err());
+        assert!(t.validate_for(Cmd::Backup, "incr").is_ok());
+        assert_eq!(
+            t.validate_for(Cmd::Backup, "xid").unwrap_err(),
+            "must be one of: full, diff, incr for backup"
+        );
+        assert!(t.validate_for(Cmd::Restore, "full").is_err());
+        assert!(t.validate_for(Cmd::Drill, "immediate").is_ok());
     }
 }
 

@@ -139,12 +139,15 @@ impl Client {
         let (what, secs) = if overall {
             (
                 "finish the operation within protocol-timeout",
-                self.protocol_timeout.as_secs(),
+                crate::config::fmt_seconds(self.protocol_timeout),
             )
         } else {
-            ("answer within io-timeout", self.io_timeout.as_secs())
+            (
+                "answer within io-timeout",
+                crate::config::fmt_seconds(self.io_timeout),
+            )
         };
-        Error::remote(format!("{} did not {what} ({secs}s)", self.peer)).with_hint(
+        Error::remote(format!("{} did not {what} ({secs})", self.peer)).with_hint(
             "check the network and the remote host; nothing was committed by this operation",
         )
     }

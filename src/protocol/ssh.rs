@@ -93,7 +93,8 @@ impl SshTarget {
         b.user(self.user.clone())
             .port(self.port)
             .known_hosts_check(KnownHosts::Strict)
-            .connect_timeout(self.io_timeout)
+            // ssh takes whole seconds, and 0 would mean no timeout: at least 1 s.
+            .connect_timeout(self.io_timeout.max(Duration::from_secs(1)))
             .server_alive_interval((self.io_timeout / 3).max(Duration::from_secs(1)));
         if let Some(c) = &self.ssh_config {
             b.config_file(c);
