@@ -189,7 +189,10 @@ impl<'a> ScanReader<'a> {
     fn next_range(&mut self) -> io::Result<bool> {
         match &mut self.source {
             Source::Inline(ranges) => {
-                let window = self.buf.as_mut().expect("an inline reader keeps its window");
+                let window = self
+                    .buf
+                    .as_mut()
+                    .expect("an inline reader keeps its window");
                 self.filled = ranges.read_next(window)?;
             }
             Source::Ahead(ahead) => {
@@ -198,7 +201,8 @@ impl<'a> ScanReader<'a> {
                     let _ = free.try_send(window);
                 }
                 let next = ahead.filled.as_ref().and_then(|filled| filled.recv().ok());
-                let (window, n) = next.ok_or_else(|| io::Error::other("the read-ahead thread stopped"))??;
+                let (window, n) =
+                    next.ok_or_else(|| io::Error::other("the read-ahead thread stopped"))??;
                 self.buf = Some(window);
                 self.filled = n;
             }

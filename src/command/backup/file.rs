@@ -103,13 +103,7 @@ pub fn copy_source(
             )
         }
         _ => (
-            pipeline::store(
-                &mut scan,
-                dest,
-                p.compress,
-                p.threads(),
-                &ends,
-            )?,
+            pipeline::store(&mut scan, dest, p.compress, p.threads(), &ends)?,
             Vec::new(),
         ),
     };
