@@ -4,14 +4,17 @@
 //! replies, and data frames for file contents, so files stream in both directions without
 //! ever being held whole. docs/protocol.md describes the wire format.
 //!
-//! The server ([`server`]) is synchronous and serves one request at a time against a local
-//! [`crate::storage::Storage`]; the client ([`client`]) wraps the async SSH streams in a
+//! This module is the transport only: frames, SSH, the client, and the messages
+//! ([`request`]: one typed enum of every request, and the replies). It knows no command,
+//! database or storage: the server that answers requests belongs to the command it serves,
+//! `crate::command::remote` (its `server` module), which dispatches on [`request::Request`]
+//! with an exhaustive match. The client ([`client`]) wraps the async SSH streams in a
 //! synchronous API with io-timeout on every wait, so a peer that stops answering fails the
 //! command instead of hanging it.
 
 pub mod client;
 pub mod frame;
-pub mod server;
+pub mod request;
 pub mod ssh;
 
 /// Bumped on any incompatible change of the wire format.

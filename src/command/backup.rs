@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::request::TreeReply;
 use file::{backup_file, CopyParams, FileOutcome, FileSource, LocalFiles, RemoteFiles};
 use walk::{SourceFile, Tablespace};
 
@@ -781,13 +782,13 @@ fn remote_walk(
     let mut c = client
         .lock()
         .map_err(|_| Error::internal("pg1-host client lock poisoned"))?;
-    let reply = c.call(&serde_json::json!({
-        "op": "walk",
-        "pg_path": pg_path.display().to_string(),
-        "tablespaces": tablespaces,
-        "version_dir": version_dir,
-    }))?;
-    serde_json::from_value(reply.get("tree").cloned().unwrap_or_default())
+    let reply: serde_json::Value = c.call(&crate::command::remote::Request::Walk {
+        pg_path: pg_path.display().to_string(),
+        tablespaces: tablespaces.to_vec(),
+        version_dir: version_dir.to_string(),
+    })?;
+    serde_json::from_value::<TreeReply<walk::Tree>>(reply)
+        .map(|r| r.tree)
         .map_err(|e| Error::remote(format!("invalid file list from pg1-host: {e}")))
 }
 

@@ -3,13 +3,35 @@
 //! database host it also serves the database (pg1-* options of this host's config) and the
 //! backup's file reads. stdout carries only protocol frames (the dispatcher turns console
 //! logging off for it).
+//!
+//! The server itself ([`server`]) lives here, beside the command it serves, and not in
+//! `crate::protocol`, which only carries frames and messages: it is the one place that calls
+//! storage, the database and the backup's per-file worker for a peer. [`Backup`] names the
+//! payload types of the database-host requests, so that [`Request`] here is the fully typed
+//! request both the server and the backup's clients use.
+
+pub mod server;
 
 use std::io::{BufWriter, Write};
 
+use crate::command::backup::file::CopyParams;
+use crate::command::backup::walk::{SourceFile, Tablespace};
 use crate::config::Config;
 use crate::error::Result;
-use crate::protocol::server;
 use crate::storage::posix::PosixStorage;
+
+/// The backup command's types in the database-host requests.
+#[derive(Debug)]
+pub struct Backup;
+
+impl crate::protocol::request::Payloads for Backup {
+    type Source = SourceFile;
+    type Params = CopyParams;
+    type Tablespace = Tablespace;
+}
+
+/// Every request, with the backup's payload types.
+pub type Request = crate::protocol::request::Request<Backup>;
 
 pub fn run(cfg: &Config) -> Result<()> {
     let storage = PosixStorage::new(cfg.required_path("repo1-path")?);

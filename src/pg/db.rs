@@ -10,6 +10,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
+use crate::protocol::request::{NoPayloads, Request, Rows};
 
 /// Identity of the running cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,11 +231,14 @@ impl Db {
                 let mut c = c
                     .lock()
                     .map_err(|_| Error::internal("database client lock poisoned"))?;
-                let reply = c.call_waiting(
-                    &serde_json::json!({"op": "db-query", "sql": sql}),
-                    self.timeout,
-                )?;
-                return serde_json::from_value(reply.get("rows").cloned().unwrap_or_default())
+                let request = Request::<NoPayloads>::DbQuery {
+                    sql: sql.to_string(),
+                };
+                let reply: serde_json::Value = c.call_waiting(&request, self.timeout)?;
+                // Decoded here rather than by the client, so that bad rows stay a db-query
+                // error naming the query.
+                return serde_json::from_value::<Rows>(reply)
+                    .map(|r| r.rows)
                     .map_err(|e| {
                         db_error(
                             &format!("query '{sql}' returned malformed rows from"),

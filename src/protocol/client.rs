@@ -8,11 +8,14 @@ use std::io;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::runtime::Runtime;
 
 use super::frame::{self, Frame};
+use super::request::{Commit, Payloads, Request};
 use super::PROTOCOL_VERSION;
 use crate::error::{Error, Kind, Result};
 
@@ -240,10 +243,32 @@ impl Client {
         }
     }
 
-    /// Sends a request (or a commit); the operation's protocol-timeout starts here.
-    pub fn send_json(&mut self, v: &Value) -> Result<()> {
+    /// Sends a JSON frame that starts an operation: its protocol-timeout starts here.
+    fn send_json(&mut self, v: &Value) -> Result<()> {
         self.op_deadline = Some(Instant::now() + self.protocol_timeout);
         self.send_raw(b'J', v.to_string().as_bytes())
+    }
+
+    fn send_encoded<T: Serialize + std::fmt::Debug>(&mut self, what: &str, v: &T) -> Result<()> {
+        let v = serde_json::to_value(v)
+            .map_err(|e| Error::internal(format!("unable to encode {what} {v:?}: {e}")))?;
+        self.send_json(&v)
+    }
+
+    /// Sends a request without waiting for its reply (a write, whose data follows, or a
+    /// batch whose replies are read one by one).
+    pub fn send_request<P: Payloads>(&mut self, request: &Request<P>) -> Result<()> {
+        self.send_encoded("request", request)
+    }
+
+    /// Ends a write stream with the name to commit it under.
+    pub fn send_commit(&mut self, name: &str) -> Result<()> {
+        self.send_encoded(
+            "commit",
+            &Commit {
+                commit: name.to_string(),
+            },
+        )
     }
 
     pub fn send_data(&mut self, data: &[u8]) -> Result<()> {
@@ -275,22 +300,40 @@ impl Client {
         }
     }
 
+    /// Reads a reply to `op` and decodes its `ok` value as `R`.
+    pub fn reply_as<R: DeserializeOwned>(&mut self, op: &str) -> Result<R> {
+        let v = self.reply()?;
+        decode_reply(op, &self.peer, v)
+    }
+
     /// One request whose reply may legitimately take up to `wait` (and protocol-timeout).
-    pub fn call_waiting(&mut self, request: &Value, wait: Duration) -> Result<Value> {
-        self.send_json(request)?;
+    pub fn call_waiting<P: Payloads, R: DeserializeOwned>(
+        &mut self,
+        request: &Request<P>,
+        wait: Duration,
+    ) -> Result<R> {
+        self.send_request(request)?;
         self.flush()?;
         self.reply_wait = Some(wait.max(self.io_timeout));
-        let reply = self.reply();
+        let reply = self.reply_as(request.op());
         self.reply_wait = None;
         reply
     }
 
-    /// One request, one reply.
-    pub fn call(&mut self, request: &Value) -> Result<Value> {
-        self.send_json(request)?;
+    /// One request, one reply, decoded as `R` (one of the reply types of
+    /// [`super::request`]).
+    pub fn call<P: Payloads, R: DeserializeOwned>(&mut self, request: &Request<P>) -> Result<R> {
+        self.send_request(request)?;
         self.flush()?;
-        self.reply()
+        self.reply_as(request.op())
     }
+}
+
+/// Decodes the `ok` value of a reply to `op`; one that does not fit is a protocol error, not
+/// an empty answer.
+pub fn decode_reply<R: DeserializeOwned>(op: &str, peer: &str, v: Value) -> Result<R> {
+    serde_json::from_value(v)
+        .map_err(|e| Error::remote(format!("malformed reply to '{op}' from {peer}: {e}")))
 }
 
 /// Unpacks a reply: `{ok: ...}` or `{error: {kind, message, hint}}`.
@@ -314,7 +357,8 @@ pub fn reply_value(v: Value) -> Result<Value> {
         .ok_or_else(|| Error::remote(format!("malformed reply {v}")))
 }
 
-/// For tests: a client over one end of a socket pair, and a server over the other.
+/// For tests: a client over one end of a socket pair (the server for the other end is
+/// `crate::command::remote::server::test_pair`).
 #[cfg(test)]
 pub mod test_pair {
     use super::*;
@@ -338,22 +382,5 @@ pub mod test_pair {
             protocol_timeout,
             peer.into(),
         )
-    }
-
-    /// A server thread serving the storage at `root` (no database), and a client of it.
-    pub fn serve(
-        root: &std::path::Path,
-        io_timeout: Duration,
-    ) -> (Client, std::thread::JoinHandle<Result<()>>) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let root = root.to_path_buf();
-        let server = std::thread::spawn(move || {
-            let storage = crate::storage::posix::PosixStorage::new(root);
-            let mut input = theirs.try_clone().unwrap();
-            let mut output = theirs;
-            let no_db = || Err(Error::config("no database here"));
-            super::super::server::serve(&storage, &no_db, &mut input, &mut output)
-        });
-        (client_over(ours, io_timeout, "test peer").unwrap(), server)
     }
 }

@@ -8,15 +8,17 @@
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
-
-use super::{AtomicWrite, Storage};
+use super::{AtomicWrite, EntryInfo, Storage};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipeline::CHUNK;
 use crate::protocol::client::Client;
 use crate::protocol::frame::Frame;
+use crate::protocol::request::{self, Done, Entries, Found, InfoReply, Names, NoPayloads, Paths};
 use crate::protocol::ssh::{self, SshTarget};
+
+/// Storage requests carry none of the backup's payloads.
+type Request = request::Request<NoPayloads>;
 
 pub struct RemoteStorage {
     client: Mutex<Client>,
@@ -51,18 +53,9 @@ impl RemoteStorage {
 }
 
 impl RemoteStorage {
-    /// A request about `path` whose reply carries a list of names under `field`.
-    fn call_for_names(&self, op: &str, path: &str, field: &str) -> Result<Vec<String>> {
-        let reply = self.lock()?.call(&json!({"op": op, "path": path}))?;
-        Ok(reply
-            .get(field)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+    /// A request whose reply is only success or an error.
+    fn call_done(&self, request: &Request) -> Result<()> {
+        self.lock()?.call::<_, Done>(request).map(|_| ())
     }
 }
 
@@ -72,16 +65,20 @@ fn smuggle(e: Error) -> io::Error {
 
 impl Storage for RemoteStorage {
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        self.call_for_names("list", dir, "names")
+        let reply: Names = self.lock()?.call(&Request::List { path: dir.into() })?;
+        Ok(reply.names)
     }
 
     fn temp_files(&self, dir: &str) -> Result<Vec<String>> {
-        self.call_for_names("temp-files", dir, "paths")
+        let reply: Paths = self
+            .lock()?
+            .call(&Request::TempFiles { path: dir.into() })?;
+        Ok(reply.paths)
     }
 
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
-        let reply = self.lock()?.call(&json!({"op": "read", "path": path}))?;
-        if reply.get("found").and_then(Value::as_bool) != Some(true) {
+        let reply: Found = self.lock()?.call(&Request::Read { path: path.into() })?;
+        if !reply.found {
             return Ok(None);
         }
         Ok(Some(Box::new(RemoteReader {
@@ -95,7 +92,7 @@ impl Storage for RemoteStorage {
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
         // No reply yet: the server answers once, after the commit, to save a round trip.
         self.lock()?
-            .send_json(&json!({"op": "write", "dir": dir}))?;
+            .send_request(&Request::Write { dir: dir.into() })?;
         Ok(Box::new(RemoteWriter {
             storage: self,
             buf: Vec::with_capacity(CHUNK),
@@ -104,45 +101,38 @@ impl Storage for RemoteStorage {
     }
 
     fn create_path(&self, path: &str) -> Result<()> {
-        self.lock()?
-            .call(&json!({"op": "create-path", "path": path}))
-            .map(|_| ())
+        self.call_done(&Request::CreatePath { path: path.into() })
     }
 
     fn create_link(&self, target: &str, link: &str) -> Result<()> {
-        self.lock()?
-            .call(&json!({"op": "create-link", "target": target, "link": link}))
-            .map(|_| ())
+        self.call_done(&Request::CreateLink {
+            target: target.into(),
+            link: link.into(),
+        })
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        self.lock()?
-            .call(&json!({"op": "remove", "path": path}))
-            .map(|_| ())
+        self.call_done(&Request::Remove { path: path.into() })
     }
 
     fn remove_tree(&self, path: &str) -> Result<()> {
-        self.lock()?
-            .call(&json!({"op": "remove-tree", "path": path}))
-            .map(|_| ())
+        self.call_done(&Request::RemoveTree { path: path.into() })
     }
 
     fn describe(&self, path: &str) -> String {
         format!("{}:{path}", self.host)
     }
 
-    fn info(&self, path: &str) -> Result<Option<super::EntryInfo>> {
-        let reply = self.lock()?.call(&json!({"op": "info", "path": path}))?;
-        serde_json::from_value(reply.get("info").cloned().unwrap_or_default())
-            .map_err(|e| Error::remote(format!("invalid info reply from {}: {e}", self.host)))
+    fn info(&self, path: &str) -> Result<Option<EntryInfo>> {
+        let reply: InfoReply<EntryInfo> =
+            self.lock()?.call(&Request::Info { path: path.into() })?;
+        Ok(reply.info)
     }
 
-    fn list_info(&self, dir: &str) -> Result<Vec<super::EntryInfo>> {
-        let reply = self
-            .lock()?
-            .call(&json!({"op": "list-info", "path": dir}))?;
-        serde_json::from_value(reply.get("entries").cloned().unwrap_or_default())
-            .map_err(|e| Error::remote(format!("invalid list-info reply from {}: {e}", self.host)))
+    fn list_info(&self, dir: &str) -> Result<Vec<EntryInfo>> {
+        let reply: Entries<EntryInfo> =
+            self.lock()?.call(&Request::ListInfo { path: dir.into() })?;
+        Ok(reply.entries)
     }
 }
 
@@ -233,9 +223,9 @@ impl AtomicWrite for RemoteWriter<'_> {
         self.send_buffer()?;
         self.finished = true;
         let mut c = self.storage.lock()?;
-        c.send_json(&json!({ "commit": name }))?;
+        c.send_commit(name)?;
         c.flush()?;
-        c.reply().map(|_| ())
+        c.reply_as::<Done>("write").map(|_| ())
     }
 }
 
@@ -264,7 +254,7 @@ mod tests {
         root: &std::path::Path,
         io_timeout: Duration,
     ) -> (RemoteStorage, std::thread::JoinHandle<Result<()>>) {
-        let (c, server) = crate::protocol::client::test_pair::serve(root, io_timeout);
+        let (c, server) = crate::command::remote::server::test_pair::serve(root, io_timeout);
         (RemoteStorage::from_client(c, "peer".into()), server)
     }
 

@@ -11,11 +11,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::walk::SourceFile;
+use crate::command::remote::Request;
 use crate::error::{Error, Result};
 use crate::manifest::FileEntry;
 use crate::pg::page::{page_is_bad, PageChecker, PAGE_SIZE};
 use crate::pipeline::{self, Compress, Ends};
 use crate::protocol::client::Client;
+use crate::protocol::request::{EntryReply, Found};
 use crate::repo::RepoLayout;
 use crate::storage::scan::ScanReader;
 use crate::storage::Storage;
@@ -260,8 +262,11 @@ impl FileSource for RemoteFiles {
                 "files announced to pg1-host before the last ones were read",
             ));
         }
-        let request = serde_json::json!({"op": "backup-files", "srcs": srcs, "params": p});
-        c.client.send_json(&request)?;
+        let request = Request::BackupFiles {
+            srcs: srcs.iter().map(|s| (*s).clone()).collect(),
+            params: *p,
+        };
+        c.client.send_request(&request)?;
         c.client.flush()?;
         c.announced.extend(srcs.iter().map(|s| s.key.clone()));
         Ok(())
@@ -283,7 +288,7 @@ impl FileSource for RemoteFiles {
             ));
         }
         let found = match c.announced.pop_front() {
-            Some(key) if key == src.key => c.client.reply(),
+            Some(key) if key == src.key => c.client.reply_as::<Found>("backup-files"),
             Some(key) => {
                 c.out_of_step = true;
                 return Err(Error::internal(format!(
@@ -291,12 +296,12 @@ impl FileSource for RemoteFiles {
                     src.key
                 )));
             }
-            None => {
-                let request = serde_json::json!({"op": "backup-file", "src": src, "params": p});
-                c.client.call(&request)
-            }
+            None => c.client.call(&Request::BackupFile {
+                src: src.clone(),
+                params: *p,
+            }),
         }?;
-        if found.get("found").and_then(serde_json::Value::as_bool) != Some(true) {
+        if !found.found {
             return Ok(None);
         }
         loop {
@@ -314,8 +319,8 @@ impl FileSource for RemoteFiles {
                 }
                 Frame::Json(v) => {
                     let reply = reply_value(v)?;
-                    return serde_json::from_value(reply.get("entry").cloned().unwrap_or_default())
-                        .map(Some)
+                    return serde_json::from_value::<EntryReply<FileEntry>>(reply)
+                        .map(|r| Some(r.entry))
                         .map_err(|e| {
                             Error::remote(format!("invalid file entry from pg1-host: {e}"))
                         });
@@ -396,8 +401,8 @@ fn confirm_bad_blocks(file: &File, first: u32, suspects: Vec<u32>, start_lsn: u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::remote::server::test_pair;
     use crate::manifest::Owner;
-    use crate::protocol::client::test_pair;
     use std::time::Duration;
 
     #[test]
@@ -529,21 +534,5 @@ mod tests {
         assert!(e.message.contains("out of step"), "{e:?}");
         drop(files);
         let _ = server.join().unwrap();
-    }
-
-    /// A batch request the server cannot answer file by file ends the connection, so the
-    /// client fails at once instead of waiting for replies that will not come.
-    #[test]
-    fn a_batch_request_without_a_list_closes_the_connection() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (mut client, server) = test_pair::serve(tmp.path(), Duration::from_secs(10));
-        client
-            .send_json(&serde_json::json!({"op": "backup-files", "srcs": "nope"}))
-            .unwrap();
-        client.flush().unwrap();
-        let e = client.reply().unwrap_err();
-        assert!(e.message.contains("closed the connection"), "{e:?}");
-        let e = server.join().unwrap().unwrap_err();
-        assert!(e.message.contains("no srcs list"), "{e:?}");
     }
 }
