@@ -21,13 +21,14 @@
 //! - `info {path}` → `{ok: {info}}` (null when missing), `list-info {path}` →
 //!   `{ok: {entries}}`: name, kind, size, mtime, link_destination (repo-ls)
 //!
-//! On the database host (pg1-host), three more serve a backup taken from the repository host:
+//! On the database host (pg1-host), four more serve a backup taken from the repository host:
 //! - `db-query {sql}` → `{ok: {rows}}`, on one database session kept for the whole protocol
 //!   session, so pg_backup_start and pg_backup_stop run on the same connection
 //! - `walk {pg_path, tablespaces, version_dir}` → `{ok: {tree}}`, the files to back up
 //! - `backup-file {src, params}` → `{ok: {found}}`, then, when found, `D`* of the file in
 //!   storage format (SHA-1 and gzip run here, so the network carries compressed bytes) and a
 //!   final reply `{ok: {entry}}` describing what was stored
+//! - `backup-files {srcs, params}` → one `backup-file` answer per file, back to back
 //!
 //! Failures are replies `{error: {kind, message, hint}}` carrying the [`Kind`] across hosts.
 //!
