@@ -3,8 +3,9 @@
 //! requests is decoded into a [`Request`] and dispatched with an exhaustive match, so an op
 //! added to the enum cannot be left unanswered. A frame that does not decode gets an error
 //! reply (an op this build does not know, from a peer of another version: `unknown request`;
-//! a missing or mistyped field: `invalid OP request`), except a `backup-files` one, which
-//! ends the session: its client waits for one reply per file, which cannot be given.
+//! a missing or mistyped field: `invalid OP request`); a malformed `write` gets it as the
+//! answer to its commit, after its data is discarded, and a malformed `backup-files` ends the
+//! session: its client waits for one reply per file, which cannot be given.
 //!
 //! Requests and what follows them:
 //! - `list {path}` → `{ok: {names}}`
@@ -108,6 +109,17 @@ pub fn serve(
                 // for the first file's. Ending the session makes it fail at once.
                 return Err(Error::remote(format!("invalid {op} request: {e}")));
             }
+            Err(e) if op == "write" => {
+                // Its data follows: discarded, and the commit answered with the error, as
+                // when the temp file cannot be opened.
+                let e = Error::remote(format!("invalid {op} request: {e}"));
+                match receive_write(storage, "", Err(e), input) {
+                    Ok(None) => {}
+                    Ok(Some(v)) => reply(output, &v)?,
+                    Err(e) => reply(output, &error_value(&e))?,
+                }
+                continue;
+            }
             Err(e) => {
                 let what = if op.is_empty() {
                     String::from("invalid request")
@@ -170,12 +182,14 @@ pub fn serve(
                 }
                 continue;
             }
-            Request::Write { dir } => match receive_write(storage, &dir, input) {
-                // Abandoned by the client: it expects no reply.
-                Ok(None) => continue,
-                Ok(Some(v)) => Ok(v),
-                Err(e) => Err(e),
-            },
+            Request::Write { dir } => {
+                match receive_write(storage, &dir, storage.open_write(&dir), input) {
+                    // Abandoned by the client: it expects no reply.
+                    Ok(None) => continue,
+                    Ok(Some(v)) => Ok(v),
+                    Err(e) => Err(e),
+                }
+            }
             Request::Unknown => Err(Error::remote(format!("unknown request '{op}'"))),
         };
         let reply = reply.unwrap_or_else(|e| error_value(&e));
@@ -267,9 +281,15 @@ fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Resu
         .map_err(wire)
 }
 
-/// Receives a write stream and returns the reply, or `None` when the client abandoned it.
-fn receive_write(storage: &dyn Storage, dir: &str, input: &mut dyn Read) -> Result<Option<Value>> {
-    let mut writer: std::result::Result<Box<dyn AtomicWrite + '_>, Error> = storage.open_write(dir);
+/// Receives a write stream into `writer` (or, when that is an error, discards it and
+/// answers the commit with the error) and returns the reply, or `None` when the client
+/// abandoned it.
+fn receive_write<'a>(
+    storage: &dyn Storage,
+    dir: &str,
+    mut writer: Result<Box<dyn AtomicWrite + 'a>>,
+    input: &mut dyn Read,
+) -> Result<Option<Value>> {
     loop {
         // Returning drops the writer, which removes its temp file.
         crate::signal::check()?;
@@ -403,6 +423,15 @@ mod tests {
                 .starts_with("invalid create-link request: invalid type: integer `5`"),
             "{v}"
         );
+        // A write's data is discarded and its commit answered with the error.
+        peer.send(json!({"op": "write", "dri": "d"}));
+        frame::write_data(&mut peer.stream, b"data").unwrap();
+        peer.send(json!({"commit": "g"}));
+        protocol_error(
+            &peer.recv().unwrap(),
+            "invalid write request: missing field `dir`",
+        );
+        assert!(!tmp.path().join("g").exists() && !tmp.path().join("d/g").exists());
         peer.send(json!({"path": "d"}));
         protocol_error(&peer.recv().unwrap(), "invalid request: missing field `op`");
 
