@@ -141,7 +141,11 @@ impl Storage for PosixStorage {
     fn create_path(&self, path: &str) -> Result<()> {
         let dir = self.resolve(path)?;
         self.check_writer(&dir)?;
-        create_dir_durable(&dir)?;
+        // A new directory is synced into its parent as it is made; one that already exists
+        // may be a killed run's, never synced, so its parent is synced here instead.
+        if !dir.is_dir() {
+            return create_dir_durable(&dir);
+        }
         match dir.parent() {
             Some(parent) if dir != self.root => sync_dir(parent),
             _ => Ok(()),

@@ -287,8 +287,8 @@ impl Ahead {
     fn start(mut ranges: Ranges) -> io::Result<Ahead> {
         let (free, free_windows) = sync_channel::<Window>(AHEAD_BUFFERS);
         for _ in 0..AHEAD_BUFFERS {
-            free.try_send(Window::new(ranges.align))
-                .map_err(|_| io::Error::other("read-ahead buffers"))?;
+            // Room for every window: the channel holds AHEAD_BUFFERS.
+            let _ = free.try_send(Window::new(ranges.align));
         }
         let (to_reader, filled) = sync_channel(AHEAD_BUFFERS);
         let thread = std::thread::Builder::new()
@@ -620,6 +620,30 @@ mod tests {
             .unwrap();
         let rest = drain(&mut reader, 300_000);
         assert!(rest[..RANGE] == data[RANGE..] && rest[RANGE..] == more[..]);
+    }
+
+    /// Past AHEAD_AFTER the ranges come from the read-ahead thread: every byte, cold or
+    /// cached, and the descriptor gives back without `O_DIRECT` at the end and when the
+    /// reader is dropped halfway (the thread stopped while it waits to read ahead).
+    #[test]
+    fn a_file_read_ahead_comes_through_whole_and_leaves_the_descriptor_as_found() {
+        let len = AHEAD_AFTER as usize + 2 * RANGE + 777;
+        let (tmp, data, file) = cold_test_file(len, 4);
+        assert!(scan(&file, 512 * 1024) == data, "cold");
+        assert!(!is_direct(&file), "O_DIRECT left on after the end");
+        let _ = fs_read(&tmp.path().join("f"));
+        assert!(scan(&file, 1000) == data, "cached");
+
+        drop_cache(&file);
+        let mut reader = ScanReader::new(&file).unwrap();
+        let mut first = vec![0u8; RANGE];
+        assert_eq!(reader.read(&mut first).unwrap(), RANGE);
+        assert!(first[..] == data[..RANGE]);
+        drop(reader);
+        assert!(!is_direct(&file), "O_DIRECT left on after an early drop");
+        let mut page = vec![0u8; 8192];
+        file.read_exact_at(&mut page, 5 * RANGE as u64 + 3).unwrap();
+        assert!(page[..] == data[5 * RANGE + 3..5 * RANGE + 3 + 8192]);
     }
 
     /// A file that cannot be mapped (here one of /proc's, of size 0) is read through the
