@@ -389,3 +389,47 @@ fn a_copy_of_the_data_directory_sharing_the_spool_never_gets_a_false_done() {
     wait_until_archived(&site);
     assert!(assert_every_acknowledged_segment_is_stored(&site) > before.len());
 }
+
+#[test]
+fn a_restored_copy_started_with_the_originals_spool_archives_its_own_wal_correctly() {
+    let site = async_site(false);
+    write_segments(&site, 1);
+    wait_until_archived(&site);
+    site.backup("full", &[]);
+    write_segments(&site, 2);
+    wait_until_archived(&site);
+    // Restored with the original's config: same stanza, repository and spool. It replays
+    // the archive, promotes onto timeline 2 and archives through the same spool while the
+    // original goes on archiving timeline 1.
+    let copy = Restored::restore(&site, "restored", None, &[]);
+    copy.start("");
+    copy.wait_for("select pg_is_in_recovery()", "f", "promotion");
+    let sql = |q: &str| copy.try_psql_in("postgres", q).unwrap();
+    sql("create table after_restore(x int)");
+    for _ in 0..2 {
+        sql("insert into after_restore select generate_series(1, 50000)");
+        sql("select pg_switch_wal()");
+    }
+    write_segments(&site, 2);
+    wait_until(
+        "the copy to archive its timeline-2 segments",
+        Duration::from_secs(120),
+        || {
+            site.original_segments()
+                .iter()
+                .filter(|s| s.starts_with("00000002"))
+                .count()
+                >= 2
+        },
+    );
+    wait_until_archived(&site);
+    assert_eq!(
+        sql("select failed_count from pg_stat_archiver"),
+        "0",
+        "the copy archived without a failure"
+    );
+    site.cluster.assert_archiving_never_failed();
+    // Each segment either cluster was told is archived is stored, byte-identical.
+    assert!(assert_every_acknowledged_segment_is_stored(&site) >= 7);
+    assert!(site.archive_id_dir().join("00000002.history").exists());
+}
