@@ -299,6 +299,13 @@ fn repository_host_unreachable_for_a_minute_then_the_backlog_drains() {
 fn a_worker_error_reaches_archive_command_with_its_code_and_message() {
     let site = async_site(false);
     let seg = site.one_segment();
+    // The worker that archived it lingers briefly, serving only its own pg_wal; a push from
+    // another directory while it lives is pushed in the foreground. Here the worker's own
+    // answer is what is tested, so the push waits for that worker to be gone.
+    wait_until("the first worker to exit", Duration::from_secs(30), || {
+        let log = site.log("archive-push-async");
+        log.matches("command begin").count() == log.matches("command end").count()
+    });
     // The same segment with another cluster's system identifier (xlp_sysid, bytes 24..32 of
     // the long page header), ready in a pg_wal of its own: the worker refuses it, and the
     // archive_command waiting for it fails with the worker's code and message.

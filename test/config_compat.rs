@@ -21,8 +21,7 @@ fn p(path: &Path) -> &str {
 fn unknown_and_ignored_keys_warn_while_archiving_goes_on_and_check_fails() {
     // archive_command and stanza-create run with this config: before, each exited 31.
     let site = Site::new(Options {
-        global: "repo1-paht=/nowhere\narchive-async=y\nspool-path=/var/spool/elsewhere\n\
-                 log-level-stderr=warn\n",
+        global: "repo1-paht=/nowhere\narchive-header-check=n\nlog-level-stderr=warn\n",
         ..Options::default()
     });
     let seg = site.one_segment();
@@ -43,15 +42,15 @@ fn unknown_and_ignored_keys_warn_while_archiving_goes_on_and_check_fails() {
     );
     assert!(
         out.stderr.contains(&format!(
-            "WARN: option 'archive-async' in section '[global]' of '{conf}' is ignored: \
-             asynchronous archiving is not implemented"
+            "WARN: option 'archive-header-check' in section '[global]' of '{conf}' is ignored: \
+             pg_backrest always checks the WAL header against archive.info"
         )),
         "{out}"
     );
     assert_eq!(
         out.stderr
             .lines()
-            .filter(|l| l.starts_with("WARN: option 'archive-async'"))
+            .filter(|l| l.starts_with("WARN: option 'archive-header-check'"))
             .count(),
         1,
         "one warning per option:\n{out}"

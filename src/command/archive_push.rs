@@ -34,8 +34,13 @@ pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let wal_path = super::pg_relative_path(&cfg.args[0]);
     let wal = wal_name_of(&wal_path)?;
+    // Opened before the repository: a missing file is PostgreSQL's mistake (or the
+    // caller's) and is named as such even when the repository is also wrong.
+    let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
     let target = Target::open(cfg, stanza)?;
-    target.push(&wal, &wal_path).map(|_| ())
+    target
+        .push_open(target.repo.as_ref(), &wal, &wal_path, &mut file)
+        .map(|_| ())
 }
 
 /// The WAL file name of a path PostgreSQL handed over, checked.
