@@ -59,11 +59,15 @@ fn run_dir(site: &Site) -> PathBuf {
 
 /// The prefetched file of `seg` in `dir`, if any.
 fn prefetched(dir: &Path, seg: &str) -> Option<PathBuf> {
-    fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(&format!("{seg}-")))
-    })
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{seg}-")))
+        })
 }
 
 fn sha1_hex(bytes: &[u8]) -> String {
@@ -309,9 +313,7 @@ fn recovery_replays_from_the_spool(site: &Site, delete_spool: bool) {
     r.stop();
     let log = site.log("archive-get");
     let handed = log.matches("in the spool (prefetched").count();
-    eprintln!(
-        "recovery of {replayed} segments took {took:?}; {handed} handed over from the spool"
-    );
+    eprintln!("recovery of {replayed} segments took {took:?}; {handed} handed over from the spool");
     if !delete_spool {
         assert!(
             handed >= replayed / 2,

@@ -154,7 +154,9 @@ fn parse_name(name: &str) -> Option<(&str, &str)> {
     let (wal, sha1) = name.split_once('-')?;
     (is_upper_hex(wal, 24)
         && sha1.len() == 40
-        && sha1.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        && sha1
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
     .then_some((wal, sha1))
 }
 
@@ -251,7 +253,9 @@ pub fn segment_size_of(path: &Path) -> Option<u64> {
     let mut f = File::open(path).ok()?;
     let mut page = [0u8; LONG_HEADER_SIZE];
     f.read_exact(&mut page).ok()?;
-    WalHeader::parse(&page, "").ok().map(|h| u64::from(h.segment_size))
+    WalHeader::parse(&page, "")
+        .ok()
+        .map(|h| u64::from(h.segment_size))
 }
 
 /// Bytes of prefetched segments in `dir`.
@@ -285,10 +289,7 @@ mod tests {
     fn only_segment_sha1_names_are_prefetched_files() {
         let sha = "0123456789abcdef0123456789abcdef01234567";
         let name = format!("000000010000000000000003-{sha}");
-        assert_eq!(
-            parse_name(&name),
-            Some(("000000010000000000000003", sha))
-        );
+        assert_eq!(parse_name(&name), Some(("000000010000000000000003", sha)));
         assert!(parse_name("000000010000000000000003.missing").is_none());
         assert!(parse_name(FETCHING).is_none());
         assert!(parse_name(&format!("00000001.history-{sha}")).is_none());

@@ -28,7 +28,10 @@ pub fn run(cfg: &Config) -> Result<()> {
     if first.kind != WalKind::Segment {
         return Err(Error::new(
             Kind::ParamInvalid,
-            format!("archive-get:async prefetches segments, not '{}'", first.name),
+            format!(
+                "archive-get:async prefetches segments, not '{}'",
+                first.name
+            ),
         ));
     }
     let data_dir = PathBuf::from(&cfg.args[1]);
@@ -65,7 +68,11 @@ pub fn run(cfg: &Config) -> Result<()> {
             Some(s) => (queue_max.saturating_sub(queued) / s) as usize,
         };
         // Always at least one segment ahead, even with a queue smaller than a segment.
-        let slots = if present.is_empty() { slots.max(1) } else { slots };
+        let slots = if present.is_empty() {
+            slots.max(1)
+        } else {
+            slots
+        };
         if slots == 0 {
             crate::info!(
                 "the spool holds {queued} bytes of prefetched WAL, archive-get-queue-max is {queue_max}: done for now"
