@@ -267,6 +267,18 @@ fn async_get_hands_over_only_valid_prefetched_files_of_this_run() {
     assert!(!out.stderr.contains("ERROR"), "{out}");
     assert!(!data.join("pg_wal/RECOVERYXLOG").exists());
     assert!(harness::temp_files_under(&data.join("pg_wal")).is_empty());
+
+    // A spool that cannot be used (here: cannot even be created): restore_command answers
+    // from the repository all the same; only the worker fails, in its own log.
+    let out = restore_command(
+        &site,
+        &data,
+        &segs[0],
+        "--spool-path=/proc/pg_backrest-no-spool",
+    );
+    assert_got(&site, &data, &segs[0], &out);
+    wait_workers_gone(&site);
+    assert!(site.log("archive-get-async").contains("ERROR"));
 }
 
 /// A backup, then `segments` more archived under load; the backup restored and recovered

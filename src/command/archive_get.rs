@@ -134,15 +134,17 @@ impl Archive {
             let stored = match found.as_slice() {
                 [] => continue,
                 [one] => one.clone(),
-                _ => return Err(Error::new(
-                    Kind::ArchiveDuplicate,
-                    format!(
+                _ => {
+                    return Err(Error::new(
+                        Kind::ArchiveDuplicate,
+                        format!(
                         "WAL file '{}' is archived more than once in '{}' with different contents",
                         wal.name,
                         repo.describe(&dir)
                     ),
-                )
-                .with_hint("find out which copy is right before removing the other")),
+                    )
+                    .with_hint("find out which copy is right before removing the other"))
+                }
             };
             if !stored.readable() {
                 return Err(Error::new(
