@@ -4,7 +4,7 @@
 //! ```text
 //! SPOOL/archive/STANZA/out/SEGMENT.ack    archive-push: the segment is in the repository
 //! SPOOL/archive/STANZA/out/SEGMENT.err    archive-push: the worker failed to push it
-//! SPOOL/archive/STANZA/in/...             archive-get: prefetched segments
+//! SPOOL/archive/STANZA/in/RUN/...         archive-get: prefetched segments (command/archive_get/prefetch.rs)
 //! ```
 //!
 //! Nothing here is trusted because it exists. The spool outlives the processes that wrote

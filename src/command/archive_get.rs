@@ -5,12 +5,18 @@
 //! file, an unwritable destination) is a hard error, because PostgreSQL takes exit 1 as the
 //! end of the archive and would stop recovery early, silently. The destination appears only
 //! complete and verified: temp file in its directory, fsync, rename, fsync.
+//!
+//! With archive-async=y the command first looks for a segment prefetched into the spool by
+//! the `archive-get:async` worker ([`foreground`], [`worker`], [`prefetch`] for the spool's
+//! layout and what makes a prefetched file valid); a miss there is always answered by the
+//! lookup below, never by the spool.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::archive_push::{missing_info, repo_invalid};
 use super::Outcome;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
@@ -19,67 +25,151 @@ use crate::repo::{RepoLayout, StoredWal};
 use crate::storage::posix::PosixStorage;
 use crate::storage::{self, Storage};
 
+pub mod foreground;
+pub mod prefetch;
+pub mod worker;
+
 pub fn run(cfg: &Config) -> Result<Outcome> {
+    if cfg.role == Role::Async {
+        return worker::run(cfg).map(|_| Outcome::Done);
+    }
+    if cfg.bool("archive-async") {
+        return foreground::run(cfg);
+    }
+    fetch(cfg)
+}
+
+/// The synchronous lookup and copy, as with archive-async=n.
+pub fn fetch(cfg: &Config) -> Result<Outcome> {
     let stanza = cfg.stanza_required()?;
     let wal = WalName::parse(&cfg.args[0])?;
     let dest = super::pg_relative_path(&cfg.args[1]);
     let (dest_dir, dest_name) = split_dest(&dest)?;
+    let archive = Archive::open(cfg, stanza)?;
+    match archive.find(archive.repo.as_ref(), &wal, &mut Listings::default())? {
+        Some(found) => {
+            copy_out(
+                archive.repo.as_ref(),
+                &found.path(),
+                &found.stored,
+                dest_dir,
+                dest_name,
+            )?;
+            crate::info!(
+                "found WAL file '{}' in the archive ({})",
+                wal.name,
+                found.archive_id
+            );
+            Ok(Outcome::Done)
+        }
+        None => {
+            crate::info!("WAL file '{}' is not in the archive", wal.name);
+            Ok(Outcome::NotFound)
+        }
+    }
+}
 
-    let repo = storage::repo(cfg)?;
-    let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)
-        .map_err(repo_invalid)?
-        .ok_or_else(|| repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info())))?;
+/// The stanza's archive, as archive-get reads it: the repository and archive.info.
+pub struct Archive {
+    pub repo: Box<dyn Storage>,
+    layout: RepoLayout,
+    archive_ids: Vec<String>,
+}
 
-    for archive_id in info.archive_ids_newest_first() {
-        let dir = layout.wal_dir(&archive_id, &wal);
-        let found = StoredWal::find(&wal, &repo.list(&dir)?);
-        let stored = match found.as_slice() {
-            [] => continue,
-            [one] => one,
-            _ => {
-                return Err(Error::new(
-                    Kind::ArchiveDuplicate,
-                    format!(
+/// Where a WAL file is stored.
+pub struct Found {
+    pub archive_id: String,
+    pub dir: String,
+    pub stored: StoredWal,
+}
+
+impl Found {
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.dir, self.stored.file_name)
+    }
+}
+
+/// Repository directory listings, kept for one pass of the worker (a directory of 256
+/// segments is listed once, not once per segment: over SSH each listing is a round trip).
+#[derive(Default)]
+pub struct Listings {
+    dirs: HashMap<String, Vec<String>>,
+}
+
+impl Archive {
+    pub fn open(cfg: &Config, stanza: &str) -> Result<Archive> {
+        Archive::with_repo(storage::repo(cfg)?, stanza)
+    }
+
+    pub fn with_repo(repo: Box<dyn Storage>, stanza: &str) -> Result<Archive> {
+        let layout = RepoLayout::new(stanza);
+        let info = ArchiveInfo::load(repo.as_ref(), &layout)
+            .map_err(repo_invalid)?
+            .ok_or_else(|| {
+                repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info()))
+            })?;
+        Ok(Archive {
+            repo,
+            layout,
+            archive_ids: info.archive_ids_newest_first(),
+        })
+    }
+
+    /// Where `wal` is stored, newest archive id first; `None` when no archive id holds it.
+    /// A file stored twice with different contents, or in a compression this build cannot
+    /// read, is a hard error: never "not found".
+    pub fn find(
+        &self,
+        repo: &dyn Storage,
+        wal: &WalName,
+        listings: &mut Listings,
+    ) -> Result<Option<Found>> {
+        for archive_id in &self.archive_ids {
+            let dir = self.layout.wal_dir(archive_id, wal);
+            if !listings.dirs.contains_key(&dir) {
+                let entries = repo.list(&dir)?;
+                listings.dirs.insert(dir.clone(), entries);
+            }
+            let found = StoredWal::find(wal, &listings.dirs[&dir]);
+            let stored = match found.as_slice() {
+                [] => continue,
+                [one] => one.clone(),
+                _ => {
+                    return Err(Error::new(
+                        Kind::ArchiveDuplicate,
+                        format!(
                         "WAL file '{}' is archived more than once in '{}' with different contents",
                         wal.name,
                         repo.describe(&dir)
                     ),
+                    )
+                    .with_hint("find out which copy is right before removing the other"))
+                }
+            };
+            if !stored.readable() {
+                return Err(Error::new(
+                    Kind::FeatureNotSupported,
+                    format!(
+                        "WAL file '{}' is stored as '{}' in '{}', with compression '{}' that pg_backrest cannot read",
+                        wal.name,
+                        stored.file_name,
+                        repo.describe(&dir),
+                        stored.extension
+                    ),
                 )
-                .with_hint("find out which copy is right before removing the other"))
+                .with_hint("decompress it with the tool that wrote it, or archive the file again with pg_backrest"));
             }
-        };
-        if !stored.readable() {
-            return Err(Error::new(
-                Kind::FeatureNotSupported,
-                format!(
-                    "WAL file '{}' is stored as '{}' in '{}', with compression '{}' that pg_backrest cannot read",
-                    wal.name,
-                    stored.file_name,
-                    repo.describe(&dir),
-                    stored.extension
-                ),
-            )
-            .with_hint("decompress it with the tool that wrote it, or archive the file again with pg_backrest"));
+            return Ok(Some(Found {
+                archive_id: archive_id.clone(),
+                dir,
+                stored,
+            }));
         }
-        copy_out(
-            repo.as_ref(),
-            &format!("{dir}/{}", stored.file_name),
-            stored,
-            dest_dir,
-            dest_name,
-        )?;
-        crate::info!(
-            "found WAL file '{}' in the archive ({archive_id})",
-            wal.name
-        );
-        return Ok(Outcome::Done);
+        Ok(None)
     }
-    crate::info!("WAL file '{}' is not in the archive", wal.name);
-    Ok(Outcome::NotFound)
 }
 
-fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
+pub fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
     let name = dest.file_name().and_then(|n| n.to_str());
     let dir = dest
         .parent()
@@ -94,7 +184,7 @@ fn split_dest(dest: &Path) -> Result<(&Path, &str)> {
     }
 }
 
-fn copy_out(
+pub fn copy_out(
     repo: &dyn Storage,
     path: &str,
     stored: &StoredWal,
