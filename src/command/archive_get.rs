@@ -4,7 +4,9 @@
 //! else that goes wrong (no archive.info, SSH down, a checksum mismatch, a truncated stored
 //! file, an unwritable destination) is a hard error, because PostgreSQL takes exit 1 as the
 //! end of the archive and would stop recovery early, silently. The destination appears only
-//! complete and verified: temp file in its directory, fsync, rename, fsync.
+//! complete and verified: temp file in its directory, fsync, rename, fsync. A segment
+//! archive-push dropped (its `.dropped` record, see [`crate::repo::dropped`]) is not in the
+//! archive either, with a WARN that says so.
 
 use std::path::Path;
 
@@ -15,7 +17,7 @@ use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
 use crate::pipeline::{self, CompressType, Ends};
-use crate::repo::{RepoLayout, StoredWal};
+use crate::repo::{dropped, RepoLayout, StoredWal};
 use crate::storage::posix::PosixStorage;
 use crate::storage::{self, Storage};
 
@@ -31,11 +33,22 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         .map_err(repo_invalid)?
         .ok_or_else(|| repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info())))?;
 
+    let mut dropped_from = None;
     for archive_id in info.archive_ids_newest_first() {
         let dir = layout.wal_dir(&archive_id, &wal);
-        let found = StoredWal::find(&wal, &repo.list(&dir)?);
+        let entries = repo.list(&dir)?;
+        let found = StoredWal::find(&wal, &entries);
         let stored = match found.as_slice() {
-            [] => continue,
+            [] => {
+                if dropped_from.is_none()
+                    && entries
+                        .iter()
+                        .any(|e| dropped::classify(e).as_ref() == Some(&wal))
+                {
+                    dropped_from = Some(archive_id);
+                }
+                continue;
+            }
             [one] => one,
             _ => {
                 return Err(Error::new(
@@ -75,7 +88,18 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         );
         return Ok(Outcome::Done);
     }
-    crate::info!("WAL file '{}' is not in the archive", wal.name);
+    // Still "not in the archive" (exit 1: PostgreSQL ends recovery or waits, as for any
+    // missing segment), but the log says why it never will be.
+    if let Some(archive_id) = dropped_from {
+        crate::warn!(
+            "WAL file '{}' is not in the archive: archive-push dropped it (archive-push-queue-max \
+             exceeded; recorded in archive '{archive_id}'); recovery cannot go past it, restore a \
+             backup taken after it to get further",
+            wal.name
+        );
+    } else {
+        crate::info!("WAL file '{}' is not in the archive", wal.name);
+    }
     Ok(Outcome::NotFound)
 }
 

@@ -16,6 +16,7 @@ use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::info::DbEntry;
 use crate::manifest::{BackupType, Manifest};
+use crate::repo::dropped::{self, Gap};
 use crate::repo::{ArchiveIdListing, RepoLayout, StoredWal, WalDirListing};
 use crate::storage::{self, Storage};
 
@@ -188,12 +189,15 @@ impl Stanza {
             }));
             let archive_id = archive_id_for(&archive.db.history, pg)?;
             let (min, max) = wal_range(repo, &layout.archive_id_path(&archive_id))?;
-            if i == newest || min.is_some() {
+            let gaps = dropped::gaps(repo, &layout, &archive_id, None)?;
+            if i == newest || min.is_some() || !gaps.is_empty() {
+                let dropped: Vec<Value> = gaps.iter().map(|g| gap_entry(g, &backup)).collect();
                 archive_section.push(json!({
                     "database": {"id": pg.id, "repo-key": REPO_KEY},
                     "id": archive_id,
                     "min": min,
                     "max": max,
+                    "dropped": dropped,
                 }));
             }
         }
@@ -449,6 +453,31 @@ fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Res
     Ok(out)
 }
 
+/// One entry of `archive[].dropped`: a gap archive-push left (archive-push-queue-max
+/// exceeded), and whether a backup starting after it covers it.
+fn gap_entry(g: &Gap, backups: &BackupInfo) -> Value {
+    json!({
+        "first": g.first,
+        "last": g.last,
+        "segments": g.segments,
+        "time": g.facts.as_ref().map(|f| f.time),
+        "queue-bytes": g.facts.as_ref().map(|f| f.queue_bytes),
+        "queue-max": g.facts.as_ref().map(|f| f.queue_max),
+        "covered": g.covered(backups),
+    })
+}
+
+/// The gaps of `archive[].dropped` no backup covers yet: what the text status points at.
+fn uncovered_gaps(st: &Value) -> Vec<&Value> {
+    st["archive"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["dropped"].as_array().into_iter().flatten())
+        .filter(|g| g["covered"] == false)
+        .collect()
+}
+
 /// Oldest and newest WAL segment of an archive id directory, across its timelines. History
 /// files, `.partial` and `.backup` files and unknown entries are not segments.
 fn wal_range(repo: &dyn Storage, dir: &str) -> Result<(Option<String>, Option<String>)> {
@@ -526,15 +555,26 @@ fn render_stanza(out: &mut String, st: &Value, set: bool) {
     let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
     let code = st["status"]["code"].as_i64().unwrap_or(OTHER);
     let held = st["status"]["lock"]["backup"]["held"] == true;
-    let running = "backup/expire running";
+    let gaps = uncovered_gaps(st);
+    // Dropped WAL is named in the status line itself, so that even a glance (or a script
+    // that reads only that line) sees it; the gaps follow under the stanza.
+    let dropped_note = (!gaps.is_empty()).then_some("WAL DROPPED, see below");
+    let notes = |first: Option<&str>| -> String {
+        let all: Vec<&str> = first
+            .into_iter()
+            .chain(held.then_some("backup/expire running"))
+            .chain(dropped_note)
+            .collect();
+        all.join(", ")
+    };
     out.push_str(&format!("stanza: {}\n    status: ", s(&st["name"])));
     match code {
-        OK if held => out.push_str(&format!("ok ({running})\n")),
+        OK if held || dropped_note.is_some() => out.push_str(&format!("ok ({})\n", notes(None))),
         OK => out.push_str("ok\n"),
         OTHER => {
             out.push_str("error (other)");
-            if held {
-                out.push_str(&format!(" ({running})"));
+            if held || dropped_note.is_some() {
+                out.push_str(&format!(" ({})", notes(None)));
             }
             out.push('\n');
             for repo in st["repo"].as_array().into_iter().flatten() {
@@ -543,18 +583,31 @@ fn render_stanza(out: &mut String, st: &Value, set: bool) {
                 }
             }
         }
-        _ => out.push_str(&format!(
-            "error ({}{})\n",
-            s(&st["status"]["message"]),
-            if held {
-                format!(", {running}")
-            } else {
-                String::new()
-            }
-        )),
+        _ => {
+            let message = s(&st["status"]["message"]);
+            out.push_str(&format!("error ({})\n", notes(Some(&message))));
+        }
     }
     if code != MISSING_STANZA_PATH {
         out.push_str(&format!("    cipher: {}\n", s(&st["cipher"])));
+    }
+    for g in &gaps {
+        let gap = Gap {
+            archive_id: String::new(),
+            first: s(&g["first"]),
+            last: s(&g["last"]),
+            segments: g["segments"].as_u64().unwrap_or(0),
+            facts: g["time"].as_i64().map(|time| dropped::DropFacts {
+                time,
+                queue_bytes: g["queue-bytes"].as_u64().unwrap_or(0),
+                queue_max: g["queue-max"].as_u64().unwrap_or(0),
+            }),
+        };
+        out.push_str(&format!(
+            "    WAL DROPPED: {}: point-in-time recovery across them is impossible until the \
+             next backup\n",
+            gap.describe()
+        ));
     }
 
     // This project's additions: who runs now, unfinished backups, the last of each type.
