@@ -72,7 +72,12 @@ fn assert_every_acknowledged_segment_is_stored(site: &Site) -> usize {
     for seg in &segments {
         assert_eq!(site.stored(seg).len(), 1, "{seg} stored once");
         let dest = fetch.join(seg);
-        let out = site.pgbr(&["archive-get", "--archive-async=n", seg, dest.to_str().unwrap()]);
+        let out = site.pgbr(&[
+            "archive-get",
+            "--archive-async=n",
+            seg,
+            dest.to_str().unwrap(),
+        ]);
         assert_eq!(out.status, 0, "archive-get {seg}:\n{out}");
         assert!(
             fs::read(&dest).unwrap() == fs::read(site.originals.join(seg)).unwrap(),
@@ -88,7 +93,10 @@ fn assert_every_acknowledged_segment_is_stored(site: &Site) -> usize {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -186,8 +194,14 @@ impl Mount {
         fs::create_dir_all(at).unwrap();
         let out = harness::run({
             let mut c = std::process::Command::new("mount");
-            c.args(["-t", "tmpfs", "-o", &format!("size={size},mode=0750"), "tmpfs"])
-                .arg(at);
+            c.args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0750"),
+                "tmpfs",
+            ])
+            .arg(at);
             c
         });
         assert!(out.success(), "mount tmpfs at {}:\n{out}", at.display());
@@ -197,7 +211,10 @@ impl Mount {
 }
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -263,7 +280,10 @@ fn repository_host_unreachable_for_a_minute_then_the_backlog_drains() {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
         .count();
-    assert!(ready_during_outage >= 5, "a backlog built up: {ready_during_outage}");
+    assert!(
+        ready_during_outage >= 5,
+        "a backlog built up: {ready_during_outage}"
+    );
     site.sshd.as_mut().unwrap().resume();
     wait_until_archived(&site);
     assert!(assert_every_acknowledged_segment_is_stored(&site) >= 8);
@@ -341,12 +361,16 @@ fn a_copy_of_the_data_directory_sharing_the_spool_never_gets_a_false_done() {
         sql("insert into diverged select generate_series(1, 50000)");
         sql("select pg_switch_wal()");
     }
-    wait_until("the copy's archive_command to fail", Duration::from_secs(120), || {
-        sql("select failed_count from pg_stat_archiver")
-            .parse::<u64>()
-            .unwrap_or(0)
-            >= 2
-    });
+    wait_until(
+        "the copy's archive_command to fail",
+        Duration::from_secs(120),
+        || {
+            sql("select failed_count from pg_stat_archiver")
+                .parse::<u64>()
+                .unwrap_or(0)
+                >= 2
+        },
+    );
     // Never a false done: nothing the copy wrote was reported archived.
     assert_eq!(
         sql("select archived_count from pg_stat_archiver"),

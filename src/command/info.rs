@@ -6,7 +6,10 @@
 //! stanza never hides the others from monitoring.
 //!
 //! Beyond pgBackRest's fields it adds what this project records: `running` (who holds the
-//! backup lock), `in-progress` (backup directories not in backup.info) and `last-backup`.
+//! backup lock), `in-progress` (backup directories not in backup.info), `last-backup`, and
+//! `archive[].dropped`: the gaps archive-push left (archive-push-queue-max exceeded), which
+//! the text form names in the status line and on a `WAL DROPPED:` line each until a backup
+//! covers them. pgBackRest's status codes stay as they are: monitoring reads them.
 
 use serde_json::{json, Map, Value};
 
@@ -852,5 +855,44 @@ mod tests {
             "ArchiveMismatchError"
         );
         assert_eq!(error_type_name(Kind::RepoInvalid), "RepoInvalidError");
+    }
+
+    fn stanza_with_gap(code: i64, covered: bool) -> Value {
+        json!({
+            "name": "main",
+            "cipher": "none",
+            "status": {"code": code, "message": status_message(code), "lock": {"backup": {"held": false}}},
+            "repo": [],
+            "db": [],
+            "archive": [{"id": "15-1", "min": null, "max": null, "database": {"id": 1}, "dropped": [{
+                "first": "000000010000000000000005", "last": "000000010000000000000008",
+                "segments": 4, "time": null, "queue-bytes": 1, "queue-max": 1, "covered": covered,
+            }]}],
+            "backup": [],
+        })
+    }
+
+    /// An uncovered gap is in the status line and on a line of its own; a covered one is not.
+    #[test]
+    fn an_uncovered_gap_is_named_in_the_status_line_and_under_the_stanza() {
+        let gap_line = "    WAL DROPPED: 000000010000000000000005...000000010000000000000008 \
+                        (4 segments, archive-push-queue-max exceeded): point-in-time recovery \
+                        across them is impossible until the next backup\n";
+        let text = render_text(&[stanza_with_gap(OK, false)], false);
+        assert!(
+            text.contains("    status: ok (WAL DROPPED, see below)\n"),
+            "{text}"
+        );
+        assert!(text.contains(gap_line), "{text}");
+        let text = render_text(&[stanza_with_gap(NO_BACKUP, false)], false);
+        assert!(
+            text.contains("    status: error (no valid backups, WAL DROPPED, see below)\n"),
+            "{text}"
+        );
+        let text = render_text(&[stanza_with_gap(OK, true)], false);
+        assert!(
+            text.contains("    status: ok\n") && !text.contains("DROPPED"),
+            "{text}"
+        );
     }
 }
