@@ -7,6 +7,8 @@
 //! instant loses nothing: a segment is either acknowledged and stored, or pushed again by
 //! the next worker (the repository keeps identical content once). A segment it cannot push
 //! gets an error file instead, which the waiting archive_command reports to PostgreSQL.
+//! When more than archive-push-queue-max waits, reachable repository or not, the queue is
+//! dropped and the drop recorded (see [`drop_queue`] and [`crate::repo::dropped`]).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
