@@ -7,7 +7,7 @@
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.partial-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup   (plain, as pgBackRest)
-//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.dropped   a gap: see [`dropped`]
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/TTTTTTTT.LLLLLLLL.SSSSSSSS.dropped   a gap: see [`dropped`]
 //! backup/STANZA/backup.info (+ .copy)
 //! backup/STANZA/LABEL/backup.manifest (+ .copy)
 //! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
@@ -259,7 +259,7 @@ impl ArchiveIdListing {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WalDirListing {
     pub stored: Vec<StoredWal>,
-    /// Segments with a `<segment>.dropped` record, sorted.
+    /// Segments with a `.dropped` record ([`dropped::file_name`]), sorted.
     pub dropped: Vec<WalName>,
     pub unknown: Vec<String>,
 }
@@ -417,7 +417,7 @@ mod tests {
             format!("000000020000000000000007-{sha}"),
             format!("{seg}-{sha}.gz.bak~"),
             format!("{seg}-short"),
-            format!("{seg}.dropped"),
+            "00000002.00000000.00000005.dropped".to_string(),
             format!("00000002.history-{sha}"),
             "garbage".to_string(),
             seg.to_string(),

@@ -6,7 +6,8 @@
 //! `info` (text and JSON) shows the gap, `verify` fails naming it, `check` fails until a
 //! backup starts after it, archive-get of a dropped segment exits 1 with a WARN. pgBackRest
 //! 2.45's info, verify, archive-get and expire work on that repository (they pass the
-//! records by; its expire removes them with the WAL around them), and so does our expire.
+//! records by), and so does our expire. check_pgbackrest sees the hole: the record's name is
+//! not one it takes for a segment.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ fn records(site: &Site) -> Vec<String> {
         for f in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             if let Some(seg) = name.strip_suffix(".dropped") {
-                out.push(seg.to_string());
+                out.push(seg.replace('.', ""));
             }
         }
     }
@@ -195,6 +196,17 @@ fn a_dropped_queue_is_recorded_and_reported_until_a_backup_covers_it() {
     );
     assert!(out.stderr.contains("HINT: take a backup"), "{out}");
 
+    // Monitoring: check_pgbackrest's archives service lists the archive and sees the hole.
+    let (status, message) = check_pgbackrest_archives(&site);
+    assert_eq!(status, 2, "CRITICAL: {message}");
+    assert!(
+        message.contains(&format!(
+            "{} missing file(s) ({gap_first} / {gap_last})",
+            recorded.len()
+        )),
+        "{message}"
+    );
+
     // archive-get: not in the archive (exit 1), and the log says why.
     let out = site.pgbr(&["archive-get", &gap_first, "pg_wal/RECOVERYXLOG"]);
     assert_eq!(out.status, 1, "{out}");
@@ -230,6 +242,38 @@ fn a_dropped_queue_is_recorded_and_reported_until_a_backup_covers_it() {
         Value::Array(vec![])
     );
     site.pgbr(&["verify"]).expect_ok("verify after expire");
+}
+
+/// check_pgbackrest 2.3 `--service=archives` on the site, finding this build as
+/// `pgbackrest` on its PATH: exit status and message.
+fn check_pgbackrest_archives(site: &Site) -> (i32, String) {
+    let bin_dir = site.dir.mkdir("bin-ours");
+    std::os::unix::fs::symlink(harness::bin(), bin_dir.join("pgbackrest")).expect("symlink");
+    let path = format!("PATH={}:/usr/bin:/bin", p(&bin_dir));
+    let config = format!("--config={}", p(&site.conf));
+    let stanza = format!("--stanza={STANZA}");
+    let mut cmd = harness::postgres_command(
+        "env",
+        &[
+            &path,
+            "/usr/bin/check_pgbackrest",
+            &config,
+            &stanza,
+            "--service=archives",
+            "--output=json",
+        ],
+    );
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("PG_BACKREST_") || key_text.starts_with("PGBACKREST_") {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = run(cmd);
+    let json: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("check_pgbackrest JSON: {e}\n{out}"));
+    let message = json["message"].as_str().unwrap_or_default().to_string();
+    (out.status, format!("{message}\n{out}"))
 }
 
 /// pgBackRest's info, verify and archive-get on a copy of the repository with a gap
@@ -270,15 +314,29 @@ fn compat_pgbackrest(site: &Site, dropped: &str) {
     theirs
         .run(&["expire", "--repo1-retention-full=1"])
         .expect_ok("pgBackRest expire");
-    let left: Vec<String> = fs::read_dir(copy.join("archive").join(STANZA).join("15-1"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .map(|f| f.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".dropped"))
-        .collect();
-    assert!(left.is_empty(), "pgBackRest's expire removed {left:?}");
+    // It removes WAL directories before its boundary whole, records and all, and leaves
+    // the records in the boundary's directory (its pattern there is `^[0-F]{24}.*$`): they
+    // lie before every backup left, so our verify of that repository is clean.
+    let conf = site.dir.join("copy.conf");
+    let text = fs::read_to_string(&site.conf)
+        .expect("site config")
+        .replace(
+            &format!("repo1-path={}\n", p(&site.repo)),
+            &format!("repo1-path={}\n", p(&copy)),
+        );
+    write_postgres(&conf, &text, 0o640);
+    let config = format!("--config={}", p(&conf));
+    let stanza = format!("--stanza={STANZA}");
+    let out = run(harness::pgbr(&[&config, &stanza, "verify"]));
+    assert!(
+        out.success(),
+        "our verify after pgBackRest's expire:\n{out}"
+    );
+    let out = run(harness::pgbr(&[&config, &stanza, "info"]));
+    assert!(
+        out.success() && !out.stdout.contains("WAL DROPPED"),
+        "{out}"
+    );
 }
 
 /// Over SSH, the repository host down (its sshd stopped): the worker cannot even connect,

@@ -436,9 +436,8 @@ fn remove_wal(
         let listing = WalDirListing::read(repo, &path)?;
         // Unknown entries stay, and so does the directory that holds them.
         let mut left = listing.stored.len() + listing.dropped.len() + listing.unknown.len();
-        // A record of dropped WAL goes with the WAL around it, as pgBackRest's expire removes
-        // every `^[0-F]{24}.*$` file before the boundary; in segment order with the stored
-        // files, so an interrupted expire leaves the record of every gap that is left.
+        // A record of dropped WAL goes with the WAL around it, in segment order with the
+        // stored files, so an interrupted expire leaves the record of every gap that is left.
         // A .partial or .backup file goes with the segment it is named after.
         let mut files: Vec<(&str, String)> = listing
             .stored
@@ -448,7 +447,7 @@ fn remove_wal(
                 listing
                     .dropped
                     .iter()
-                    .map(|w| (w.name.as_str(), format!("{}{}", w.name, dropped::SUFFIX))),
+                    .map(|w| (w.name.as_str(), dropped::file_name(w))),
             )
             .collect();
         files.sort();

@@ -7,9 +7,10 @@
 //! not a gap), files in backup directories that no manifest lists, temp files left in them,
 //! archive entries of no kind pg_backrest writes, and WAL that archive-push dropped
 //! (archive-push-queue-max exceeded: its `.dropped` records, reported as gaps with the time
-//! and reason, whether or not a later backup covers them). Files stream through the copy
-//! pipeline's restore direction, in parallel; nothing is held whole. Any problem fails the
-//! command with the integrity exit code, after the full report.
+//! and reason, whether or not a later backup covers them, unless no backup starts before
+//! them). Files stream through the copy pipeline's restore direction, in parallel; nothing
+//! is held whole. Any problem fails the command with the integrity exit code, after the
+//! full report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -260,7 +261,9 @@ pub fn run(cfg: &Config) -> Result<()> {
             report.wal_gaps = wal_gaps(&path, &current, &loaded, seg_size);
         }
     }
-    // Dropped WAL is a hole whatever backups surround it: named once, with why.
+    // Dropped WAL is a hole whether or not a later backup covers it (an older one cannot
+    // recover across it): named once, with why. A gap before every backup of its archive id
+    // is history no restore reaches (pgBackRest's expire leaves such records behind).
     for (archive_id, segments) in dropped {
         if archive_id == archive.db.current.archive_id() {
             let recorded: BTreeSet<&String> = segments.iter().collect();
@@ -273,7 +276,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             segments,
             Some(seg_size),
         );
-        for g in gaps {
+        for g in gaps.into_iter().filter(|g| g.matters(&info)) {
             report
                 .wal_dropped
                 .push(format!("{archive_id}: {}", g.describe()));

@@ -1,11 +1,17 @@
 //! Records of WAL that archive-push dropped (archive-push-queue-max exceeded): one small
-//! file per segment, `<segment>.dropped`, beside where the segment would have been stored.
+//! file per segment in the WAL directory where the segment would have been stored, named
+//! `TTTTTTTT.LLLLLLLL.SSSSSSSS.dropped` (the segment's timeline, log and segment numbers).
 //!
 //! pgBackRest drops WAL silently; this record is what makes the gap visible to `info`,
-//! `verify` and `check` until a backup starts after it. The name matches none of
-//! pgBackRest's WAL patterns (`^[0-F]{24}-[0-f]{40}...`), so its archive-get, info and
-//! verify pass it by, and its expire (`^[0-F]{24}.*$`) removes it with the WAL around it;
-//! ours does the same (see [`crate::command::expire`]).
+//! `verify` and `check` until a backup starts after it. The name holds no run of 24
+//! upper-case hex digits, on purpose: monitoring that lists the archive takes any such name
+//! for a stored segment (check_pgbackrest 2.3 matches `[0-9A-F]{24}.*` unanchored), and would
+//! then see no hole where the WAL is missing. pgBackRest's info, verify and archive-get
+//! (`^[0-F]{24}-[0-f]{40}...`) pass it by; its expire removes it with a WAL directory it
+//! removes whole, and leaves it in the directory of its archive retention boundary (its
+//! pattern there is `^[0-F]{24}.*$`): such a record lies before every backup, which no
+//! recovery crosses, so verify ignores it (see [`Gap::matters`]) and our expire removes it.
+//! Our expire removes every record with the WAL around it (see [`crate::command::expire`]).
 //!
 //! Readers get the records grouped into [`Gap`]s: runs of consecutive dropped segments. A
 //! gap is *covered* once a backup of the same archive id starts after its last segment:
@@ -39,14 +45,24 @@ pub struct DropFacts {
     pub queue_max: u64,
 }
 
-/// The record's path for `wal` in archive id `archive_id`.
-pub fn path(layout: &RepoLayout, archive_id: &str, wal: &WalName) -> String {
-    format!("{}/{}{SUFFIX}", layout.wal_dir(archive_id, wal), wal.name)
+/// The record's file name for segment `wal`: `TTTTTTTT.LLLLLLLL.SSSSSSSS.dropped`.
+pub fn file_name(wal: &WalName) -> String {
+    let n = &wal.name;
+    format!("{}.{}.{}{SUFFIX}", &n[..8], &n[8..16], &n[16..24])
 }
 
-/// The segment a WAL directory entry records as dropped: `<24 hex>.dropped`.
+/// The record's path for `wal` in archive id `archive_id`.
+pub fn path(layout: &RepoLayout, archive_id: &str, wal: &WalName) -> String {
+    format!("{}/{}", layout.wal_dir(archive_id, wal), file_name(wal))
+}
+
+/// The segment a WAL directory entry records as dropped (see [`file_name`]).
 pub fn classify(entry: &str) -> Option<WalName> {
-    let wal = WalName::parse(entry.strip_suffix(SUFFIX)?).ok()?;
+    let parts: Vec<&str> = entry.strip_suffix(SUFFIX)?.split('.').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.len() != 8) {
+        return None;
+    }
+    let wal = WalName::parse(&parts.concat()).ok()?;
     (wal.kind == WalKind::Segment).then_some(wal)
 }
 
@@ -101,16 +117,26 @@ impl Gap {
 
     /// Whether a backup of this gap's archive id starts after it (see the module docs).
     pub fn covered(&self, backups: &BackupInfo) -> bool {
-        backups.backups.values().any(|b| {
+        self.backup_starts(backups)
+            .any(|start| later(start, &self.last))
+    }
+
+    /// Whether a recovery could have to cross the gap: a backup of its archive id starts
+    /// before its end. A gap before every backup is history no restore reaches.
+    pub fn matters(&self, backups: &BackupInfo) -> bool {
+        self.backup_starts(backups)
+            .any(|start| !later(start, &self.last))
+    }
+
+    /// The archive start segments of the backups of this gap's archive id.
+    fn backup_starts<'a>(&'a self, backups: &'a BackupInfo) -> impl Iterator<Item = &'a str> {
+        backups.backups.values().filter_map(move |b| {
             let same_archive = backups
                 .db
                 .history
                 .iter()
                 .any(|d| d.id == b.db_id && d.archive_id() == self.archive_id);
-            same_archive
-                && b.backup_archive_start
-                    .as_deref()
-                    .is_some_and(|start| later(start, &self.last))
+            b.backup_archive_start.as_deref().filter(|_| same_archive)
         })
     }
 }
@@ -237,8 +263,7 @@ pub fn is_dropped(
         return Ok(None);
     }
     let entries = repo.list(&layout.wal_dir(archive_id, wal))?;
-    let name = format!("{}{SUFFIX}", wal.name);
-    if !entries.contains(&name) {
+    if !entries.contains(&file_name(wal)) {
         return Ok(None);
     }
     Ok(Some(
@@ -260,15 +285,24 @@ mod tests {
 
     #[test]
     fn classifies_records() {
-        assert_eq!(
-            classify("000000010000000000000005.dropped").map(|w| w.name),
-            Some("000000010000000000000005".to_string())
+        let wal = WalName::parse("00000001000000020000000A").unwrap();
+        assert_eq!(file_name(&wal), "00000001.00000002.0000000A.dropped");
+        assert_eq!(classify(&file_name(&wal)), Some(wal));
+        // No run of 24 upper-case hex digits, which monitoring would take for a segment.
+        assert!(
+            !file_name(&WalName::parse("000000010000000000000005").unwrap())
+                .as_bytes()
+                .windows(24)
+                .any(|w| w
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)))
         );
         for not in [
             "000000010000000000000005",
-            "000000010000000000000005.partial.dropped",
-            "00000001000000000000000g.dropped",
-            "000000010000000000000005.dropped.tmp",
+            "000000010000000000000005.dropped",
+            "00000001.00000000.0000000g.dropped",
+            "00000001.00000000.00000005.dropped.tmp",
+            "00000001.0000000000000005.dropped",
             "00000002.history.dropped",
         ] {
             assert_eq!(classify(not), None, "{not}");
