@@ -7,7 +7,7 @@
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.partial-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup   (plain, as pgBackRest)
-//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.dropped   a gap: see [`dropped`]
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/TTTTTTTT.LLLLLLLL.SSSSSSSS.dropped   a gap: see [`dropped`]
 //! backup/STANZA/backup.info (+ .copy)
 //! backup/STANZA/LABEL/backup.manifest (+ .copy)
 //! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
@@ -254,10 +254,13 @@ impl ArchiveIdListing {
 }
 
 /// A WAL directory read by kind: stored WAL files (segments, `.partial`, `.backup`) in
-/// name order, and entries that are none of these.
+/// name order, the segments recorded as dropped ([`dropped`]), and entries that are none of
+/// these.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WalDirListing {
     pub stored: Vec<StoredWal>,
+    /// Segments with a `.dropped` record ([`dropped::file_name`]), sorted.
+    pub dropped: Vec<WalName>,
     pub unknown: Vec<String>,
 }
 
@@ -269,12 +272,16 @@ impl WalDirListing {
     pub fn of(entries: Vec<String>) -> WalDirListing {
         let mut out = WalDirListing::default();
         for entry in entries {
-            match StoredWal::classify(&entry) {
-                Some(s) => out.stored.push(s),
-                None => out.unknown.push(entry),
+            if let Some(s) = StoredWal::classify(&entry) {
+                out.stored.push(s);
+            } else if let Some(d) = dropped::classify(&entry) {
+                out.dropped.push(d);
+            } else {
+                out.unknown.push(entry);
             }
         }
         out.stored.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        out.dropped.sort_by(|a, b| a.name.cmp(&b.name));
         out.unknown.sort();
         out
     }
@@ -410,6 +417,7 @@ mod tests {
             format!("000000020000000000000007-{sha}"),
             format!("{seg}-{sha}.gz.bak~"),
             format!("{seg}-short"),
+            "00000002.00000000.00000005.dropped".to_string(),
             format!("00000002.history-{sha}"),
             "garbage".to_string(),
             seg.to_string(),
@@ -442,6 +450,7 @@ mod tests {
                 (WalKind::Segment, Some("000000020000000000000007"), true, ""),
             ]
         );
+        assert_eq!(l.dropped, vec![WalName::parse(seg).unwrap()]);
         assert_eq!(l.stored[0].compress, Some(CompressType::Gz));
         assert!(l.stored[0].readable());
         assert_eq!(l.stored[4].compress, None);

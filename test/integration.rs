@@ -6,6 +6,7 @@
 mod admin_commands;
 pub mod archive;
 mod archive_async;
+mod archive_drop;
 mod archive_get_async;
 mod archive_validate;
 pub mod backup;

@@ -10,6 +10,9 @@
 //! the `archive-get:async` worker ([`foreground`], [`worker`], [`prefetch`] for the spool's
 //! layout and what makes a prefetched file valid); a miss there is always answered by the
 //! lookup below, never by the spool.
+//!
+//! A segment archive-push dropped (its `.dropped` record, see [`crate::repo::dropped`]) is
+//! not in the archive either, with a WARN that says so.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +24,7 @@ use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
 use crate::pipeline::{self, CompressType, Ends};
-use crate::repo::{RepoLayout, StoredWal};
+use crate::repo::{dropped, RepoLayout, StoredWal};
 use crate::storage::posix::PosixStorage;
 use crate::storage::{self, Storage};
 
@@ -46,7 +49,8 @@ pub fn fetch(cfg: &Config) -> Result<Outcome> {
     let dest = super::pg_relative_path(&cfg.args[1]);
     let (dest_dir, dest_name) = split_dest(&dest)?;
     let archive = Archive::open(cfg, stanza)?;
-    match archive.find(archive.repo.as_ref(), &wal, &mut Listings::default())? {
+    let mut listings = Listings::default();
+    match archive.find(archive.repo.as_ref(), &wal, &mut listings)? {
         Some(found) => {
             copy_out(
                 archive.repo.as_ref(),
@@ -63,7 +67,17 @@ pub fn fetch(cfg: &Config) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         None => {
-            crate::info!("WAL file '{}' is not in the archive", wal.name);
+            // Still "not in the archive" (exit 1: PostgreSQL ends recovery or waits, as for
+            // any missing segment), but the log says why it never will be.
+            match archive.dropped_from(&wal, &listings) {
+                Some(archive_id) => crate::warn!(
+                    "WAL file '{}' is not in the archive: archive-push dropped it \
+                     (archive-push-queue-max exceeded; recorded in archive '{archive_id}'); \
+                     recovery cannot go past it, restore a backup taken after it to get further",
+                    wal.name
+                ),
+                None => crate::info!("WAL file '{}' is not in the archive", wal.name),
+            }
             Ok(Outcome::NotFound)
         }
     }
@@ -112,6 +126,18 @@ impl Archive {
             repo,
             layout,
             archive_ids: info.archive_ids_newest_first(),
+        })
+    }
+
+    /// The newest archive id holding a record that archive-push dropped `wal`, from the
+    /// listings a [`Self::find`] that found nothing has just made.
+    pub fn dropped_from(&self, wal: &WalName, listings: &Listings) -> Option<String> {
+        self.archive_ids.iter().find_map(|archive_id| {
+            let entries = listings.dirs.get(&self.layout.wal_dir(archive_id, wal))?;
+            entries
+                .iter()
+                .any(|e| dropped::classify(e).as_ref() == Some(wal))
+                .then(|| archive_id.clone())
         })
     }
 

@@ -1,7 +1,8 @@
 //! check: proves the whole archiving path works for this stanza: the configuration, the
 //! database connection, the repository's info files against the cluster, PostgreSQL's
-//! archive settings, and finally a real WAL switch whose segment must reach the repository
-//! within archive-timeout.
+//! archive settings, a real WAL switch whose segment must reach the repository within
+//! archive-timeout, and finally that archive-push dropped no WAL (archive-push-queue-max)
+//! since the last backup: a gap no backup covers fails check until one does.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::pg::db::{self, Db};
 use crate::pg::wal::WalName;
-use crate::repo::{RepoLayout, StoredWal};
-use crate::storage;
+use crate::repo::{dropped, RepoLayout, StoredWal};
+use crate::storage::{self, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
@@ -40,7 +41,8 @@ pub fn run(cfg: &Config) -> Result<()> {
         .db
         .check_cluster(facts.system_id, &facts.version, &what)
         .map_err(|e| e.with_kind(Kind::FileInvalid))?;
-    if let Some(backup) = BackupInfo::load(repo.as_ref(), &layout)? {
+    let backup = BackupInfo::load(repo.as_ref(), &layout)?;
+    if let Some(backup) = &backup {
         backup
             .db
             .check_cluster(facts.system_id, &facts.version, &what)
@@ -92,7 +94,37 @@ pub fn run(cfg: &Config) -> Result<()> {
         "WAL segment '{segment}' successfully archived to '{}'",
         repo.describe(&dir)
     );
-    Ok(())
+    check_dropped(repo.as_ref(), &layout, &archive, backup.as_ref())
+}
+
+/// Archiving works, but WAL it dropped (archive-push-queue-max exceeded) leaves the archive
+/// unable to recover across the gap: check fails until a backup starting after every gap
+/// covers it (see [`crate::repo::dropped`]). Only the current cluster's archive matters; a
+/// new backup cannot cover a gap in an older one, which verify reports instead.
+fn check_dropped(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    archive: &ArchiveInfo,
+    backup: Option<&BackupInfo>,
+) -> Result<()> {
+    let archive_id = archive.db.current.archive_id();
+    let uncovered: Vec<String> = dropped::gaps(repo, layout, &archive_id, None)?
+        .into_iter()
+        .filter(|g| !backup.is_some_and(|b| g.covered(b)))
+        .map(|g| g.describe())
+        .collect();
+    if uncovered.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::ArchiveTimeout,
+        format!(
+            "archive-push dropped WAL of archive '{archive_id}' without archiving it: {}; \
+             point-in-time recovery across the gap is impossible",
+            uncovered.join(", ")
+        ),
+    )
+    .with_hint("take a backup: once a backup starts after the gap, check passes again"))
 }
 
 /// Whether archive_command runs pg_backrest's archive-push for this stanza. Under the name

@@ -30,7 +30,7 @@ use crate::error::{Error, Kind, Result};
 use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
-use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
+use crate::repo::{dropped, ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, Storage};
 
 /// How `repo1-retention-full` counts.
@@ -435,17 +435,28 @@ fn remove_wal(
         let path = format!("{archive_dir}/{dir}");
         let listing = WalDirListing::read(repo, &path)?;
         // Unknown entries stay, and so does the directory that holds them.
-        let mut left = listing.stored.len() + listing.unknown.len();
-        for stored in &listing.stored {
-            // A .partial or .backup file goes with the segment it is named after.
-            let Some(segment) = stored.segment() else {
-                continue;
-            };
+        let mut left = listing.stored.len() + listing.dropped.len() + listing.unknown.len();
+        // A record of dropped WAL goes with the WAL around it, in segment order with the
+        // stored files, so an interrupted expire leaves the record of every gap that is left.
+        // A .partial or .backup file goes with the segment it is named after.
+        let mut files: Vec<(&str, String)> = listing
+            .stored
+            .iter()
+            .filter_map(|s| Some((s.segment()?, s.file_name.clone())))
+            .chain(
+                listing
+                    .dropped
+                    .iter()
+                    .map(|w| (w.name.as_str(), dropped::file_name(w))),
+            )
+            .collect();
+        files.sort();
+        for (segment, file_name) in files {
             if !wal_removable(segment, start, &ranges) {
                 continue;
             }
             if !dry_run {
-                repo.remove(&format!("{path}/{}", stored.file_name))?;
+                repo.remove(&format!("{path}/{file_name}"))?;
                 test_pause("wal-removed");
             }
             left -= 1;

@@ -6,7 +6,10 @@
 //! stanza never hides the others from monitoring.
 //!
 //! Beyond pgBackRest's fields it adds what this project records: `running` (who holds the
-//! backup lock), `in-progress` (backup directories not in backup.info) and `last-backup`.
+//! backup lock), `in-progress` (backup directories not in backup.info), `last-backup`, and
+//! `archive[].dropped`: the gaps archive-push left (archive-push-queue-max exceeded), which
+//! the text form names in the status line and on a `WAL DROPPED:` line each until a backup
+//! covers them. pgBackRest's status codes stay as they are: monitoring reads them.
 
 use serde_json::{json, Map, Value};
 
@@ -16,6 +19,7 @@ use crate::info::archive::ArchiveInfo;
 use crate::info::backup::BackupInfo;
 use crate::info::DbEntry;
 use crate::manifest::{BackupType, Manifest};
+use crate::repo::dropped::{self, Gap};
 use crate::repo::{ArchiveIdListing, RepoLayout, StoredWal, WalDirListing};
 use crate::storage::{self, Storage};
 
@@ -188,12 +192,15 @@ impl Stanza {
             }));
             let archive_id = archive_id_for(&archive.db.history, pg)?;
             let (min, max) = wal_range(repo, &layout.archive_id_path(&archive_id))?;
-            if i == newest || min.is_some() {
+            let gaps = dropped::gaps(repo, &layout, &archive_id, None)?;
+            if i == newest || min.is_some() || !gaps.is_empty() {
+                let dropped: Vec<Value> = gaps.iter().map(|g| gap_entry(g, &backup)).collect();
                 archive_section.push(json!({
                     "database": {"id": pg.id, "repo-key": REPO_KEY},
                     "id": archive_id,
                     "min": min,
                     "max": max,
+                    "dropped": dropped,
                 }));
             }
         }
@@ -449,6 +456,31 @@ fn unfinished(repo: &dyn Storage, layout: &RepoLayout, info: &BackupInfo) -> Res
     Ok(out)
 }
 
+/// One entry of `archive[].dropped`: a gap archive-push left (archive-push-queue-max
+/// exceeded), and whether a backup starting after it covers it.
+fn gap_entry(g: &Gap, backups: &BackupInfo) -> Value {
+    json!({
+        "first": g.first,
+        "last": g.last,
+        "segments": g.segments,
+        "time": g.facts.as_ref().map(|f| f.time),
+        "queue-bytes": g.facts.as_ref().map(|f| f.queue_bytes),
+        "queue-max": g.facts.as_ref().map(|f| f.queue_max),
+        "covered": g.covered(backups),
+    })
+}
+
+/// The gaps of `archive[].dropped` no backup covers yet: what the text status points at.
+fn uncovered_gaps(st: &Value) -> Vec<&Value> {
+    st["archive"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["dropped"].as_array().into_iter().flatten())
+        .filter(|g| g["covered"] == false)
+        .collect()
+}
+
 /// Oldest and newest WAL segment of an archive id directory, across its timelines. History
 /// files, `.partial` and `.backup` files and unknown entries are not segments.
 fn wal_range(repo: &dyn Storage, dir: &str) -> Result<(Option<String>, Option<String>)> {
@@ -526,15 +558,26 @@ fn render_stanza(out: &mut String, st: &Value, set: bool) {
     let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| "-".into());
     let code = st["status"]["code"].as_i64().unwrap_or(OTHER);
     let held = st["status"]["lock"]["backup"]["held"] == true;
-    let running = "backup/expire running";
+    let gaps = uncovered_gaps(st);
+    // Dropped WAL is named in the status line itself, so that even a glance (or a script
+    // that reads only that line) sees it; the gaps follow under the stanza.
+    let dropped_note = (!gaps.is_empty()).then_some("WAL DROPPED, see below");
+    let notes = |first: Option<&str>| -> String {
+        let all: Vec<&str> = first
+            .into_iter()
+            .chain(held.then_some("backup/expire running"))
+            .chain(dropped_note)
+            .collect();
+        all.join(", ")
+    };
     out.push_str(&format!("stanza: {}\n    status: ", s(&st["name"])));
     match code {
-        OK if held => out.push_str(&format!("ok ({running})\n")),
+        OK if held || dropped_note.is_some() => out.push_str(&format!("ok ({})\n", notes(None))),
         OK => out.push_str("ok\n"),
         OTHER => {
             out.push_str("error (other)");
-            if held {
-                out.push_str(&format!(" ({running})"));
+            if held || dropped_note.is_some() {
+                out.push_str(&format!(" ({})", notes(None)));
             }
             out.push('\n');
             for repo in st["repo"].as_array().into_iter().flatten() {
@@ -543,18 +586,31 @@ fn render_stanza(out: &mut String, st: &Value, set: bool) {
                 }
             }
         }
-        _ => out.push_str(&format!(
-            "error ({}{})\n",
-            s(&st["status"]["message"]),
-            if held {
-                format!(", {running}")
-            } else {
-                String::new()
-            }
-        )),
+        _ => {
+            let message = s(&st["status"]["message"]);
+            out.push_str(&format!("error ({})\n", notes(Some(&message))));
+        }
     }
     if code != MISSING_STANZA_PATH {
         out.push_str(&format!("    cipher: {}\n", s(&st["cipher"])));
+    }
+    for g in &gaps {
+        let gap = Gap {
+            archive_id: String::new(),
+            first: s(&g["first"]),
+            last: s(&g["last"]),
+            segments: g["segments"].as_u64().unwrap_or(0),
+            facts: g["time"].as_i64().map(|time| dropped::DropFacts {
+                time,
+                queue_bytes: g["queue-bytes"].as_u64().unwrap_or(0),
+                queue_max: g["queue-max"].as_u64().unwrap_or(0),
+            }),
+        };
+        out.push_str(&format!(
+            "    WAL DROPPED: {}: point-in-time recovery across them is impossible until the \
+             next backup\n",
+            gap.describe()
+        ));
     }
 
     // This project's additions: who runs now, unfinished backups, the last of each type.
@@ -799,5 +855,44 @@ mod tests {
             "ArchiveMismatchError"
         );
         assert_eq!(error_type_name(Kind::RepoInvalid), "RepoInvalidError");
+    }
+
+    fn stanza_with_gap(code: i64, covered: bool) -> Value {
+        json!({
+            "name": "main",
+            "cipher": "none",
+            "status": {"code": code, "message": status_message(code), "lock": {"backup": {"held": false}}},
+            "repo": [],
+            "db": [],
+            "archive": [{"id": "15-1", "min": null, "max": null, "database": {"id": 1}, "dropped": [{
+                "first": "000000010000000000000005", "last": "000000010000000000000008",
+                "segments": 4, "time": null, "queue-bytes": 1, "queue-max": 1, "covered": covered,
+            }]}],
+            "backup": [],
+        })
+    }
+
+    /// An uncovered gap is in the status line and on a line of its own; a covered one is not.
+    #[test]
+    fn an_uncovered_gap_is_named_in_the_status_line_and_under_the_stanza() {
+        let gap_line = "    WAL DROPPED: 000000010000000000000005...000000010000000000000008 \
+                        (4 segments, archive-push-queue-max exceeded): point-in-time recovery \
+                        across them is impossible until the next backup\n";
+        let text = render_text(&[stanza_with_gap(OK, false)], false);
+        assert!(
+            text.contains("    status: ok (WAL DROPPED, see below)\n"),
+            "{text}"
+        );
+        assert!(text.contains(gap_line), "{text}");
+        let text = render_text(&[stanza_with_gap(NO_BACKUP, false)], false);
+        assert!(
+            text.contains("    status: error (no valid backups, WAL DROPPED, see below)\n"),
+            "{text}"
+        );
+        let text = render_text(&[stanza_with_gap(OK, true)], false);
+        assert!(
+            text.contains("    status: ok\n") && !text.contains("DROPPED"),
+            "{text}"
+        );
     }
 }

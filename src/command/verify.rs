@@ -5,9 +5,12 @@
 //! range from start to stop, gaps in the archived WAL from the oldest backup on along the
 //! newest timeline's history (a stretch between two backups that expire emptied entirely is
 //! not a gap), files in backup directories that no manifest lists, temp files left in them,
-//! and archive entries of no kind pg_backrest writes. Files stream through the copy
-//! pipeline's restore direction, in parallel; nothing is held whole. Any problem fails the
-//! command with the integrity exit code, after the full report.
+//! archive entries of no kind pg_backrest writes, and WAL that archive-push dropped
+//! (archive-push-queue-max exceeded: its `.dropped` records, reported as gaps with the time
+//! and reason, whether or not a later backup covers them, unless no backup starts before
+//! them). Files stream through the copy pipeline's restore direction, in parallel; nothing
+//! is held whole. Any problem fails the command with the integrity exit code, after the
+//! full report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -25,7 +28,7 @@ use crate::pg::wal::{
     segment_number, segment_range, WalHeader, WalKind, WalName, LONG_HEADER_SIZE,
 };
 use crate::pipeline::{self, CompressType, Ends};
-use crate::repo::{ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
+use crate::repo::{self, ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
 use crate::storage::{self, EntryKind, Storage};
 
 #[derive(Debug, Default, Serialize)]
@@ -54,8 +57,12 @@ struct Report {
     /// Entries of the archive that are neither WAL directories, history files nor stored
     /// WAL files, as `ARCHIVE_ID/[DIR/]NAME`.
     archive_unknown: Vec<String>,
-    /// Segments missing between the oldest backup's start and the newest archived segment.
+    /// Segments missing between the oldest backup's start and the newest archived segment
+    /// (those archive-push dropped are in `wal_dropped` instead).
     wal_gaps: Vec<String>,
+    /// Runs of segments archive-push dropped (archive-push-queue-max exceeded), as
+    /// `ARCHIVE_ID: FIRST...LAST (N segments, ...)`: recorded holes in the archive.
+    wal_dropped: Vec<String>,
     /// Files in backup directories that no manifest lists.
     unreferenced: Vec<String>,
     /// Temp files (`.pgbr-tmp.*`) in backup directories: a write that never finished, left
@@ -143,6 +150,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let mut archived: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut segment_size = None;
     let mut histories: BTreeMap<String, BTreeMap<u32, Vec<HistoryEntry>>> = BTreeMap::new();
+    let mut dropped: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for archive_id in archive.archive_ids_newest_first().into_iter().rev() {
         let dir = layout.archive_id_path(&archive_id);
         let listing = ArchiveIdListing::read(repo.as_ref(), &dir)?;
@@ -167,6 +175,11 @@ pub fn run(cfg: &Config) -> Result<()> {
                 .iter()
                 .map(|u| format!("{archive_id}/{sub}/{u}"));
             report.archive_unknown.extend(unknown);
+            let records = wal_dir.dropped.into_iter().map(|w| w.name);
+            dropped
+                .entry(archive_id.clone())
+                .or_default()
+                .extend(records);
             for stored in wal_dir.stored {
                 timelines.insert(stored.wal.timeline());
                 let path = format!("{dir}/{sub}/{}", stored.file_name);
@@ -248,6 +261,27 @@ pub fn run(cfg: &Config) -> Result<()> {
             report.wal_gaps = wal_gaps(&path, &current, &loaded, seg_size);
         }
     }
+    // Dropped WAL is a hole whether or not a later backup covers it (an older one cannot
+    // recover across it): named once, with why. A gap before every backup of its archive id
+    // is history no restore reaches (pgBackRest's expire leaves such records behind).
+    for (archive_id, segments) in dropped {
+        if archive_id == archive.db.current.archive_id() {
+            let recorded: BTreeSet<&String> = segments.iter().collect();
+            report.wal_gaps.retain(|g| !recorded.contains(g));
+        }
+        let gaps = repo::dropped::gaps_of(
+            repo.as_ref(),
+            &layout,
+            &archive_id,
+            segments,
+            Some(seg_size),
+        );
+        for g in gaps.into_iter().filter(|g| g.matters(&info)) {
+            report
+                .wal_dropped
+                .push(format!("{archive_id}: {}", g.describe()));
+        }
+    }
 
     // Files in backup directories that no manifest lists.
     for m in &loaded {
@@ -286,6 +320,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     report.ok = report.wal_corrupt.is_empty()
         && report.wal_gaps.is_empty()
+        && report.wal_dropped.is_empty()
         && report.history_problems.is_empty()
         && report.archive_unknown.is_empty()
         && report.unreferenced.is_empty()
@@ -659,6 +694,12 @@ fn render_text(r: &Report) -> String {
     }
     for g in &r.wal_gaps {
         out.push_str(&format!("        gap: {g} is missing\n"));
+    }
+    for d in &r.wal_dropped {
+        out.push_str(&format!(
+            "        dropped: {d}: archive-push dropped them unarchived; point-in-time \
+             recovery across them is impossible\n"
+        ));
     }
     for u in &r.unreferenced {
         out.push_str(&format!("    unreferenced file: {u}\n"));

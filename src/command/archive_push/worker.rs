@@ -7,6 +7,8 @@
 //! instant loses nothing: a segment is either acknowledged and stored, or pushed again by
 //! the next worker (the repository keeps identical content once). A segment it cannot push
 //! gets an error file instead, which the waiting archive_command reports to PostgreSQL.
+//! When more than archive-push-queue-max waits, reachable repository or not, the queue is
+//! dropped and the drop recorded (see [`drop_queue`] and [`crate::repo::dropped`]).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -52,8 +54,28 @@ pub fn run(cfg: &Config) -> Result<()> {
     let (target, workers) = match opened {
         Ok(tw) => tw,
         Err(e) => {
+            // The queue grows fastest exactly while the repository is unreachable: that is
+            // when archive-push-queue-max must still drop (as pgBackRest's check comes before
+            // it opens the repository); the records wait in the spool until it is back.
+            let (todo, queue_bytes) = queue(&pg_wal, &status_dir, &spool, &repo_id, None)?;
+            let over = queue_max.filter(|m| queue_bytes > *m);
+            if let Some(max) = over {
+                drop_queue(
+                    cfg,
+                    None,
+                    &spool,
+                    &pg_wal,
+                    &repo_id,
+                    &todo,
+                    queue_bytes,
+                    max,
+                )?;
+            }
             for wal in ready(&status_dir)? {
-                report_error(&spool, &wal.name, &e);
+                // A dropped file's answer is its acknowledgment.
+                if over.is_none() || !todo.contains(&wal) {
+                    report_error(&spool, &wal.name, &e);
+                }
             }
             return Err(e);
         }
@@ -64,25 +86,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let mut idle_since: Option<Instant> = None;
     loop {
         crate::signal::check()?;
-        let ready = ready(&status_dir)?;
-        clean(&out, &ready)?;
-        let mut todo = Vec::new();
-        let mut queue_bytes = 0u64;
-        for wal in ready {
-            if failed.contains(&wal.name) {
-                continue;
-            }
-            let path = pg_wal.join(&wal.name);
-            let Ok(meta) = fs::metadata(&path) else {
-                // Archived and removed meanwhile, or never there (a stray .ready).
-                continue;
-            };
-            if is_acknowledged(&spool, &wal.name, &repo_id, &FileIdentity::of(&meta)) {
-                continue;
-            }
-            queue_bytes += meta.len();
-            todo.push(wal);
-        }
+        let (todo, queue_bytes) = queue(&pg_wal, &status_dir, &spool, &repo_id, Some(&failed))?;
         if todo.is_empty() {
             // A busy primary closes the next segment moments later: waiting a little for it
             // saves the archive_command that would otherwise start a new worker.
@@ -97,7 +101,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         if let Some(max) = queue_max.filter(|m| queue_bytes > *m) {
             drop_queue(
                 cfg,
-                &target,
+                Some(&target),
                 &spool,
                 &pg_wal,
                 &repo_id,
@@ -143,6 +147,37 @@ pub fn run(cfg: &Config) -> Result<()> {
         failed.extend(newly_failed.into_inner().unwrap_or_default());
     }
     Ok(())
+}
+
+/// What is left to push, in order, and its size: the ready files not acknowledged yet (nor
+/// `failed` in this run). Acknowledgments and error files of files no longer ready go.
+fn queue(
+    pg_wal: &Path,
+    status_dir: &Path,
+    spool: &Spool,
+    repo_id: &str,
+    failed: Option<&BTreeSet<String>>,
+) -> Result<(Vec<WalName>, u64)> {
+    let ready = ready(status_dir)?;
+    clean(&spool.out_dir(), &ready)?;
+    let mut todo = Vec::new();
+    let mut queue_bytes = 0u64;
+    for wal in ready {
+        if failed.is_some_and(|f| f.contains(&wal.name)) {
+            continue;
+        }
+        let path = pg_wal.join(&wal.name);
+        let Ok(meta) = fs::metadata(&path) else {
+            // Archived and removed meanwhile, or never there (a stray .ready).
+            continue;
+        };
+        if is_acknowledged(spool, &wal.name, repo_id, &FileIdentity::of(&meta)) {
+            continue;
+        }
+        queue_bytes += meta.len();
+        todo.push(wal);
+    }
+    Ok((todo, queue_bytes))
 }
 
 /// The WAL files PostgreSQL marked ready, in the order its archiver takes them: timeline
@@ -238,7 +273,7 @@ fn report_error(spool: &Spool, wal: &str, e: &Error) {
 #[allow(clippy::too_many_arguments)]
 fn drop_queue(
     cfg: &Config,
-    target: &Target,
+    target: Option<&Target>,
     spool: &Spool,
     pg_wal: &Path,
     repo_id: &str,
@@ -262,7 +297,9 @@ fn drop_queue(
     let mut pending = read_pending(&out);
     pending.extend(names.iter().map(|n| (n.to_string(), facts.clone())));
     write_pending(&out, &pending)?;
-    flush_pending_drops(target, &out);
+    if let Some(target) = target {
+        flush_pending_drops(target, &out);
+    }
 
     for wal in todo {
         let path = pg_wal.join(&wal.name);
@@ -290,6 +327,8 @@ fn drop_queue(
             dropped: true,
         };
         spool::write_file(&out, &format!("{}.ack", wal.name), &ack.to_bytes())?;
+        // An earlier failure to push it is no longer the answer.
+        spool::remove_file(&spool.err_path(&wal.name))?;
     }
     let first = names.first().copied().unwrap_or("");
     let last = names.last().copied().unwrap_or("");
