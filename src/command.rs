@@ -29,7 +29,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{help, Cmd, Config, LockType};
+use crate::config::{help, Cmd, Config, LockType, Role};
 use crate::error::{Error, Kind, Result};
 use crate::hook::{self, Point, RunFacts};
 use crate::lock;
@@ -68,6 +68,24 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     } else {
         take_lock(cfg)
     };
+    // A background worker runs no hooks of its own (its command's ran in the foreground)
+    // and leaves when another worker holds the stanza's lock: that one serves.
+    if cfg.role == Role::Async {
+        return match lock {
+            Err(e) if e.kind == Kind::LockAcquire => {
+                crate::info!(
+                    "another worker serves stanza '{}': {}",
+                    cfg.stanza().unwrap_or(""),
+                    e.message
+                );
+                Ok(Outcome::Done)
+            }
+            Err(e) => Err(e),
+            Ok(_held) => stop::check(cfg)
+                .and_then(|_| dispatch(cfg, &mut facts))
+                .map_err(after_signal),
+        };
+    }
     let result = match &lock {
         Ok(_) => stop::check(cfg)
             .and_then(|_| hook::run(cfg, Point::Start, &facts, None))
@@ -89,7 +107,16 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
 /// The per-stanza lock the command table names, if any.
 fn take_lock(cfg: &Config) -> Result<Option<lock::Lock>> {
     let def = cfg.command.def();
-    match (def.lock, cfg.stanza()) {
+    // Asynchronous archiving: the worker holds the archive lock (as pgBackRest's), the
+    // command PostgreSQL runs none, so that it never waits behind its own worker.
+    let lock_type = match (cfg.command, cfg.role) {
+        (Cmd::ArchivePush | Cmd::ArchiveGet, Role::Async) => LockType::Archive,
+        (Cmd::ArchivePush | Cmd::ArchiveGet, Role::Default) if cfg.bool("archive-async") => {
+            LockType::None
+        }
+        _ => def.lock,
+    };
+    match (lock_type, cfg.stanza()) {
         (LockType::None, _) | (_, None) => Ok(None),
         (lock_type, Some(stanza)) => cfg.required_path("lock-path").and_then(|path| {
             lock::acquire(

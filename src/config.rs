@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Kind, Result};
 pub use commands::{Cmd, LockType};
+// Role is defined below.
 use options::{OptDef, OptKind, Scope, OPTIONS};
 pub use pgbackrest::Identity;
 use pgbackrest::{Disposition, Known};
@@ -30,6 +31,9 @@ use pgbackrest::{Disposition, Known};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub command: Cmd,
+    /// Which part of the command this process plays: the command itself, or its background
+    /// worker (`archive-push:async`).
+    pub role: Role,
     /// Positional arguments after the command.
     pub args: Vec<String>,
     values: BTreeMap<&'static str, String>,
@@ -44,6 +48,15 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The program the binary answers as, from the name it was called by.
     pub identity: Identity,
+}
+
+/// The part a process plays in its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The command as a user or PostgreSQL runs it.
+    Default,
+    /// The background worker of asynchronous archiving, started by the command itself.
+    Async,
 }
 
 /// Where the raw inputs come from; tests pass their own.
@@ -91,6 +104,7 @@ impl Config {
         let env = parse_environment(src.env, &mut warnings)?;
 
         let command = cli.command;
+        let role = cli.role;
         let def = command.def();
 
         // Which files to read are options themselves: command line, then environment.
@@ -269,6 +283,7 @@ impl Config {
 
         Ok(Config {
             command,
+            role,
             args,
             values,
             explicit,
@@ -332,6 +347,11 @@ impl Config {
 
     pub fn bool(&self, name: &str) -> bool {
         self.str(name) == Some("y")
+    }
+
+    /// A size option in bytes (`128MiB`); `None` when unset.
+    pub fn bytes(&self, name: &str) -> Option<u64> {
+        self.str(name).and_then(options::parse_size)
     }
 
     /// A time option (seconds, to the millisecond).
@@ -507,6 +527,7 @@ fn apply_foreign(
 
 struct CommandLine {
     command: Cmd,
+    role: Role,
     args: Vec<String>,
     values: BTreeMap<&'static str, String>,
     /// pgBackRest's options pg_backrest does not implement, by current name.
@@ -765,6 +786,13 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
         words.push("help".into());
     }
     let name = words.remove(0);
+    // `archive-push:async`: pgBackRest's name for a command's background worker.
+    let (name, role) = match name.split_once(':') {
+        Some((base, "async")) if matches!(base, "archive-push" | "archive-get") => {
+            (base.to_string(), Role::Async)
+        }
+        _ => (name, Role::Default),
+    };
     let command = Cmd::from_name(&name).ok_or_else(|| {
         Error::new(Kind::CommandInvalid, format!("invalid command '{name}'"))
             .with_hint("see 'pg_backrest help' for the list of commands")
@@ -823,6 +851,7 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
     }
     Ok(CommandLine {
         command,
+        role,
         args,
         values,
         foreign,
@@ -1947,24 +1976,30 @@ mod tests {
     #[test]
     fn pgbackrest_options_pg_backrest_lacks_are_ignored_with_one_warning() {
         let push = ["--stanza=main", "archive-push", "/x"];
-        let file = "[global]\narchive-async=y\nspool-path=/var/spool/x\nlog-timestamp=n\n\
-            [global:archive-push]\narchive-async=y\n";
+        let file = "[global]\narchive-header-check=n\nlog-timestamp=n\n\
+            [global:archive-push]\narchive-header-check=n\n";
         let w = warnings_of(&push, &[], file);
-        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(w.len(), 2, "{w:?}");
         assert!(
-            w[0].starts_with("option 'archive-async' in section '[global:archive-push]'"),
+            w[0].starts_with("option 'archive-header-check' in section '[global:archive-push]'"),
             "{w:?}"
         );
-        assert!(w[0].contains("is ignored: asynchronous archiving"), "{w:?}");
-        // pgBackRest's default changes nothing and needs no warning.
         assert!(
-            warnings_of(&push, &[], "[global]\narchive-async=n\nrepo1-type=posix\n").is_empty()
+            w[0].contains("is ignored: pg_backrest always checks"),
+            "{w:?}"
         );
+        // pgBackRest's default changes nothing and needs no warning.
+        assert!(warnings_of(
+            &push,
+            &[],
+            "[global]\narchive-header-check=y\nrepo1-type=posix\n"
+        )
+        .is_empty());
         // Options of a command they do not concern are not looked at.
         assert!(warnings_of(
             &["--stanza=main", "expire"],
             &[],
-            "[global]\narchive-async=y\n"
+            "[global]\narchive-header-check=n\n"
         )
         .is_empty());
         // Object-store settings with a posix repository, secrets never echoed.
@@ -2077,9 +2112,10 @@ mod tests {
             "{:?}",
             c.warnings
         );
-        let c = resolve_with(&push, &[("PGBACKREST_ARCHIVE_ASYNC", "y")], None).unwrap();
+        let c = resolve_with(&push, &[("PGBACKREST_ARCHIVE_HEADER_CHECK", "n")], None).unwrap();
         assert!(
-            c.warnings[0].contains("in environment variable 'PGBACKREST_ARCHIVE_ASYNC' is ignored"),
+            c.warnings[0]
+                .contains("in environment variable 'PGBACKREST_ARCHIVE_HEADER_CHECK' is ignored"),
             "{:?}",
             c.warnings
         );

@@ -36,6 +36,7 @@ pub mod progress;
 pub mod protocol;
 pub mod repo;
 pub mod signal;
+pub mod spool;
 pub mod storage;
 
 use command::Outcome;
@@ -99,9 +100,15 @@ fn init_logging(cfg: &Config) {
         cfg.command,
         Cmd::Version | Cmd::Help | Cmd::RepoLs | Cmd::RepoGet
     );
+    // The background worker logs beside its command, as pgBackRest's
+    // (`main-archive-push-async.log`).
+    let suffix = match cfg.role {
+        config::Role::Default => "",
+        config::Role::Async => "-async",
+    };
     let stem = match cfg.stanza() {
-        Some(s) => format!("{s}-{}", cfg.command.name()),
-        None => format!("all-{}", cfg.command.name()),
+        Some(s) => format!("{s}-{}{suffix}", cfg.command.name()),
+        None => format!("all-{}{suffix}", cfg.command.name()),
     };
     let log_path = cfg.path("log-path").unwrap_or_default();
     // repo-ls and repo-get print data on stdout (repo-get a file's bytes): like a JSON

@@ -178,6 +178,11 @@ pub fn enabled(level: Level) -> bool {
 }
 
 #[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Error, format_args!($($arg)*)) };
+}
+
+#[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Warn, format_args!($($arg)*)) };
 }

@@ -7,6 +7,7 @@
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.partial-<sha1>[.gz]
 //! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.<offset>.backup   (plain, as pgBackRest)
+//! archive/STANZA/ARCHIVE_ID/<first 16 hex>/<segment>.dropped   a gap: see [`dropped`]
 //! backup/STANZA/backup.info (+ .copy)
 //! backup/STANZA/LABEL/backup.manifest (+ .copy)
 //! backup/STANZA/LABEL/pg_data/... and pg_tblspc/OID/...   one file per data file
@@ -14,6 +15,8 @@
 //!
 //! Every command that walks the archive reads it through [`ArchiveIdListing`] and
 //! [`WalDirListing`], the one place that says what each entry is.
+
+pub mod dropped;
 
 use crate::error::Result;
 use crate::pg::wal::{is_upper_hex, WalKind, WalName};

@@ -11,7 +11,7 @@ use crate::harness::{self, chown_postgres, descendants, run_as_postgres, wait_un
 const MISSING: &str = "0000000100000000000000FE";
 
 /// PostgreSQL archives 30+ segments under load; each one fetched back is byte-identical.
-fn archive_and_fetch_back(site: &Site) {
+pub fn archive_and_fetch_back(site: &Site) {
     site.archive_under_load(31);
     let segments = site.original_segments();
     assert!(

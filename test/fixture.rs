@@ -41,6 +41,8 @@ pub struct Options<'a> {
     pub pg_host: bool,
     /// Leave stanza-create to the test (another tool creates the stanza).
     pub no_stanza_create: bool,
+    /// archive-async=y with a spool of the site's own (`spool/`), process-max 2.
+    pub async_archiving: bool,
 }
 
 fn p(path: &Path) -> &str {
@@ -81,11 +83,17 @@ impl Site {
         let cluster = PgCluster::init(&dir.join("pg"), &settings);
 
         let sshd = opts.remote.then(|| Sshd::start(dir.path()));
-        let common = format!(
+        let mut common = format!(
             "lock-path={}\nlog-path={}\n",
             p(&dir.join("lock")),
             p(&dir.join("log"))
         );
+        if opts.async_archiving {
+            common.push_str(&format!(
+                "archive-async=y\nspool-path={}\nprocess-max=2\n",
+                p(&dir.join("spool"))
+            ));
+        }
         let global = match &sshd {
             None => format!("repo1-path={}\n{common}", p(&repo)),
             Some(s) => {
@@ -158,6 +166,11 @@ impl Site {
         let mut all = vec![config.as_str(), stanza.as_str()];
         all.extend_from_slice(args);
         run(pgbr(&all))
+    }
+
+    /// The spool of an `async_archiving` site (this stanza's part of it).
+    pub fn spool(&self) -> PathBuf {
+        self.dir.join("spool").join("archive").join(STANZA)
     }
 
     /// The directory of archive id 15-1.

@@ -4,7 +4,8 @@
 //! `harness_smoke` proves the fixtures themselves work.
 
 mod admin_commands;
-mod archive;
+pub mod archive;
+mod archive_async;
 mod archive_validate;
 pub mod backup;
 mod backup_ssh;

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::error::{Error, Kind, Result};
 use crate::info::archive::ArchiveInfo;
 use crate::pg::timeline::parse_history;
@@ -21,67 +21,151 @@ use crate::pipeline::{self, Compress, Ends};
 use crate::repo::{RepoLayout, StoredWal};
 use crate::storage::{self, Storage};
 
+pub mod foreground;
+pub mod worker;
+
 pub fn run(cfg: &Config) -> Result<()> {
+    if cfg.role == Role::Async {
+        return worker::run(cfg);
+    }
+    if cfg.bool("archive-async") {
+        return foreground::run(cfg);
+    }
     let stanza = cfg.stanza_required()?;
     let wal_path = super::pg_relative_path(&cfg.args[0]);
+    let wal = wal_name_of(&wal_path)?;
+    let target = Target::open(cfg, stanza)?;
+    target.push(&wal, &wal_path).map(|_| ())
+}
+
+/// The WAL file name of a path PostgreSQL handed over, checked.
+pub fn wal_name_of(wal_path: &Path) -> Result<WalName> {
     let file_name = wal_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let wal = WalName::parse(&file_name)?;
-    // Checked first: a level out of its type's range is a config error on every push, not
-    // only on those that store something.
-    let configured =
-        pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
-    // History and backup history files are stored plain, as pgBackRest stores them.
-    let compress = match wal.kind {
-        WalKind::History | WalKind::Backup => Compress::None,
-        _ => configured,
-    };
-    let source = wal_path.display().to_string();
-    let mut file = File::open(&wal_path).map_err(|e| Error::io("open WAL file", &wal_path, e))?;
-    let header = check_content(&wal, &mut file, &wal_path, &source)?;
+    WalName::parse(&file_name)
+}
 
-    let repo = storage::repo(cfg)?;
-    let layout = RepoLayout::new(stanza);
-    let info = ArchiveInfo::load(repo.as_ref(), &layout)
-        .map_err(repo_invalid)?
-        .ok_or_else(|| repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info())))?;
-    if let Some(h) = &header {
-        info.db
-            .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))
-            .map_err(|e| e.with_kind(Kind::ArchiveMismatch))?;
+/// Where and how WAL is pushed: the repository, its archive.info, the compression. Loaded
+/// once by a command (archive.info is read once per archive_command, once per worker run).
+pub struct Target {
+    pub repo: Box<dyn Storage>,
+    pub layout: RepoLayout,
+    pub info: ArchiveInfo,
+    configured: Compress,
+    stanza: String,
+}
+
+/// What pushing one file did.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// SHA-1 of the content PostgreSQL wrote.
+    pub sha1: String,
+    /// The file's name in the archive.
+    pub stored: String,
+    /// From the page header (segments and .partial files).
+    pub system_id: Option<u64>,
+}
+
+impl Target {
+    pub fn open(cfg: &Config, stanza: &str) -> Result<Target> {
+        // Checked first: a level out of its type's range is a config error on every push, not
+        // only on those that store something.
+        let configured =
+            pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
+        let repo = storage::repo(cfg)?;
+        Target::with_repo(repo, stanza, configured)
     }
 
-    let archive_id = info.db.current.archive_id();
-    let dir = layout.wal_dir(&archive_id, &wal);
-    let existing = StoredWal::find(&wal, &repo.list(&dir)?);
-    if let Some(stored) = existing.first() {
-        return compare_with_archived(repo.as_ref(), &dir, stored, &mut file, &source, &wal);
+    pub fn with_repo(repo: Box<dyn Storage>, stanza: &str, configured: Compress) -> Result<Target> {
+        let layout = RepoLayout::new(stanza);
+        let info = ArchiveInfo::load(repo.as_ref(), &layout)
+            .map_err(repo_invalid)?
+            .ok_or_else(|| {
+                repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info()))
+            })?;
+        Ok(Target {
+            repo,
+            layout,
+            info,
+            configured,
+            stanza: stanza.to_string(),
+        })
     }
 
-    let mut writer = repo.open_write(&dir)?;
-    let dest = repo.describe(&dir);
-    let copied = pipeline::store(
-        &mut file,
-        &mut writer,
-        compress,
-        1,
-        &Ends {
-            source: &source,
-            dest: &dest,
-        },
-    )?;
-    let stored = StoredWal::new(&wal, &copied.sha1, compress);
-    writer.commit(&stored.file_name)?;
-    crate::info!(
-        "pushed WAL file '{}' to the archive ({} bytes, stored {} bytes, sha1 {})",
-        wal.name,
-        copied.size,
-        copied.stored_size,
-        copied.sha1
-    );
-    Ok(())
+    /// Pushes the file at `wal_path` into the repository.
+    pub fn push(&self, wal: &WalName, wal_path: &Path) -> Result<Pushed> {
+        let mut file = File::open(wal_path).map_err(|e| Error::io("open WAL file", wal_path, e))?;
+        self.push_open(self.repo.as_ref(), wal, wal_path, &mut file)
+    }
+
+    /// Pushes an open file through `repo` (the worker's own connection, or [`Self::repo`]).
+    pub fn push_open(
+        &self,
+        repo: &dyn Storage,
+        wal: &WalName,
+        wal_path: &Path,
+        file: &mut File,
+    ) -> Result<Pushed> {
+        // History and backup history files are stored plain, as pgBackRest stores them.
+        let compress = match wal.kind {
+            WalKind::History | WalKind::Backup => Compress::None,
+            _ => self.configured,
+        };
+        let source = wal_path.display().to_string();
+        let header = check_content(wal, file, wal_path, &source)?;
+        if let Some(h) = &header {
+            self.info
+                .db
+                .check_cluster(h.system_id, &h.version, &format!("WAL file '{source}'"))
+                .map_err(|e| e.with_kind(Kind::ArchiveMismatch))?;
+        }
+        let system_id = header.map(|h| h.system_id);
+
+        let archive_id = self.info.db.current.archive_id();
+        let dir = self.layout.wal_dir(&archive_id, wal);
+        let existing = StoredWal::find(wal, &repo.list(&dir)?);
+        if let Some(stored) = existing.first() {
+            let sha1 = compare_with_archived(repo, &dir, stored, file, &source, wal)?;
+            return Ok(Pushed {
+                sha1,
+                stored: stored.file_name.clone(),
+                system_id,
+            });
+        }
+
+        let mut writer = repo.open_write(&dir)?;
+        let dest = repo.describe(&dir);
+        let copied = pipeline::store(
+            file,
+            &mut writer,
+            compress,
+            1,
+            &Ends {
+                source: &source,
+                dest: &dest,
+            },
+        )?;
+        let stored = StoredWal::new(wal, &copied.sha1, compress);
+        writer.commit(&stored.file_name)?;
+        crate::info!(
+            "pushed WAL file '{}' to the archive ({} bytes, stored {} bytes, sha1 {})",
+            wal.name,
+            copied.size,
+            copied.stored_size,
+            copied.sha1
+        );
+        Ok(Pushed {
+            sha1: copied.sha1,
+            stored: stored.file_name,
+            system_id,
+        })
+    }
+
+    pub fn stanza(&self) -> &str {
+        &self.stanza
+    }
 }
 
 /// Largest history or backup history file read into memory: far above what PostgreSQL
@@ -93,7 +177,7 @@ const TEXT_FILE_LIMIT: u64 = 16 << 20;
 /// stored under a wrong name cannot be replaced by the right one afterwards, so anything
 /// PostgreSQL would not have written under this name is refused here. Leaves `file` at its
 /// start.
-fn check_content(
+pub fn check_content(
     wal: &WalName,
     file: &mut File,
     path: &Path,
@@ -199,7 +283,8 @@ pub fn missing_info(stanza: &str, repo: &dyn Storage, info_path: &str) -> Error 
     )
 }
 
-/// A copy is already archived: same content is success, different content is refused.
+/// A copy is already archived: same content is success (its SHA-1 returned), different
+/// content is refused.
 fn compare_with_archived(
     repo: &dyn Storage,
     dir: &str,
@@ -207,7 +292,7 @@ fn compare_with_archived(
     file: &mut File,
     source: &str,
     wal: &WalName,
-) -> Result<()> {
+) -> Result<String> {
     let local = pipeline::digest(file, source)?.sha1;
     let archived = match &stored.sha1 {
         Some(s) => s.clone(),
@@ -230,7 +315,7 @@ fn compare_with_archived(
             "WAL file '{}' already exists in the archive with the same checksum",
             wal.name
         );
-        return Ok(());
+        return Ok(local);
     }
     Err(Error::new(Kind::ArchiveDuplicate, format!(
         "WAL file '{}' already exists in the archive with a different checksum ({archived}, this one is {local})",

@@ -75,6 +75,7 @@ pub fn command(identity: Identity, cmd: Cmd) -> String {
                 super::options::format_millis(max_ms)
             ),
             OptKind::Path => "=<path>".to_string(),
+            OptKind::Size => "=<size>".to_string(),
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
             OptKind::List => "=<value> (repeatable)".to_string(),

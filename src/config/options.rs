@@ -30,6 +30,9 @@ pub enum OptKind {
         min_ms: i64,
         max_ms: i64,
     },
+    /// A size in bytes as pgBackRest writes it: digits and an optional qualifier (`b`, `k`,
+    /// `kb`, `kib`, `m`..., `p`, any case), powers of 1024 (pgBackRest's `128MiB`).
+    Size,
     /// `KEY=/absolute/path`, repeatable: every occurrence adds one mapping.
     PathMap,
     /// A plain value, repeatable: every occurrence adds one item.
@@ -120,8 +123,18 @@ const BACKUP_EXPIRE: &[Cmd] = &[Cmd::Backup, Cmd::Expire];
 const RESTORE: &[Cmd] = &[Cmd::Restore];
 const RECOVERY: &[Cmd] = &[Cmd::Restore, Cmd::Drill];
 const DRILL: &[Cmd] = &[Cmd::Drill];
-const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup];
-const PARALLEL: &[Cmd] = &[Cmd::Backup, Cmd::Restore, Cmd::Verify, Cmd::Drill];
+const TIMEOUT_ARCHIVE: &[Cmd] = &[Cmd::Check, Cmd::Backup, Cmd::ArchivePush, Cmd::ArchiveGet];
+const PARALLEL: &[Cmd] = &[
+    Cmd::Backup,
+    Cmd::Restore,
+    Cmd::Verify,
+    Cmd::Drill,
+    Cmd::ArchivePush,
+    Cmd::ArchiveGet,
+];
+const PUSH_GET: &[Cmd] = &[Cmd::ArchivePush, Cmd::ArchiveGet];
+const PUSH: &[Cmd] = &[Cmd::ArchivePush];
+const GET: &[Cmd] = &[Cmd::ArchiveGet];
 const SET_CMDS: &[Cmd] = &[
     Cmd::Restore,
     Cmd::Info,
@@ -599,6 +612,47 @@ const BASE_OPTIONS: &[OptDef] =
             Some(TIMEOUT_ARCHIVE),
             "seconds to wait for WAL to reach the repository"
         ),
+        // Asynchronous archiving (src/spool.rs, docs/async-archiving.md).
+        opt!(
+            "archive-async",
+            OptKind::Bool,
+            Some("n"),
+            Scope::Global,
+            Some(PUSH_GET),
+            "push and get WAL through a spool and a background worker"
+        ),
+        opt!(
+            "spool-path",
+            OptKind::Path,
+            Some("/var/spool/pg_backrest"),
+            Scope::Global,
+            Some(PUSH_GET),
+            "where asynchronous archiving keeps its acknowledgments and prefetched WAL"
+        ),
+        opt!(
+            "archive-push-queue-max",
+            OptKind::Size,
+            None,
+            Scope::Global,
+            Some(PUSH),
+            "WAL waiting to be pushed beyond which it is dropped (recorded as a gap)"
+        ),
+        opt!(
+            "archive-get-queue-max",
+            OptKind::Size,
+            Some("128MiB"),
+            Scope::Global,
+            Some(GET),
+            "how much WAL archive-get prefetches into the spool"
+        ),
+        opt!(
+            "archive-missing-retry",
+            OptKind::Bool,
+            Some("y"),
+            Scope::Global,
+            Some(GET),
+            "look again for a segment the prefetch found missing"
+        ),
         opt!(
             "expire-auto",
             OptKind::Bool,
@@ -917,6 +971,13 @@ impl OptDef {
                     Ok(value.to_string())
                 }
             }
+            OptKind::Size => match parse_size(value) {
+                Some(_) => Ok(value.to_string()),
+                None => Err(
+                    "must be a size: digits and an optional unit (b, KiB, MiB, GiB, TiB, PiB)"
+                        .into(),
+                ),
+            },
             OptKind::Time { min_ms, max_ms } => {
                 let ms =
                     parse_millis(value).ok_or("must be a number of seconds, e.g. 30 or 0.5")?;
@@ -948,6 +1009,29 @@ impl OptDef {
             _ => Ok(()),
         }
     }
+}
+
+/// Bytes of a size option (`128MiB`, `1g`, `4096`), as pgBackRest reads them; `None` for
+/// what is not a size.
+pub fn parse_size(value: &str) -> Option<u64> {
+    let lower = value.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// Seconds as pgBackRest reads a time option, in milliseconds: a decimal number, the

@@ -84,6 +84,7 @@ const PGBACKREST_DEFAULTS: &[(&str, &str)] = &[
     ("repo1-path", "/var/lib/pgbackrest"),
     ("log-path", "/var/log/pgbackrest"),
     ("lock-path", "/tmp/pgbackrest"),
+    ("spool-path", "/var/spool/pgbackrest"),
     ("pg1-host-config", "/etc/pgbackrest/pgbackrest.conf"),
     ("repo1-host-config", "/etc/pgbackrest/pgbackrest.conf"),
     ("pg1-host-cmd", "pgbackrest"),
@@ -301,11 +302,8 @@ const BACKUP_CHECK: &[&str] = &["backup", "check"];
 const BACKUP_EXPIRE: &[&str] = &["backup", "expire"];
 const RESTORE: &[&str] = &["restore"];
 const PUSH: &[&str] = &["archive-push"];
-const GET: &[&str] = &["archive-get"];
-const PUSH_GET: &[&str] = &["archive-get", "archive-push"];
 const PUSH_BACKUP: &[&str] = &["archive-push", "backup"];
 const PUSH_BACKUP_CHECK: &[&str] = &["archive-push", "backup", "check"];
-const SPOOL: &[&str] = &["archive-get", "archive-push", "restore"];
 const ONLINE: &[&str] = &["backup", "stanza-create", "stanza-upgrade"];
 const VERIFY: &[&str] = &["verify"];
 const REPO_GET_PUT: &[&str] = &["repo-get", "repo-put"];
@@ -324,8 +322,6 @@ const PG_VERSION_FORCE: &[&str] = &[
 ];
 
 // Reasons, shared by the rows they explain.
-const WHY_ASYNC: &str = "asynchronous archiving is not implemented: each WAL segment is pushed \
-                         or fetched by its own command, as with archive-async=n";
 const WHY_TUNING: &str = "a tuning setting of pgBackRest's; pg_backrest chooses its own";
 const WHY_LOG: &str = "a logging setting pg_backrest does not have";
 const WHY_TLS: &str = "applies to pgBackRest's TLS transport, which pg_backrest does not have \
@@ -412,12 +408,6 @@ pub const FOREIGN: &[ForeignOpt] = &[
     foreign!("compress", true, Some("y"), G, Some(PUSH_BACKUP),
         Translated("deprecated: compress=n sets compress-type=none")),
     // Ignored: their absence changes neither what is stored nor where.
-    foreign!("archive-async", true, Some("n"), G, Some(PUSH_GET), Ignored(WHY_ASYNC)),
-    foreign!("spool-path", false, Some("/var/spool/pgbackrest"), G, Some(SPOOL), Ignored(WHY_ASYNC)),
-    foreign!("archive-get-queue-max", false, Some("128MiB"), G, Some(GET), Ignored(WHY_ASYNC)),
-    foreign!("archive-push-queue-max", false, None, G, Some(PUSH),
-        Ignored("pg_backrest never drops WAL: when the repository is unreachable, archive_command fails and PostgreSQL keeps the segment")),
-    foreign!("archive-missing-retry", true, Some("y"), G, Some(GET), Ignored(WHY_ASYNC)),
     foreign!("archive-header-check", true, Some("y"), G, Some(PUSH),
         Ignored("pg_backrest always checks the WAL header against archive.info")),
     foreign!("archive-mode-check", true, Some("y"), G, Some(PUSH_BACKUP_CHECK),
@@ -844,7 +834,7 @@ mod tests {
         ));
         assert!(matches!(
             resolve_name("archive-async").unwrap().1,
-            Known::Foreign(_)
+            Known::Ours(_)
         ));
         for unknown in [
             "repo1-paht",
