@@ -181,7 +181,13 @@ cat >"$W/plan.json" <<EOF
 EOF
 chown postgres:postgres "$W/plan.json"
 log "measuring (work directory $W)"
-as_pg python3 "$HELPER" run "$W/plan.json" "$W/results.json" || die "measurement failed (see above)"
+if ! as_pg python3 "$HELPER" run "$W/plan.json" "$W/results.json"; then
+    if [ -s "$W/results.json" ]; then
+        echo "partial report (what was measured before the failure):" >&2
+        python3 "$HELPER" report "$W/plan.json" "$W/results.json" >&2
+    fi
+    die "measurement failed (see above)"
+fi
 
 log "done; report:"
 echo

@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -481,24 +482,20 @@ repo1-host-config={repo_conf}
         return r
 
     def latency(self, v, conf):
-        """archive_command on a segment the async worker already pushed: the foreground
-        finds the worker's acknowledgment (pgBackRest: SEG.ok, ours: SEG.ack) and returns."""
+        """archive_command on a segment the async worker already pushed: the foreground finds
+        the worker's acknowledgment (pgBackRest: SEG.ok, ours: SEG.ack) and returns. The
+        state PostgreSQL calls it in is recreated with the drain's last segments: .ready
+        again, acknowledged in the spool. pgBackRest keeps its .ok files after the drain; ours
+        are removed with their .ready, so a first call (not counted) starts the worker, which
+        acknowledges the ready segments it finds already stored."""
         out = f"{self.W}/spool/cap-{v['name']}/archive/{STANZA}/out"
-        acked = [s for s in self.backlog
-                 if os.path.exists(f"{out}/{s}.ok") or os.path.exists(f"{out}/{s}.ack")]
-        r = {"acked": len(acked), "spool_files": sorted(os.listdir(out))[:5]
-             if os.path.isdir(out) else []}
-        self.res["latency"][v["name"]] = r
-        if not acked:
-            log(f"  {v['name']}: no acknowledgment left in {out} for any backlog segment; "
-                f"latency not measured (spool: {r['spool_files']})")
-            return
-        segs = acked[-10:]
-        times = []
-        started_worker = 0
+        segs = self.backlog[-10:]
+        d = self.status_dir()
+        for s in segs:
+            os.rename(f"{d}/{s}.done", f"{d}/{s}.ready")
         cmd = self.tool_cmd(v["tool"], conf) + ["archive-push"]
-        for i in range(self.p["lat_calls"]):
-            seg = segs[i % len(segs)]
+
+        def call(seg):
             t0 = time.perf_counter_ns()
             p = subprocess.run(cmd + [f"pg_wal/{seg}"], cwd=self.pgdata,
                                stdin=subprocess.DEVNULL, capture_output=True)
@@ -506,14 +503,29 @@ repo1-host-config={repo_conf}
             if p.returncode != 0:
                 die(f"{v['name']} archive-push pg_wal/{seg} (already pushed): exit "
                     f"{p.returncode}: {p.stderr.decode(errors='replace').strip()}")
-            times.append((t1 - t0) / 1e6)
-            if self.sampler.workers_alive():
-                started_worker += 1
-                self.wait_workers_gone(f"{v['name']} latency")
-        r.update({"ms": times, "segments": len(segs), "started_worker": started_worker})
-        log(f"  {v['name']}: already-pushed archive-push median "
-            f"{statistics.median(times):.1f} ms, p95 {p95(times):.1f} ms over {len(times)} "
-            f"calls ({len(acked)} acknowledgments in the spool)")
+            return (t1 - t0) / 1e6
+
+        first_ms = call(segs[0])
+        self.wait_workers_gone(f"{v['name']} latency warm-up")
+        acked = [s for s in segs
+                 if os.path.exists(f"{out}/{s}.ok") or os.path.exists(f"{out}/{s}.ack")]
+        r = {"acked": len(acked), "first_ms": first_ms}
+        self.res["latency"][v["name"]] = r
+        if not acked:
+            log(f"  {v['name']}: no acknowledgment in {out} for {segs[0]}..{segs[-1]}; "
+                f"latency not measured (spool: {sorted(os.listdir(out))[:5]})")
+        else:
+            times, started_worker = [], 0
+            for i in range(self.p["lat_calls"]):
+                times.append(call(acked[i % len(acked)]))
+                if self.sampler.workers_alive():
+                    started_worker += 1
+                    self.wait_workers_gone(f"{v['name']} latency")
+            r.update({"ms": times, "started_worker": started_worker})
+            log(f"  {v['name']}: already-pushed archive-push median "
+                f"{statistics.median(times):.1f} ms, p95 {p95(times):.1f} ms over {len(times)} "
+                f"calls on {len(acked)} acknowledged segments (first call {first_ms:.0f} ms)")
+        self.mark_done(segs)
 
     def capacity(self):
         vs = self.variants()
@@ -745,6 +757,11 @@ def report(plan_path, results_path, out_md=None):
     def mb(kb):
         return f"{kb / 1024:.1f}" if kb else "—"
 
+    def worker_mb(r, mode):
+        if mode != "async":
+            return "—"
+        return mb(r["rss"]["hwm_kb"]) if r["rss"]["workers"] else "no worker ran"
+
     w(f"### Results — {meta.get('date', '?')}, commit {plan['commit']}")
     w("")
     w(f"Machine: {plan['machine']}. PostgreSQL {plan['pg_version']}, "
@@ -777,7 +794,7 @@ def report(plan_path, results_path, out_md=None):
                 if tool == "ours" and oa else "—"
             w(f"| {label[tool]} | {mode} | {repo} | {r['seconds']:.1f} | {rate:.2f} | {rr} "
               f"| {ra} | {r['failed']} | {r['stored_mean'] / 1048576:.2f} "
-              f"| {mb(r['rss']['hwm_kb']) if mode == 'async' else '—'} |")
+              f"| {worker_mb(r, mode)} |")
         w("")
 
     lat = res.get("latency", {})
@@ -785,17 +802,18 @@ def report(plan_path, results_path, out_md=None):
         w(f"**archive_command for an already-pushed segment** (async; the foreground finds the "
           f"worker's acknowledgment): {plan['lat_calls']} calls, target < 10 ms.")
         w("")
-        w("| tool | repository | median ms | p95 ms | max ms | acknowledgments in spool "
-          "| calls that started a worker |")
-        w("|---|---|---:|---:|---:|---:|---:|")
+        w("| tool | repository | median ms | p95 ms | max ms | segments acknowledged "
+          "| calls that started a worker | first call ms |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
         for name, r in lat.items():
             tool, _, repo = name.split("-")
             if "ms" in r:
                 w(f"| {label[tool]} | {repo} | {statistics.median(r['ms']):.1f} "
                   f"| {p95(r['ms']):.1f} | {max(r['ms']):.1f} | {r['acked']} "
-                  f"| {r['started_worker']} |")
+                  f"| {r['started_worker']} | {r['first_ms']:.0f} |")
             else:
-                w(f"| {label[tool]} | {repo} | not measured | | | {r['acked']} | |")
+                w(f"| {label[tool]} | {repo} | not measured | | | {r['acked']} | "
+                  f"| {r['first_ms']:.0f} |")
         w("")
 
     load = res.get("load", {})
@@ -816,7 +834,7 @@ def report(plan_path, results_path, out_md=None):
             w(f"| {label[tool]} | {mode} | {repo} | {r['segments']} | {r['load_seconds']:.1f} "
               f"| {r['seconds']:.1f} | {r['lag_seconds']:.1f} "
               f"| {r['segments'] / r['seconds']:.2f} | {rr} | {ra} | {r['failed']} "
-              f"| {mb(r['rss']['hwm_kb']) if mode == 'async' else '—'} |")
+              f"| {worker_mb(r, mode)} |")
         w("")
 
     rec = res.get("recovery", {})
@@ -839,7 +857,7 @@ def report(plan_path, results_path, out_md=None):
                 if tool == "ours" and oa else "—"
             w(f"| {label[tool]} | {mode} | {r['redo_seconds']:.1f} | {r['seconds']:.1f} "
               f"| {r['restored']} | {rr} | {ra} "
-              f"| {mb(r['rss']['hwm_kb']) if mode == 'async' else '—'} |")
+              f"| {worker_mb(r, mode)} |")
         w("")
 
     # Worker memory, all parts.
@@ -871,6 +889,8 @@ def report(plan_path, results_path, out_md=None):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "run":
+        # Interrupted (the script's INT/TERM): the results so far are still written.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with open(sys.argv[2]) as f:
             Bench(json.load(f)).run_all(sys.argv[3])
     elif len(sys.argv) >= 4 and sys.argv[1] == "report":
