@@ -406,7 +406,7 @@ pub fn assert_error(out: &Out, code: i32, contains: &str) {
 }
 
 /// Waits until the archiver has nothing left to do (no .ready files).
-fn wait_until_archived(site: &Site) {
+pub fn wait_until_archived(site: &Site) {
     let status = site.cluster.data_dir().join("pg_wal/archive_status");
     harness::wait_until(
         "archiver to catch up",

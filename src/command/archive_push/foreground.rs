@@ -76,7 +76,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let mut next_liveness = Instant::now();
     loop {
         if Instant::now() >= next_liveness {
-            next_liveness = Instant::now() + Duration::from_millis(250);
+            next_liveness = Instant::now() + Duration::from_millis(50);
             if !lock::is_held(&lock_path, stanza, LockType::Archive) {
                 // No worker (the first call, or the last one ended or was killed): start one.
                 // One that ends again without an answer for this segment could not push it
@@ -94,6 +94,9 @@ pub fn run(cfg: &Config) -> Result<()> {
                 }
                 starts += 1;
                 spool::spawn_worker(cfg, Cmd::ArchivePush, &[pg_wal.display().to_string()])?;
+                // Time to start and take the lock, even on a loaded host, before it counts
+                // as gone.
+                next_liveness = Instant::now() + Duration::from_secs(1);
             } else if let Some(other) = serving_elsewhere(&spool, &pg_wal) {
                 // Another cluster's worker holds the stanza's lock (a copy of this data
                 // directory using the same spool and stanza): it will never push our WAL.

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::{wal_name_of, Pushed, Target};
 use crate::config::Config;
@@ -27,6 +28,8 @@ pub const SERVING_FILE: &str = "serving";
 /// In the spool's `out` directory: dropped segments not yet recorded in the repository
 /// (it was unreachable), one name per line.
 const PENDING_DROPS: &str = "dropped.pending";
+/// How long a worker with nothing to push waits for more before it exits.
+const LINGER: Duration = Duration::from_millis(500);
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
@@ -58,6 +61,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     flush_pending_drops(&target, &out);
 
     let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut idle_since: Option<Instant> = None;
     loop {
         crate::signal::check()?;
         let ready = ready(&status_dir)?;
@@ -80,8 +84,16 @@ pub fn run(cfg: &Config) -> Result<()> {
             todo.push(wal);
         }
         if todo.is_empty() {
-            break;
+            // A busy primary closes the next segment moments later: waiting a little for it
+            // saves the archive_command that would otherwise start a new worker.
+            let idle = *idle_since.get_or_insert_with(Instant::now);
+            if idle.elapsed() >= LINGER {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
         }
+        idle_since = None;
         if let Some(max) = queue_max.filter(|m| queue_bytes > *m) {
             drop_queue(
                 cfg,
