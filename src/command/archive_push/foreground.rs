@@ -93,7 +93,11 @@ pub fn run(cfg: &Config) -> Result<()> {
                     return push_here(cfg, stanza, &wal, &wal_path, &e);
                 }
                 starts += 1;
-                spool::spawn_worker(cfg, Cmd::ArchivePush, &[pg_wal.display().to_string()])?;
+                if let Err(e) =
+                    spool::spawn_worker(cfg, Cmd::ArchivePush, &[pg_wal.display().to_string()])
+                {
+                    return push_here(cfg, stanza, &wal, &wal_path, &e);
+                }
                 // Time to start and take the lock, even on a loaded host, before it counts
                 // as gone.
                 next_liveness = Instant::now() + Duration::from_secs(1);
