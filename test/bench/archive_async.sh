@@ -13,7 +13,7 @@
 #
 # Environment:
 #   SEGMENTS=64        backlog segments (capacity, recovery)
-#   LOAD_SEGMENTS=     WAL the bulk load writes, in segments (default SEGMENTS)
+#   LOAD_SEGMENTS=32   WAL the bulk load writes, in segments (about)
 #   PARTS=capacity,load,recovery   which parts run (latency runs inside capacity)
 #   TOOLS=ours,theirs  MODES=sync,async  REPOS=local,ssh   which variants run
 #   PROCESS_MAX=2      process-max of both tools
@@ -33,7 +33,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
 SEGMENTS=${SEGMENTS:-64}
-LOAD_SEGMENTS=${LOAD_SEGMENTS:-$SEGMENTS}
+LOAD_SEGMENTS=${LOAD_SEGMENTS:-32}
 PARTS=${PARTS:-capacity,load,recovery}
 TOOLS=${TOOLS:-ours,theirs}
 MODES=${MODES:-sync,async}

@@ -99,6 +99,17 @@ class Sampler:
         self.tree_kb = 0
         self.workers = set()
         self.roles = set()
+        self.cpu = {}  # worker pid -> largest CPU ticks of its tree seen
+
+    @staticmethod
+    def ticks(pid):
+        """(utime + stime, cutime + cstime) of a process, in clock ticks."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0, 0
+        return int(rest[11]) + int(rest[12]), int(rest[13]) + int(rest[14])
 
     def cmdline(self, pid):
         c = self.cmdlines.get(pid)
@@ -150,12 +161,16 @@ class Sampler:
         for w in workers:
             self.workers.add(w)
             self.hwm_kb = max(self.hwm_kb, st.get(w, {}).get("VmHWM", 0))
-            total, todo = 0, [w]
+            total, cpu, todo = 0, 0, [w]
             while todo:
                 p = todo.pop()
                 total += st.get(p, {}).get("VmRSS", 0)
+                # A child's time moves into its parent's cutime when it is reaped: at one
+                # instant it is counted once, live or reaped.
+                cpu += sum(self.ticks(p))
                 todo.extend(children.get(p, []))
             self.tree_kb = max(self.tree_kb, total)
+            self.cpu[w] = max(self.cpu.get(w, 0), cpu)
 
     def loop(self, ev):
         while not ev.is_set():
@@ -172,7 +187,8 @@ class Sampler:
         self.stop_ev.set()
         self.thread.join()
         return {"hwm_kb": self.hwm_kb, "tree_kb": self.tree_kb,
-                "workers": len(self.workers), "roles": sorted(self.roles)}
+                "workers": len(self.workers), "roles": sorted(self.roles),
+                "cpu_s": sum(self.cpu.values()) / os.sysconf("SC_CLK_TCK")}
 
     def workers_alive(self):
         out = []
@@ -227,6 +243,12 @@ class Bench:
         d = self.status_dir()
         for n in names:
             os.rename(f"{d}/{n}.ready", f"{d}/{n}.done")
+
+    def archiver_cpu(self):
+        """CPU seconds of the archive_command processes so far: the archiver waits for each
+        (system()), so their time is in its cutime + cstime. Detached async workers are not."""
+        pid = self.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'")
+        return Sampler.ticks(int(pid))[1] / os.sysconf("SC_CLK_TCK")
 
     def archiver(self):
         a, f, last = self.psql(
@@ -434,6 +456,9 @@ repo1-host-config={repo_conf}
     # -- part 1 (+ latency): capacity with a backlog --------------------------------------------
 
     def capacity_one(self, v, quiet=False):
+        # The previous step's dirty pages (the backlog's 1 GiB, a repository) are written
+        # back now, not during the measurement.
+        os.sync()
         name = f"cap-{v['name']}"
         v["conf_name"] = name
         repo_path = f"{self.W}/repo/{name}"
@@ -448,6 +473,7 @@ repo1-host-config={repo_conf}
         if stray:
             die(f"{name}: ready segments outside the backlog: {sorted(stray)}")
         a0, f0, _ = self.archiver()
+        c0 = self.archiver_cpu()
         backlog = set(self.backlog)
         self.sampler.start()
         t0 = time.monotonic()
@@ -460,6 +486,7 @@ repo1-host-config={repo_conf}
         self.wait_workers_gone(name)
         rss = self.sampler.stop()
         a1, f1, last = self.archiver()
+        cpu = self.archiver_cpu() - c0 + rss["cpu_s"]
         if a1 - a0 < len(self.backlog) or last < self.backlog[-1]:
             die(f"{name}: pg_stat_archiver archived {a1 - a0} (of {len(self.backlog)}), "
                 f"last {last}")
@@ -470,11 +497,13 @@ repo1-host-config={repo_conf}
                 f"repository, e.g. {missing[:3]}")
         secs = t1 - t0
         r = {"seconds": secs, "segments": len(self.backlog), "failed": f1 - f0, "rss": rss,
+             "cpu_s": cpu,
              "stored_mean": statistics.mean(stored[s] for s in self.backlog),
              "repo_path": repo_path, "conf": conf}
         if not quiet:
             log(f"  {name}: {secs:.1f} s, {len(self.backlog) / secs:.2f} segments/s, "
-                f"{f1 - f0} failed archive_command, worker peak {rss['hwm_kb'] / 1024:.1f} MB "
+                f"{f1 - f0} failed archive_command, {cpu / len(self.backlog):.2f} CPU s/segment, "
+                f"worker peak {rss['hwm_kb'] / 1024:.1f} MB "
                 f"({rss['workers']} worker runs {rss['roles']})")
             self.res["capacity"][v["name"]] = r
         if v["mode"] == "async" and not quiet:
@@ -556,6 +585,7 @@ repo1-host-config={repo_conf}
                 f"{first + rows - 1}) g")
 
     def load_one(self, v, idx):
+        os.sync()
         name = f"load-{v['name']}"
         v["conf_name"] = name
         repo_path = f"{self.W}/repo/{name}"
@@ -573,6 +603,7 @@ repo1-host-config={repo_conf}
         time.sleep(0.2)
         self.mark_done(self.ready())
         a0, f0, _ = self.archiver()
+        c0 = self.archiver_cpu()
         self.set_archive_command(
             " ".join(self.tool_cmd(v["tool"], conf)) + " archive-push %p")
         time.sleep(0.5)
@@ -596,6 +627,7 @@ repo1-host-config={repo_conf}
         self.wait_workers_gone(name)
         rss = self.sampler.stop()
         a1, f1, _ = self.archiver()
+        cpu = self.archiver_cpu() - c0 + rss["cpu_s"]
         stored = self.stored(repo_path)
         segs = [f"{first[:8]}{(k >> 8):08X}{(k & 0xFF):08X}" for k in
                 range(int(first[8:16], 16) * 256 + int(first[16:], 16),
@@ -606,10 +638,11 @@ repo1-host-config={repo_conf}
                 f"e.g. {missing[:3]}")
         self.psql(f"DROP TABLE {table}")
         r = {"segments": n, "load_seconds": t1 - t0, "seconds": t2 - t0,
-             "lag_seconds": t2 - t1, "failed": f1 - f0, "rss": rss}
+             "lag_seconds": t2 - t1, "failed": f1 - f0, "rss": rss, "cpu_s": cpu}
         self.res["load"][v["name"]] = r
         log(f"  {name}: {n} segments; load {t1 - t0:.1f} s, all archived at {t2 - t0:.1f} s "
-            f"(+{t2 - t1:.1f} s after the load), {f1 - f0} failed archive_command")
+            f"(+{t2 - t1:.1f} s after the load), {f1 - f0} failed archive_command, "
+            f"{cpu / n:.2f} CPU s/segment")
 
     def load(self):
         vs = self.variants()
@@ -665,6 +698,7 @@ log_line_prefix = '%m [%p] '
 log_timezone = 'UTC'
 """)
         open(f"{data}/recovery.signal", "w").close()
+        os.sync()
         pglog = f"{self.W}/{name}.log"
         self.sampler.start()
         wall0 = time.time()
@@ -757,6 +791,9 @@ def report(plan_path, results_path, out_md=None):
     def mb(kb):
         return f"{kb / 1024:.1f}" if kb else "—"
 
+    def cpu_seg(r):
+        return f"{r['cpu_s'] / r['segments']:.2f}" if "cpu_s" in r else "—"
+
     def worker_mb(r, mode):
         if mode != "async":
             return "—"
@@ -778,11 +815,14 @@ def report(plan_path, results_path, out_md=None):
     if cap:
         w(f"**Capacity**: {plan['segments']} ready segments drained by PostgreSQL's archiver. "
           "Ratio = our segments/s over pgBackRest's in the same mode and repository; "
-          "\"vs pgBR async\" compares with pgBackRest's async mode on the same repository.")
+          "\"vs pgBR async\" compares with pgBackRest's async mode on the same repository. "
+          "CPU = user+sys of the archive_command processes and the async worker with its "
+          "children, on the database side (over SSH the repository host's processes are not "
+          "counted).")
         w("")
         w("| tool | mode | repository | seconds | segments/s | ratio | vs pgBR async "
-          "| failed calls | stored MiB/segment | worker peak RSS MB |")
-        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| failed calls | CPU s/segment | stored MiB/segment | worker peak RSS MB |")
+        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in cap.items():
             tool, mode, repo = name.split("-")
             rate = r["segments"] / r["seconds"]
@@ -793,7 +833,7 @@ def report(plan_path, results_path, out_md=None):
             ra = ratio(rate, oa["segments"] / oa["seconds"], True) \
                 if tool == "ours" and oa else "—"
             w(f"| {label[tool]} | {mode} | {repo} | {r['seconds']:.1f} | {rate:.2f} | {rr} "
-              f"| {ra} | {r['failed']} | {r['stored_mean'] / 1048576:.2f} "
+              f"| {ra} | {r['failed']} | {cpu_seg(r)} | {r['stored_mean'] / 1048576:.2f} "
               f"| {worker_mb(r, mode)} |")
         w("")
 
@@ -823,8 +863,9 @@ def report(plan_path, results_path, out_md=None):
           "is archived. Ratio = pgBackRest's seconds over ours, same mode and repository.")
         w("")
         w("| tool | mode | repository | segments | load s | all archived s | lag after load s "
-          "| segments/s | ratio | vs pgBR async | failed calls | worker peak RSS MB |")
-        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| segments/s | ratio | vs pgBR async | failed calls | CPU s/segment "
+          "| worker peak RSS MB |")
+        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in load.items():
             tool, mode, repo = name.split("-")
             other = load.get(f"theirs-{mode}-{repo}")
@@ -834,6 +875,7 @@ def report(plan_path, results_path, out_md=None):
             w(f"| {label[tool]} | {mode} | {repo} | {r['segments']} | {r['load_seconds']:.1f} "
               f"| {r['seconds']:.1f} | {r['lag_seconds']:.1f} "
               f"| {r['segments'] / r['seconds']:.2f} | {rr} | {ra} | {r['failed']} "
+              f"| {cpu_seg(r)} "
               f"| {worker_mb(r, mode)} |")
         w("")
 
