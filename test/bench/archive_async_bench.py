@@ -476,12 +476,14 @@ repo1-host-config={repo_conf}
         c0 = self.archiver_cpu()
         backlog = set(self.backlog)
         self.sampler.start()
+        j0 = cpu_times()
         t0 = time.monotonic()
         self.set_archive_command(
             " ".join(self.tool_cmd(v["tool"], conf)) + " archive-push %p")
         t1 = self.wait_archived(
             v, name, lambda: not backlog.intersection(self.ready()),
             timeout=60 + 4 * len(self.backlog))
+        idle = idle_pct(j0, cpu_times())
         self.set_archive_command("")
         self.wait_workers_gone(name)
         rss = self.sampler.stop()
@@ -497,7 +499,7 @@ repo1-host-config={repo_conf}
                 f"repository, e.g. {missing[:3]}")
         secs = t1 - t0
         r = {"seconds": secs, "segments": len(self.backlog), "failed": f1 - f0, "rss": rss,
-             "cpu_s": cpu,
+             "cpu_s": cpu, "idle_pct": idle,
              "stored_mean": statistics.mean(stored[s] for s in self.backlog),
              "repo_path": repo_path, "conf": conf}
         if not quiet:
@@ -613,6 +615,7 @@ repo1-host-config={repo_conf}
         segno = ((int(hi, 16) << 32) + int(lo, 16)) // SEG
         first = f"00000001{segno >> 8:08X}{segno & 0xFF:08X}"
         self.sampler.start()
+        j0 = cpu_times()
         t0 = time.monotonic()
         run([f"{self.pgbin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.sock, "-p",
              str(self.port), "-U", "postgres", "-d", "postgres", "-f", script], f"{name}: load")
@@ -623,6 +626,7 @@ repo1-host-config={repo_conf}
         t2 = self.wait_archived(
             v, name, lambda: not self.ready() and self.archiver()[2] >= last,
             timeout=60 + 4 * n)
+        idle = idle_pct(j0, cpu_times())
         self.set_archive_command("")
         self.wait_workers_gone(name)
         rss = self.sampler.stop()
@@ -638,7 +642,8 @@ repo1-host-config={repo_conf}
                 f"e.g. {missing[:3]}")
         self.psql(f"DROP TABLE {table}")
         r = {"segments": n, "load_seconds": t1 - t0, "seconds": t2 - t0,
-             "lag_seconds": t2 - t1, "failed": f1 - f0, "rss": rss, "cpu_s": cpu}
+             "lag_seconds": t2 - t1, "failed": f1 - f0, "rss": rss, "cpu_s": cpu,
+             "idle_pct": idle}
         self.res["load"][v["name"]] = r
         log(f"  {name}: {n} segments; load {t1 - t0:.1f} s, all archived at {t2 - t0:.1f} s "
             f"(+{t2 - t1:.1f} s after the load), {f1 - f0} failed archive_command, "
@@ -701,6 +706,7 @@ log_timezone = 'UTC'
         os.sync()
         pglog = f"{self.W}/{name}.log"
         self.sampler.start()
+        j0 = cpu_times()
         wall0 = time.time()
         t0 = time.monotonic()
         run([f"{self.pgbin}/pg_ctl", "-D", data, "-l", pglog, "start"], f"{name}: pg_ctl start")
@@ -716,6 +722,7 @@ log_timezone = 'UTC'
                     f"{self.logs_of(name)}")
             time.sleep(0.02)
         t1 = time.monotonic()
+        idle = idle_pct(j0, cpu_times())
         redo = [l for l in text.splitlines() if "redo done at" in l]
         restored = [l for l in text.splitlines() if "restored log file" in l]
         got = {l.split('"')[1] for l in restored}
@@ -732,7 +739,7 @@ log_timezone = 'UTC'
         self.wait_workers_gone(name)
         rss = self.sampler.stop()
         r = {"seconds": t1 - t0, "redo_seconds": redo_wall - wall0, "restored": len(got),
-             "rss": rss}
+             "rss": rss, "idle_pct": idle}
         self.res["recovery"][v["name"]] = r
         log(f"  {name}: replay done at {redo_wall - wall0:.1f} s, ready at {t1 - t0:.1f} s, "
             f"{len(got)} segments restored, worker peak {rss['hwm_kb'] / 1024:.1f} MB "
@@ -764,6 +771,17 @@ log_timezone = 'UTC'
                 json.dump(self.res, f, indent=1)
 
 
+def cpu_times():
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v[:8])
+
+
+def idle_pct(t0, t1):
+    return 100.0 * (t1[0] - t0[0]) / max(1, t1[1] - t0[1])
+
+
 def p95(xs):
     xs = sorted(xs)
     if len(xs) == 1:
@@ -790,6 +808,9 @@ def report(plan_path, results_path, out_md=None):
 
     def mb(kb):
         return f"{kb / 1024:.1f}" if kb else "—"
+
+    def idle(r):
+        return f"{r['idle_pct']:.0f}" if "idle_pct" in r else "—"
 
     def cpu_seg(r):
         return f"{r['cpu_s'] / r['segments']:.2f}" if "cpu_s" in r else "—"
@@ -818,11 +839,12 @@ def report(plan_path, results_path, out_md=None):
           "\"vs pgBR async\" compares with pgBackRest's async mode on the same repository. "
           "CPU = user+sys of the archive_command processes and the async worker with its "
           "children, on the database side (over SSH the repository host's processes are not "
-          "counted).")
+          "counted). Machine idle = idle share of both cores while it ran (all processes).")
         w("")
         w("| tool | mode | repository | seconds | segments/s | ratio | vs pgBR async "
-          "| failed calls | CPU s/segment | stored MiB/segment | worker peak RSS MB |")
-        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| failed calls | CPU s/segment | machine idle % | stored MiB/segment "
+          "| worker peak RSS MB |")
+        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in cap.items():
             tool, mode, repo = name.split("-")
             rate = r["segments"] / r["seconds"]
@@ -833,7 +855,8 @@ def report(plan_path, results_path, out_md=None):
             ra = ratio(rate, oa["segments"] / oa["seconds"], True) \
                 if tool == "ours" and oa else "—"
             w(f"| {label[tool]} | {mode} | {repo} | {r['seconds']:.1f} | {rate:.2f} | {rr} "
-              f"| {ra} | {r['failed']} | {cpu_seg(r)} | {r['stored_mean'] / 1048576:.2f} "
+              f"| {ra} | {r['failed']} | {cpu_seg(r)} | {idle(r)} "
+              f"| {r['stored_mean'] / 1048576:.2f} "
               f"| {worker_mb(r, mode)} |")
         w("")
 
@@ -864,8 +887,8 @@ def report(plan_path, results_path, out_md=None):
         w("")
         w("| tool | mode | repository | segments | load s | all archived s | lag after load s "
           "| segments/s | ratio | vs pgBR async | failed calls | CPU s/segment "
-          "| worker peak RSS MB |")
-        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| machine idle % | worker peak RSS MB |")
+        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in load.items():
             tool, mode, repo = name.split("-")
             other = load.get(f"theirs-{mode}-{repo}")
@@ -875,7 +898,7 @@ def report(plan_path, results_path, out_md=None):
             w(f"| {label[tool]} | {mode} | {repo} | {r['segments']} | {r['load_seconds']:.1f} "
               f"| {r['seconds']:.1f} | {r['lag_seconds']:.1f} "
               f"| {r['segments'] / r['seconds']:.2f} | {rr} | {ra} | {r['failed']} "
-              f"| {cpu_seg(r)} "
+              f"| {cpu_seg(r)} | {idle(r)} "
               f"| {worker_mb(r, mode)} |")
         w("")
 
@@ -887,8 +910,8 @@ def report(plan_path, results_path, out_md=None):
           "(after the end-of-recovery checkpoint). Ratio = pgBackRest's replay time over ours.")
         w("")
         w("| tool | mode | replay s | ready s | segments restored | ratio | vs pgBR async "
-          "| worker peak RSS MB |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| machine idle % | worker peak RSS MB |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in rec.items():
             tool, mode = name.split("-")
             other = rec.get(f"theirs-{mode}")
@@ -898,7 +921,7 @@ def report(plan_path, results_path, out_md=None):
             ra = ratio(r["redo_seconds"], oa["redo_seconds"], False) \
                 if tool == "ours" and oa else "—"
             w(f"| {label[tool]} | {mode} | {r['redo_seconds']:.1f} | {r['seconds']:.1f} "
-              f"| {r['restored']} | {rr} | {ra} "
+              f"| {r['restored']} | {rr} | {ra} | {idle(r)} "
               f"| {worker_mb(r, mode)} |")
         w("")
 
