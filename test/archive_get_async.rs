@@ -48,6 +48,19 @@ fn wait_workers_gone(site: &Site) {
     );
 }
 
+/// The archive-push:async worker lingers a moment after the last push, holding the stanza's
+/// archive lock; an archive-get:async worker is started only once it is gone.
+fn wait_push_worker_gone(site: &Site) {
+    wait_until(
+        "the archive-push:async worker to end",
+        Duration::from_secs(30),
+        || {
+            let log = site.log("archive-push-async");
+            log.matches("command begin").count() == log.matches("command end").count()
+        },
+    );
+}
+
 /// The one run directory under the spool's `in/`.
 fn run_dir(site: &Site) -> PathBuf {
     let dirs: Vec<PathBuf> = fs::read_dir(site.spool().join("in"))
@@ -146,6 +159,7 @@ fn async_get_hands_over_only_valid_prefetched_files_of_this_run() {
         );
     }
     let data = fake_data_dir(&site, 1_700_000_000);
+    wait_push_worker_gone(&site);
 
     // A miss in the spool: fetched from the repository, and the worker prefetches the rest
     // of the archive, up to the first segment it does not hold.
@@ -236,6 +250,7 @@ fn async_get_hands_over_only_valid_prefetched_files_of_this_run() {
         .expect("a .missing note");
     let archived = site.one_segment();
     assert_eq!(archived, next);
+    wait_push_worker_gone(&site);
     let out = restore_command(&site, &data, &next, "");
     assert_got(&site, &data, &next, &out);
     wait_workers_gone(&site);
