@@ -676,6 +676,17 @@ repo1-host-config={repo_conf}
         for mode in modes:
             pair = list(tools) if len(vs) // 2 % 2 == 0 else list(reversed(tools))
             vs += [{"tool": t, "mode": mode, "name": f"{t}-{mode}"} for t in pair]
+        # The floor: PostgreSQL's own replay, restore_command a plain cp of uncompressed
+        # segments from a local directory (no tool, no decompression, no checksum).
+        plain = f"{self.W}/plain"
+        if not os.path.exists(plain):
+            os.mkdir(plain)
+            last = self.backlog[-1]
+            for f in sorted(os.listdir(f"{self.pgdata}/pg_wal")):
+                if len(f) == 24 and f[:8] == last[:8] and f <= last:
+                    shutil.copy(f"{self.pgdata}/pg_wal/{f}", plain)
+        vs.append({"tool": "cp", "mode": "floor", "name": "cp-floor"})
+        repos["cp"] = plain
         log(f"recovery: {len(self.backlog)} segments through restore_command, {len(vs)} variants")
         for v in vs:
             self.recovery_one(v, repos[v["tool"]])
@@ -691,9 +702,12 @@ repo1-host-config={repo_conf}
         spool = f"{self.W}/spool/{name}"
         if os.path.exists(spool):
             shutil.rmtree(spool)
-        conf, _ = self.write_conf(name, v["tool"], v["mode"], "local", repo_path, data)
         port = free_port()
-        restore = " ".join(self.tool_cmd(v["tool"], conf)) + ' archive-get %f "%p"'
+        if v["tool"] == "cp":
+            restore = f'cp {repo_path}/%f "%p"'
+        else:
+            conf, _ = self.write_conf(name, v["tool"], v["mode"], "local", repo_path, data)
+            restore = " ".join(self.tool_cmd(v["tool"], conf)) + ' archive-get %f "%p"'
         with open(f"{data}/postgresql.auto.conf", "w") as f:
             f.write(f"""port = {port}
 archive_mode = off
@@ -914,6 +928,10 @@ def report(plan_path, results_path, out_md=None):
         w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, r in rec.items():
             tool, mode = name.split("-")
+            if tool == "cp":
+                w(f"| floor: `cp` of plain segments | — | {r['redo_seconds']:.1f} "
+                  f"| {r['seconds']:.1f} | {r['restored']} | — | — | {idle(r)} | — |")
+                continue
             other = rec.get(f"theirs-{mode}")
             oa = rec.get("theirs-async")
             rr = ratio(r["redo_seconds"], other["redo_seconds"], False) \
