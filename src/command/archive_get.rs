@@ -17,11 +17,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::archive_push::{missing_info, repo_invalid};
+use super::archive_push::archive_info_for_wal;
 use super::Outcome;
 use crate::config::{Config, Role};
 use crate::error::{Error, Kind, Result};
-use crate::info::archive::ArchiveInfo;
 use crate::pg::wal::WalName;
 use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{dropped, RepoLayout, StoredWal};
@@ -117,11 +116,7 @@ impl Archive {
 
     pub fn with_repo(repo: Box<dyn Storage>, stanza: &str) -> Result<Archive> {
         let layout = RepoLayout::new(stanza);
-        let info = ArchiveInfo::load(repo.as_ref(), &layout)
-            .map_err(repo_invalid)?
-            .ok_or_else(|| {
-                repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info()))
-            })?;
+        let info = archive_info_for_wal(repo.as_ref(), &layout, stanza)?;
         Ok(Archive {
             repo,
             layout,

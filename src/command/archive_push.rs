@@ -85,11 +85,7 @@ impl Target {
 
     pub fn with_repo(repo: Box<dyn Storage>, stanza: &str, configured: Compress) -> Result<Target> {
         let layout = RepoLayout::new(stanza);
-        let info = ArchiveInfo::load(repo.as_ref(), &layout)
-            .map_err(repo_invalid)?
-            .ok_or_else(|| {
-                repo_invalid(missing_info(stanza, repo.as_ref(), &layout.archive_info()))
-            })?;
+        let info = archive_info_for_wal(repo.as_ref(), &layout, stanza)?;
         Ok(Target {
             repo,
             layout,
@@ -262,6 +258,18 @@ fn kind_name(kind: WalKind) -> &'static str {
 /// archive.info missing or unusable, as archive-push and archive-get report it: pgBackRest's
 /// repo-invalid ("unable to find a valid repository"), whatever the file's own failure was.
 /// Failures that are not about the file (a signal, the SSH link) keep their kind.
+/// The stanza's archive.info as archive-push and archive-get need it: missing or unreadable
+/// is [`repo_invalid`], never "not found".
+pub fn archive_info_for_wal(
+    repo: &dyn Storage,
+    layout: &RepoLayout,
+    stanza: &str,
+) -> Result<ArchiveInfo> {
+    ArchiveInfo::load(repo, layout)
+        .map_err(repo_invalid)?
+        .ok_or_else(|| repo_invalid(missing_info(stanza, repo, &layout.archive_info())))
+}
+
 pub fn repo_invalid(e: Error) -> Error {
     match e.kind {
         Kind::FileMissing | Kind::Checksum | Kind::Format | Kind::FileOpen | Kind::FileRead => {

@@ -61,12 +61,6 @@ chmod 0755 "$W"
 PGDATA=$W/pg
 SSHD_PID=
 
-kill_tree() { # kill a process and all its descendants, by pid
-    local pid=$1 child
-    for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
-    kill "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -74,27 +68,10 @@ cleanup() {
     if [ -f "$PGDATA/postmaster.pid" ]; then
         as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
     fi
-    # Persistent SSH masters of pg_backrest (control sockets live in its lock-path).
-    for sock in $(find "$W/lock" -type s 2>/dev/null); do
-        as_pg ssh -F "$W/ssh/ssh_config" -S "$sock" -O exit 127.0.0.1 >/dev/null 2>&1
-    done
-    if [ -n "$SSHD_PID" ]; then
-        kill_tree "$SSHD_PID"
-        wait "$SSHD_PID" 2>/dev/null
-    fi
-    if [ "$KEEP" = 1 ]; then
-        echo "work directory kept: $W" >&2
-    else
-        rm -rf "$W"
-    fi
-    exit "$rc"
+    finish_cleanup "$rc" "$W/ssh/ssh_config"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 mkdir -p "$W"/{sock,staging,conf,lock,log,repo,scratch,ssh}
 chown postgres:postgres "$W"/{sock,staging,conf,lock,log,repo,scratch,ssh}

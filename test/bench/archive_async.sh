@@ -86,12 +86,6 @@ chown postgres:postgres "$W"
 chmod 0755 "$W"
 SSHD_PID=
 
-kill_tree() { # kill a process and all its descendants, by pid
-    local pid=$1 child
-    for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
-    kill "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -105,27 +99,10 @@ cleanup() {
     for pid in $(pgrep -u postgres -f -- "$W" 2>/dev/null); do
         kill "$pid" 2>/dev/null
     done
-    # Persistent SSH masters of pg_backrest (control sockets live in its lock-path).
-    for sock in $(find "$W/lock" -type s 2>/dev/null); do
-        as_pg ssh -F "$W/ssh/ssh_config" -S "$sock" -O exit 127.0.0.1 >/dev/null 2>&1
-    done
-    if [ -n "$SSHD_PID" ]; then
-        kill_tree "$SSHD_PID"
-        wait "$SSHD_PID" 2>/dev/null
-    fi
-    if [ "$KEEP" = 1 ]; then
-        echo "work directory kept: $W" >&2
-    else
-        rm -rf "$W"
-    fi
-    exit "$rc"
+    finish_cleanup "$rc" "$W/ssh/ssh_config"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 mkdir -p "$W"/ssh
 chown postgres:postgres "$W"/ssh

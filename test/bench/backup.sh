@@ -79,18 +79,7 @@ chmod 0755 "$W"
 SSHD_PID=
 S=$W/ssh
 
-kill_tree() { # kill a process and all its descendants, by pid
-    local pid=$1 child
-    for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
-    kill "$pid" 2>/dev/null || true
-}
-
-close_masters() { # pg_backrest's persistent SSH masters (control sockets under its lock-path)
-    local sock
-    for sock in $(find "$W" -path "$W/ssh" -prune -o -type s -path '*/ssh-*' -print 2>/dev/null); do
-        as_pg ssh -F "$S/ssh_config" -S "$sock" -O exit 127.0.0.1 >/dev/null 2>&1 || true
-    done
-}
+close_masters() { close_ssh_masters "$S/ssh_config"; }
 
 cleanup() {
     local rc=$? pidfile
@@ -99,24 +88,11 @@ cleanup() {
     for pidfile in $(find "$W" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
         as_pg "$PGBIN/pg_ctl" -D "$(dirname "$pidfile")" -m immediate -w stop >/dev/null 2>&1
     done
-    close_masters
-    if [ -n "$SSHD_PID" ]; then
-        kill_tree "$SSHD_PID"
-        wait "$SSHD_PID" 2>/dev/null
-    fi
-    if [ "$KEEP" = 1 ]; then
-        echo "work directory kept: $W" >&2
-    else
-        rm -rf "$W"
-    fi
-    exit "$rc"
+    finish_cleanup "$rc" "$S/ssh_config"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 pgdir() { mkdir -p "$@" && chown postgres:postgres "$@"; }
 write_conf() { # FILE, then content on stdin
     cat >"$1"

@@ -1,4 +1,6 @@
-# Shared pieces of the benchmark scripts (sourced by archive.sh and backup.sh).
+# Shared pieces of the benchmark scripts (sourced by archive.sh, archive_async.sh and backup.sh).
+# They expect the caller's as_pg and, for the cleanup pieces, W (the work directory), KEEP
+# and SSHD_PID.
 
 # install_bench_packages: installs what the benchmarks need and is missing, without letting
 # package scripts start services. Uses the caller's log and die.
@@ -65,4 +67,39 @@ EOF
     chmod 0755 "$S/ssh-wrap"
     mkdir -p /run/sshd
     chmod 0755 /run/sshd
+}
+
+kill_tree() { # kill a process and all its descendants, by pid
+    local pid=$1 child
+    for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
+    kill "$pid" 2>/dev/null || true
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# close_ssh_masters SSH_CONFIG: exits pg_backrest's persistent SSH masters, whose control
+# sockets (ssh-<hash>/ directories) live under its lock-path, somewhere in $W.
+close_ssh_masters() {
+    local sock
+    for sock in $(find "$W" -path "$W/ssh" -prune -o -type s -path '*/ssh-*' -print 2>/dev/null); do
+        as_pg ssh -F "$1" -S "$sock" -O exit 127.0.0.1 >/dev/null 2>&1 || true
+    done
+}
+
+# finish_cleanup RC SSH_CONFIG: the end of every benchmark's EXIT trap, once its clusters are
+# stopped: SSH masters closed, the private sshd killed, $W kept (KEEP=1) or removed, exit RC.
+finish_cleanup() {
+    close_ssh_masters "$2"
+    if [ -n "$SSHD_PID" ]; then
+        kill_tree "$SSHD_PID"
+        wait "$SSHD_PID" 2>/dev/null
+    fi
+    if [ "$KEEP" = 1 ]; then
+        echo "work directory kept: $W" >&2
+    else
+        rm -rf "$W"
+    fi
+    exit "$1"
 }
