@@ -61,10 +61,15 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     };
     // The owner check comes before the lock: a lock path created by the wrong user is
     // itself a takeover.
-    let lock = if def.writes_repo && cfg.str("repo1-host").is_none() {
-        cfg.required_path("repo1-path")
-            .and_then(|repo| crate::storage::posix::check_owner(&repo, "repository"))
-            .and_then(|_| take_lock(cfg))
+    let lock = if def.writes_repo {
+        crate::repo::RepoLocation::resolve(cfg).and_then(|location| match location {
+            crate::repo::RepoLocation::Posix { path } => {
+                crate::storage::posix::check_owner(&path, "repository").and_then(|_| take_lock(cfg))
+            }
+            // On the repository host, its storage checks the owner of each directory it
+            // writes in.
+            crate::repo::RepoLocation::Remote { .. } => take_lock(cfg),
+        })
     } else {
         take_lock(cfg)
     };

@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod help;
+pub mod hosts;
 pub mod options;
 pub mod pgbackrest;
 

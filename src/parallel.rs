@@ -6,9 +6,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 pub struct Workers {
     pool: rayon::ThreadPool,
@@ -17,24 +16,14 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn new(cfg: &Config) -> Result<Workers> {
-        let count = cfg.int("process-max").unwrap_or(1).max(1) as usize;
-        let repos = if cfg.str("repo1-host").is_some() {
-            (0..count)
-                .map(|_| storage::repo(cfg))
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
-        Workers::with_repos(count, repos)
-    }
-
-    fn with_repos(count: usize, repos: Vec<Box<dyn Storage>>) -> Result<Workers> {
+    /// `count` workers; `own` holds one repository connection per worker (a remote
+    /// repository), or is empty when they share the caller's (a local one).
+    pub fn new(count: usize, own: Vec<Box<dyn Storage>>) -> Result<Workers> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(count)
             .build()
             .map_err(|e| Error::internal(format!("unable to start workers: {e}")))?;
-        Ok(Workers { pool, repos })
+        Ok(Workers { pool, repos: own })
     }
 
     /// The repository the calling worker uses; `shared` when the repository is local.
@@ -110,7 +99,7 @@ mod tests {
     /// that the bounded wait turns into a failure.
     #[test]
     fn the_first_items_start_together_on_different_workers() {
-        let workers = Workers::with_repos(2, Vec::new()).unwrap();
+        let workers = Workers::new(2, Vec::new()).unwrap();
         let one_started = AtomicBool::new(false);
         let items: Vec<usize> = (0..20).collect();
         let seen = Mutex::new(Vec::new());
@@ -135,7 +124,7 @@ mod tests {
 
     #[test]
     fn the_first_error_stops_the_rest_and_is_returned() {
-        let workers = Workers::with_repos(1, Vec::new()).unwrap();
+        let workers = Workers::new(1, Vec::new()).unwrap();
         let ran = AtomicUsize::new(0);
         let items: Vec<usize> = (0..10).collect();
         let e = workers

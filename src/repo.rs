@@ -17,6 +17,9 @@
 //! [`WalDirListing`], the one place that says what each entry is.
 
 pub mod dropped;
+pub mod location;
+
+pub use location::{open, workers, RepoLocation};
 
 use crate::error::Result;
 use crate::pg::wal::{is_upper_hex, WalKind, WalName};

@@ -18,7 +18,6 @@ pub mod scan;
 
 use std::io::{Read, Write};
 
-use crate::config::Config;
 use crate::error::Result;
 
 /// Temp files start with this, so no listing ever mistakes one for a finished file.
@@ -147,15 +146,4 @@ pub fn write_small(storage: &dyn Storage, path: &str, data: &[u8]) -> Result<()>
     w.write_all(data)
         .map_err(|e| crate::pipeline::io_error("write", &storage.describe(path), e))?;
     w.commit(name)
-}
-
-/// The repository for this command: remote when repo1-host is set, else repo1-path.
-pub fn repo(cfg: &Config) -> Result<Box<dyn Storage>> {
-    if cfg.str("repo1-host").is_some() {
-        Ok(Box::new(remote::RemoteStorage::connect_repo(cfg)?))
-    } else {
-        Ok(Box::new(posix::PosixStorage::new(
-            cfg.required_path("repo1-path")?,
-        )))
-    }
 }

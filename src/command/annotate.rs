@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::backup::{is_label, BackupInfo};
 use crate::repo::RepoLayout;
-use crate::storage;
 
 use super::archive_push::missing_info;
 
@@ -42,7 +41,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                 .with_hint("give --annotation=KEY=VALUE (KEY= removes KEY)"),
         );
     }
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
         .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;

@@ -25,7 +25,7 @@ use crate::pg::wal::WalName;
 use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{dropped, RepoLayout, StoredWal};
 use crate::storage::posix::PosixStorage;
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 pub mod foreground;
 pub mod prefetch;
@@ -111,7 +111,7 @@ pub struct Listings {
 
 impl Archive {
     pub fn open(cfg: &Config, stanza: &str) -> Result<Archive> {
-        Archive::with_repo(storage::repo(cfg)?, stanza)
+        Archive::with_repo(crate::repo::open(cfg)?, stanza)
     }
 
     pub fn with_repo(repo: Box<dyn Storage>, stanza: &str) -> Result<Archive> {

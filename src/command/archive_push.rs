@@ -19,7 +19,7 @@ use crate::pg::timeline::parse_history;
 use crate::pg::wal::{check_backup_history, WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::{RepoLayout, StoredWal};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 pub mod foreground;
 pub mod worker;
@@ -79,7 +79,7 @@ impl Target {
         // only on those that store something.
         let configured =
             pipeline::configured_compress(cfg.str("compress-type"), cfg.int("compress-level"))?;
-        let repo = storage::repo(cfg)?;
+        let repo = crate::repo::open(cfg)?;
         Target::with_repo(repo, stanza, configured)
     }
 

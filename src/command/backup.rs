@@ -27,6 +27,7 @@ use file::{backup_file, CopyParams, FileOutcome, FileSource, LocalFiles, RemoteF
 use walk::{SourceFile, Tablespace};
 
 use super::archive_push::missing_info;
+use crate::config::hosts::{self, Host};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::hook::RunFacts;
@@ -38,7 +39,7 @@ use crate::pg::db::{self, Db};
 use crate::pg::wal::{segment_range, WalName};
 use crate::pipeline::{self, Ends};
 use crate::repo::{RepoLayout, StoredWal};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 /// How often the in-progress manifest is saved for resume.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(3);
@@ -55,7 +56,7 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         )
         .with_hint("on the repository host set pg1-host; on the database host set repo1-host"));
     }
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?
         .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
@@ -237,11 +238,10 @@ pub fn run(cfg: &Config, run_facts: &mut RunFacts) -> Result<()> {
         None => Box::new(LocalFiles),
         Some(_) => {
             let workers = cfg.int("process-max").unwrap_or(1).max(1);
-            let target = crate::protocol::ssh::SshTarget::pg_host(cfg)?;
-            let args = crate::protocol::ssh::remote_args(cfg, "pg1-host-config");
-            let program = cfg.str("pg1-host-cmd").unwrap_or("pg_backrest");
+            let target = hosts::ssh_target(cfg, Host::Pg)?;
+            let command = hosts::remote_command(cfg, Host::Pg);
             let clients = (0..workers)
-                .map(|_| crate::protocol::ssh::spawn_remote(&target, program, &args))
+                .map(|_| crate::protocol::ssh::spawn_remote(&target, &command))
                 .collect::<Result<_>>()?;
             Box::new(RemoteFiles::new(clients))
         }
@@ -599,7 +599,7 @@ fn copy_all(
     files.sort_by_key(|f| std::cmp::Reverse(f.0.size));
     let total: u64 = files.iter().map(|f| f.0.size).sum();
     let batches = file::batches(files.iter().map(|f| f.0.size));
-    let workers = crate::parallel::Workers::new(cfg)?;
+    let workers = crate::repo::workers(cfg)?;
     let cancel = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(SourceFile, Result<FileOutcome>)>();
 

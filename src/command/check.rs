@@ -14,7 +14,7 @@ use crate::info::backup::BackupInfo;
 use crate::pg::db::{self, Db};
 use crate::pg::wal::WalName;
 use crate::repo::{dropped, RepoLayout, StoredWal};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
@@ -32,7 +32,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         ));
     }
 
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?
         .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;

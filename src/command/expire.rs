@@ -31,7 +31,7 @@ use crate::info::backup::is_label;
 use crate::info::backup::{BackupInfo, BackupSummary};
 use crate::manifest::{BackupType, Manifest, MANIFEST_FILE};
 use crate::repo::{dropped, ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 /// How `repo1-retention-full` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub fn after_backup(cfg: &Config) -> Result<()> {
 
 fn expire(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let dry_run = cfg.bool("dry-run");
     let mut info = BackupInfo::load(repo.as_ref(), &layout)?

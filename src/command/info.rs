@@ -21,7 +21,7 @@ use crate::info::DbEntry;
 use crate::manifest::{BackupType, Manifest};
 use crate::repo::dropped::{self, Gap};
 use crate::repo::{ArchiveIdListing, RepoLayout, StoredWal, WalDirListing};
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 /// pgBackRest's stanza status codes (its `info` command; the same numbers in JSON).
 const OK: i64 = 0;
@@ -68,7 +68,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 /// One entry per stanza, sorted by name; a repository that cannot be listed gives one entry
 /// (the requested stanza, or `[invalid]`) carrying the error.
 fn report(cfg: &Config, set: Option<&str>, type_filter: Option<BackupType>) -> Vec<Value> {
-    let listed = storage::repo(cfg).and_then(|repo| {
+    let listed = crate::repo::open(cfg).and_then(|repo| {
         let names = repo.list("backup")?;
         Ok((repo, names))
     });

@@ -9,12 +9,11 @@ use super::Outcome;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::pipeline::CHUNK;
-use crate::storage;
 
 pub fn run(cfg: &Config) -> Result<Outcome> {
     let arg = cfg.args.first().map(String::as_str).unwrap_or("");
     let path = repo_path(cfg, arg)?;
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let Some(mut reader) = repo.open_read(&path)? else {
         if cfg.bool("ignore-missing") {
             return Ok(Outcome::NotFound);

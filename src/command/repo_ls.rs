@@ -10,7 +10,7 @@ use regex::Regex;
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
-use crate::storage::{self, EntryInfo, EntryKind, Storage};
+use crate::storage::{EntryInfo, EntryKind, Storage};
 
 /// A path argument as a storage path relative to the repository: relative as given, or
 /// absolute under repo1-path, as pgBackRest accepts it. `..` and `//` are refused.
@@ -79,7 +79,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         _ => Order::Asc,
     };
     let json = cfg.str("output") == Some("json");
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
 
     let mut found = Vec::new();
     let matches = |name: &str| filter.as_ref().is_none_or(|r| r.is_match(name));

@@ -29,7 +29,7 @@ use crate::repo::RepoLayout;
 use crate::storage::posix::{
     create_dir_durable, sync_dir, DropBehindReader, PosixWriter, DIR_MODE,
 };
-use crate::storage::{self, AtomicWrite, Storage};
+use crate::storage::{AtomicWrite, Storage};
 
 pub fn run(cfg: &Config) -> Result<()> {
     let pg_path = cfg.required_path("pg1-path")?;
@@ -66,7 +66,7 @@ pub fn restore(
     let pg_path = pg_path.to_path_buf();
     // Built (and refused if it cannot be written safely) before anything is restored.
     let restore_command = restore_command(cfg, stanza)?;
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
         // pgBackRest's restore: a stanza without backup.info has no backup set to restore.
@@ -219,7 +219,7 @@ pub fn restore(
         zeroed: &zeroed,
         progress: &progress,
     };
-    let workers = crate::parallel::Workers::new(cfg)?;
+    let workers = crate::repo::workers(cfg)?;
     let mut counts = restore_files(&workers, &job, version)?;
     sync_dir(&pg_path)?;
     counts.add(restore_files(&workers, &job, files)?);

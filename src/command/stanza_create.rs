@@ -12,7 +12,6 @@ use crate::info::backup::BackupInfo;
 use crate::info::{DbEntry, DbInfo};
 use crate::pg::db::{self, Db};
 use crate::repo::RepoLayout;
-use crate::storage;
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
@@ -20,7 +19,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let facts = Db::connect(cfg)?.cluster_facts()?;
     db::check_data_directory(&facts, &pg_path)?;
 
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let archive = ArchiveInfo::load(repo.as_ref(), &layout)?;
     let backup = BackupInfo::load(repo.as_ref(), &layout)?;

@@ -10,13 +10,12 @@
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::repo::{RepoLayout, COPY_SUFFIX};
-use crate::storage;
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
     let lock_path = cfg.required_path("lock-path")?;
     let pg_path = cfg.required_path("pg1-path")?;
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let archive_root = format!("archive/{stanza}");
     let backup_root = layout.backup_root();

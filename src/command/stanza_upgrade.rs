@@ -14,7 +14,6 @@ use crate::info::backup::BackupInfo;
 use crate::info::{DbEntry, DbInfo};
 use crate::pg::db::{self, ClusterFacts, Db};
 use crate::repo::RepoLayout;
-use crate::storage;
 
 use super::archive_push::missing_info;
 
@@ -24,7 +23,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let facts = Db::connect(cfg)?.cluster_facts()?;
     db::check_data_directory(&facts, &pg_path)?;
 
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let mut archive = ArchiveInfo::load(repo.as_ref(), &layout)?
         .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.archive_info()))?;

@@ -29,7 +29,7 @@ use crate::pg::wal::{
 };
 use crate::pipeline::{self, CompressType, Ends};
 use crate::repo::{self, ArchiveIdListing, RepoLayout, WalDirListing, COPY_SUFFIX};
-use crate::storage::{self, EntryKind, Storage};
+use crate::storage::{EntryKind, Storage};
 
 #[derive(Debug, Default, Serialize)]
 struct BackupReport {
@@ -90,7 +90,7 @@ enum Check {
 
 pub fn run(cfg: &Config) -> Result<()> {
     let stanza = cfg.stanza_required()?;
-    let repo = storage::repo(cfg)?;
+    let repo = crate::repo::open(cfg)?;
     let layout = RepoLayout::new(stanza);
     let info = BackupInfo::load(repo.as_ref(), &layout)?
         .ok_or_else(|| missing_info(stanza, repo.as_ref(), &layout.backup_info()))?;
@@ -357,7 +357,7 @@ fn run_checks(
     mut checks: Vec<Check>,
     report: &mut Report,
 ) -> Result<()> {
-    let workers = crate::parallel::Workers::new(cfg)?;
+    let workers = crate::repo::workers(cfg)?;
     let size_of = |c: &Check| {
         if let Check::BackupFile { size, .. } = c {
             *size

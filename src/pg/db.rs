@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
+use crate::config::hosts::{self, Host};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::protocol::request::{NoPayloads, Request, Rows};
@@ -89,9 +90,8 @@ impl Db {
         match cfg.str("pg1-host") {
             Some(host) if cfg.command != crate::config::Cmd::Remote => {
                 let client = crate::protocol::ssh::spawn_remote(
-                    &crate::protocol::ssh::SshTarget::pg_host(cfg)?,
-                    cfg.str("pg1-host-cmd").unwrap_or("pg_backrest"),
-                    &crate::protocol::ssh::remote_args(cfg, "pg1-host-config"),
+                    &hosts::ssh_target(cfg, Host::Pg)?,
+                    &hosts::remote_command(cfg, Host::Pg),
                 )?;
                 Ok(Db {
                     conn: Conn::Remote(std::sync::Mutex::new(client)),

@@ -16,7 +16,6 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use sha1::{Digest, Sha1};
 
 use super::client::{self, Client};
-use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 
 /// Where and how to reach the other host.
@@ -37,31 +36,6 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
-    /// The repository host: repo1-host and its options.
-    pub fn repo_host(cfg: &Config) -> Result<SshTarget> {
-        SshTarget::from_options(cfg, "repo1-host")
-    }
-
-    /// The database host: pg1-host and its options.
-    pub fn pg_host(cfg: &Config) -> Result<SshTarget> {
-        SshTarget::from_options(cfg, "pg1-host")
-    }
-
-    fn from_options(cfg: &Config, role: &'static str) -> Result<SshTarget> {
-        let opt = |suffix: &str| format!("{role}{suffix}");
-        Ok(SshTarget {
-            role,
-            host: cfg.str(role).unwrap_or_default().to_string(),
-            user: cfg.str(&opt("-user")).unwrap_or("postgres").to_string(),
-            port: cfg.int(&opt("-port")).unwrap_or(22) as u16,
-            ssh_config: cfg.path("ssh-config"),
-            persist: cfg.int("ssh-persist").unwrap_or(0) as u64,
-            control_root: cfg.required_path("lock-path")?,
-            io_timeout: cfg.seconds("io-timeout"),
-            protocol_timeout: cfg.seconds("protocol-timeout"),
-        })
-    }
-
     fn peer(&self) -> String {
         format!("{} '{}'", self.role, self.host)
     }
@@ -196,27 +170,16 @@ async fn session(t: &SshTarget) -> Result<Session> {
     ))
 }
 
-/// Arguments that start the remote side with the other host's own config (`config_option`
-/// names it) for this stanza.
-pub fn remote_args(cfg: &Config, config_option: &str) -> Vec<String> {
-    // Left at its default, the remote side finds its config as it would on its own (its own
-    // file, else pgBackRest's, with conf.d), as pgBackRest passes only a config it was given.
-    let mut args = Vec::new();
-    if cfg.is_set(config_option) {
-        args.push(format!(
-            "--config={}",
-            cfg.str(config_option).unwrap_or_default()
-        ));
-    }
-    if let Some(s) = cfg.stanza() {
-        args.push(format!("--stanza={s}"));
-    }
-    args.push("remote".to_string());
-    args
+/// What starts the remote side on the other host: a program and its arguments.
+#[derive(Debug, Clone)]
+pub struct RemoteCommand {
+    pub program: String,
+    pub args: Vec<String>,
 }
 
-/// Starts `program args...` on the target host and returns a protocol client talking to it.
-pub fn spawn_remote(t: &SshTarget, program: &str, args: &[String]) -> Result<Client> {
+/// Starts `command` on the target host and returns a protocol client talking to it.
+pub fn spawn_remote(t: &SshTarget, command: &RemoteCommand) -> Result<Client> {
+    let (program, args) = (command.program.as_str(), &command.args);
     let rt = client::runtime()?;
     let io = t.io_timeout;
     let setup = rt.block_on(async {

@@ -9,13 +9,12 @@ use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
 use super::{AtomicWrite, EntryInfo, Storage};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipeline::CHUNK;
 use crate::protocol::client::Client;
 use crate::protocol::frame::Frame;
 use crate::protocol::request::{self, Done, Entries, Found, InfoReply, Names, NoPayloads, Paths};
-use crate::protocol::ssh::{self, SshTarget};
+use crate::protocol::ssh::{self, RemoteCommand, SshTarget};
 
 /// Storage requests carry none of the backup's payloads.
 type Request = request::Request<NoPayloads>;
@@ -26,16 +25,10 @@ pub struct RemoteStorage {
 }
 
 impl RemoteStorage {
-    /// Connects to repo1-host and starts the remote side with repo1-host-config.
-    pub fn connect_repo(cfg: &Config) -> Result<RemoteStorage> {
-        let target = SshTarget::repo_host(cfg)?;
-        let program = cfg.str("repo1-host-cmd").unwrap_or("pg_backrest");
-        let client = ssh::spawn_remote(
-            &target,
-            program,
-            &ssh::remote_args(cfg, "repo1-host-config"),
-        )?;
-        Ok(RemoteStorage::from_client(client, target.host))
+    /// Connects to `target` and starts the remote side there with `command`.
+    pub fn connect(target: &SshTarget, command: &RemoteCommand) -> Result<RemoteStorage> {
+        let client = ssh::spawn_remote(target, command)?;
+        Ok(RemoteStorage::from_client(client, target.host.clone()))
     }
 
     pub fn from_client(client: Client, host: String) -> RemoteStorage {

@@ -18,7 +18,6 @@ use super::prefetch::{self, Run};
 use super::{copy_out, Archive, Found, Listings};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
-use crate::parallel::Workers;
 use crate::pg::wal::{WalKind, WalName};
 use crate::spool::{self, Spool};
 
@@ -52,7 +51,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let queue_max = cfg.bytes("archive-get-queue-max").unwrap_or(128 << 20);
     let process_max = cfg.int("process-max").unwrap_or(1).max(1) as usize;
     let archive = Archive::open(cfg, stanza)?;
-    let workers = Workers::new(cfg)?;
+    let workers = crate::repo::workers(cfg)?;
 
     let mut segment_size = prefetch::list(&dir)?
         .iter()

@@ -20,7 +20,6 @@ use super::{wal_name_of, Pushed, Target};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::hook::{self, Point, RunFacts};
-use crate::parallel::Workers;
 use crate::pg::wal::{WalHeader, WalKind, WalName, LONG_HEADER_SIZE};
 use crate::repo::dropped::{self, DropFacts};
 use crate::spool::{self, FileIdentity, PushAck, Spool, Vouch};
@@ -50,7 +49,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     // The repository, once per run; when it cannot be reached, every waiting
     // archive_command hears why at once instead of waiting for its timeout.
-    let opened = Target::open(cfg, stanza).and_then(|t| Workers::new(cfg).map(|w| (t, w)));
+    let opened = Target::open(cfg, stanza).and_then(|t| crate::repo::workers(cfg).map(|w| (t, w)));
     let (target, workers) = match opened {
         Ok(tw) => tw,
         Err(e) => {
