@@ -237,6 +237,14 @@ fn s3_server_over_tls_put_get_list_and_injected_errors() {
         "ListObjectsV2 body: {body}"
     );
 
+    // GET of a key that is only a prefix ("dir"): S3's 404 NoSuchKey (the proxy's fix for
+    // s3s-fs, which says 500 there).
+    let (status, body, out) = curl_status(&s3, &[&s3.url("/pgbr/dir")]);
+    assert!(
+        status == 404 && body.contains("<Code>NoSuchKey</Code>"),
+        "GET of a prefix:\n{out}"
+    );
+
     // A wrong secret is refused by s3s-fs itself (the signature is really checked).
     let out = harness::run(
         std::process::Command::new("curl")
@@ -409,4 +417,81 @@ fn s3_server_over_tls_put_get_list_and_injected_errors() {
     assert!(status == 0 && out.status == 28, "GET while paused:\n{out}");
     s3.resume();
     assert!(get(&s3) == payload2, "GET after resume");
+}
+
+/// The fixture serves a real S3 client too: pgBackRest 2.45 with `repo_options()` lists and
+/// reads over HTTPS (certificate checked against the CA by name `localhost`), retries an
+/// injected 503 SlowDown, and fails on an injected 403.
+#[test]
+fn s3_server_serves_pgbackrest_2_45_through_faults() {
+    use harness::{Fault, FaultKind, S3Server, PGBACKREST};
+    harness::require_root();
+    let dir = TestDir::new();
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("pgbr-compat");
+    let conf = dir.join("pgbackrest.conf");
+    harness::write_postgres(
+        &conf,
+        &format!(
+            "[global]\n{}repo1-path=/repo\nlock-path={}\nlog-path={}\nlog-level-console=warn\n\
+             log-level-file=off\n",
+            s3.repo_options(1, "pgbr-compat"),
+            dir.join("lock").display(),
+            dir.join("log").display()
+        ),
+        0o640,
+    );
+    let conf_arg = format!("--config={}", conf.display());
+    let pgbackrest = |args: &[&str]| {
+        let mut all = vec![conf_arg.as_str()];
+        all.extend_from_slice(args);
+        harness::run_as_postgres(PGBACKREST, &all)
+    };
+
+    let content = "hello from the S3 fixture\n";
+    let src = dir.join("hello.txt");
+    std::fs::write(&src, content).unwrap();
+    let (status, _, out) = harness::curl_status(
+        &s3,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", src.display()),
+            &s3.url("/pgbr-compat/repo/archive/hello.txt"),
+        ],
+    );
+    assert_eq!(status, 200, "PUT through curl:\n{out}");
+
+    let out = pgbackrest(&["repo-ls", "--recurse"]);
+    assert!(
+        out.success(),
+        "pgbackrest repo-ls:\n{out}\n{}\n{:?}",
+        s3.log(),
+        s3.faults().requests()
+    );
+    assert_eq!(
+        out.stdout, "archive\narchive/hello.txt\n",
+        "repo-ls:\n{out}"
+    );
+
+    // 503 SlowDown twice: pgBackRest retries and gets the object.
+    s3.faults().inject(
+        Fault::new(FaultKind::SlowDown, 2)
+            .method("GET")
+            .target_contains("hello.txt"),
+    );
+    let out = pgbackrest(&["repo-get", "archive/hello.txt"]).expect_ok("repo-get after 503s");
+    assert_eq!(out.stdout, content);
+    assert_eq!(s3.faults().pending(), 0, "pgBackRest did not retry");
+
+    // 403 AccessDenied: not retried past; pgBackRest reports the S3 error.
+    s3.faults()
+        .inject(Fault::new(FaultKind::AccessDenied, 10).method("GET"));
+    let out = pgbackrest(&["repo-get", "archive/hello.txt"]);
+    assert!(
+        !out.success() && out.stderr.contains("403") && out.stderr.contains("AccessDenied"),
+        "repo-get with 403 injected:\n{out}"
+    );
+    s3.faults().clear();
 }

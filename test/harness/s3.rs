@@ -11,7 +11,9 @@
 //! - stunnel (Debian's stunnel4) terminates TLS with a server certificate for `localhost` and
 //!   127.0.0.1, signed by a throwaway CA generated with openssl: clients trust `ca_file()`.
 //! - The fault proxy (`s3_fault.rs`) passes everything through until a test injects faults
-//!   through `faults()`.
+//!   through `faults()`. It also answers GET/HEAD of a key that is only a prefix of other keys
+//!   with S3's 404 (s3s-fs says 500 there). Another s3s-fs limit, as it maps keys to files:
+//!   keys `a` and `a/b` cannot both exist.
 //!
 //! Endpoint: use `host()` ("localhost"), not the IP: pgBackRest 2.45 matches only DNS names in
 //! the certificate's subjectAltName. Path-style URIs (`repo1-s3-uri-style=path`): the server
@@ -115,7 +117,7 @@ impl S3Server {
         let s3_port = free_port();
         let tls_port = free_port();
         let mut server = S3Server {
-            proxy: FaultProxy::start(s3_port),
+            proxy: FaultProxy::start(s3_port, Some(dir.join("data"))),
             dir,
             s3_port,
             tls_port,

@@ -2,7 +2,9 @@
 //! the S3 server (see `s3.rs`) and, when told to, answers requests itself with an S3 error (500
 //! InternalError, 503 SlowDown, 403 AccessDenied), drops the connection, or delays them, so
 //! tests can check how a client retries and reports S3 failures. Otherwise it passes requests
-//! and responses through byte for byte (so SigV4 signatures stay valid).
+//! and responses through byte for byte (so SigV4 signatures stay valid), but for one fix of an
+//! s3s-fs quirk: GET/HEAD of a key that is only a prefix of other keys gets S3's 404 NoSuchKey
+//! instead of s3s-fs's 500 (see `is_directory_key`).
 //!
 //! Plain std threads, one per connection, one upstream connection per client connection.
 //! Message framing follows RFC 9112 as far as S3 clients need it: request bodies by
@@ -125,6 +127,8 @@ pub struct Seen {
 struct State {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
+    /// The S3 server's data directory, for the directory-key fix (see `is_directory_key`).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// The proxy: listens on 127.0.0.1:`port()`, forwards to 127.0.0.1:`upstream_port`. Stops
@@ -137,11 +141,16 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    pub fn start(upstream_port: u16) -> FaultProxy {
+    /// Starts the proxy in front of 127.0.0.1:`upstream_port`. With `data_dir` (the s3s-fs
+    /// root), GET and HEAD of a key stored there as a directory get 404 NoSuchKey, as from S3.
+    pub fn start(upstream_port: u16, data_dir: Option<std::path::PathBuf>) -> FaultProxy {
         let port = super::free_port();
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("fault proxy: binding 127.0.0.1:{port}: {e}"));
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            data_dir,
+            ..State::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let state = Arc::clone(&state);
@@ -399,8 +408,21 @@ fn copy_body(r: &mut impl BufRead, w: &mut impl Write, body: Body) -> io::Result
 }
 
 fn error_response(kind: FaultKind, method: &str, target: &str, close: bool) -> Vec<u8> {
-    static IDS: AtomicU64 = AtomicU64::new(1);
     let (status, reason, code, message) = kind.error().expect("error fault");
+    s3_error(status, reason, code, message, method, target, close)
+}
+
+/// An S3 error answer: XML body (none for HEAD), a request id, keep-alive unless `close`.
+fn s3_error(
+    status: u16,
+    reason: &str,
+    code: &str,
+    message: &str,
+    method: &str,
+    target: &str,
+    close: bool,
+) -> Vec<u8> {
+    static IDS: AtomicU64 = AtomicU64::new(1);
     let id = format!("pgbr-fault-{}", IDS.fetch_add(1, Ordering::Relaxed));
     let resource = target.split('?').next().unwrap_or_default();
     let body = format!(
@@ -419,6 +441,49 @@ fn error_response(kind: FaultKind, method: &str, target: &str, close: bool) -> V
         out.extend_from_slice(body.as_bytes());
     }
     out
+}
+
+/// Percent-decodes a URL path (invalid escapes are kept as they are).
+fn percent_decode(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("not hex");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Whether a GET or HEAD of `target` names an object key that s3s-fs stores as a directory
+/// (a prefix of other keys: `repo` when `repo/x` exists). s3s-fs 0.14.1 answers those with
+/// 500 InternalError ("Is a directory"); S3 answers 404 NoSuchKey, and clients such as
+/// pgBackRest HEAD a path before listing it.
+fn is_directory_key(data_dir: &std::path::Path, method: &str, target: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if method != "GET" && method != "HEAD" {
+        return false;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    let decoded = percent_decode(path.trim_start_matches('/'));
+    let Some(slash) = decoded.iter().position(|&c| c == b'/') else {
+        return false; // bucket-level request (ListObjects, ...)
+    };
+    let key = &decoded[slash + 1..];
+    if key.is_empty() || key.split(|&c| c == b'/').any(|seg| seg == b"..") {
+        return false;
+    }
+    data_dir
+        .join(std::ffi::OsStr::from_bytes(&decoded))
+        .is_dir()
 }
 
 /// The fault for this request, if a rule matches (and uses up one of its count); logs it.
@@ -483,6 +548,30 @@ fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> io::Res
                 continue;
             }
             None => {}
+        }
+
+        let data_dir = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .data_dir
+            .clone();
+        if data_dir.is_some_and(|d| is_directory_key(&d, method, target)) {
+            copy_body(&mut client_r, &mut io::sink(), body)?;
+            let answer = s3_error(
+                404,
+                "Not Found",
+                "NoSuchKey",
+                "The specified key does not exist.",
+                method,
+                target,
+                req.close,
+            );
+            client_w.write_all(&answer)?;
+            client_w.flush()?;
+            if req.close {
+                return Ok(());
+            }
+            continue;
         }
 
         if upstream.is_none() {
