@@ -3,8 +3,10 @@
 # missing) PostgreSQL 15, the OpenSSH server and client, python3, pgBackRest (Debian's
 # pgbackrest 2.45, which the compatibility tests run against) and the monitoring plugin
 # check_pgbackrest (Debian's check-pgbackrest 2.3, which test/monitoring.rs runs against both
-# tools), and checks for cargo.
-# Starts no system services: the tests run their own PostgreSQL clusters and sshd.
+# tools), stunnel4 and openssl (the TLS front of the S3 test server), checks for cargo, and
+# builds the S3 test server s3s-fs 0.14.1 with `cargo install` (about 3-5 minutes, once per
+# machine; test/harness/s3.rs runs it).
+# Starts no system services: the tests run their own PostgreSQL clusters, sshd and S3 servers.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -23,7 +25,11 @@ real_package() {
     apt-cache show --no-all-versions "$1" 2>/dev/null | grep -q "^Package: $1\$"
 }
 
-wanted=(postgresql-15 openssh-server openssh-client python3 pgbackrest check-pgbackrest)
+# stunnel4 is the TLS terminator in front of s3s-fs (plain HTTP): it only relays bytes, so the
+# S3 requests reach the server (and the harness's fault proxy) exactly as the client sent them,
+# and it needs a five-line config; haproxy or nginx would parse and rewrite HTTP on the way.
+wanted=(postgresql-15 openssh-server openssh-client python3 pgbackrest check-pgbackrest stunnel4
+    openssl)
 missing=()
 for pkg in "${wanted[@]}"; do
     if installed "$pkg"; then
@@ -69,7 +75,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-for tool in /usr/bin/pgbackrest /usr/bin/check_pgbackrest /usr/lib/postgresql/15/bin/initdb /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen; do
+for tool in /usr/bin/pgbackrest /usr/bin/check_pgbackrest /usr/lib/postgresql/15/bin/initdb \
+    /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen /usr/bin/stunnel /usr/bin/openssl; do
     if [ ! -x "$tool" ]; then
         echo "setup.sh: $tool is missing after installation" >&2
         exit 1
@@ -86,4 +93,21 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 echo "setup.sh: cargo found: $(cargo --version)"
+
+# The S3 test server, from crates.io (Apache-2.0), built once per machine into ~/.cargo/bin.
+s3s_version=0.14.1
+s3s_fs=$(command -v s3s-fs || true)
+if [ -z "$s3s_fs" ] && [ -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    s3s_fs=$HOME/.cargo/bin/s3s-fs
+fi
+if [ -n "$s3s_fs" ] && [ "$("$s3s_fs" --version 2>/dev/null)" = "s3s-fs $s3s_version" ]; then
+    echo "setup.sh: s3s-fs $s3s_version already installed ($s3s_fs)"
+else
+    echo "setup.sh: building s3s-fs $s3s_version with cargo install (about 3-5 minutes)"
+    nice -n 10 cargo install "s3s-fs@$s3s_version" --locked --features binary --quiet
+    if ! "$HOME/.cargo/bin/s3s-fs" --version >/dev/null 2>&1; then
+        echo "setup.sh: s3s-fs is missing from $HOME/.cargo/bin after cargo install" >&2
+        exit 1
+    fi
+fi
 echo "setup.sh: done"

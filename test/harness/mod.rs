@@ -1,6 +1,6 @@
 //! Integration-test harness: owns the fixtures the integration tests run against (a scratch
-//! directory, a PostgreSQL cluster, an OpenSSH server) and the helpers that run our binary and
-//! other programs as the `postgres` OS user.
+//! directory, a PostgreSQL cluster, an OpenSSH server, an S3 server over HTTPS with a fault
+//! injector) and the helpers that run our binary and other programs as the `postgres` OS user.
 //!
 //! Tests must run as root (PostgreSQL refuses root, so everything runs via `runuser -u postgres`,
 //! and sshd must start as root). Declare a `TestDir` before the fixtures placed in it so that
@@ -11,12 +11,16 @@
 mod pg;
 mod pgbackrest;
 mod proc;
+pub mod s3;
+pub mod s3_fault;
 mod sshd;
 mod testdir;
 
 pub use pg::{PgCluster, PG_BIN};
 pub use pgbackrest::{Paths as PgBackrestPaths, PgBackrest, PGBACKREST};
 pub use proc::{children, descendants, holds_open, is_dead, kill_tree, signal};
+pub use s3::{curl_status, S3Server, S3_REGION};
+pub use s3_fault::{Fault, FaultKind, FaultProxy};
 pub use sshd::Sshd;
 pub use testdir::TestDir;
 
