@@ -77,6 +77,19 @@ fn records(site: &Site) -> Vec<String> {
 
 /// Writes and switches WAL until the worker drops the queue, then waits until PostgreSQL
 /// archived (archive_command returned 0 for) every dropped segment; returns the first drop.
+/// With the repository reachable again, the next segment's worker writes the drop's
+/// records from the spool's pending list into the repository; the records it holds then.
+fn next_worker_records_the_drop(site: &Site, first: &str, last: &str) -> Vec<String> {
+    site.one_segment();
+    let recorded = records(site);
+    assert!(
+        recorded.iter().any(|r| r == first) && recorded.iter().any(|r| r == last),
+        "records {recorded:?} hold {first}...{last}"
+    );
+    assert!(!site.spool().join("out/dropped.pending").exists());
+    recorded
+}
+
 fn write_until_dropped(site: &Site) -> (String, String) {
     wait_until(
         "the worker drops the queue",
@@ -142,13 +155,7 @@ fn a_dropped_queue_is_recorded_and_reported_until_a_backup_covers_it() {
 
     // The repository is back: the next worker records the drop there.
     chmod(&archive_dir, 0o750);
-    site.one_segment();
-    let recorded = records(&site);
-    assert!(
-        recorded.contains(&first) && recorded.contains(&last),
-        "records {recorded:?} hold {first}...{last}"
-    );
-    assert!(!site.spool().join("out/dropped.pending").exists());
+    let recorded = next_worker_records_the_drop(&site, &first, &last);
     for seg in &recorded {
         assert!(site.stored(seg).is_empty(), "{seg} is dropped, not stored");
     }
@@ -360,13 +367,7 @@ fn a_drop_while_the_repository_host_is_down_is_recorded_once_it_is_back() {
     );
 
     site.sshd.as_mut().expect("remote site").start_again();
-    site.one_segment();
-    let recorded = records(&site);
-    assert!(
-        recorded.contains(&first) && recorded.contains(&last),
-        "records {recorded:?} hold {first}...{last}"
-    );
-    assert!(!site.spool().join("out/dropped.pending").exists());
+    let recorded = next_worker_records_the_drop(&site, &first, &last);
     let text = site.pgbr(&["info"]).expect_ok("info").stdout;
     assert!(
         text.contains("WAL DROPPED, see below")

@@ -70,6 +70,16 @@ fn run_dir(site: &Site) -> PathBuf {
     dirs[0].clone()
 }
 
+/// The segment the worker noted missing in `dir` (its `SEGMENT.missing` file), if any.
+fn missing_note(dir: &Path) -> Option<String> {
+    fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".missing"))
+            .map(String::from)
+    })
+}
+
 /// The prefetched file of `seg` in `dir`, if any.
 fn prefetched(dir: &Path, seg: &str) -> Option<PathBuf> {
     fs::read_dir(dir)
@@ -238,16 +248,7 @@ fn async_get_hands_over_only_valid_prefetched_files_of_this_run() {
     // The worker noted the segment after the archive's end missing. With the default
     // archive-missing-retry=y the note is never an answer: archived meanwhile, it is found.
     let dir = run_dir(&site);
-    let next = fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".missing"))
-                .map(String::from)
-        })
-        .expect("a .missing note");
+    let next = missing_note(&dir).expect("a .missing note");
     let archived = site.one_segment();
     assert_eq!(archived, next);
     wait_push_worker_gone(&site);
@@ -257,16 +258,7 @@ fn async_get_hands_over_only_valid_prefetched_files_of_this_run() {
 
     // archive-missing-retry=n: a miss the worker noted in this run is answered with exit 1
     // without looking again (pgBackRest's meaning), once; nothing is written to pg_wal.
-    let after = fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".missing"))
-                .map(String::from)
-        })
-        .expect("a .missing note for the segment after");
+    let after = missing_note(&dir).expect("a .missing note for the segment after");
     let mark = site.log("archive-get").len();
     let out = restore_command(&site, &data, &after, "--archive-missing-retry=n");
     assert_eq!(out.status, 1, "{out}");

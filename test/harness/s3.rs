@@ -455,24 +455,23 @@ impl S3Server {
     /// Freezes s3s-fs (SIGSTOP): TLS handshakes still succeed (stunnel runs), but requests
     /// get no answer, as from a hung server.
     pub fn pause(&mut self) {
-        let pid = self
-            .s3s
-            .as_ref()
-            .unwrap_or_else(|| panic!("pause: S3 server on port {} is not running", self.tls_port))
-            .id();
-        super::proc::signal(&[pid], "STOP");
+        self.signal_s3s("STOP", "pause");
         self.paused = true;
     }
 
     /// Undoes `pause()` (SIGCONT).
     pub fn resume(&mut self) {
+        self.signal_s3s("CONT", "resume");
+        self.paused = false;
+    }
+
+    fn signal_s3s(&self, signal: &str, what: &str) {
         let pid = self
             .s3s
             .as_ref()
-            .unwrap_or_else(|| panic!("resume: S3 server on port {} is not running", self.tls_port))
+            .unwrap_or_else(|| panic!("{what}: S3 server on port {} is not running", self.tls_port))
             .id();
-        super::proc::signal(&[pid], "CONT");
-        self.paused = false;
+        super::proc::signal(&[pid], signal);
     }
 }
 

@@ -44,8 +44,14 @@ pub fn run(cfg: &Config) -> Result<()> {
         SERVING_FILE,
         format!("{}\n", pg_wal.display()).as_bytes(),
     )?;
-    let repo_id = spool::repo_fingerprint(cfg, stanza);
-    let queue_max = cfg.bytes("archive-push-queue-max");
+    let served = Served {
+        cfg,
+        pg_wal,
+        spool,
+        repo_id: spool::repo_fingerprint(cfg, stanza),
+        queue_max: cfg.bytes("archive-push-queue-max"),
+    };
+    let (pg_wal, spool, repo_id) = (&served.pg_wal, &served.spool, &served.repo_id);
 
     // The repository, once per run; when it cannot be reached, every waiting
     // archive_command hears why at once instead of waiting for its timeout.
@@ -56,24 +62,12 @@ pub fn run(cfg: &Config) -> Result<()> {
             // The queue grows fastest exactly while the repository is unreachable: that is
             // when archive-push-queue-max must still drop (as pgBackRest's check comes before
             // it opens the repository); the records wait in the spool until it is back.
-            let (todo, queue_bytes) = queue(&pg_wal, &status_dir, &spool, &repo_id, None)?;
-            let over = queue_max.filter(|m| queue_bytes > *m);
-            if let Some(max) = over {
-                drop_queue(
-                    cfg,
-                    None,
-                    &spool,
-                    &pg_wal,
-                    &repo_id,
-                    &todo,
-                    queue_bytes,
-                    max,
-                )?;
-            }
+            let queue = served.queue(None)?;
+            let dropped = served.drop_if_over(None, &queue)?;
             for wal in ready(&status_dir)? {
                 // A dropped file's answer is its acknowledgment.
-                if over.is_none() || !todo.contains(&wal) {
-                    report_error(&spool, &wal.name, &e);
+                if !dropped || !queue.todo.contains(&wal) {
+                    report_error(spool, &wal.name, &e);
                 }
             }
             return Err(e);
@@ -85,8 +79,8 @@ pub fn run(cfg: &Config) -> Result<()> {
     let mut idle_since: Option<Instant> = None;
     loop {
         crate::signal::check()?;
-        let (todo, queue_bytes) = queue(&pg_wal, &status_dir, &spool, &repo_id, Some(&failed))?;
-        if todo.is_empty() {
+        let queue = served.queue(Some(&failed))?;
+        if queue.todo.is_empty() {
             // A busy primary closes the next segment moments later: waiting a little for it
             // saves the archive_command that would otherwise start a new worker.
             let idle = *idle_since.get_or_insert_with(Instant::now);
@@ -97,21 +91,11 @@ pub fn run(cfg: &Config) -> Result<()> {
             continue;
         }
         idle_since = None;
-        if let Some(max) = queue_max.filter(|m| queue_bytes > *m) {
-            drop_queue(
-                cfg,
-                Some(&target),
-                &spool,
-                &pg_wal,
-                &repo_id,
-                &todo,
-                queue_bytes,
-                max,
-            )?;
+        if served.drop_if_over(Some(&target), &queue)? {
             continue;
         }
         let newly_failed = Mutex::new(Vec::new());
-        workers.try_each_in_order(&todo, |wal| {
+        workers.try_each_in_order(&queue.todo, |wal| {
             let path = pg_wal.join(&wal.name);
             let repo = workers.repo(target.repo.as_ref());
             match push_one(&target, repo, wal, &path) {
@@ -133,7 +117,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                 Err(e) if e.kind == Kind::Term => return Err(e),
                 Err(e) => {
                     crate::error!("unable to push WAL file '{}': {}", wal.name, e.message);
-                    report_error(&spool, &wal.name, &e);
+                    report_error(spool, &wal.name, &e);
                     if let Ok(mut f) = newly_failed.lock() {
                         f.push(wal.name.clone());
                     }
@@ -148,35 +132,59 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// What is left to push, in order, and its size: the ready files not acknowledged yet (nor
-/// `failed` in this run). Acknowledgments and error files of files no longer ready go.
-fn queue(
-    pg_wal: &Path,
-    status_dir: &Path,
-    spool: &Spool,
-    repo_id: &str,
-    failed: Option<&BTreeSet<String>>,
-) -> Result<(Vec<WalName>, u64)> {
-    let ready = ready(status_dir)?;
-    clean(&spool.out_dir(), &ready)?;
-    let mut todo = Vec::new();
-    let mut queue_bytes = 0u64;
-    for wal in ready {
-        if failed.is_some_and(|f| f.contains(&wal.name)) {
-            continue;
+/// What one worker serves: a pg_wal directory, through a spool, for one repository.
+struct Served<'a> {
+    cfg: &'a Config,
+    pg_wal: PathBuf,
+    spool: Spool,
+    repo_id: String,
+    queue_max: Option<u64>,
+}
+
+/// The WAL waiting to be pushed, in order, and its size in bytes.
+struct Queue {
+    todo: Vec<WalName>,
+    bytes: u64,
+}
+
+impl Served<'_> {
+    /// What is left to push: the ready files not acknowledged yet (nor `failed` in this
+    /// run). Acknowledgments and error files of files no longer ready go.
+    fn queue(&self, failed: Option<&BTreeSet<String>>) -> Result<Queue> {
+        let (pg_wal, spool, repo_id) = (&self.pg_wal, &self.spool, self.repo_id.as_str());
+        let status_dir = pg_wal.join("archive_status");
+        let ready = ready(&status_dir)?;
+        clean(&spool.out_dir(), &ready)?;
+        let mut todo = Vec::new();
+        let mut queue_bytes = 0u64;
+        for wal in ready {
+            if failed.is_some_and(|f| f.contains(&wal.name)) {
+                continue;
+            }
+            let path = pg_wal.join(&wal.name);
+            let Ok(meta) = fs::metadata(&path) else {
+                // Archived and removed meanwhile, or never there (a stray .ready).
+                continue;
+            };
+            if is_acknowledged(spool, &wal.name, repo_id, &FileIdentity::of(&meta)) {
+                continue;
+            }
+            queue_bytes += meta.len();
+            todo.push(wal);
         }
-        let path = pg_wal.join(&wal.name);
-        let Ok(meta) = fs::metadata(&path) else {
-            // Archived and removed meanwhile, or never there (a stray .ready).
-            continue;
-        };
-        if is_acknowledged(spool, &wal.name, repo_id, &FileIdentity::of(&meta)) {
-            continue;
-        }
-        queue_bytes += meta.len();
-        todo.push(wal);
+        Ok(Queue {
+            todo,
+            bytes: queue_bytes,
+        })
     }
-    Ok((todo, queue_bytes))
+
+    /// Drops `queue` when it is over archive-push-queue-max; whether it did.
+    fn drop_if_over(&self, target: Option<&Target>, queue: &Queue) -> Result<bool> {
+        match self.queue_max.filter(|max| queue.bytes > *max) {
+            Some(max) => self.drop_queue(target, queue, max).map(|_| true),
+            None => Ok(false),
+        }
+    }
 }
 
 /// The WAL files PostgreSQL marked ready, in the order its archiver takes them: timeline
@@ -265,95 +273,89 @@ fn report_error(spool: &Spool, wal: &str, e: &Error) {
     }
 }
 
-/// archive-push-queue-max exceeded: what pgBackRest does (acknowledge every waiting segment
-/// without storing it, so that PostgreSQL frees pg_wal), and what it does not: an ERROR, the
-/// failure hook, and a record of each dropped segment in the repository, which info, verify
-/// and check report until a backup starts after the gap.
-#[allow(clippy::too_many_arguments)]
-fn drop_queue(
-    cfg: &Config,
-    target: Option<&Target>,
-    spool: &Spool,
-    pg_wal: &Path,
-    repo_id: &str,
-    todo: &[WalName],
-    queue_bytes: u64,
-    queue_max: u64,
-) -> Result<()> {
-    let facts = DropFacts {
-        time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-        queue_bytes,
-        queue_max,
-    };
-    let out = spool.out_dir();
-    // Recorded first, acknowledged after: a worker killed in between leaves a record of a
-    // drop that did not happen (the segments are pushed by the next run), never a drop
-    // without a record.
-    let names: Vec<&str> = todo.iter().map(|w| w.name.as_str()).collect();
-    let mut pending = read_pending(&out);
-    pending.extend(names.iter().map(|n| (n.to_string(), facts.clone())));
-    write_pending(&out, &pending)?;
-    if let Some(target) = target {
-        flush_pending_drops(target, &out);
-    }
+impl Served<'_> {
+    /// archive-push-queue-max exceeded: what pgBackRest does (acknowledge every waiting segment
+    /// without storing it, so that PostgreSQL frees pg_wal), and what it does not: an ERROR, the
+    /// failure hook, and a record of each dropped segment in the repository, which info, verify
+    /// and check report until a backup starts after the gap.
+    fn drop_queue(&self, target: Option<&Target>, queue: &Queue, queue_max: u64) -> Result<()> {
+        let (cfg, spool, pg_wal, repo_id) = (self.cfg, &self.spool, &self.pg_wal, &self.repo_id);
+        let (todo, queue_bytes) = (&queue.todo, queue.bytes);
+        let facts = DropFacts {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            queue_bytes,
+            queue_max,
+        };
+        let out = spool.out_dir();
+        // Recorded first, acknowledged after: a worker killed in between leaves a record of a
+        // drop that did not happen (the segments are pushed by the next run), never a drop
+        // without a record.
+        let names: Vec<&str> = todo.iter().map(|w| w.name.as_str()).collect();
+        let mut pending = read_pending(&out);
+        pending.extend(names.iter().map(|n| (n.to_string(), facts.clone())));
+        write_pending(&out, &pending)?;
+        if let Some(target) = target {
+            flush_pending_drops(target, &out);
+        }
 
-    for wal in todo {
-        let path = pg_wal.join(&wal.name);
-        let Ok(mut file) = File::open(&path) else {
-            continue;
-        };
-        let Ok(meta) = file.metadata() else { continue };
-        let system_id = if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
-            let mut page = [0u8; LONG_HEADER_SIZE];
-            use std::io::Read;
-            file.read_exact(&mut page)
-                .ok()
-                .and_then(|_| WalHeader::parse(&page, &wal.name).ok())
-                .map(|h| h.system_id)
-        } else {
-            None
-        };
-        let ack = PushAck {
-            wal: wal.name.clone(),
-            system_id,
-            sha1: String::new(),
-            stored: String::new(),
-            repo: repo_id.to_string(),
-            file: FileIdentity::of(&meta),
-            dropped: true,
-        };
-        spool::write_file(&out, &format!("{}.ack", wal.name), &ack.to_bytes())?;
-        // An earlier failure to push it is no longer the answer.
-        spool::remove_file(&spool.err_path(&wal.name))?;
-    }
-    let first = names.first().copied().unwrap_or("");
-    let last = names.last().copied().unwrap_or("");
-    let e = Error::new(
-        Kind::ArchiveTimeout,
-        format!(
+        for wal in todo {
+            let path = pg_wal.join(&wal.name);
+            let Ok(mut file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            let system_id = if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
+                let mut page = [0u8; LONG_HEADER_SIZE];
+                use std::io::Read;
+                file.read_exact(&mut page)
+                    .ok()
+                    .and_then(|_| WalHeader::parse(&page, &wal.name).ok())
+                    .map(|h| h.system_id)
+            } else {
+                None
+            };
+            let ack = PushAck {
+                wal: wal.name.clone(),
+                system_id,
+                sha1: String::new(),
+                stored: String::new(),
+                repo: repo_id.to_string(),
+                file: FileIdentity::of(&meta),
+                dropped: true,
+            };
+            spool::write_file(&out, &format!("{}.ack", wal.name), &ack.to_bytes())?;
+            // An earlier failure to push it is no longer the answer.
+            spool::remove_file(&spool.err_path(&wal.name))?;
+        }
+        let first = names.first().copied().unwrap_or("");
+        let last = names.last().copied().unwrap_or("");
+        let e = Error::new(
+            Kind::ArchiveTimeout,
+            format!(
             "dropped {} WAL file(s) {first}...{last} without archiving them: {queue_bytes} bytes \
              were waiting, more than archive-push-queue-max ({queue_max} bytes); point-in-time \
              recovery across them is impossible until the next backup",
             names.len()
         ),
-    )
-    .with_hint("find out why archiving is slow or failing, then take a backup");
-    crate::error!("{}", e.message);
-    if let Err(w) = hook::run(
-        cfg,
-        Point::Failure,
-        &RunFacts {
-            backup_label: None,
-            backup_type: None,
-        },
-        Some(&e),
-    ) {
-        crate::warn!("{}", w.message);
+        )
+        .with_hint("find out why archiving is slow or failing, then take a backup");
+        crate::error!("{}", e.message);
+        if let Err(w) = hook::run(
+            cfg,
+            Point::Failure,
+            &RunFacts {
+                backup_label: None,
+                backup_type: None,
+            },
+            Some(&e),
+        ) {
+            crate::warn!("{}", w.message);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Dropped segments not yet recorded in the repository, with why they were dropped.
