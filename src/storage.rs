@@ -77,6 +77,17 @@ pub trait Storage: Send + Sync {
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &str) -> Result<()>;
 
+    /// Removes these files, in this order; missing ones are not an error.
+    fn remove_many(&self, paths: &[String]) -> Result<()> {
+        paths.iter().try_for_each(|p| self.remove(p))
+    }
+
+    /// Whether [`Storage::remove_many`] removes many files in one request (object storage's
+    /// batch delete), so that a caller removing many files should hand them over together.
+    fn removes_in_batches(&self) -> bool {
+        false
+    }
+
     /// Removes a directory and everything in it; a missing directory is not an error.
     fn remove_tree(&self, path: &str) -> Result<()>;
 

@@ -451,11 +451,14 @@ fn remove_wal(
             )
             .collect();
         files.sort();
+        files.retain(|(segment, _)| wal_removable(segment, start, &ranges));
+        // Object storage removes a directory's files in one request (up to 1000 keys).
+        if !dry_run && repo.removes_in_batches() {
+            let paths: Vec<String> = files.iter().map(|(_, f)| format!("{path}/{f}")).collect();
+            repo.remove_many(&paths)?;
+        }
         for (segment, file_name) in files {
-            if !wal_removable(segment, start, &ranges) {
-                continue;
-            }
-            if !dry_run {
+            if !dry_run && !repo.removes_in_batches() {
                 repo.remove(&format!("{path}/{file_name}"))?;
                 test_pause("wal-removed");
             }

@@ -475,6 +475,22 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    fn remove_many(&self, paths: &[String]) -> Result<()> {
+        let keys = paths
+            .iter()
+            .map(|p| self.key(p))
+            .collect::<Result<Vec<_>>>()?;
+        for batch in keys.chunks(DELETE_BATCH) {
+            crate::signal::check()?;
+            self.delete_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn removes_in_batches(&self) -> bool {
+        true
+    }
+
     fn remove_tree(&self, path: &str) -> Result<()> {
         let prefix = self.dir_prefix(path)?;
         let mut keys = Vec::new();
