@@ -277,3 +277,32 @@ fn tls_is_verified_unless_turned_off() {
     opts.verify_tls = false;
     S3Storage::new(&opts).unwrap().list("").unwrap();
 }
+
+#[test]
+fn instance_credentials_that_cannot_be_had_are_one_clear_error() {
+    harness::require_root();
+    let dir = TestDir::new();
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("pgbr");
+    // No instance metadata service here (not an EC2 instance): key-type=auto fails once,
+    // saying where it looked and what to configure instead.
+    let mut opts = options(&s3, "pgbr", "/repo");
+    opts.credentials = S3Credentials::Auto { role: None };
+    opts.io_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let e = S3Storage::new(&opts).unwrap().list("").unwrap_err();
+    assert_eq!(e.kind, Kind::HostConnect, "{e:?}");
+    assert!(e.message.contains("instance metadata"), "{}", e.message);
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("repo1-s3-key-type=shared"),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -86,6 +86,7 @@ impl Client {
             .timeout_recv_response(Some(opts.io_timeout))
             .timeout_per_read(Some(opts.io_timeout))
             .timeout_per_write(Some(opts.io_timeout))
+            .max_idle_connections(64)
             .max_idle_connections_per_host(64)
             .user_agent(concat!("pg_backrest/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -224,6 +225,9 @@ impl Client {
                 failure.text
             ),
         );
+        if let Some(hint) = &failure.hint {
+            return e.with_hint(hint.clone());
+        }
         match failure.kind {
             Kind::HostConnect => e.with_hint(
                 "check that the S3 server is running and reachable (repo1-s3-endpoint, \
@@ -247,6 +251,9 @@ struct Failure {
     kind: Kind,
     text: String,
     retryable: bool,
+    /// An error of ours that stopped the attempt before it was sent (credentials): its
+    /// hint is the one to give.
+    hint: Option<String>,
 }
 
 impl Failure {
@@ -276,6 +283,7 @@ impl Failure {
             kind,
             text,
             retryable,
+            hint: None,
         }
     }
 
@@ -302,10 +310,18 @@ impl Failure {
             },
             _ => (Kind::HostConnect, true),
         };
+        let hint = match &e {
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<Error>())
+                .and_then(|inner| inner.hint.clone()),
+            _ => None,
+        };
         Failure {
             kind,
             text,
             retryable,
+            hint,
         }
     }
 }
