@@ -306,3 +306,38 @@ fn instance_credentials_that_cannot_be_had_are_one_clear_error() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_read_cut_short_resumes_where_it_was() {
+    harness::require_root();
+    let dir = TestDir::new();
+    let mut s3 = S3Server::start(dir.path());
+    s3.create_bucket("pgbr");
+    let mut opts = options(&s3, "pgbr", "/repo");
+    opts.io_timeout = Duration::from_secs(10);
+    let s = S3Storage::new(&opts).unwrap();
+    let data = pseudo_random(48 << 20, 11);
+    let mut w = s.open_write_named("big", "file").unwrap();
+    w.write_all(&data).unwrap();
+    w.commit("file").unwrap();
+
+    // The server dies after the first MiB was read, and comes back: the reader asks for the
+    // rest and the bytes are the object's.
+    let mut r = s.open_read("big/file").unwrap().unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    r.read_exact(&mut got).unwrap();
+    s3.stop();
+    s3.start_again();
+    r.read_to_end(&mut got).unwrap();
+    assert!(
+        got.len() == data.len() && got == data,
+        "resumed read returned other bytes"
+    );
+    let gets = s3
+        .faults()
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.target.contains("big/file"))
+        .count();
+    assert!(gets >= 2, "the read was resumed with a second GET ({gets})");
+}

@@ -263,6 +263,15 @@ impl S3Storage {
                     self.client.describe(key)
                 ),
             )),
+            // A server that ignores Range sends the object from its start: reading on would
+            // repeat what was read.
+            200 if offset > 0 => Err(Error::new(
+                Kind::FileRead,
+                format!(
+                    "unable to resume reading '{}' at offset {offset}: the server ignored the range",
+                    self.client.describe(key)
+                ),
+            )),
             _ => Ok(Some(response)),
         }
     }
