@@ -149,6 +149,23 @@ fn objects_appear_whole_at_commit_and_list_as_a_tree() {
     let e = w.write_all(&data).unwrap_err();
     assert!(e.to_string().contains("before its name is known"), "{e}");
 
+    // Connections are reused: 40 writes, reads (to the end, and stopped short of it) and
+    // removes use the pool, not a TCP and TLS handshake each.
+    let before = s3.faults().connections();
+    for i in 0..10 {
+        write_small(&s, &format!("pool/{i}"), b"0123456789").unwrap();
+        assert_eq!(
+            read_small(&s, &format!("pool/{i}")).unwrap().unwrap(),
+            b"0123456789"
+        );
+        let mut r = s.open_read(&format!("pool/{i}")).unwrap().unwrap();
+        r.read_exact(&mut [0u8; 10]).unwrap();
+        drop(r);
+        s.remove(&format!("pool/{i}")).unwrap();
+    }
+    let opened = s3.faults().connections() - before;
+    assert!(opened <= 2, "40 requests opened {opened} connections");
+
     // No links on S3.
     assert!(!s.supports_links());
 

@@ -280,7 +280,7 @@ impl S3Storage {
         let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
             HeadObject::new(bucket, Some(c), key).sign(SIGNATURE_TTL)
         };
-        let response = self.client.send(&Request {
+        let response = self.client.send_drained(&Request {
             method: Method::HEAD,
             key,
             sign: &sign,
@@ -288,13 +288,13 @@ impl S3Storage {
             body: &[],
             accept: &[404],
         })?;
-        if response.status().as_u16() == 404 {
+        if response.status.as_u16() == 404 {
             return Ok(None);
         }
-        let size = header(&response, "content-length")
+        let size = header(&response.headers, "content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mtime = header(&response, "last-modified")
+        let mtime = header(&response.headers, "last-modified")
             .and_then(|v| chrono::DateTime::parse_from_rfc2822(&v).ok())
             .map(|t| t.timestamp())
             .unwrap_or(0);
@@ -371,9 +371,8 @@ impl S3Storage {
     }
 }
 
-fn header(response: &Response<Body>, name: &str) -> Option<String> {
-    response
-        .headers()
+fn header(headers: &ureq::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(String::from)
@@ -418,8 +417,8 @@ impl Storage for S3Storage {
         let Some(response) = self.get(&key, 0, None)? else {
             return Ok(None);
         };
-        let size = header(&response, "content-length").and_then(|v| v.parse().ok());
-        let etag = header(&response, "etag");
+        let size = header(response.headers(), "content-length").and_then(|v| v.parse().ok());
+        let etag = header(response.headers(), "etag");
         Ok(Some(Box::new(S3Reader {
             storage: self,
             key,
@@ -473,7 +472,7 @@ impl Storage for S3Storage {
         let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
             DeleteObject::new(bucket, Some(c), &key).sign(SIGNATURE_TTL)
         };
-        self.client.send(&Request {
+        self.client.send_drained(&Request {
             method: Method::DELETE,
             key: &key,
             sign: &sign,
@@ -672,6 +671,12 @@ impl Read for S3Reader<'_> {
                 Ok(n) => {
                     self.offset += n as u64;
                     self.resumes = 0;
+                    // A decoder stops at the end of its stream and never asks for the body's
+                    // end; reading it now returns the connection to the pool.
+                    if self.size == Some(self.offset) {
+                        let _ = body.read(&mut [0u8; 1]);
+                        self.body = None;
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -777,7 +782,7 @@ impl<'a> S3Writer<'a> {
         let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
             UploadPart::new(bucket, Some(c), &key, number as u16, &id).sign(SIGNATURE_TTL)
         };
-        let response = self.client().send(&Request {
+        let response = self.client().send_drained(&Request {
             method: Method::PUT,
             key: &key,
             sign: &sign,
@@ -785,7 +790,7 @@ impl<'a> S3Writer<'a> {
             body: &self.buf,
             accept: &[],
         })?;
-        let etag = header(&response, "etag").ok_or_else(|| {
+        let etag = header(&response.headers, "etag").ok_or_else(|| {
             Error::new(
                 Kind::Protocol,
                 format!(
@@ -819,7 +824,7 @@ impl<'a> S3Writer<'a> {
             let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
                 PutObject::new(bucket, Some(c), &key).sign(SIGNATURE_TTL)
             };
-            self.client().send(&Request {
+            self.client().send_drained(&Request {
                 method: Method::PUT,
                 key: &key,
                 sign: &sign,
@@ -920,7 +925,7 @@ impl Drop for S3Writer<'_> {
         let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
             AbortMultipartUpload::new(bucket, Some(c), &key, &upload.id).sign(SIGNATURE_TTL)
         };
-        if let Err(e) = self.client().send(&Request {
+        if let Err(e) = self.client().send_drained(&Request {
             method: Method::DELETE,
             key: &key,
             sign: &sign,

@@ -138,6 +138,8 @@ pub struct FaultProxy {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
+    /// Connections accepted (stunnel opens one per client connection).
+    connections: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -152,9 +154,11 @@ impl FaultProxy {
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
         let acceptor = {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
+            let connections = Arc::clone(&connections);
             thread::Builder::new()
                 .name(format!("fault-proxy-{port}"))
                 .spawn(move || {
@@ -164,6 +168,7 @@ impl FaultProxy {
                             return;
                         }
                         let Ok(conn) = conn else { continue };
+                        connections.fetch_add(1, Ordering::Relaxed);
                         let state = Arc::clone(&state);
                         let id = ids.fetch_add(1, Ordering::Relaxed);
                         // Errors end the connection, as a failing server would: nothing to report.
@@ -181,11 +186,17 @@ impl FaultProxy {
             state,
             stop,
             acceptor: Some(acceptor),
+            connections,
         }
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Client connections accepted so far (the readiness probes' included).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

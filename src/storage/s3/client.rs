@@ -170,6 +170,18 @@ impl Client {
         }
     }
 
+    /// As [`Client::send`], for an answer whose body says nothing: the body is read to its
+    /// end, which is what returns the connection to the pool (a body left unread closes it,
+    /// and the next request pays a new TCP and TLS handshake).
+    pub fn send_drained(&self, req: &Request<'_>) -> Result<http::response::Parts> {
+        let (parts, body) = self.send(req)?.into_parts();
+        let _ = std::io::copy(
+            &mut body.into_reader().take(64 * 1024),
+            &mut std::io::sink(),
+        );
+        Ok(parts)
+    }
+
     fn attempt(
         &self,
         req: &Request<'_>,
