@@ -180,8 +180,10 @@ def report(results, meta_path, cap_dir, out_path=None):
         with contextlib.redirect_stdout(buf):
             archive_async_bench.report(cap_plan, cap_res)
         # its first line is its own "### Results" heading: the machine line follows
-        body = buf.getvalue().splitlines()
-        lines.extend(l for l in body if not l.startswith("### Results"))
+        body = [l for l in buf.getvalue().splitlines() if not l.startswith("### Results")]
+        while body and not body[0].strip():
+            body.pop(0)
+        lines.extend(body)
     text = "\n".join(lines).rstrip() + "\n"
     print(text)
     if out_path:
