@@ -117,7 +117,8 @@ finish_cleanup() {
 # matches only DNS names of the subjectAltName) with path-style URIs (no wildcard name for
 # virtual-hosted buckets). Without the harness's proxy, a GET or HEAD of a bare prefix gets
 # s3s-fs's 500 instead of S3's 404 (pgBackRest's repo-ls makes one; the benchmarked commands
-# do not).
+# do not). With S3_NODELAY=1, s3s-fs runs with test/bench/nodelay.c preloaded (built here
+# with gcc): TCP_NODELAY on its connections, which it does not set itself (see nodelay.c).
 
 # s3s_fs_binary: the s3s-fs on PATH or in ~/.cargo/bin (where the harness looks for it too)
 s3s_fs_binary() {
@@ -134,10 +135,10 @@ s3s_fs_binary() {
 # start_s3_server DIR: CA, certificate, credentials and stunnel config under DIR (created),
 # then s3s-fs and stunnel on free ports, both children of one `sh` whose pid is S3_PID (so
 # that a process-tree sampler rooted there sees the whole server). Sets S3_PORT (HTTPS),
-# S3_KEY, S3_SECRET, S3_CA, S3_DATA and S3_PID; waits until HTTPS answers. Uses the caller's
-# die.
+# S3_KEY, S3_SECRET, S3_CA, S3_DATA and S3_PID; waits until HTTPS answers. Reads S3_NODELAY
+# (above). Uses the caller's die.
 start_s3_server() {
-    local d=$1 bin backend t code
+    local d=$1 bin backend t code preload=
     bin=$(s3s_fs_binary) || die "s3s-fs not found on PATH nor in ~/.cargo/bin: run 'bash test/setup.sh' as root (it builds s3s-fs 0.14.1 with cargo install, about 3 minutes, once per machine)"
     for t in stunnel openssl curl; do
         command -v "$t" >/dev/null || die "$t is missing (run 'bash test/setup.sh' as root)"
@@ -165,6 +166,12 @@ start_s3_server() {
     ) >"$d/openssl.log" 2>&1 || die "making the S3 server's certificates failed: $(cat "$d/openssl.log")"
     chmod 0644 "$d/ca.crt"
     chmod 0600 "$d/ca.key" "$d/server.key"
+    if [ "${S3_NODELAY:-0}" = 1 ]; then
+        command -v gcc >/dev/null || die "S3_NODELAY=1 needs gcc (apt-get install gcc), or run with S3_NODELAY=0"
+        gcc -O2 -Wall -shared -fPIC -o "$d/nodelay.so" "$(dirname "${BASH_SOURCE[0]}")/nodelay.c" -ldl \
+            >"$d/gcc.log" 2>&1 || die "building nodelay.so failed: $(cat "$d/gcc.log")"
+        preload=$d/nodelay.so
+    fi
     S3_KEY=$(openssl rand -hex 10 | tr a-f A-F)
     S3_SECRET=$(openssl rand -hex 20 | tr a-f A-F)
     backend=$(free_port)
@@ -183,7 +190,7 @@ TIMEOUTclose = 0
 EOF
     # The credentials reach sh through its environment (s3s-fs has no other way than argv).
     S3FS=$bin S3DIR=$d S3BACKEND=$backend S3K=$S3_KEY S3S=$S3_SECRET RUST_LOG=warn NO_COLOR=1 \
-        sh -c '"$S3FS" --host 127.0.0.1 --port "$S3BACKEND" --access-key "$S3K" \
+        S3PRELOAD=$preload sh -c 'LD_PRELOAD=$S3PRELOAD "$S3FS" --host 127.0.0.1 --port "$S3BACKEND" --access-key "$S3K" \
                    --secret-key "$S3S" "$S3DIR/data" >>"$S3DIR/s3s-fs.log" 2>&1 &
                stunnel "$S3DIR/stunnel.conf" >>"$S3DIR/stunnel.log" 2>&1 &
                wait' </dev/null &

@@ -22,6 +22,8 @@
 #   SEGMENTS=64       backlog segments of the capacity part
 #   CAP_MODES=async   archive-push modes of the capacity part (async, sync)
 #   CAP_COMPRESS=gz:6 compress-type:level of the capacity part
+#   S3_NODELAY=1      s3s-fs with TCP_NODELAY (test/bench/nodelay.c preloaded, built with gcc);
+#                     0: s3s-fs as the tests run it, where a GET often stalls ~40 ms
 #   OUT=file.md       also write the markdown report there
 #   KEEP=1            keep the work directory (/tmp/pgbr-s3bench.XXXX) for inspection
 #   NO_BUILD=1        skip cargo build --release (use target/release/pg_backrest as it is)
@@ -42,6 +44,7 @@ FULL_ROUNDS=${FULL_ROUNDS:-1}
 SEGMENTS=${SEGMENTS:-64}
 CAP_MODES=${CAP_MODES:-async}
 CAP_COMPRESS=${CAP_COMPRESS:-gz:6}
+S3_NODELAY=${S3_NODELAY:-1}
 KEEP=${KEEP:-0}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -75,6 +78,7 @@ for v in ROUNDS FULL_ROUNDS SEGMENTS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
 done
 [ "$SEGMENTS" -ge 4 ] || die "SEGMENTS must be >= 4"
+case $S3_NODELAY in 0 | 1) ;; *) die "S3_NODELAY must be 0 or 1" ;; esac
 [[ "$CAP_COMPRESS" =~ ^[a-z0-9]+:[0-9]+$ ]] || die "CAP_COMPRESS must be TYPE:LEVEL (e.g. gz:6)"
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
@@ -82,7 +86,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 0. Packages, build.
-install_bench_packages stunnel4 openssl curl
+install_bench_packages stunnel4 openssl curl $([ "$S3_NODELAY" = 0 ] || echo gcc libc6-dev)
 for t in "$PGBIN/initdb" "$PGBIN/pgbench" /usr/bin/time /usr/bin/pgbackrest /usr/bin/stunnel; do
     [ -x "$t" ] || die "$t is missing"
 done
@@ -136,7 +140,7 @@ RES=$W/scratch/results.jsonl
 # ---------------------------------------------------------------------------------------------
 # 1. The S3 server (lib.sh), shared by both tools and every part.
 start_s3_server "$W/s3server"
-log "S3 server: https://localhost:$S3_PORT (s3s-fs $("$(s3s_fs_binary)" --version | awk '{print $2}') behind stunnel), data in $S3_DATA"
+log "S3 server: https://localhost:$S3_PORT (s3s-fs $("$(s3s_fs_binary)" --version | awk '{print $2}') behind stunnel, S3_NODELAY=$S3_NODELAY), data in $S3_DATA"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Per scale: cluster, one bucket per tool and compress type, measurements.
@@ -436,7 +440,7 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
            "s3s_fs_version": "$("$(s3s_fs_binary)" --version | awk '{print $2}')",
            "ours_version": "$OURS_VERSION", "commit": "$COMMIT",
            "total": $(($(date +%s) - T0)), "compress": "$COMPRESS", "rounds": $ROUNDS,
-           "full_rounds": $FULL_ROUNDS, "loadavg": open("/proc/loadavg").read().split()[:3]},
+           "full_rounds": $FULL_ROUNDS, "nodelay": $S3_NODELAY == 1, "loadavg": open("/proc/loadavg").read().split()[:3]},
           open(sys.argv[1], "w"))
 EOF
 log "done; report:"

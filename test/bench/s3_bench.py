@@ -75,7 +75,10 @@ def report(results, meta_path, cap_dir, out_path=None):
     w(f"Measured {meta['date']} on {meta['machine']}; PostgreSQL {meta['pg_version']}, "
       f"pgBackRest {meta['pgbackrest_version']}, pg_backrest {meta['ours_version']} "
       f"(commit {meta['commit']}); both tools with `repo1-type=s3` on the same server: "
-      f"s3s-fs {meta['s3s_fs_version']} behind stunnel (TLS, CA made for the run) on "
+      f"s3s-fs {meta['s3s_fs_version']} "
+      + ("(with TCP_NODELAY: test/bench/nodelay.c) " if meta.get("nodelay")
+         else "(as the tests run it, no TCP_NODELAY) ")
+      + "behind stunnel (TLS, CA made for the run) on "
       f"127.0.0.1, path-style URIs, one bucket per tool and compress type. gz at level 6 "
       f"(pgBackRest's default), other types at their default level; page cache dropped "
       f"before each backup and restore. Total run time {meta['total']} s; load average at "
