@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helper of test/bench/archive_async.sh (not meant to be run by hand).
+"""Helper of test/bench/archive_async.sh and test/bench/s3.sh (not meant to be run by hand).
 
   archive_async_bench.py run PLAN.json RESULTS.json
       Runs as the postgres OS user: builds the clusters, configurations and
@@ -339,7 +339,7 @@ log_timezone = 'UTC'
         for mode in ("async", "sync"):
             if mode not in self.p["modes"]:
                 continue
-            for repo in ("local", "ssh"):
+            for repo in ("local", "ssh", "s3"):
                 if repo not in self.p["repos"]:
                     continue
                 pair = [t for t in ("ours", "theirs") if t in self.p["tools"]]
@@ -354,12 +354,22 @@ log_timezone = 'UTC'
     def exe(self, tool):
         return self.bin if tool == "ours" else "/usr/bin/pgbackrest"
 
+    def repo_path(self, name, repo):
+        """Where a variant's repository is on this machine's disk: a directory of the work
+        directory, or with repo "s3" the S3 server's copy of key prefix NAME in the plan's
+        bucket (s3s-fs stores key k of that bucket as the file s3.data/k)."""
+        if repo == "s3":
+            return f"{self.p['s3']['data']}/{name}"
+        return f"{self.W}/repo/{name}"
+
     def write_conf(self, name, tool, mode, repo, repo_path, pgdata):
         """Config(s) of one variant in one part. Returns (config the database side runs
-        with, config stanza-create runs with)."""
+        with, config stanza-create runs with). Repo "s3": the plan's S3 repository options
+        (s3.sh), key prefix /NAME."""
         for d in ("lock", "log", "spool"):
             os.makedirs(f"{self.W}/{d}/{name}", exist_ok=True)
-        os.makedirs(repo_path, exist_ok=True)
+        if repo != "s3":
+            os.makedirs(repo_path, exist_ok=True)
         common = f"""lock-path={self.W}/lock/{name}
 log-path={self.W}/log/{name}
 log-level-console=off
@@ -376,6 +386,12 @@ pg1-socket-path={self.sock}
 pg1-port={self.port}
 """
         db_conf = f"{self.W}/conf/{name}.conf"
+        if repo == "s3":
+            with os.fdopen(os.open(db_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                           "w") as f:
+                f.write(f"[global]\n{self.p['s3']['options']}\nrepo1-path=/{name}\n"
+                        f"{common}\n{pg}")
+            return db_conf, db_conf
         if repo == "local":
             with open(db_conf, "w") as f:
                 f.write(f"[global]\nrepo1-path={repo_path}\n{common}\n{pg}")
@@ -461,7 +477,7 @@ repo1-host-config={repo_conf}
         os.sync()
         name = f"cap-{v['name']}"
         v["conf_name"] = name
-        repo_path = f"{self.W}/repo/{name}"
+        repo_path = self.repo_path(name, v["repo"])
         conf, sc_conf = self.write_conf(name, v["tool"], v["mode"], v["repo"], repo_path,
                                         self.pgdata)
         self.stanza_create(v["tool"], sc_conf, name)
@@ -590,7 +606,7 @@ repo1-host-config={repo_conf}
         os.sync()
         name = f"load-{v['name']}"
         v["conf_name"] = name
-        repo_path = f"{self.W}/repo/{name}"
+        repo_path = self.repo_path(name, v["repo"])
         conf, sc_conf = self.write_conf(name, v["tool"], v["mode"], v["repo"], repo_path,
                                         self.pgdata)
         self.stanza_create(v["tool"], sc_conf, name)
