@@ -30,6 +30,7 @@ mod ownership;
 mod remote;
 mod restore_delta;
 mod restore_targets;
+mod s3;
 mod signals;
 mod stanza;
 mod timeline;
