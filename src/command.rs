@@ -67,8 +67,10 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
                 crate::storage::posix::check_owner(&path, "repository").and_then(|_| take_lock(cfg))
             }
             // On the repository host, its storage checks the owner of each directory it
-            // writes in.
-            crate::repo::RepoLocation::Remote { .. } => take_lock(cfg),
+            // writes in; a bucket has no owner to check.
+            crate::repo::RepoLocation::Remote { .. } | crate::repo::RepoLocation::S3(_) => {
+                take_lock(cfg)
+            }
         })
     } else {
         take_lock(cfg)

@@ -9,7 +9,9 @@
 //! except where pgBackRest only warns: a key in a config file that no one knows (an error for
 //! `check` alone, so that a typo never stops archive_command) or that cannot apply where it
 //! stands. pgBackRest's options that pg_backrest lacks are ignored with a warning or refused,
-//! as their row in [`pgbackrest::FOREIGN`] says.
+//! as their row in [`pgbackrest::FOREIGN`] says. Rules between options (pgBackRest's
+//! `depend` and `required`, e.g. the S3 options with repo1-type=s3) are applied once the values
+//! are resolved ([`apply_option_rules`]).
 
 pub mod commands;
 pub mod help;
@@ -197,6 +199,19 @@ impl Config {
                 })?;
             }
         }
+
+        apply_option_rules(
+            &Origins {
+                cli: &cli.values,
+                env: &env.keys,
+                file: &file,
+                stanza: stanza.as_deref(),
+                command,
+            },
+            &mut values,
+            &mut explicit,
+            &mut warnings,
+        )?;
 
         apply_foreign(
             &Foreigners {
@@ -399,6 +414,190 @@ pub fn fmt_seconds(d: Duration) -> String {
 fn push_once(warnings: &mut Vec<String>, w: String) {
     if !warnings.contains(&w) {
         warnings.push(w);
+    }
+}
+
+/// Where the values of pg_backrest's own options come from, to name the source in messages.
+struct Origins<'a> {
+    cli: &'a BTreeMap<&'static str, String>,
+    /// The environment variable of each option set there.
+    env: &'a BTreeMap<&'static str, String>,
+    file: &'a LoadedConfig,
+    stanza: Option<&'a str>,
+    command: Cmd,
+}
+
+impl Origins<'_> {
+    /// The name as written and where, for an option set explicitly (the same precedence as
+    /// the resolver's), e.g. `("repo-type", "in section '[global]' of '/etc/x.conf'")`.
+    fn of(&self, opt: &OptDef) -> (String, String) {
+        if self.cli.contains_key(opt.name) {
+            (opt.name.to_string(), "on the command line".to_string())
+        } else if let Some(key) = self.env.get(opt.name) {
+            (
+                opt.name.to_string(),
+                format!("in environment variable '{key}'"),
+            )
+        } else {
+            self.file
+                .origin(opt, self.stanza, self.command)
+                .unwrap_or_else(|| (opt.name.to_string(), "in the configuration".to_string()))
+        }
+    }
+}
+
+/// pgBackRest's rules between options (config.yaml's `depend` and `required`, load.c's
+/// checks), applied to the resolved values:
+/// - a value pgBackRest accepts and pg_backrest does not implement (repo1-type=azure) is
+///   refused, naming where it was set;
+/// - an option whose `depend` does not hold has no value; set on the command line that is
+///   pgBackRest's option-invalid, set in a file or the environment a warning (pgBackRest says
+///   nothing: a file may serve several setups);
+/// - repo1-type=s3 with repo1-host: the repository host reads its own config, so setting both
+///   on one host is a mistake;
+/// - a `required` option whose `depend` holds must be set (pgBackRest's option-required);
+/// - with TLS verification, an S3 bucket name with a dot is refused (load.c).
+fn apply_option_rules(
+    origins: &Origins<'_>,
+    values: &mut BTreeMap<&'static str, String>,
+    explicit: &mut BTreeSet<&'static str>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    for (name, v) in values.iter() {
+        let refused = pgbackrest::refused_value(name, v);
+        let (Some(r), Some(opt)) = (refused, OptDef::find(name)) else {
+            continue;
+        };
+        let (written, origin) = origins.of(opt);
+        let shown = if written == *name {
+            format!("'{name}'")
+        } else {
+            format!("'{written}' (pgBackRest's deprecated name of '{name}')")
+        };
+        return Err(Error::new(
+            Kind::NotImplemented,
+            format!(
+                "option {shown} {origin} is set to '{v}', which pg_backrest does not support: {}",
+                r.why
+            ),
+        )
+        .with_hint(format!(
+            "remove it (pgBackRest's default is {name}={}), or keep this stanza on pgBackRest",
+            opt.default.unwrap_or("")
+        )));
+    }
+
+    let holds = |values: &BTreeMap<&'static str, String>, d: &options::Depend| {
+        values
+            .get(d.option)
+            .is_some_and(|v| d.values.contains(&v.as_str()))
+    };
+    for opt in OPTIONS {
+        let Some(d) = &opt.depend else { continue };
+        if !values.contains_key(opt.name) || holds(values, d) {
+            continue;
+        }
+        values.remove(opt.name);
+        if !explicit.remove(opt.name) {
+            continue;
+        }
+        let (written, origin) = origins.of(opt);
+        if origins.cli.contains_key(opt.name) {
+            return Err(Error::config(format!(
+                "option '{}' not valid without {}",
+                opt.name,
+                describe_depend(d, values)
+            ))
+            .with_hint(format!(
+                "leave out --{}, or set {}={}",
+                opt.name,
+                d.option,
+                d.values.join("|")
+            )));
+        }
+        // A warning names the option that decides (repo1-type for repo1-s3-key, whose own
+        // depend, repo1-s3-key-type, has no value with a posix repository).
+        let mut root = *d;
+        while !values.contains_key(root.option) {
+            match OptDef::find(root.option).and_then(|o| o.depend) {
+                Some(up) => root = up,
+                None => break,
+            }
+        }
+        push_once(
+            warnings,
+            format!(
+                "option '{written}' {origin} is ignored: it is not valid without {}",
+                describe_depend(&root, values)
+            ),
+        );
+    }
+
+    if values.get("repo1-type").map(String::as_str) == Some("s3") {
+        if let Some(host) = values.get("repo1-host") {
+            return Err(Error::new(
+                Kind::Config,
+                format!(
+                    "options 'repo1-type' = 's3' and 'repo1-host' = '{host}' are both set: \
+                     the repository is either in S3 or on the repository host"
+                ),
+            )
+            .with_hint(
+                "on the database host keep repo1-host and set repo1-type=s3 in the repository \
+                 host's own config, or remove repo1-host to reach S3 from here",
+            ));
+        }
+    }
+
+    for opt in OPTIONS.iter().filter(|o| o.required) {
+        let Some(d) = &opt.depend else { continue };
+        if holds(values, d) && !values.contains_key(opt.name) {
+            let env = opt.name.to_uppercase().replace('-', "_");
+            return Err(Error::required(format!(
+                "{} command requires option: {}",
+                origins.command.name(),
+                opt.name
+            ))
+            .with_hint(format!(
+                "{}={} needs it: set {} in the config file or in the environment (PGBACKREST_{env})",
+                d.option,
+                values.get(d.option).map(String::as_str).unwrap_or_default(),
+                opt.name
+            )));
+        }
+    }
+
+    if let Some(bucket) = values.get("repo1-s3-bucket") {
+        if bucket.contains('.')
+            && values.get("repo1-storage-verify-tls").map(String::as_str) == Some("y")
+        {
+            return Err(Error::invalid_value(format!(
+                "'{bucket}' is not valid for option 'repo1-s3-bucket'"
+            ))
+            .with_hint(
+                "RFC-2818 forbids dots in wildcard matches. \
+                 HINT: TLS/SSL verification cannot proceed with this bucket name. \
+                 HINT: remove dots from the bucket name.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// pgBackRest's words for a depend that does not hold: `option 'repo1-type' = 's3'`, or the
+/// option alone when it has no value.
+fn describe_depend(d: &options::Depend, values: &BTreeMap<&'static str, String>) -> String {
+    match d.values {
+        _ if !values.contains_key(d.option) => format!("option '{}'", d.option),
+        [one] => format!("option '{}' = '{one}'", d.option),
+        many => format!(
+            "option '{}' in ({})",
+            d.option,
+            many.iter()
+                .map(|v| format!("'{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -742,6 +941,17 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
             .unwrap_or_default();
         let negated =
             opt.kind == OptKind::Bool && matches.get_count(&format!("no-{}", opt.name)) > 0;
+        // pgBackRest's rule and words: `ps` shows the command line to every user.
+        if opt.secure && !given.is_empty() {
+            return Err(Error::config(format!(
+                "option '{}' is not allowed on the command-line",
+                opt.name
+            ))
+            .with_hint(
+                "this option could expose secrets in the process list. \
+                 HINT: specify the option in a configuration file or an environment variable instead.",
+            ));
+        }
         if opt.kind.repeatable() && !given.is_empty() {
             let items = given
                 .iter()
@@ -863,6 +1073,8 @@ fn parse_command_line(argv: &[String]) -> Result<CommandLine> {
 
 struct Environment {
     values: BTreeMap<&'static str, String>,
+    /// The variable each of `values` came from, for messages.
+    keys: BTreeMap<&'static str, String>,
     foreign: BTreeMap<String, ForeignValue>,
 }
 
@@ -872,6 +1084,7 @@ struct Environment {
 fn parse_environment(env: &[(String, String)], warnings: &mut Vec<String>) -> Result<Environment> {
     let mut out = Environment {
         values: BTreeMap::new(),
+        keys: BTreeMap::new(),
         foreign: BTreeMap::new(),
     };
     let mut seen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
@@ -922,6 +1135,7 @@ fn parse_environment(env: &[(String, String)], warnings: &mut Vec<String>) -> Re
                 .collect::<Result<Vec<_>>>()?
                 .join("\n");
             out.values.insert(opt.name, v);
+            out.keys.insert(opt.name, key.clone());
         }
     }
     Ok(out)
@@ -1195,6 +1409,23 @@ impl LoadedConfig {
         })
     }
 
+    /// Where [`lookup`](Self::lookup) found `opt`: the name as written and
+    /// `in section '[S]' of 'FILE'`.
+    fn origin(&self, opt: &OptDef, stanza: Option<&str>, cmd: Cmd) -> Option<(String, String)> {
+        self.in_order(stanza, cmd).find_map(|level| {
+            level
+                .iter()
+                .find(|s| s.values.contains_key(opt.name))
+                .map(|s| {
+                    let written = s.written.get(opt.name).map_or(opt.name, String::as_str);
+                    (
+                        written.to_string(),
+                        format!("in section '[{}]' of '{}'", s.name, s.file),
+                    )
+                })
+        })
+    }
+
     fn lookup_foreign(&self, name: &str, stanza: Option<&str>, cmd: Cmd) -> Option<ForeignValue> {
         self.in_order(stanza, cmd)
             .find_map(|level| level.iter().find_map(|s| s.foreign.get(name).cloned()))
@@ -1243,6 +1474,9 @@ struct Section {
     stanza: Option<String>,
     command: Option<Cmd>,
     values: BTreeMap<&'static str, String>,
+    /// The keys of `values` as written where that is not the current name (pgBackRest's
+    /// deprecated names), for messages.
+    written: BTreeMap<&'static str, String>,
     /// pgBackRest's options that pg_backrest does not implement, by current name.
     foreign: BTreeMap<String, ForeignValue>,
 }
@@ -1366,6 +1600,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
         }
 
         let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut written: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut foreign: BTreeMap<String, ForeignValue> = BTreeMap::new();
         for (key, raw, line) in raw_section.entries {
             let where_ = format!("in section '[{name}]' of '{file}'");
@@ -1462,6 +1697,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
                 }
                 None => {
                     values.insert(opt.name, v);
+                    if key != opt.name {
+                        written.insert(opt.name, key.to_string());
+                    }
                 }
             }
         }
@@ -1471,6 +1709,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile> {
             stanza,
             command,
             values,
+            written,
             foreign,
         });
     }
@@ -2026,8 +2265,12 @@ mod tests {
                 "option 'repo1-cipher-type' in section '[global]' of '/",
             ),
             (
-                "[global]\nrepo1-type=s3\n",
-                "is set to 's3', which pg_backrest does not support",
+                "[global]\nrepo1-type=azure\n",
+                "option 'repo1-type' in section '[global]' of '/",
+            ),
+            (
+                "[global]\nrepo-type=gcs\n",
+                "option 'repo-type' (pgBackRest's deprecated name of 'repo1-type') in section '[global]'",
             ),
             ("[global]\nrepo2-path=/r2\n", "configures repository repo2"),
             (
@@ -2057,6 +2300,325 @@ mod tests {
         assert!(resolve_with(&["--stanza=main", "--repo=1", "info"], &[], None).is_ok());
         let e = resolve_with(&["--stanza=main", "--no-online", "backup"], &[], None).unwrap_err();
         assert!(e.message.contains("'online'"), "{e:?}");
+    }
+
+    /// The repository options of an S3 repository, as test/harness/s3.rs writes them.
+    const S3: &str = "[global]\nrepo1-type=s3\nrepo1-s3-bucket=bucket\n\
+        repo1-s3-endpoint=127.0.0.1:9000\nrepo1-s3-region=us-east-1\n\
+        repo1-s3-key=KEYID\nrepo1-s3-key-secret=SECRETKEY\nrepo1-s3-uri-style=path\n";
+
+    #[test]
+    fn an_s3_repository_is_configured_with_pgbackrests_options_and_defaults() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let c = resolve_with(&push, &[], Some(S3)).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.str("repo1-type"), Some("s3"));
+        assert_eq!(c.str("repo1-s3-bucket"), Some("bucket"));
+        assert_eq!(c.str("repo1-s3-endpoint"), Some("127.0.0.1:9000"));
+        assert_eq!(c.str("repo1-s3-key"), Some("KEYID"));
+        assert_eq!(c.str("repo1-s3-key-type"), Some("shared"));
+        assert_eq!(c.str("repo1-s3-uri-style"), Some("path"));
+        assert!(c.bool("repo1-storage-verify-tls"));
+        assert_eq!(c.int("repo1-storage-port"), Some(443));
+        assert_eq!(c.bytes("repo1-storage-upload-chunk-size"), Some(5 << 20));
+        assert_eq!(c.str("repo1-s3-token"), None);
+        // Every repository command reads them; the others do not.
+        for argv in [
+            &["--stanza=main", "backup"][..],
+            &["--stanza=main", "info"],
+            &["--stanza=main", "remote"],
+            &["--stanza=main", "repo-ls"],
+        ] {
+            let c = resolve_with(argv, &[], Some(S3)).unwrap();
+            assert_eq!(c.str("repo1-s3-region"), Some("us-east-1"), "{argv:?}");
+        }
+        let c = resolve_with(&["--stanza=main", "stop"], &[], Some(S3)).unwrap();
+        assert_eq!(c.str("repo1-s3-bucket"), None);
+        // pgBackRest's deprecated names, and values of its own types and ranges.
+        let file = "[global]\nrepo-type=s3\nrepo-s3-bucket=b\nrepo-s3-endpoint=e\n\
+            repo-s3-region=r\nrepo-s3-key=k\nrepo-s3-key-secret=s\nrepo-s3-verify-ssl=n\n\
+            repo-s3-host=h\nrepo1-s3-port=9000\nrepo-s3-ca-path=/etc/ca/\n\
+            repo1-storage-upload-chunk-size=64KiB\n";
+        let c = resolve_with(&push, &[], Some(file)).unwrap();
+        assert_eq!(c.str("repo1-s3-bucket"), Some("b"));
+        assert!(!c.bool("repo1-storage-verify-tls"));
+        assert_eq!(c.str("repo1-storage-host"), Some("h"));
+        assert_eq!(c.int("repo1-storage-port"), Some(9000));
+        assert_eq!(c.str("repo1-storage-ca-path"), Some("/etc/ca"));
+        assert_eq!(c.bytes("repo1-storage-upload-chunk-size"), Some(64 << 10));
+        for (bad, why) in [
+            (
+                "repo1-storage-upload-chunk-size=1k",
+                "must be between 64KiB and 1TiB",
+            ),
+            (
+                "repo1-storage-upload-chunk-size=2TiB",
+                "must be between 64KiB and 1TiB",
+            ),
+            ("repo1-storage-port=70000", "must be between 1 and 65535"),
+            ("repo1-s3-uri-style=virtual", "must be one of: host, path"),
+            (
+                "repo1-s3-key-type=iam",
+                "must be one of: shared, auto, web-id",
+            ),
+            ("repo1-type=nfs", "must be one of: posix, s3"),
+        ] {
+            let e = resolve_with(&push, &[], Some(&format!("{S3}{bad}\n"))).unwrap_err();
+            assert_eq!(e.kind, Kind::OptionInvalidValue, "{bad}");
+            assert!(e.message.ends_with(why), "{bad}: {e:?}");
+        }
+        // Instance credentials need no key; a role goes with them.
+        let auto = "[global]\nrepo1-type=s3\nrepo1-s3-bucket=b\nrepo1-s3-endpoint=e\n\
+            repo1-s3-region=r\nrepo1-s3-key-type=auto\nrepo1-s3-role=backup\n";
+        let c = resolve_with(&push, &[], Some(auto)).unwrap();
+        assert_eq!(c.str("repo1-s3-role"), Some("backup"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn s3_secrets_come_from_the_file_or_the_environment_and_are_never_echoed() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let file = S3.replace("repo1-s3-key-secret=SECRETKEY\n", "repo1-s3-token=TOKEN\n");
+        for var in [
+            "PGBACKREST_REPO1_S3_KEY_SECRET",
+            "PG_BACKREST_REPO1_S3_KEY_SECRET",
+            "PGBACKREST_REPO_S3_KEY_SECRET",
+        ] {
+            let c = resolve_with(&push, &[(var, "FROMENV")], Some(&file)).unwrap();
+            assert_eq!(c.str("repo1-s3-key-secret"), Some("FROMENV"), "{var}");
+            let echo = format!("{:?}", c.non_default_options());
+            for secret in ["FROMENV", "TOKEN", "KEYID"] {
+                assert!(!echo.contains(secret), "{var}: {echo}");
+            }
+            assert!(
+                echo.contains("(\"repo1-s3-key-secret\", \"<redacted>\")"),
+                "{echo}"
+            );
+            assert!(
+                echo.contains("(\"repo1-s3-token\", \"<redacted>\")"),
+                "{echo}"
+            );
+        }
+        let c = resolve_with(&push, &[], Some(&format!("{S3}repo1-s3-kms-key-id=KMS\n"))).unwrap();
+        assert!(!format!("{:?}", c.non_default_options()).contains("KMS"));
+        // Not on the command line, where ps shows them (pgBackRest's error); the key id of
+        // the KMS key may be, as in pgBackRest, and is masked all the same.
+        for opt in [
+            "--repo1-s3-key=K",
+            "--repo1-s3-key-secret=S",
+            "--repo1-s3-token=T",
+            "--repo-s3-key-secret=S",
+        ] {
+            let e = resolve_with(&["--stanza=main", opt, "archive-push", "/x"], &[], Some(S3))
+                .unwrap_err();
+            assert_eq!(e.kind, Kind::OptionInvalid, "{opt}");
+            assert!(
+                e.message.ends_with("is not allowed on the command-line"),
+                "{e:?}"
+            );
+            let shown = e.render();
+            assert!(!shown.contains("=K") && !shown.contains("=S") && !shown.contains("=T"));
+            assert!(shown.contains("HINT: specify the option in a configuration file or an environment variable instead."), "{shown}");
+        }
+        let c = resolve_with(
+            &[
+                "--stanza=main",
+                "--repo1-s3-kms-key-id=KMS",
+                "archive-push",
+                "/x",
+            ],
+            &[],
+            Some(S3),
+        )
+        .unwrap();
+        assert_eq!(c.str("repo1-s3-kms-key-id"), Some("KMS"));
+        assert!(!format!("{:?}", c.non_default_options()).contains("KMS"));
+    }
+
+    #[test]
+    fn an_s3_repository_needs_bucket_endpoint_region_and_shared_keys() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        for (missing, hint) in [
+            ("repo1-s3-bucket", "repo1-type=s3 needs it"),
+            ("repo1-s3-endpoint", "repo1-type=s3 needs it"),
+            ("repo1-s3-region", "repo1-type=s3 needs it"),
+            ("repo1-s3-key", "repo1-s3-key-type=shared needs it"),
+            ("repo1-s3-key-secret", "repo1-s3-key-type=shared needs it"),
+        ] {
+            let file: String = S3
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{missing}=")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = resolve_with(&push, &[], Some(&file)).unwrap_err();
+            assert_eq!(e.kind, Kind::OptionRequired, "{missing}");
+            assert_eq!(
+                e.message,
+                format!("archive-push command requires option: {missing}")
+            );
+            let got = e.hint.clone().unwrap_or_default();
+            assert!(
+                got.starts_with(hint) && got.contains(&format!("set {missing} in the config file")),
+                "{got}"
+            );
+        }
+    }
+
+    #[test]
+    fn s3_options_without_repo1_type_s3_are_refused_on_the_command_line_and_ignored_elsewhere() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        // pgBackRest's option-invalid, word for word.
+        for (argv, message) in [
+            (
+                vec!["--stanza=main", "--repo1-s3-bucket=b", "archive-push", "/x"],
+                "option 'repo1-s3-bucket' not valid without option 'repo1-type' = 's3'",
+            ),
+            (
+                vec!["--stanza=main", "--no-repo1-storage-verify-tls", "info"],
+                "option 'repo1-storage-verify-tls' not valid without option 'repo1-type' = 's3'",
+            ),
+            (
+                vec!["--stanza=main", "--repo1-storage-upload-chunk-size=1MiB", "info"],
+                "option 'repo1-storage-upload-chunk-size' not valid without option 'repo1-type' = 's3'",
+            ),
+        ] {
+            let e = resolve_with(&argv, &[], None).unwrap_err();
+            assert_eq!(e.kind, Kind::OptionInvalid, "{argv:?}");
+            assert_eq!(e.message, message);
+            assert!(e.hint.unwrap().contains("repo1-type=s3"));
+        }
+        // A role without instance credentials, as pgBackRest.
+        let argv = ["--stanza=main", "--repo1-s3-role=r", "archive-push", "/x"];
+        let e = resolve_with(&argv, &[], Some(S3)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "option 'repo1-s3-role' not valid without option 'repo1-s3-key-type' = 'auto'"
+        );
+        // In a file or the environment: a warning naming the option that decides, and no
+        // value, not even a default.
+        let file =
+            "[global]\nrepo1-s3-bucket=b\nrepo1-s3-key-secret=SECRET\nrepo-s3-verify-ssl=n\n";
+        let c = resolve_with(&push, &[("PGBACKREST_REPO1_S3_REGION", "r")], Some(file)).unwrap();
+        for name in [
+            "repo1-s3-bucket",
+            "repo1-s3-key-secret",
+            "repo1-s3-region",
+            "repo1-storage-verify-tls",
+            "repo1-storage-port",
+            "repo1-storage-upload-chunk-size",
+            "repo1-s3-key-type",
+        ] {
+            assert_eq!(c.str(name), None, "{name}");
+            assert!(!c.is_set(name), "{name}");
+        }
+        assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+        for (written, origin) in [
+            ("repo1-s3-bucket", "in section '[global]' of '/"),
+            ("repo1-s3-key-secret", "in section '[global]' of '/"),
+            ("repo-s3-verify-ssl", "in section '[global]' of '/"),
+            (
+                "repo1-s3-region",
+                "in environment variable 'PGBACKREST_REPO1_S3_REGION'",
+            ),
+        ] {
+            let start = format!("option '{written}' {origin}");
+            assert!(
+                c.warnings.iter().any(|w| w.starts_with(&start)
+                    && w.ends_with(
+                        "is ignored: it is not valid without option 'repo1-type' = 's3'"
+                    )),
+                "{start}: {:?}",
+                c.warnings
+            );
+        }
+        assert!(!format!("{:?}", c.warnings).contains("SECRET"));
+        // With repo1-type=s3 nothing of it is a warning.
+        let c = resolve_with(
+            &push,
+            &[("PGBACKREST_REPO1_TYPE", "s3")],
+            Some(&S3.replace("repo1-type=s3\n", "")),
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Shared keys with instance credentials: ignored with a warning.
+        let file = format!("{S3}repo1-s3-key-type=web-id\n");
+        let c = resolve_with(&push, &[], Some(&file)).unwrap();
+        assert_eq!(c.str("repo1-s3-key"), None);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("'repo1-s3-key-secret'")
+                    && w.ends_with("not valid without option 'repo1-s3-key-type' = 'shared'")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn a_dotted_bucket_with_tls_verification_is_refused_as_pgbackrest_does() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let dotted = S3.replace("bucket=bucket", "bucket=my.bucket");
+        for style in ["host", "path"] {
+            let file = format!(
+                "{}repo1-s3-uri-style={style}\n",
+                dotted.replace("repo1-s3-uri-style=path\n", "")
+            );
+            let e = resolve_with(&push, &[], Some(&file)).unwrap_err();
+            assert_eq!(e.kind, Kind::OptionInvalidValue);
+            assert_eq!(
+                e.render(),
+                "ERROR: [032]: 'my.bucket' is not valid for option 'repo1-s3-bucket' \
+                 HINT: RFC-2818 forbids dots in wildcard matches. \
+                 HINT: TLS/SSL verification cannot proceed with this bucket name. \
+                 HINT: remove dots from the bucket name."
+            );
+        }
+        let file = format!("{dotted}repo1-storage-verify-tls=n\n");
+        assert!(resolve_with(&push, &[], Some(&file)).is_ok());
+    }
+
+    #[test]
+    fn s3_with_repo1_host_on_one_host_is_refused_naming_both() {
+        let file = format!("{S3}repo1-host=backup.example\n");
+        let e =
+            resolve_with(&["--stanza=main", "archive-push", "/x"], &[], Some(&file)).unwrap_err();
+        assert_eq!(e.kind, Kind::Config);
+        assert!(
+            e.message.starts_with(
+                "options 'repo1-type' = 's3' and 'repo1-host' = 'backup.example' are both set"
+            ),
+            "{e:?}"
+        );
+        assert!(e.hint.unwrap().contains("repository host's own config"));
+        // The repository host runs remote with its own config, without repo1-host.
+        assert!(resolve_with(&["--stanza=main", "remote"], &[], Some(S3)).is_ok());
+    }
+
+    #[test]
+    fn object_stores_other_than_s3_stay_refused_where_they_concern_the_command() {
+        let push = ["--stanza=main", "archive-push", "/x"];
+        let code = Kind::NotImplemented;
+        for (argv, env, file, expect) in [
+            (&push[..], vec![], "[main]\nrepo1-type=azure\n", "option 'repo1-type' in section '[main]' of '/"),
+            (&push[..], vec![("PGBACKREST_REPO1_TYPE", "gcs")], "", "option 'repo1-type' in environment variable 'PGBACKREST_REPO1_TYPE' is set to 'gcs'"),
+            (&["--stanza=main", "--repo1-type=cifs", "info"][..], vec![], "", "option 'repo1-type' on the command line is set to 'cifs', which pg_backrest does not support"),
+            (&["--stanza=main", "remote"][..], vec![], "[global]\nrepo1-type=azure\n", "is set to 'azure'"),
+        ] {
+            let e = resolve_with(argv, &env, Some(file)).unwrap_err();
+            assert_eq!(e.kind, code, "{argv:?}");
+            assert!(e.message.contains(expect), "{e:?}");
+            assert_eq!(
+                e.hint.as_deref(),
+                Some("remove it (pgBackRest's default is repo1-type=posix), or keep this stanza on pgBackRest")
+            );
+        }
+        assert!(resolve_with(&push, &[], Some("[other]\nrepo1-type=azure\n")).is_ok());
+        // azure's own options stay ignored with a warning.
+        let w = warnings_of(&push, &[], "[global]\nrepo1-azure-container=c\n");
+        assert!(
+            w[0].contains("applies only to an azure or gcs repository"),
+            "{w:?}"
+        );
     }
 
     #[test]

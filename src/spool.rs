@@ -141,6 +141,11 @@ pub fn repo_fingerprint(cfg: &Config, stanza: &str) -> String {
     let port = cfg.str("repo1-host-port").unwrap_or("");
     let path = cfg.str("repo1-path").unwrap_or("");
     let kind = cfg.str("repo1-type").unwrap_or("posix");
+    if kind == "s3" {
+        let endpoint = cfg.str("repo1-s3-endpoint").unwrap_or("");
+        let bucket = cfg.str("repo1-s3-bucket").unwrap_or("");
+        return format!("s3:{endpoint}:{bucket}:{path}:{stanza}");
+    }
     format!("{kind}:{host}:{port}:{path}:{stanza}")
 }
 

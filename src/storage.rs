@@ -1,6 +1,7 @@
 //! Storage: one interface over "a tree of files somewhere", with a posix driver for local
-//! directories and a remote driver that forwards every call over the SSH protocol. Commands
-//! ask [`repo`] for the repository and never know whether it is local or remote.
+//! directories, a remote driver that forwards every call over the SSH protocol, and an S3
+//! driver for object storage. Commands get the repository from [`crate::repo::open`] and
+//! never know which it is.
 //!
 //! Paths are relative to the storage's root, `/`-separated, and may not contain `..`: the
 //! remote driver receives them from another host, so the posix driver refuses any path that
@@ -13,6 +14,7 @@
 
 pub mod posix;
 pub mod remote;
+pub mod s3;
 #[allow(unsafe_code)]
 pub mod scan;
 
@@ -39,6 +41,20 @@ pub trait Storage: Send + Sync {
     /// Starts an atomic write of a new file in `dir` (created, with parents, when missing).
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>>;
 
+    /// As [`Storage::open_write`], for a file whose name is known now and given again at
+    /// commit. Object storage has no rename, so it must know the name before the first part
+    /// goes up; a writer that only learns its name from the content (a WAL segment's
+    /// checksum) uses open_write, which object storage allows for one part at most.
+    fn open_write_named(&self, dir: &str, _name: &str) -> Result<Box<dyn AtomicWrite + '_>> {
+        self.open_write(dir)
+    }
+
+    /// Whether the name of a file must be known when it is opened for writing (object
+    /// storage) rather than at commit ([`Storage::open_write_named`]).
+    fn needs_name_at_open(&self) -> bool {
+        false
+    }
+
     /// Creates the directory `path` and any missing parents (mode 0750), and fsyncs its
     /// parent, also when `path` already existed: a run killed between the mkdir and that
     /// fsync leaves a directory that only this call makes durable. Backup creates every path
@@ -51,6 +67,12 @@ pub trait Storage: Send + Sync {
     /// ends with the link it wants whatever the interrupted one left; anything else there is
     /// an error.
     fn create_link(&self, target: &str, link: &str) -> Result<()>;
+
+    /// Whether [`Storage::create_link`] can work: object storage has no links, and a backup
+    /// there makes none (as pgBackRest's does not).
+    fn supports_links(&self) -> bool {
+        true
+    }
 
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &str) -> Result<()>;
@@ -142,7 +164,7 @@ pub fn write_small(storage: &dyn Storage, path: &str, data: &[u8]) -> Result<()>
         Some((d, n)) => (d, n),
         None => ("", path),
     };
-    let mut w = storage.open_write(dir)?;
+    let mut w = storage.open_write_named(dir, name)?;
     w.write_all(data)
         .map_err(|e| crate::pipeline::io_error("write", &storage.describe(path), e))?;
     w.commit(name)

@@ -112,8 +112,8 @@ fn options_that_would_change_what_is_stored_are_refused_before_anything_is_writt
             "option 'repo1-cipher-type' in section '[global]' of 'CONF' is set to 'aes-256-cbc', which pg_backrest does not support",
         ),
         (
-            "[global]\nrepo-type=s3\n",
-            "option 'repo-type' (pgBackRest's deprecated name of 'repo1-type') in section '[global]' of 'CONF' is set to 's3'",
+            "[global]\nrepo-type=azure\n",
+            "option 'repo-type' (pgBackRest's deprecated name of 'repo1-type') in section '[global]' of 'CONF' is set to 'azure'",
         ),
         (
             "[main]\nrepo2-path=/var/lib/pgbackrest2\n",
@@ -376,4 +376,63 @@ fn expire_auto_n_leaves_retention_to_a_separate_expire() {
     assert_eq!(site.backup_labels(), vec![first, second.clone()]);
     site.pgbr(&["expire"]).expect_ok("expire");
     assert_eq!(site.backup_labels(), vec![second]);
+}
+
+#[test]
+fn s3_credentials_from_the_file_and_the_environment_never_reach_the_log_or_ps() {
+    let dir = TestDir::new();
+    let conf = dir.join("s3.conf");
+    // An endpoint nothing listens on: only the configuration is under test here.
+    write_postgres(
+        &conf,
+        "[global]\nrepo1-type=s3\nrepo1-s3-bucket=bucket\nrepo1-s3-endpoint=127.0.0.1:9\n\
+         repo1-s3-region=us-east-1\nrepo1-s3-key=KEYID1234\nrepo1-s3-token=TOKEN5678\n\
+         repo1-s3-uri-style=path\nio-timeout=1\nlog-level-file=info\n",
+        0o640,
+    );
+    let config = format!("--config={}", conf.display());
+    let args = [
+        config.as_str(),
+        "--stanza=main",
+        "--log-level-console=info",
+        "info",
+    ];
+    let mut cmd = pgbr_in(&dir, &args);
+    cmd.env("PGBACKREST_REPO1_S3_KEY_SECRET", "SECRET9012");
+    let out = run(cmd);
+    let begin = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("info command begin"))
+        .unwrap_or_else(|| panic!("no begin line:\n{out}"));
+    for masked in [
+        "--repo1-s3-key=<redacted>",
+        "--repo1-s3-key-secret=<redacted>",
+        "--repo1-s3-token=<redacted>",
+    ] {
+        assert!(begin.contains(masked), "{masked}: {begin}");
+    }
+    let log = std::fs::read_to_string(dir.join("log/main-info.log")).unwrap_or_default();
+    for secret in ["KEYID1234", "SECRET9012", "TOKEN5678"] {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret) && !log.contains(secret),
+            "{secret} shown:\n{out}\n{log}"
+        );
+    }
+
+    // On the command line, where ps shows it to everyone, refused as pgBackRest refuses it.
+    let secret_arg = "--repo1-s3-key-secret=SECRET9012";
+    let ours = run(pgbr_in(
+        &dir,
+        &[&config, "--stanza=main", secret_arg, "info"],
+    ));
+    let theirs = run(harness::postgres_command(
+        harness::PGBACKREST,
+        &[&config, "--stanza=main", secret_arg, "info"],
+    ));
+    let expect = "option 'repo1-s3-key-secret' is not allowed on the command-line";
+    assert_error(&ours, Kind::OptionInvalid.exit_code(), expect);
+    assert_eq!(theirs.status, ours.status, "{theirs}");
+    assert!(theirs.stderr.contains(expect), "{theirs}");
+    assert!(!ours.stderr.contains("SECRET9012"), "{ours}");
 }

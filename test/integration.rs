@@ -31,6 +31,7 @@ mod remote;
 mod restore_delta;
 mod restore_targets;
 mod s3;
+mod s3_storage;
 mod signals;
 mod stanza;
 mod timeline;

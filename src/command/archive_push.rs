@@ -136,7 +136,21 @@ impl Target {
             });
         }
 
-        let mut writer = repo.open_write(&dir)?;
+        // The stored name carries the content's SHA-1. Object storage must know the name
+        // before the first part goes up, so there the file is hashed first (as pgBackRest
+        // always does), and the copy must hash the same.
+        let named_first = if repo.needs_name_at_open() {
+            let sha1 = pipeline::digest(file, &source)?.sha1;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io("seek", wal_path, e))?;
+            Some(StoredWal::new(wal, &sha1, compress))
+        } else {
+            None
+        };
+        let mut writer = match &named_first {
+            Some(stored) => repo.open_write_named(&dir, &stored.file_name)?,
+            None => repo.open_write(&dir)?,
+        };
         let dest = repo.describe(&dir);
         let copied = pipeline::store(
             file,
@@ -149,6 +163,16 @@ impl Target {
             },
         )?;
         let stored = StoredWal::new(wal, &copied.sha1, compress);
+        if let Some(named) = &named_first {
+            if named.file_name != stored.file_name {
+                // The writer is dropped uncommitted: nothing appears in the archive.
+                return Err(Error::new(
+                    Kind::FileRead,
+                    format!("WAL file '{source}' changed while it was being archived"),
+                )
+                .with_hint("PostgreSQL never rewrites a segment it hands to archive_command: check what else writes to pg_wal"));
+            }
+        }
         writer.commit(&stored.file_name)?;
         crate::info!(
             "pushed WAL file '{}' to the archive ({} bytes, stored {} bytes, sha1 {})",

@@ -566,11 +566,15 @@ fn reusable(
 /// them before copying: empty directories (pg_notify, pg_replslot, ...) then exist in the
 /// repository, and a copy of the backup directory has the shape of a cluster. A diff or
 /// incr gets only the directories its copied files need, as with pgBackRest. A resumed
-/// backup makes them again: existing directories are kept, links made anew.
+/// backup makes them again: existing directories are kept, links made anew. Object storage
+/// has neither directories nor links: nothing is made there, as with pgBackRest.
 fn create_paths_and_links(repo: &dyn Storage, layout: &RepoLayout, m: &Manifest) -> Result<()> {
     let label = &m.backup.label;
     for path in m.paths.keys() {
         repo.create_path(&layout.backup_file(label, path))?;
+    }
+    if !repo.supports_links() {
+        return Ok(());
     }
     for (name, target) in &m.targets {
         if let Some(oid) = &target.tablespace_id {
@@ -718,7 +722,7 @@ fn store_generated(
     let stored = format!("{key}{}", p.compress.extension());
     let (dir, name) = stored.rsplit_once('/').unwrap_or(("", stored.as_str()));
     let repo_dir = layout.backup_file(&manifest.backup.label, dir);
-    let mut w = repo.open_write(&repo_dir)?;
+    let mut w = repo.open_write_named(&repo_dir, name)?;
     let dest = repo.describe(&repo_dir);
     let copied = pipeline::store(
         &mut &data[..],

@@ -34,11 +34,17 @@ impl crate::protocol::request::Payloads for Backup {
 pub type Request = crate::protocol::request::Request<Backup>;
 
 pub fn run(cfg: &Config) -> Result<()> {
-    let storage = PosixStorage::new(cfg.required_path("repo1-path")?);
+    // The repository this host's own config names: a directory, or a bucket. A database
+    // host's config may name the repository host in repo1-host; what is served from here is
+    // still this host's repo1-path, as before, never a connection back.
+    let storage: Box<dyn crate::storage::Storage> = match crate::repo::RepoLocation::resolve(cfg)? {
+        location @ crate::repo::RepoLocation::S3(_) => location.open()?,
+        _ => Box::new(PosixStorage::new(cfg.required_path("repo1-path")?)),
+    };
     let mut input = std::io::stdin().lock();
     let mut output = BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
     let connect_db = || crate::pg::db::Db::connect(cfg);
-    let result = server::serve(&storage, &connect_db, &mut input, &mut output);
+    let result = server::serve(storage.as_ref(), &connect_db, &mut input, &mut output);
     let _ = output.flush();
     result
 }

@@ -75,7 +75,12 @@ pub fn command(identity: Identity, cmd: Cmd) -> String {
                 super::options::format_millis(max_ms)
             ),
             OptKind::Path => "=<path>".to_string(),
-            OptKind::Size => "=<size>".to_string(),
+            OptKind::Size { min, max } if (min, max) == (0, u64::MAX) => "=<size>".to_string(),
+            OptKind::Size { min, max } => format!(
+                "=<{}..{}>",
+                super::options::format_size(min),
+                super::options::format_size(max)
+            ),
             OptKind::Str => "=<value>".to_string(),
             OptKind::PathMap => "=<key>=<path> (repeatable)".to_string(),
             OptKind::List => "=<value> (repeatable)".to_string(),
@@ -112,5 +117,21 @@ mod tests {
         assert!(push.contains("--compress-level=<-7..22>"));
         assert!(push.contains("[default: gz]"));
         assert!(!push.contains("--start-fast"));
+        // The S3 repository's options, with their types and defaults.
+        for line in [
+            "--repo1-type=<posix|s3>",
+            "--repo1-s3-bucket=<value>",
+            "--repo1-s3-key-secret=<value>",
+            "--repo1-s3-key-type=<shared|auto|web-id>",
+            "--repo1-s3-uri-style=<host|path>",
+            "--repo1-storage-verify-tls\n",
+            "--repo1-storage-port=<1..65535>",
+            "--repo1-storage-upload-chunk-size=<64KiB..1TiB>",
+            "[default: 5MiB]",
+        ] {
+            assert!(push.contains(line), "{line}");
+        }
+        assert!(push.contains("--archive-push-queue-max=<size>"));
+        assert!(!command(Identity::Own, Cmd::Stop).contains("repo1-s3"));
     }
 }

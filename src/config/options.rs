@@ -31,8 +31,12 @@ pub enum OptKind {
         max_ms: i64,
     },
     /// A size in bytes as pgBackRest writes it: digits and an optional qualifier (`b`, `k`,
-    /// `kb`, `kib`, `m`..., `p`, any case), powers of 1024 (pgBackRest's `128MiB`).
-    Size,
+    /// `kb`, `kib`, `m`..., `p`, any case), powers of 1024 (pgBackRest's `128MiB`), within
+    /// `min..=max` bytes.
+    Size {
+        min: u64,
+        max: u64,
+    },
     /// `KEY=/absolute/path`, repeatable: every occurrence adds one mapping.
     PathMap,
     /// A plain value, repeatable: every occurrence adds one item.
@@ -70,7 +74,25 @@ pub struct OptDef {
     pub commands: Option<&'static [Cmd]>,
     /// Never written to logs or echoed back.
     pub secret: bool,
+    /// pgBackRest's `secure`: a credential, refused on the command line, where `ps` would show
+    /// it to every user of the host (config file and environment only). Implies `secret`.
+    pub secure: bool,
+    /// pgBackRest's `depend`: the option means something only when another one is set to one
+    /// of these values. Otherwise it has no value (not even its default); set on the command
+    /// line it is an error, set elsewhere a warning (the file may serve another setup).
+    pub depend: Option<Depend>,
+    /// Required whenever its `depend` holds (pgBackRest's `required` of an option without a
+    /// default): pgBackRest's option-required naming the command.
+    pub required: bool,
     pub help: &'static str,
+}
+
+/// See [`OptDef::depend`]. Options are checked in table order, so a `depend` names an option
+/// earlier in the table (a unit test checks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depend {
+    pub option: &'static str,
+    pub values: &'static [&'static str],
 }
 
 const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "detail", "debug", "trace"];
@@ -174,6 +196,9 @@ macro_rules! opt {
             scope: $scope,
             commands: $cmds,
             secret: false,
+            secure: false,
+            depend: None,
+            required: false,
             help: $help,
         }
     };
@@ -193,6 +218,154 @@ const IO_TIMEOUT: OptKind = seconds(100, 3600);
 /// db-timeout, protocol-timeout, and pg_backrest's own hook-timeout and drill-timeout:
 /// 0.1 seconds to a week.
 const LONG_TIMEOUT: OptKind = seconds(100, 7 * 86400);
+
+/// A size option without a range of its own.
+const ANY_SIZE: OptKind = OptKind::Size {
+    min: 0,
+    max: u64::MAX,
+};
+
+/// The repository types pg_backrest stores to. pgBackRest's others (azure, cifs, gcs) pass
+/// validation and are refused when the configuration is resolved, naming where they were set
+/// ([`super::pgbackrest::REFUSED_VALUES`]).
+const REPO_TYPES: &[&str] = &["posix", "s3"];
+const ON_S3: Depend = Depend {
+    option: "repo1-type",
+    values: &["s3"],
+};
+/// The S3 rows' common part (pgBackRest's `command: repo-type`, `depend: repo-type = s3`).
+const S3: OptDef = OptDef {
+    name: "",
+    kind: OptKind::Str,
+    default: None,
+    scope: Scope::Global,
+    commands: Some(REPO_CMDS),
+    secret: false,
+    secure: false,
+    depend: Some(ON_S3),
+    required: false,
+    help: "",
+};
+/// The credentials of `repo1-s3-key-type=shared`.
+const SHARED_KEY: OptDef = OptDef {
+    secret: true,
+    secure: true,
+    depend: Some(Depend {
+        option: "repo1-s3-key-type",
+        values: &["shared"],
+    }),
+    ..S3
+};
+const KIB: u64 = 1024;
+
+/// pgBackRest 2.45's S3 options (config.yaml), in dependency order.
+const S3_OPTIONS: &[OptDef] = &[
+    OptDef {
+        name: "repo1-s3-bucket",
+        required: true,
+        help: "S3 bucket holding the repository",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-endpoint",
+        required: true,
+        help: "S3 endpoint host, optionally with :port (e.g. s3.eu-west-1.amazonaws.com)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-region",
+        required: true,
+        help: "S3 region (e.g. eu-west-1), part of every request's signature",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-key-type",
+        kind: OptKind::Enum(&["shared", "auto", "web-id"]),
+        default: Some("shared"),
+        help: "S3 credentials: shared (repo1-s3-key and -key-secret), auto (the instance's \
+               role, from instance metadata) or web-id (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-key",
+        required: true,
+        help: "S3 access key ID (config file or environment only)",
+        ..SHARED_KEY
+    },
+    OptDef {
+        name: "repo1-s3-key-secret",
+        required: true,
+        help: "S3 secret access key (config file or environment only)",
+        ..SHARED_KEY
+    },
+    OptDef {
+        name: "repo1-s3-token",
+        help: "S3 session token of temporary credentials (config file or environment only)",
+        ..SHARED_KEY
+    },
+    OptDef {
+        name: "repo1-s3-role",
+        depend: Some(Depend {
+            option: "repo1-s3-key-type",
+            values: &["auto"],
+        }),
+        help: "with repo1-s3-key-type=auto: the instance role to use (default: the one found)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-kms-key-id",
+        secret: true,
+        help: "S3 server-side encryption with this KMS key",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-s3-uri-style",
+        kind: OptKind::Enum(&["host", "path"]),
+        default: Some("host"),
+        help: "S3 URI style: host (BUCKET.ENDPOINT) or path (ENDPOINT/BUCKET)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-verify-tls",
+        kind: OptKind::Bool,
+        default: Some("y"),
+        help: "verify the S3 server's TLS certificate",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-ca-file",
+        help: "CA certificate file to verify the S3 server with (default: the system's)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-ca-path",
+        kind: OptKind::Path,
+        help: "directory of CA certificates to verify the S3 server with",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-host",
+        help: "host to connect to instead of the endpoint (the endpoint still signs requests)",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-port",
+        kind: OptKind::Int { min: 1, max: 65535 },
+        default: Some("443"),
+        help: "S3 server port",
+        ..S3
+    },
+    OptDef {
+        name: "repo1-storage-upload-chunk-size",
+        kind: OptKind::Size {
+            min: 64 * KIB,
+            max: KIB * KIB * KIB * KIB,
+        },
+        default: Some("5MiB"),
+        help: "part size of S3 multipart uploads; a smaller file is one PUT",
+        ..S3
+    },
+];
 
 /// The backup types and the recovery types (restore's and drill's `type`).
 const BACKUP_TYPES: &[&str] = &["full", "diff", "incr"];
@@ -215,21 +388,22 @@ const TYPE_VALUES: &[(Cmd, &[&str])] = &[
 /// Every option: the hand-written rows followed by the generated hook rows.
 pub const OPTIONS: &[OptDef] = &ALL_OPTIONS;
 
-const ALL_OPTIONS: [OptDef; BASE_OPTIONS.len() + HOOK_OPTIONS.len()] =
-    concat_options(BASE_OPTIONS, HOOK_OPTIONS);
+const ALL_OPTIONS: [OptDef; BASE_OPTIONS.len() + S3_OPTIONS.len() + HOOK_OPTIONS.len()] =
+    concat_options(&[BASE_OPTIONS, S3_OPTIONS, HOOK_OPTIONS]);
 
-/// Joins two option lists at compile time, so the table stays one constant slice.
-const fn concat_options<const N: usize>(a: &[OptDef], b: &[OptDef]) -> [OptDef; N] {
-    let mut out = [a[0]; N];
-    let mut i = 0;
-    while i < a.len() {
-        out[i] = a[i];
-        i += 1;
-    }
-    let mut j = 0;
-    while j < b.len() {
-        out[a.len() + j] = b[j];
-        j += 1;
+/// Joins option lists at compile time, so the table stays one constant slice.
+const fn concat_options<const N: usize>(parts: &[&[OptDef]]) -> [OptDef; N] {
+    let mut out = [parts[0][0]; N];
+    let mut n = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        let mut i = 0;
+        while i < parts[p].len() {
+            out[n] = parts[p][i];
+            n += 1;
+            i += 1;
+        }
+        p += 1;
     }
     out
 }
@@ -248,6 +422,9 @@ macro_rules! hook_opt {
             scope: Scope::Global,
             commands: Some(&[$cmd]),
             secret: true,
+            secure: false,
+            depend: None,
+            required: false,
             help: $help,
         }
     };
@@ -411,6 +588,14 @@ const BASE_OPTIONS: &[OptDef] =
             Scope::Global,
             Some(REPO_CMDS),
             "repository root"
+        ),
+        opt!(
+            "repo1-type",
+            OptKind::Enum(REPO_TYPES),
+            Some("posix"),
+            Scope::Global,
+            Some(REPO_CMDS),
+            "repository type: posix (a file system, here or on repo1-host) or s3 (S3-compatible object storage, repo1-s3-*)"
         ),
         opt!(
             "repo1-host",
@@ -631,7 +816,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "archive-push-queue-max",
-            OptKind::Size,
+            ANY_SIZE,
             None,
             Scope::Global,
             Some(PUSH),
@@ -639,7 +824,7 @@ const BASE_OPTIONS: &[OptDef] =
         ),
         opt!(
             "archive-get-queue-max",
-            OptKind::Size,
+            ANY_SIZE,
             Some("128MiB"),
             Scope::Global,
             Some(GET),
@@ -956,7 +1141,9 @@ impl OptDef {
                 _ => Err("must be KEY=/absolute/path".into()),
             },
             OptKind::Enum(values) => {
-                if values.contains(&value) {
+                if values.contains(&value)
+                    || super::pgbackrest::refused_value(self.name, value).is_some()
+                {
                     Ok(value.to_string())
                 } else {
                     Err(format!("must be one of: {}", values.join(", ")))
@@ -971,8 +1158,13 @@ impl OptDef {
                     Ok(value.to_string())
                 }
             }
-            OptKind::Size => match parse_size(value) {
-                Some(_) => Ok(value.to_string()),
+            OptKind::Size { min, max } => match parse_size(value) {
+                Some(n) if (min..=max).contains(&n) => Ok(value.to_string()),
+                Some(_) => Err(format!(
+                    "must be between {} and {}",
+                    format_size(min),
+                    format_size(max)
+                )),
                 None => Err(
                     "must be a size: digits and an optional unit (b, KiB, MiB, GiB, TiB, PiB)"
                         .into(),
@@ -1034,6 +1226,22 @@ pub fn parse_size(value: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
+/// Bytes in the largest unit that divides them: 65536 is "64KiB", 5242880 is "5MiB".
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [
+        (50, "PiB"),
+        (40, "TiB"),
+        (30, "GiB"),
+        (20, "MiB"),
+        (10, "KiB"),
+    ] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// Seconds as pgBackRest reads a time option, in milliseconds: a decimal number, the
 /// fraction beyond the millisecond dropped (pgBackRest truncates too). `None` for what is not
 /// a finite number.
@@ -1090,6 +1298,63 @@ mod tests {
             }
             assert!(!o.help.is_empty());
         }
+    }
+
+    #[test]
+    fn depends_name_an_earlier_option_and_credentials_are_masked() {
+        for (i, o) in OPTIONS.iter().enumerate() {
+            if let Some(d) = o.depend {
+                let j = OPTIONS.iter().position(|p| p.name == d.option);
+                assert!(
+                    j.is_some_and(|j| j < i),
+                    "{} depends on {}",
+                    o.name,
+                    d.option
+                );
+                let dep = &OPTIONS[j.unwrap_or(0)];
+                for v in d.values {
+                    assert!(dep.validate(v).is_ok(), "{}: {v}", o.name);
+                }
+                assert_eq!(o.commands, dep.commands, "{}", o.name);
+            }
+            assert!(!o.required || o.depend.is_some(), "{}", o.name);
+            assert!(!o.secure || o.secret, "{} is secure but echoed", o.name);
+        }
+        let secure: Vec<&str> = OPTIONS
+            .iter()
+            .filter(|o| o.secure)
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(
+            secure,
+            ["repo1-s3-key", "repo1-s3-key-secret", "repo1-s3-token"]
+        );
+        assert!(OptDef::find("repo1-s3-kms-key-id").unwrap().secret);
+        let s3 = OptDef::find("repo1-s3-bucket").unwrap();
+        assert_eq!((s3.scope, s3.commands), (Scope::Global, Some(REPO_CMDS)));
+    }
+
+    #[test]
+    fn sizes_keep_their_range_and_print_in_their_largest_unit() {
+        let chunk = OptDef::find("repo1-storage-upload-chunk-size").unwrap();
+        assert_eq!(chunk.validate("64KiB").unwrap(), "64KiB");
+        assert_eq!(chunk.validate("1t").unwrap(), "1t");
+        assert_eq!(
+            chunk.validate("65535").unwrap_err(),
+            "must be between 64KiB and 1TiB"
+        );
+        assert!(chunk.validate("1025g").is_err());
+        assert!(OptDef::find("archive-get-queue-max")
+            .unwrap()
+            .validate("0")
+            .is_ok());
+        assert_eq!(format_size(5 << 20), "5MiB");
+        assert_eq!(format_size(1536), "1536");
+        assert_eq!(format_size(3 << 10), "3KiB");
+        // pgBackRest's other repository types pass validation, to be refused by name later.
+        let t = OptDef::find("repo1-type").unwrap();
+        assert_eq!(t.validate("azure").unwrap(), "azure");
+        assert_eq!(t.validate("nfs").unwrap_err(), "must be one of: posix, s3");
     }
 
     #[test]

@@ -328,7 +328,7 @@ const WHY_TLS: &str = "applies to pgBackRest's TLS transport, which pg_backrest 
                        (it connects over SSH)";
 const WHY_INTERNAL: &str = "internal to pgBackRest's own processes";
 const WHY_OBJECT: &str =
-    "applies only to an object-store repository (repo1-type s3, azure or gcs), which pg_backrest refuses";
+    "applies only to an azure or gcs repository (repo1-type), which pg_backrest refuses";
 const WHY_CIPHER_PASS: &str =
     "used only with repo1-cipher-type=aes-256-cbc, which pg_backrest refuses";
 const WHY_BUNDLE: &str = "used only with repo1-bundle=y, which pg_backrest refuses";
@@ -336,7 +336,8 @@ const WHY_BLOCK: &str = "used only with repo1-block=y, which pg_backrest refuses
 const WHY_REMOTE_CONFIG: &str =
     "the remote pg_backrest reads the file named by the host-config option and its own conf.d";
 const WHY_TYPE: &str = "pg_backrest stores the repository on a file system (posix), locally or \
-                        on repo1-host over SSH; with another type it would write to the wrong place";
+                        on repo1-host over SSH, or in S3-compatible object storage (s3); with \
+                        another type it would write to the wrong place";
 const WHY_CIPHER: &str =
     "pg_backrest does not encrypt: it would write the repository unencrypted, and cannot read an encrypted one";
 const WHY_HOST_TYPE: &str =
@@ -378,7 +379,6 @@ use Scope::{CommandLine as CL, Global as G, Stanza as S};
 /// the rows of those commands.
 pub const FOREIGN: &[ForeignOpt] = &[
     // Refused: ignoring them would store something else, or elsewhere.
-    foreign!("repo1-type", false, Some("posix"), G, Some(REPO), Refused(WHY_TYPE)),
     foreign!("repo1-cipher-type", false, Some("none"), G, Some(REPO), Refused(WHY_CIPHER)),
     foreign!("repo1-bundle", true, Some("n"), G, Some(BACKUP),
         Refused("bundling stores small files together in bundles; pg_backrest writes one file per data file")),
@@ -470,22 +470,6 @@ pub const FOREIGN: &[ForeignOpt] = &[
     foreign!("repo1-gcs-endpoint", false, Some("storage.googleapis.com"), G, Some(REPO), Ignored(WHY_OBJECT)),
     secret!("repo1-gcs-key", G, Some(REPO), Ignored(WHY_OBJECT)),
     foreign!("repo1-gcs-key-type", false, Some("service"), G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-bucket", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-endpoint", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    secret!("repo1-s3-key", G, Some(REPO), Ignored(WHY_OBJECT)),
-    secret!("repo1-s3-key-secret", G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-key-type", false, Some("shared"), G, Some(REPO), Ignored(WHY_OBJECT)),
-    secret!("repo1-s3-kms-key-id", G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-region", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-role", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    secret!("repo1-s3-token", G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-s3-uri-style", false, Some("host"), G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-verify-tls", true, Some("y"), G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-ca-file", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-ca-path", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-host", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-port", false, Some("443"), G, Some(REPO), Ignored(WHY_OBJECT)),
-    foreign!("repo1-storage-upload-chunk-size", false, None, G, Some(REPO), Ignored(WHY_OBJECT)),
     // Internal options pgBackRest passes between its own processes.
     foreign!("exec-id", false, None, CL, None, Ignored(WHY_INTERNAL)),
     foreign!("process", false, None, CL, Some(SUBPROCESS), Ignored(WHY_INTERNAL)),
@@ -500,6 +484,31 @@ pub const FOREIGN: &[ForeignOpt] = &[
     foreign!("repo1-local", true, Some("n"), G, Some(REPO_HOST), Ignored(WHY_INTERNAL)),
     foreign!("pg-version-force", false, None, S, Some(PG_VERSION_FORCE), Ignored(WHY_INTERNAL)),
 ];
+
+/// A value pgBackRest accepts for one of pg_backrest's own options that pg_backrest does not
+/// implement. Validation lets it pass, and the resolved configuration refuses it, naming
+/// where it was set, like a [`Disposition::Refused`] option: a value set for another stanza
+/// concerns no one.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedValue {
+    pub option: &'static str,
+    pub values: &'static [&'static str],
+    pub why: &'static str,
+}
+
+pub const REFUSED_VALUES: &[RefusedValue] = &[RefusedValue {
+    option: "repo1-type",
+    values: &["azure", "cifs", "gcs"],
+    why: WHY_TYPE,
+}];
+
+/// The refusal of `value` for pg_backrest's own option `option`, if pgBackRest accepts it and
+/// pg_backrest does not.
+pub fn refused_value(option: &str, value: &str) -> Option<&'static RefusedValue> {
+    REFUSED_VALUES
+        .iter()
+        .find(|r| r.option == option && r.values.contains(&value))
+}
 
 /// pgBackRest's deprecated names it still reads, and what they stand for. `?` stands for an
 /// index (`db2-path` is `pg2-path`); a name without it is index 1.

@@ -35,6 +35,8 @@ pub struct Client {
     reply_wait: Option<Duration>,
     /// For messages: "repo1-host 'backup.example.com'".
     peer: String,
+    /// The server's greeting: version, protocol, and what its storage can do.
+    greeting: Value,
     broken: bool,
     /// Called once when the peer stops answering (to retire a wedged SSH master).
     on_broken: Option<Box<dyn FnOnce() + Send>>,
@@ -71,6 +73,7 @@ impl Client {
             op_deadline: None,
             reply_wait: None,
             peer,
+            greeting: Value::Null,
             broken: false,
             on_broken: None,
             keep_alive: Vec::new(),
@@ -93,7 +96,13 @@ impl Client {
             .with_hint("repo1-host-cmd must run a pg_backrest of a compatible version");
             return Err(c.fail(e, false));
         }
+        c.greeting = hello;
         Ok(c)
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &Value {
+        &self.greeting
     }
 
     pub fn keep_alive(&mut self, thing: Box<dyn std::any::Any + Send>) {

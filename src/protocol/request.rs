@@ -45,7 +45,12 @@ pub enum Request<P: Payloads> {
     /// → [`Found`], then the file's `D` frames and `E` when found.
     Read { path: String },
     /// No reply: `D` frames and a [`Commit`] (or `A`) follow, the commit is answered.
-    Write { dir: String },
+    /// `name`, when known at open, is the one the commit will give (object storage needs it).
+    Write {
+        dir: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     /// → [`Paths`]
     TempFiles { path: String },
     /// → [`Done`]
@@ -217,7 +222,10 @@ mod tests {
         let all: Vec<Request<Test>> = vec![
             Request::List { path: "".into() },
             Request::Read { path: "".into() },
-            Request::Write { dir: "".into() },
+            Request::Write {
+                dir: "".into(),
+                name: None,
+            },
             Request::TempFiles { path: "".into() },
             Request::Remove { path: "".into() },
             Request::RemoveTree { path: "".into() },

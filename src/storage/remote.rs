@@ -22,6 +22,9 @@ type Request = request::Request<NoPayloads>;
 pub struct RemoteStorage {
     client: Mutex<Client>,
     host: String,
+    /// What the server's storage can do, from its greeting (a posix one's when unsaid).
+    links: bool,
+    name_at_open: bool,
 }
 
 impl RemoteStorage {
@@ -32,7 +35,10 @@ impl RemoteStorage {
     }
 
     pub fn from_client(client: Client, host: String) -> RemoteStorage {
+        let storage = &client.greeting()["storage"];
         RemoteStorage {
+            links: storage["links"].as_bool().unwrap_or(true),
+            name_at_open: storage["name-at-open"].as_bool().unwrap_or(false),
             client: Mutex::new(client),
             host,
         }
@@ -49,6 +55,19 @@ impl RemoteStorage {
     /// A request whose reply is only success or an error.
     fn call_done(&self, request: &Request) -> Result<()> {
         self.lock()?.call::<_, Done>(request).map(|_| ())
+    }
+
+    fn open_write_as(&self, dir: &str, name: Option<&str>) -> Result<Box<dyn AtomicWrite + '_>> {
+        // No reply yet: the server answers once, after the commit, to save a round trip.
+        self.lock()?.send_request(&Request::Write {
+            dir: dir.into(),
+            name: name.map(String::from),
+        })?;
+        Ok(Box::new(RemoteWriter {
+            storage: self,
+            buf: Vec::with_capacity(CHUNK),
+            finished: false,
+        }))
     }
 }
 
@@ -83,14 +102,19 @@ impl Storage for RemoteStorage {
     }
 
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
-        // No reply yet: the server answers once, after the commit, to save a round trip.
-        self.lock()?
-            .send_request(&Request::Write { dir: dir.into() })?;
-        Ok(Box::new(RemoteWriter {
-            storage: self,
-            buf: Vec::with_capacity(CHUNK),
-            finished: false,
-        }))
+        self.open_write_as(dir, None)
+    }
+
+    fn open_write_named(&self, dir: &str, name: &str) -> Result<Box<dyn AtomicWrite + '_>> {
+        self.open_write_as(dir, Some(name))
+    }
+
+    fn needs_name_at_open(&self) -> bool {
+        self.name_at_open
+    }
+
+    fn supports_links(&self) -> bool {
+        self.links
     }
 
     fn create_path(&self, path: &str) -> Result<()> {

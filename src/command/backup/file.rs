@@ -359,7 +359,7 @@ pub fn backup_file(
     let stored = format!("{}{}", src.key, p.compress.extension());
     let (dir, name) = stored.rsplit_once('/').unwrap_or(("", stored.as_str()));
     let repo_dir = layout.backup_file(label, dir);
-    let mut writer = repo.open_write(&repo_dir)?;
+    let mut writer = repo.open_write_named(&repo_dir, name)?;
     let dest = repo.describe(&repo_dir);
     match source.copy(src, &mut writer, &dest, p)? {
         // The writer is dropped uncommitted: its temp file goes with it.

@@ -79,8 +79,14 @@ pub fn serve(
     output: &mut dyn Write,
 ) -> Result<()> {
     let mut db: Option<Db> = None;
-    let hello =
-        json!({"hello": "pg_backrest", "version": crate::VERSION, "protocol": PROTOCOL_VERSION});
+    // What the storage can do travels with the greeting: a repository host whose repository
+    // is in S3 takes writes named at open and makes no links.
+    let hello = json!({
+        "hello": "pg_backrest",
+        "version": crate::VERSION,
+        "protocol": PROTOCOL_VERSION,
+        "storage": {"links": storage.supports_links(), "name-at-open": storage.needs_name_at_open()},
+    });
     frame::write_json(output, &hello)
         .and_then(|_| output.flush())
         .map_err(wire)?;
@@ -182,8 +188,12 @@ pub fn serve(
                 }
                 continue;
             }
-            Request::Write { dir } => {
-                match receive_write(storage, &dir, storage.open_write(&dir), input) {
+            Request::Write { dir, name } => {
+                let writer = match &name {
+                    Some(name) => storage.open_write_named(&dir, name),
+                    None => storage.open_write(&dir),
+                };
+                match receive_write(storage, &dir, writer, input) {
                     // Abandoned by the client: it expects no reply.
                     Ok(None) => continue,
                     Ok(Some(v)) => Ok(v),
