@@ -336,14 +336,33 @@ fn processes_of(conf: &Path) -> Vec<(u32, String)> {
     out
 }
 
-/// Waits until the fault proxy has seen a request matching `pred`.
+/// Waits until the fault proxy has seen a request matching `pred`; on timeout, panics with
+/// the last requests it saw.
 fn wait_for_request(s3: &S3Server, what: &str, pred: impl Fn(&str, &str) -> bool) {
-    wait_until(what, Duration::from_secs(120), || {
-        s3.faults()
-            .requests()
-            .iter()
-            .any(|r| pred(&r.method, &r.target))
-    });
+    let start = Instant::now();
+    while !s3
+        .faults()
+        .requests()
+        .iter()
+        .any(|r| pred(&r.method, &r.target))
+    {
+        if start.elapsed() > Duration::from_secs(120) {
+            let seen = s3.faults().requests();
+            // Multipart requests (uploads, uploadId) first, then the last few.
+            let multipart = seen.iter().filter(|r| r.target.contains("upload"));
+            let last: Vec<String> = multipart
+                .take(20)
+                .chain(&seen[seen.len().saturating_sub(10)..])
+                .map(|r| format!("{} {} {:?}", r.method, r.target, r.fault))
+                .collect();
+            panic!(
+                "no {what} after 120 s; {} requests seen; multipart ones and the last:\n{}",
+                seen.len(),
+                last.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The keys under `backup/main/` that belong to no backup `info` lists (nor are the info
@@ -640,10 +659,12 @@ fn s3_multipart_upload_restores_and_survives_sigkill() {
             ..Options::default()
         },
     );
-    // Hex text compresses about 2:1: the gz object is still dozens of parts.
+    // Random bytes: the gz object stays over 10 MiB, several parts even at 5 MiB, the
+    // smallest part S3 accepts (the driver raises the 64KiB setting to that).
     site.cluster.psql(
-        "create table big as select g as id, md5(g::text) || md5((g * 7)::text) as pad \
-         from generate_series(1, 60000) g",
+        "create table big as select g as id, decode(md5(g::text) || md5((g * 3)::text) \
+         || md5((g * 5)::text) || md5((g * 7)::text), 'hex') as pad \
+         from generate_series(1, 200000) g",
     );
     site.cluster.psql("vacuum freeze big");
     site.cluster.psql("checkpoint");
@@ -653,10 +674,10 @@ fn s3_multipart_upload_restores_and_survives_sigkill() {
         .psql("select pg_relation_size('big')")
         .parse()
         .unwrap();
-    assert!(size > 4 * 1024 * 1024, "big is {size} bytes");
+    assert!(size > 16 * 1024 * 1024, "big is {size} bytes");
     let big_sum = site
         .cluster
-        .psql("select md5(string_agg(pad, '' order by id)) from big");
+        .psql("select md5(string_agg(pad, ''::bytea order by id)) from big");
 
     // A first backup, killed while it uploads the parts of `big` slowly. Only that file is
     // slowed: WAL segments are multipart uploads too, and the archiver must not stall.
@@ -746,7 +767,7 @@ fn s3_multipart_upload_restores_and_survives_sigkill() {
     );
     r.start_and_wait_promoted();
     assert_eq!(
-        r.psql("select md5(string_agg(pad, '' order by id)) from big"),
+        r.psql("select md5(string_agg(pad, ''::bytea order by id)) from big"),
         big_sum
     );
     r.stop();
