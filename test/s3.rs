@@ -381,7 +381,7 @@ fn stray_backup_keys(site: &S3Site) -> Vec<String> {
         .collect()
 }
 
-/// 1. Every command on S3: stanza-create (by the fixture), check, archive-push through
+/// (1) Every command on S3: stanza-create (by the fixture), check, archive-push through
 /// archive_command and archive-get through restore_command, backup full, diff and incr at
 /// process-max 2, info text and JSON, verify, restore of the latest backup and a delta restore
 /// over the changed copy (the rows each must hold), repo-ls and repo-get, expire with
@@ -591,7 +591,7 @@ fn s3_every_command_works_on_an_s3_repository() {
     }
 }
 
-/// 2. archive-push and archive-get asynchronous on S3: PostgreSQL archives a burst of
+/// (2) Archive-push and archive-get asynchronous on S3: PostgreSQL archives a burst of
 /// segments through the async push (every one lands in the bucket, none fails), and a restored
 /// copy replays WAL written after the backup through the async get.
 #[test]
@@ -644,8 +644,9 @@ fn s3_async_archive_push_and_get() {
     r.stop();
 }
 
-/// 3. Multipart: with upload-chunk-size at pgBackRest's minimum (64KiB) a relation of several
-/// MB goes up in parts and restores byte-identical. A backup killed (SIGKILL, with its
+/// (3) Multipart: with upload-chunk-size at 64KiB (pgBackRest's minimum; the driver sends
+/// parts of S3's minimum, 5 MiB) a table of 20 MB of random bytes goes up in parts and
+/// restores byte-identical. A backup killed (SIGKILL, with its
 /// workers) in the middle of such an upload leaves no object of that upload and no backup in
 /// `info`; the next backup completes (resuming or not), verify is clean, and nothing of the
 /// killed run is left outside a listed backup.
@@ -773,7 +774,7 @@ fn s3_multipart_upload_restores_and_survives_sigkill() {
     r.stop();
 }
 
-/// 4. The server dies mid-backup: the backup fails within about io-timeout with an ERROR
+/// (4) The server dies mid-backup: the backup fails within about io-timeout with an ERROR
 /// naming the bucket; with the server back, the next backup resumes or completes, and its
 /// restore holds the rows.
 #[test]
@@ -844,7 +845,7 @@ fn s3_server_stopped_mid_backup_then_next_backup_completes() {
     r.stop();
 }
 
-/// 5. Faults: 500s and 503 SlowDown are retried (info, backup, archive-push, archive-get
+/// (5) Faults: 500s and 503 SlowDown are retried (info, backup, archive-push, archive-get
 /// succeed); a 403 fails the backup with an ERROR naming bucket, key and 403 and changes
 /// nothing under backup/; archive-get exits with an error code other than 1 (which means
 /// "missing") against a 403, a stopped server or a wrong key secret, and 1 for a really
@@ -991,7 +992,7 @@ fn s3_faults_are_retried_or_reported() {
         .expect_ok("archive-get after restart");
 }
 
-/// 6. The key and its secret, from the config file and from PGBACKREST_REPO1_S3_KEY_SECRET,
+/// (6) The key and its secret, from the config file and from PGBACKREST_REPO1_S3_KEY_SECRET,
 /// never appear in the log files (log-level-file=debug), in stdout or stderr, in any object
 /// of the bucket (manifests included), nor in `ps` while a backup and its workers run.
 #[test]
@@ -1141,7 +1142,12 @@ fn s3_secrets_stay_out_of_logs_output_objects_and_ps() {
 /// pgBackRest 2.45 on `bucket` and `path` of `s3` for `site`'s cluster, config in `<dir>/<name>`.
 fn pgbackrest_on(site: &S3Site, name: &str, bucket: &str, path: &str) -> PgBackrest {
     let dir = site.dir.mkdir(name);
-    let global = format!("{}archive-timeout=60", site.s3.repo_options(1, bucket));
+    // process-max 4: pgBackRest sends one request at a time per process, and ~1000 files
+    // at its pace over TLS make minutes otherwise.
+    let global = format!(
+        "{}archive-timeout=60\nprocess-max=4",
+        site.s3.repo_options(1, bucket)
+    );
     PgBackrest::new(
         PgBackrestPaths {
             dir: &dir,
@@ -1153,7 +1159,7 @@ fn pgbackrest_on(site: &S3Site, name: &str, bucket: &str, path: &str) -> PgBackr
     )
 }
 
-/// 7. Both ways with pgBackRest 2.45's repo1-type=s3 on one bucket and prefix: pg_backrest's
+/// (7) Both ways with pgBackRest 2.45's repo1-type=s3 on one bucket and prefix: pg_backrest's
 /// stanza and backup are listed, verified and restored by pgBackRest; pgBackRest's stanza,
 /// WAL and backup are listed, verified, fetched and restored by pg_backrest.
 #[test]
@@ -1246,7 +1252,7 @@ fn s3_repositories_are_shared_with_pgbackrest_2_45_both_ways() {
     r.stop();
 }
 
-/// 8. TLS: verify-tls=y with no CA given fails with a certificate ERROR (the test CA is in no
+/// (8) TLS: verify-tls=y with no CA given fails with a certificate ERROR (the test CA is in no
 /// system store), as pgBackRest does; a CA directory (`openssl rehash`) is accepted, and so
 /// is verify-tls=n. Checked with `repo-ls` on an empty bucket: no cluster needed.
 #[test]
