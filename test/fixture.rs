@@ -12,7 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{self, bin, pgbr, run, write_postgres, Out, PgCluster, Sshd, TestDir};
+use crate::harness::{
+    self, bin, pgbr, run, write_postgres, Out, PgCluster, S3Server, Sshd, TestDir,
+};
 
 pub const STANZA: &str = "main";
 
@@ -43,6 +45,19 @@ pub struct Options<'a> {
     pub no_stanza_create: bool,
     /// archive-async=y with a spool of the site's own (`spool/`), process-max 2.
     pub async_archiving: bool,
+    /// The repository is on this S3 server instead of a directory (local sites only).
+    pub s3: Option<S3Repo<'a>>,
+}
+
+/// An S3 repository for a site: `repo_options(1, bucket)` and `repo1-path=path` in its
+/// `[global]`. The site's `repo` is where the server keeps those objects as files
+/// (`data_dir()/bucket/path`), so the helpers that read the repository keep working.
+#[derive(Clone, Copy)]
+pub struct S3Repo<'a> {
+    pub server: &'a S3Server,
+    pub bucket: &'a str,
+    /// The key prefix, starting with `/` (`/pgbr/every`).
+    pub path: &'a str,
 }
 
 fn p(path: &Path) -> &str {
@@ -67,7 +82,14 @@ impl Site {
         let dir = TestDir::new();
         let conf = dir.join("pg_backrest.conf");
         let repo_conf = dir.join("repo-host.conf");
-        let repo = dir.join("repo");
+        let repo = match &opts.s3 {
+            None => dir.join("repo"),
+            Some(s3) => s3
+                .server
+                .data_dir()
+                .join(s3.bucket)
+                .join(s3.path.trim_start_matches('/')),
+        };
         let originals = dir.mkdir("originals");
         let archive_command = format!(
             "{} --config={} --stanza={STANZA} archive-push %p && cp %p {o}/%f.part && mv {o}/%f.part {o}/%f",
@@ -94,9 +116,15 @@ impl Site {
                 p(&dir.join("spool"))
             ));
         }
-        let global = match &sshd {
-            None => format!("repo1-path={}\n{common}", p(&repo)),
-            Some(s) => {
+        let global = match (&sshd, &opts.s3) {
+            (None, Some(s3)) => format!(
+                "{}repo1-path={}\n{common}",
+                s3.server.repo_options(1, s3.bucket),
+                s3.path
+            ),
+            (None, None) => format!("repo1-path={}\n{common}", p(&repo)),
+            (Some(_), Some(_)) => panic!("a remote site with an S3 repository is not supported"),
+            (Some(s), None) => {
                 let mut repo_side = format!(
                     "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nssh-config={}\n",
                     p(&repo),

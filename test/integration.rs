@@ -30,6 +30,7 @@ mod ownership;
 mod remote;
 mod restore_delta;
 mod restore_targets;
+mod s3;
 mod s3_storage;
 mod signals;
 mod stanza;
