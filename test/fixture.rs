@@ -45,7 +45,8 @@ pub struct Options<'a> {
     pub no_stanza_create: bool,
     /// archive-async=y with a spool of the site's own (`spool/`), process-max 2.
     pub async_archiving: bool,
-    /// The repository is on this S3 server instead of a directory (local sites only).
+    /// The repository is on this S3 server instead of a directory. With `remote`, the
+    /// repository host's config holds the S3 options and the database host's none.
     pub s3: Option<S3Repo<'a>>,
 }
 
@@ -123,11 +124,20 @@ impl Site {
                 s3.path
             ),
             (None, None) => format!("repo1-path={}\n{common}", p(&repo)),
-            (Some(_), Some(_)) => panic!("a remote site with an S3 repository is not supported"),
-            (Some(s), None) => {
+            (Some(s), s3) => {
+                // The repository host's own repository: a directory, or the bucket (then the
+                // database host's config has no S3 option at all: only the repository host
+                // talks to S3).
+                let repo_lines = match s3 {
+                    None => format!("repo1-path={}\n", p(&repo)),
+                    Some(s3) => format!(
+                        "{}repo1-path={}\n",
+                        s3.server.repo_options(1, s3.bucket),
+                        s3.path
+                    ),
+                };
                 let mut repo_side = format!(
-                    "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nssh-config={}\n",
-                    p(&repo),
+                    "[global]\n{repo_lines}lock-path={}\nlog-path={}\nssh-config={}\n",
                     p(&dir.join("repo-lock")),
                     p(&dir.join("repo-log")),
                     p(&s.ssh_config_path())

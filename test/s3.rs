@@ -4,7 +4,8 @@
 //! uploads and a SIGKILL in the middle of one, the server dying mid-backup and coming back,
 //! injected 500 / 503 SlowDown / 403 answers, archive-get's exit codes, the key secret kept out
 //! of logs, output, objects and `ps`, both directions of compatibility with pgBackRest 2.45's
-//! `repo1-type=s3`, and TLS verification (no CA, a CA directory, verification off).
+//! `repo1-type=s3`, TLS verification (no CA, a CA directory, verification off), and a
+//! repository host on S3 serving a database host over SSH.
 //!
 //! Each test has its own server, bucket, key prefix, cluster and ports. What the repository
 //! holds is read the way a user would check it: ListObjectsV2 through curl ([`list_keys`]), never
@@ -1328,4 +1329,153 @@ fn s3_tls_verification_ca_path_and_verify_off() {
         "pgBackRest with verify-tls=n:\n{reference}"
     );
     ours(&off).expect_ok("repo-ls with repo1-storage-verify-tls=n");
+}
+
+/// (9) A repository host whose own config has repo1-type=s3 serves the database host over
+/// SSH; the database host's config names only repo1-host and has no S3 option. stanza-create
+/// runs on the repository host (reaching PostgreSQL through pg1-host); archive_command on the
+/// database host pushes a gzip segment and then, with compress-type=none, a 16 MiB one: more
+/// than one 5 MiB part, so the repository host must open its writer with the final name (the
+/// greeting's `name-at-open`) and upload it in parts. Both are listed in the bucket and
+/// archive-get returns each byte-identical. A full backup taken on the repository host through
+/// pg1-host lands in the bucket, and the database host restores it through repo1-host
+/// (restore_command fetching WAL through the same path) with the rows it held. Both at
+/// process-max 4: each of the ~970 files is one S3 request, and one at a time takes 4x longer.
+#[test]
+fn s3_repository_host_serves_the_database_host_over_ssh() {
+    let site = S3Site::new(
+        "rhost",
+        "/pgbr/rhost",
+        Options {
+            remote: true,
+            pg_host: true,
+            no_stanza_create: true,
+            ..Options::default()
+        },
+    );
+    let repo_log = || all_files_text(&site.dir.join("repo-log"));
+    let db_conf = fs::read_to_string(&site.conf).unwrap();
+    assert!(
+        db_conf.contains("repo1-host=") && !db_conf.contains("s3") && !db_conf.contains("type="),
+        "the database host's config has repo1-host and no S3 option:\n{db_conf}"
+    );
+    let repo_conf = fs::read_to_string(&site.repo_conf).unwrap();
+    assert!(repo_conf.contains("repo1-type=s3"), "{repo_conf}");
+
+    site.pgbr_repo_host(&["stanza-create"])
+        .expect_ok("stanza-create on the repository host");
+    let keys = site.key_names("");
+    for info in [
+        format!("archive/{STANZA}/archive.info"),
+        format!("backup/{STANZA}/backup.info"),
+    ] {
+        assert!(keys.contains(&info), "{info} not in the bucket: {keys:?}");
+    }
+    site.pgbr(&["check"])
+        .expect_ok("check on the database host through repo1-host");
+
+    // archive_command on the database host, default compression (gz).
+    let gz_seg = site.one_segment();
+    let gz_keys = site.key_names(&format!("archive/{STANZA}/15-1/{}/", &gz_seg[..16]));
+    assert!(
+        gz_keys
+            .iter()
+            .any(|k| k.contains(&format!("/{gz_seg}-")) && k.ends_with(".gz")),
+        "{gz_seg} (gz) not in the bucket: {gz_keys:?}"
+    );
+    let fetched = site.dir.join("fetched-gz");
+    site.pgbr(&["archive-get", &gz_seg, p(&fetched)])
+        .expect_ok("archive-get of the gz segment");
+    assert!(
+        fs::read(&fetched).unwrap() == fs::read(site.originals.join(&gz_seg)).unwrap(),
+        "archive-get of {gz_seg} returns what PostgreSQL archived"
+    );
+
+    // compress-type=none on the database host: 16 MiB goes up in parts, named at open.
+    write_postgres(
+        &site.conf,
+        &db_conf.replacen(
+            &format!("[{STANZA}]\n"),
+            &format!("[{STANZA}]\ncompress-type=none\n"),
+            1,
+        ),
+        0o640,
+    );
+    site.s3.faults().clear_requests();
+    let raw_seg = site.one_segment();
+    write_postgres(&site.conf, &db_conf, 0o640);
+    let prefix = site.prefix();
+    let raw: Vec<(String, u64)> = site
+        .keys(&format!("archive/{STANZA}/15-1/{}/", &raw_seg[..16]))
+        .into_iter()
+        .filter(|(k, _)| k.contains(&format!("/{raw_seg}-")))
+        .collect();
+    assert_eq!(raw.len(), 1, "one object of {raw_seg}: {raw:?}");
+    let (raw_key, raw_size) = &raw[0];
+    let sha1 = &raw_key[raw_key.rfind('-').unwrap() + 1..];
+    assert!(
+        sha1.len() == 40 && sha1.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{raw_key}: uncompressed, named by its SHA-1 (no extension)"
+    );
+    assert_eq!(*raw_size, 16 * 1024 * 1024, "{raw_key}");
+    let requests = site.s3.faults().requests();
+    let to_raw = |method: &str, query: &str| {
+        requests.iter().any(|r| {
+            r.method == method
+                && r.target.contains(&raw_key[prefix.len()..])
+                && r.target.contains(query)
+        })
+    };
+    assert!(
+        to_raw("POST", "uploads") && to_raw("PUT", "uploadId=") && to_raw("POST", "uploadId="),
+        "{raw_key} was not a multipart upload: {:?}",
+        requests
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect::<Vec<_>>()
+    );
+    let fetched = site.dir.join("fetched-raw");
+    site.pgbr(&["archive-get", &raw_seg, p(&fetched)])
+        .expect_ok("archive-get of the uncompressed segment");
+    assert!(
+        fs::read(&fetched).unwrap() == fs::read(site.originals.join(&raw_seg)).unwrap(),
+        "archive-get of {raw_seg} (stored uncompressed) returns what PostgreSQL archived"
+    );
+
+    // A backup on the repository host through pg1-host; restored on the database host.
+    let rows = add_rows(&site, 2000);
+    let out = site.pgbr_repo_host(&["backup", "--type=full", "--start-fast", "--process-max=4"]);
+    assert!(
+        out.success(),
+        "backup on the repository host:\n{out}\n{}",
+        harness::tail(&repo_log(), 40)
+    );
+    let label = label_of(&out);
+    let backup_keys = site.key_names(&format!("backup/{STANZA}/{label}/"));
+    assert!(
+        backup_keys.contains(&format!("backup/{STANZA}/{label}/backup.manifest"))
+            && backup_keys
+                .iter()
+                .any(|k| k.contains("/pg_data/PG_VERSION")),
+        "backup {label} not in the bucket: {backup_keys:?}"
+    );
+    assert_eq!(
+        site.labels(),
+        vec![label.clone()],
+        "info on the database host"
+    );
+    let r = restore_with(
+        &site,
+        &site.conf,
+        "restored",
+        Some(&label),
+        &["--process-max=4"],
+    );
+    assert_eq!(
+        r.psql(ROWS),
+        rows,
+        "the restored copy holds the backup's rows"
+    );
+    r.stop();
+    site.cluster.assert_archiving_never_failed();
 }
