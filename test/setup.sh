@@ -28,8 +28,9 @@ real_package() {
 # stunnel4 is the TLS terminator in front of s3s-fs (plain HTTP): it only relays bytes, so the
 # S3 requests reach the server (and the harness's fault proxy) exactly as the client sent them,
 # and it needs a five-line config; haproxy or nginx would parse and rewrite HTTP on the way.
+# gcc builds test/harness/nodelay.c, preloaded into s3s-fs (see that file).
 wanted=(postgresql-15 openssh-server openssh-client python3 pgbackrest check-pgbackrest stunnel4
-    openssl)
+    openssl gcc libc6-dev)
 missing=()
 for pkg in "${wanted[@]}"; do
     if installed "$pkg"; then

@@ -894,6 +894,15 @@ impl Write for S3Writer<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = self.storage.chunk_size - self.buf.len();
         let take = data.len().min(room);
+        // Grown as needed (most files are small), but never past one part: doubling would
+        // hold 8 MiB for a 5 MiB part in every worker.
+        let needed = self.buf.len() + take;
+        if needed > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2)
+                .max(needed)
+                .min(self.storage.chunk_size);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..take]);
         if self.buf.len() == self.storage.chunk_size {
             self.send_part().map_err(io::Error::other)?;

@@ -117,7 +117,7 @@ finish_cleanup() {
 # matches only DNS names of the subjectAltName) with path-style URIs (no wildcard name for
 # virtual-hosted buckets). Without the harness's proxy, a GET or HEAD of a bare prefix gets
 # s3s-fs's 500 instead of S3's 404 (pgBackRest's repo-ls makes one; the benchmarked commands
-# do not). With S3_NODELAY=1, s3s-fs runs with test/bench/nodelay.c preloaded (built here
+# do not). With S3_NODELAY=1, s3s-fs runs with test/harness/nodelay.c preloaded (built here
 # with gcc): TCP_NODELAY on its connections, which it does not set itself (see nodelay.c).
 
 # s3s_fs_binary: the s3s-fs on PATH or in ~/.cargo/bin (where the harness looks for it too)
@@ -168,7 +168,7 @@ start_s3_server() {
     chmod 0600 "$d/ca.key" "$d/server.key"
     if [ "${S3_NODELAY:-0}" = 1 ]; then
         command -v gcc >/dev/null || die "S3_NODELAY=1 needs gcc (apt-get install gcc), or run with S3_NODELAY=0"
-        gcc -O2 -Wall -shared -fPIC -o "$d/nodelay.so" "$(dirname "${BASH_SOURCE[0]}")/nodelay.c" -ldl \
+        gcc -O2 -Wall -shared -fPIC -o "$d/nodelay.so" "$(dirname "${BASH_SOURCE[0]}")/../harness/nodelay.c" -ldl \
             >"$d/gcc.log" 2>&1 || die "building nodelay.so failed: $(cat "$d/gcc.log")"
         preload=$d/nodelay.so
     fi

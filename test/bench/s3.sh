@@ -22,7 +22,7 @@
 #   SEGMENTS=64       backlog segments of the capacity part
 #   CAP_MODES=async   archive-push modes of the capacity part (async, sync)
 #   CAP_COMPRESS=gz:6 compress-type:level of the capacity part
-#   S3_NODELAY=1      s3s-fs with TCP_NODELAY (test/bench/nodelay.c preloaded, built with gcc);
+#   S3_NODELAY=1      s3s-fs with TCP_NODELAY (test/harness/nodelay.c preloaded, built with gcc);
 #                     0: s3s-fs as the tests run it, where a GET often stalls ~40 ms
 #   OUT=file.md       also write the markdown report there
 #   KEEP=1            keep the work directory (/tmp/pgbr-s3bench.XXXX) for inspection

@@ -15,6 +15,11 @@
 //!   with S3's 404 (s3s-fs says 500 there). Another s3s-fs limit, as it maps keys to files:
 //!   keys `a` and `a/b` cannot both exist.
 //!
+//! s3s-fs runs with `nodelay.c` preloaded: it does not set TCP_NODELAY and writes a GET's
+//! answer in pieces, so the last small piece waited ~40 ms for the client's delayed ACK
+//! (Nagle), a stall per request of the server that made a restore of ~1,000 small files take
+//! 40 s whatever the client did. The shim only sets the socket option; the server is s3s-fs.
+//!
 //! Endpoint: use `host()` ("localhost"), not the IP: pgBackRest 2.45 matches only DNS names in
 //! the certificate's subjectAltName. Path-style URIs (`repo1-s3-uri-style=path`): the server
 //! has no wildcard DNS name for virtual-hosted buckets.
@@ -63,6 +68,28 @@ pub fn s3s_fs_binary() -> PathBuf {
                  about 3 minutes, once per machine)"
             )
         })
+}
+
+/// test/harness/nodelay.c built once per test run (gcc, installed by test/setup.sh).
+fn nodelay_shim() -> &'static Path {
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/harness/nodelay.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("nodelay-{}.so", std::process::id()));
+        let built = run(Command::new("gcc")
+            .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-ldl"));
+        if !built.success() {
+            panic!(
+                "building {} failed (gcc missing? run test/setup.sh):\n{built}",
+                src.display()
+            );
+        }
+        out
+    })
 }
 
 /// `n` random bytes as upper-case hex (from /dev/urandom: no new crate for test keys).
@@ -375,6 +402,7 @@ impl S3Server {
         );
         let (out, err) = log_file(&self.dir.join("s3s-fs.log"));
         let child = Command::new(binary)
+            .env("LD_PRELOAD", nodelay_shim())
             .args(["--host", "127.0.0.1", "--port", &self.s3_port.to_string()])
             .args(["--access-key", &self.key, "--secret-key", &self.secret])
             .arg(self.data_dir())

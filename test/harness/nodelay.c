@@ -1,5 +1,5 @@
 /*
- * LD_PRELOAD shim for the S3 server of test/bench/s3.sh (see start_s3_server in lib.sh):
+ * LD_PRELOAD shim for the S3 server of the tests (test/harness/s3.rs) and of test/bench/s3.sh:
  * sets TCP_NODELAY on every socket s3s-fs accepts. s3s-fs 0.14.1 does not, and writes a GET's
  * response head and body in separate pieces, so the last small piece waited ~40 ms for the
  * client's delayed ACK of the ones before (Nagle): a per-request stall of the server, not of
