@@ -17,49 +17,26 @@ const METADATA: &str = "http://169.254.169.254";
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 pub struct CredentialSource {
-    kind: Source,
+    /// What the options say; shared keys are also the cache's one entry from the start.
+    kind: S3Credentials,
     cached: Mutex<Option<(Arc<Credentials>, Option<SystemTime>)>>,
     io_timeout: Duration,
 }
 
-enum Source {
-    Static,
-    Auto {
-        role: Option<String>,
-    },
-    WebId {
-        role: String,
-        token: Secret,
-        region: String,
-    },
-}
-
 impl CredentialSource {
     pub fn new(creds: &S3Credentials, io_timeout: Duration) -> Result<CredentialSource> {
-        let (kind, cached) = match creds {
+        let cached = match creds {
             S3Credentials::Shared { key, secret, token } => {
                 let c = match token {
                     Some(t) => Credentials::new_with_token(key, secret.expose(), t.expose()),
                     None => Credentials::new(key, secret.expose()),
                 };
-                (Source::Static, Some((Arc::new(c), None)))
+                Some((Arc::new(c), None))
             }
-            S3Credentials::Auto { role } => (Source::Auto { role: role.clone() }, None),
-            S3Credentials::WebId {
-                role,
-                token,
-                region,
-            } => (
-                Source::WebId {
-                    role: role.clone(),
-                    token: token.clone(),
-                    region: region.clone(),
-                },
-                None,
-            ),
+            S3Credentials::Auto { .. } | S3Credentials::WebId { .. } => None,
         };
         Ok(CredentialSource {
-            kind,
+            kind: creds.clone(),
             cached: Mutex::new(cached),
             io_timeout,
         })
@@ -81,9 +58,11 @@ impl CredentialSource {
             }
         }
         let (c, expires) = match &self.kind {
-            Source::Static => return Err(Error::internal("static S3 credentials missing")),
-            Source::Auto { role } => self.fetch_from_metadata(role.as_deref())?,
-            Source::WebId {
+            S3Credentials::Shared { .. } => {
+                return Err(Error::internal("static S3 credentials missing"))
+            }
+            S3Credentials::Auto { role } => self.fetch_from_metadata(role.as_deref())?,
+            S3Credentials::WebId {
                 role,
                 token,
                 region,
