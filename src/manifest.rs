@@ -152,6 +152,119 @@ pub struct FileEntry {
     /// which is what a resume or a later diff/incr may rely on. Stored as `copied-at` in the
     /// file's JSON, a key pgBackRest's reader skips.
     pub copied_at: Option<i64>,
+    /// Where the independently decompressible blocks of the stored copy start, with each
+    /// block's SHA-1, when the backup recorded them (large files of gz, lz4 and zst backups).
+    pub block_index: Option<BlockIndex>,
+}
+
+/// The blocks of a large stored file that restore can inflate, check and write on several
+/// threads, and that delta restore compares one by one instead of hashing the whole file on
+/// one thread (issue 17). The stored file stays one ordinary gzip member, or one run of
+/// zstd or LZ4 frames, that pgBackRest and the format's own tools read: a block starts
+/// where the compressor flushed to a byte boundary without referring to any earlier input
+/// (a full flush for gz, a new frame for lz4 and zst).
+///
+/// Stored as `block-index` in the file's JSON, a key pgBackRest's reader skips (it reads
+/// keys in sorted order and passes over ones it does not know); a file without one restores
+/// as one stream, as before. The whole-file SHA-1 stays the manifest's `checksum`: the block
+/// SHA-1s were computed from the same bytes when the file was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockIndex {
+    /// Original bytes per block; the last block holds what remains.
+    pub block_size: u64,
+    /// Where each block's compressed bytes start in the stored file; a block ends where the
+    /// next one starts, the last one at the stored file's end.
+    pub offsets: Vec<u64>,
+    /// SHA-1 of each block's original bytes.
+    pub checksums: Vec<[u8; 20]>,
+}
+
+/// One block of a [`BlockIndex`], placed in the original file and in the stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub number: usize,
+    /// Offset of its first original byte.
+    pub start: u64,
+    /// Original bytes in it.
+    pub len: u64,
+    /// Its compressed bytes in the stored file: `stored_start..stored_end`.
+    pub stored_start: u64,
+    pub stored_end: u64,
+    pub sha1: [u8; 20],
+}
+
+impl BlockIndex {
+    /// The blocks of a file of `size` original bytes stored in `repo_size` bytes. Call
+    /// [`BlockIndex::check`] first (the manifest reader does).
+    pub fn blocks(&self, size: u64, repo_size: u64) -> impl Iterator<Item = Block> + '_ {
+        (0..self.offsets.len()).map(move |number| {
+            let start = number as u64 * self.block_size;
+            Block {
+                number,
+                start,
+                len: self.block_size.min(size - start),
+                stored_start: self.offsets[number],
+                stored_end: self.offsets.get(number + 1).copied().unwrap_or(repo_size),
+                sha1: self.checksums[number],
+            }
+        })
+    }
+
+    /// Whether the index can describe a file of `size` bytes stored in `repo_size`: one
+    /// block per `block_size` bytes, each with a checksum, starting in order inside the
+    /// stored file. What it says about the stored bytes is checked as they are read.
+    pub fn check(&self, size: u64, repo_size: u64) -> std::result::Result<(), String> {
+        if self.block_size == 0 {
+            return Err("block-index has a block size of 0".into());
+        }
+        let expected = size.div_ceil(self.block_size);
+        if self.offsets.len() as u64 != expected || self.checksums.len() as u64 != expected {
+            return Err(format!(
+                "block-index lists {} offsets and {} checksums for {expected} blocks",
+                self.offsets.len(),
+                self.checksums.len()
+            ));
+        }
+        let in_order = self.offsets.windows(2).all(|w| w[0] < w[1]);
+        if !in_order || self.offsets.last().is_some_and(|&o| o >= repo_size) {
+            return Err("block-index offsets are not in order inside the stored file".into());
+        }
+        Ok(())
+    }
+
+    fn to_value(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("block-size".into(), self.block_size.into());
+        m.insert(
+            "checksum".into(),
+            hex::encode(self.checksums.concat()).into(),
+        );
+        m.insert("offset".into(), self.offsets.clone().into());
+        Value::Object(m)
+    }
+
+    fn from_value(v: &Value) -> Option<BlockIndex> {
+        let block_size = v.get("block-size")?.as_u64()?;
+        let offsets = v
+            .get("offset")?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<Vec<u64>>>()?;
+        let bytes = hex::decode(v.get("checksum")?.as_str()?).ok()?;
+        if bytes.len() % 20 != 0 {
+            return None;
+        }
+        let checksums = bytes
+            .chunks_exact(20)
+            .map(|c| c.try_into().expect("20-byte chunk"))
+            .collect();
+        Some(BlockIndex {
+            block_size,
+            offsets,
+            checksums,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +486,11 @@ impl Manifest {
 
         for (k, f) in &self.files {
             let mut m = serde_json::Map::new();
+            // Keys sorted, as pgBackRest's reader requires: `block-index` sorts between
+            // its `bim` and `bni`, so it passes over ours on the way to `bni`.
+            if let Some(index) = &f.block_index {
+                m.insert("block-index".into(), index.to_value());
+            }
             if f.size != 0 {
                 m.insert("checksum".into(), f.checksum.clone().into());
             }
@@ -623,6 +741,18 @@ impl Manifest {
                 Some(v) => page_list(v)
                     .ok_or_else(|| bad(format!("'{key}' has an invalid checksum-page-error")))?,
             };
+            let repo_size = u64_of("repo-size").unwrap_or(size);
+            let block_index = match m.get("block-index") {
+                None => None,
+                Some(v) => {
+                    let index = BlockIndex::from_value(v)
+                        .ok_or_else(|| bad(format!("'{key}' has an invalid block-index")))?;
+                    index
+                        .check(size, repo_size)
+                        .map_err(|why| bad(format!("'{key}': {why}")))?;
+                    Some(index)
+                }
+            };
             let entry = FileEntry {
                 size,
                 timestamp: m
@@ -631,7 +761,7 @@ impl Manifest {
                     .ok_or_else(|| bad(format!("'{key}' has no timestamp")))?,
                 checksum,
                 checksum_repo: str_of("rck"),
-                repo_size: u64_of("repo-size").unwrap_or(size),
+                repo_size,
                 mode: mode(&m, &file_default, &key)?,
                 user: owner(&m, &file_default, "user", &key)?,
                 group: owner(&m, &file_default, "group", &key)?,
@@ -639,6 +769,7 @@ impl Manifest {
                 checksum_page: m.get("checksum-page").and_then(Value::as_bool),
                 checksum_page_error,
                 copied_at: m.get("copied-at").and_then(Value::as_i64),
+                block_index,
             };
             files.insert(key, entry);
         }
@@ -1043,6 +1174,7 @@ pub mod tests {
                 checksum_page: Some(false),
                 checksum_page_error: vec![3, 7, 8, 9],
                 copied_at: Some(1_795_000_050),
+                block_index: None,
             },
         );
         m
@@ -1211,6 +1343,63 @@ user="postgres"
             String::from_utf8(m.to_doc().unwrap().render()).unwrap(),
             String::from_utf8(bytes.to_vec()).unwrap()
         );
+    }
+
+    /// A file's block index is written under `block-index`, sorted before `checksum` (where
+    /// pgBackRest's reader passes over it), read back whole, and refused when it cannot
+    /// describe the file: wrong count, offsets out of order or past the stored file, bad hex.
+    #[test]
+    fn block_index_round_trips_and_malformed_ones_are_refused() {
+        let mut m = sample();
+        let index = BlockIndex {
+            block_size: 4096,
+            offsets: vec![10, 900],
+            checksums: vec![[0xab; 20], [0x01; 20]],
+        };
+        {
+            let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
+            f.block_index = Some(index.clone());
+            f.repo_size = 1500;
+        }
+        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        let hex = format!("{}{}", "ab".repeat(20), "01".repeat(20));
+        let json = format!(
+            "pg_data/base/1/1259={{\"block-index\":{{\"block-size\":4096,\"checksum\":\"{hex}\",\"offset\":[10,900]}},\"checksum\":"
+        );
+        assert!(text.contains(&json), "{text}");
+        let back = Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap();
+        assert_eq!(back, m);
+        let blocks: Vec<Block> = index.blocks(8192, 1500).collect();
+        assert_eq!(
+            (
+                blocks[1].start,
+                blocks[1].len,
+                blocks[1].stored_start,
+                blocks[1].stored_end
+            ),
+            (4096, 4096, 900, 1500)
+        );
+
+        let broken = [
+            ("\"offset\":[10,900]", "\"offset\":[10]", "2 blocks"),
+            ("\"offset\":[10,900]", "\"offset\":[900,10]", "not in order"),
+            (
+                "\"offset\":[10,900]",
+                "\"offset\":[10,1500]",
+                "not in order",
+            ),
+            ("\"block-size\":4096", "\"block-size\":0", "block size of 0"),
+            (hex.as_str(), "zz", "invalid block-index"),
+        ];
+        for (from, to, why) in broken {
+            let doc = doc_of(&text.replace(from, to));
+            let err = Manifest::from_doc(&doc, "m").unwrap_err();
+            assert!(
+                err.message.contains("pg_data/base/1/1259") && err.message.contains(why),
+                "{to}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -751,6 +751,7 @@ fn store_generated(
             checksum_page: None,
             checksum_page_error: Vec::new(),
             copied_at: None,
+            block_index: None,
         },
     );
     Ok(())

@@ -134,6 +134,8 @@ pub fn copy_source(
             .then_some(bad_blocks.is_empty()),
         checksum_page_error: bad_blocks,
         copied_at: Some(copied_at),
+        // Recorded by the write side of issue 17 (pipeline's block index).
+        block_index: None,
     })
 }
 
