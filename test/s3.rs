@@ -4,8 +4,10 @@
 //! uploads and a SIGKILL in the middle of one, the server dying mid-backup and coming back,
 //! injected 500 / 503 SlowDown / 403 answers, archive-get's exit codes, the key secret kept out
 //! of logs, output, objects and `ps`, both directions of compatibility with pgBackRest 2.45's
-//! `repo1-type=s3`, TLS verification (no CA, a CA directory, verification off), and a
-//! repository host on S3 serving a database host over SSH.
+//! `repo1-type=s3` (one way virtual-hosted, `repo1-s3-uri-style=host` through
+//! `repo1-storage-host`, with the requests' Host headers checked), TLS verification (no CA, a
+//! CA directory, verification off), and a repository host on S3 serving a database host over
+//! SSH.
 //!
 //! Each test has its own server, bucket, key prefix, cluster and ports. What the repository
 //! holds is read the way a user would check it: ListObjectsV2 through curl ([`list_keys`]), never
@@ -68,6 +70,29 @@ impl S3Site {
             path: path.to_owned(),
             _dir: dir,
         }
+    }
+
+    /// As [`S3Site::new`], addressing the bucket virtual-hosted (`repo1-s3-uri-style=host`,
+    /// `repo1-storage-host=127.0.0.1`: [`S3Server::repo_options_host_style`]); stanza-create
+    /// runs with those settings, its requests the first in the proxy's log.
+    fn new_host_style(bucket: &str, path: &str, opts: Options<'_>) -> S3Site {
+        let site = S3Site::new(
+            bucket,
+            path,
+            Options {
+                no_stanza_create: true,
+                ..opts
+            },
+        );
+        let conf = fs::read_to_string(&site.conf).expect("site config");
+        let path_style = site.s3.repo_options(1, bucket);
+        assert!(conf.contains(&path_style), "{conf}");
+        let host_style = site.s3.repo_options_host_style(1, bucket);
+        write_postgres(&site.conf, &conf.replace(&path_style, &host_style), 0o640);
+        site.s3.faults().clear_requests();
+        site.pgbr(&["stanza-create"])
+            .expect_ok("stanza-create with repo1-s3-uri-style=host");
+        site
     }
 
     /// The key prefix of the repository inside the bucket, with a trailing `/`.
@@ -366,6 +391,37 @@ fn wait_for_request(s3: &S3Server, what: &str, pred: impl Fn(&str, &str) -> bool
     }
 }
 
+/// Asserts that every request the proxy logged since its last `clear_requests` was
+/// virtual-hosted for the site's bucket: Host `bucket.localhost` (with `:PORT` from
+/// pg_backrest, without from pgBackRest 2.45) and a path that is the key alone
+/// (`/<repo1-path>/...`, or `/` for a listing), never `/bucket/...`. Returns the distinct
+/// Host headers seen, sorted.
+fn assert_virtual_hosted(site: &S3Site) -> Vec<String> {
+    let requests = site.s3.faults().requests();
+    assert!(!requests.is_empty(), "no request reached the server");
+    let with_port = format!("{}.localhost:{}", site.bucket, site.s3.port());
+    let without = format!("{}.localhost", site.bucket);
+    let key_prefix = format!("/{}", site.prefix());
+    let mut hosts: Vec<String> = Vec::new();
+    for r in &requests {
+        let path = r.target.split('?').next().unwrap_or_default();
+        assert!(
+            (r.host == with_port || r.host == without)
+                && (path == "/" || path.starts_with(&key_prefix)),
+            "a request that is not virtual-hosted for {}: {} {} (Host: {})",
+            site.bucket,
+            r.method,
+            r.target,
+            r.host
+        );
+        if !hosts.contains(&r.host) {
+            hosts.push(r.host.clone());
+        }
+    }
+    hosts.sort();
+    hosts
+}
+
 /// The keys under `backup/main/` that belong to no backup `info` lists (nor are the info
 /// files or the manifest history): what an interrupted backup would have left behind.
 fn stray_backup_keys(site: &S3Site) -> Vec<String> {
@@ -605,7 +661,6 @@ fn s3_async_archive_push_and_get() {
             ..Options::default()
         },
     );
-    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
     add_rows(&site, 100);
     let label = site.backup("full", &[]);
     for _ in 0..6 {
@@ -775,22 +830,55 @@ fn s3_multipart_upload_restores_and_survives_sigkill() {
     r.stop();
 }
 
+/// A site for the failure tests: bucket `bucket`, repo1-path `/pgbr/<bucket>`,
+/// io-timeout=`io_timeout` and the `global` lines.
+fn failure_site(bucket: &str, io_timeout: u64, global: &str) -> S3Site {
+    let global = format!("io-timeout={io_timeout}\n{global}");
+    let site = S3Site::new(
+        bucket,
+        &format!("/pgbr/{bucket}"),
+        Options {
+            global: &global,
+            ..Options::default()
+        },
+    );
+    site
+}
+
+/// Stops the server (SIGKILL), then runs `command` (or waits for one started before): it
+/// must fail with neither 0 nor 1 (archive-get's "missing"), with an ERROR naming the
+/// bucket, within `bound` of the stop. Starts the server again and returns the output.
+fn fails_fast_while_stopped(
+    site: &mut S3Site,
+    what: &str,
+    bound: Duration,
+    command: impl FnOnce(&S3Site) -> Out,
+) -> Out {
+    site.s3.stop();
+    let stopped = Instant::now();
+    let out = command(site);
+    let took = stopped.elapsed();
+    assert!(
+        out.status != 0 && out.status != 1,
+        "{what} with the server stopped:\n{out}"
+    );
+    error_line_with(&out, &[&site.bucket]);
+    eprintln!("{what} failed {took:?} after the server stopped");
+    assert!(
+        took <= bound,
+        "{what} took {took:?} to fail after the server stopped (bound {bound:?}):\n{out}"
+    );
+    site.s3.start_again();
+    out
+}
+
 /// (4) The server dies mid-backup: the backup fails within about io-timeout with an ERROR
 /// naming the bucket; with the server back, the next backup resumes or completes, and its
 /// restore holds the rows.
 #[test]
 fn s3_server_stopped_mid_backup_then_next_backup_completes() {
     let io_timeout = 3;
-    let global = format!("io-timeout={io_timeout}\nprocess-max=2\n");
-    let mut site = S3Site::new(
-        "stopped",
-        "/pgbr/stopped",
-        Options {
-            global: &global,
-            ..Options::default()
-        },
-    );
-    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    let mut site = failure_site("stopped", io_timeout, "process-max=2\n");
     let rows = add_rows(&site, 1000);
     site.s3.faults().inject(
         Fault::new(FaultKind::Delay(Duration::from_millis(300)), 100_000)
@@ -811,20 +899,14 @@ fn s3_server_stopped_mid_backup_then_next_backup_completes() {
                 >= 6
         },
     );
-    site.s3.stop();
-    let stopped = Instant::now();
-    let out = finish(child);
-    let took = stopped.elapsed();
-    assert!(out.status != 0, "backup with the server gone:\n{out}");
-    error_line_with(&out, &[&site.bucket]);
-    assert!(
-        took <= Duration::from_secs(4 * io_timeout + 3),
-        "backup took {took:?} to fail after the server stopped (io-timeout={io_timeout}):\n{out}"
+    // The backup has workers and stops PostgreSQL's backup: a looser bound than one command.
+    fails_fast_while_stopped(
+        &mut site,
+        "backup",
+        Duration::from_secs(4 * io_timeout + 3),
+        |_| finish(child),
     );
-    eprintln!("backup failed {took:?} after the server stopped (io-timeout={io_timeout})");
-
     site.s3.faults().clear();
-    site.s3.start_again();
     assert!(site.labels().is_empty(), "the failed backup is listed");
     let out = site.pgbr(&["backup", "--type=full", "--start-fast"]);
     assert!(
@@ -854,16 +936,7 @@ fn s3_server_stopped_mid_backup_then_next_backup_completes() {
 #[test]
 fn s3_faults_are_retried_or_reported() {
     let io_timeout = 3;
-    let global = format!("io-timeout={io_timeout}\n");
-    let mut site = S3Site::new(
-        "faults",
-        "/pgbr/faults",
-        Options {
-            global: &global,
-            ..Options::default()
-        },
-    );
-    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    let mut site = failure_site("faults", io_timeout, "process-max=2\n");
     let first = site.backup("full", &[]);
     let seg = site.one_segment();
     wait_until_archived(&site);
@@ -972,23 +1045,12 @@ fn s3_faults_are_retried_or_reported() {
     );
 
     // Server stopped: an error within about io-timeout, not 1.
-    site.s3.stop();
-    let start = Instant::now();
-    let out = site.pgbr(&["archive-get", &seg, p(&site.dir.join("fdown"))]);
-    let took = start.elapsed();
-    assert!(
-        out.status != 0 && out.status != 1,
-        "archive-get with the server down:\n{out}"
+    fails_fast_while_stopped(
+        &mut site,
+        "archive-get",
+        Duration::from_secs(2 * io_timeout + 2),
+        |site| site.pgbr(&["archive-get", &seg, p(&site.dir.join("fdown"))]),
     );
-    error_line_with(&out, &[&site.bucket]);
-    eprintln!(
-        "archive-get against a stopped server failed after {took:?} (io-timeout={io_timeout})"
-    );
-    assert!(
-        took <= Duration::from_secs(2 * io_timeout + 2),
-        "archive-get took {took:?} against a stopped server (io-timeout={io_timeout})"
-    );
-    site.s3.start_again();
     site.pgbr(&["archive-get", &seg, p(&site.dir.join("fback"))])
         .expect_ok("archive-get after restart");
 }
@@ -1008,7 +1070,6 @@ fn s3_secrets_stay_out_of_logs_output_objects_and_ps() {
     );
     let secret = site.s3.secret().to_owned();
     let key = site.s3.key().to_owned();
-    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
     let mut outputs: Vec<Out> = Vec::new();
     let mut ps_seen = String::new();
 
@@ -1140,15 +1201,14 @@ fn s3_secrets_stay_out_of_logs_output_objects_and_ps() {
     }
 }
 
-/// pgBackRest 2.45 on `bucket` and `path` of `s3` for `site`'s cluster, config in `<dir>/<name>`.
-fn pgbackrest_on(site: &S3Site, name: &str, bucket: &str, path: &str) -> PgBackrest {
+/// pgBackRest 2.45 on the repository `repo_options` (from [`S3Server::repo_options`] or
+/// [`S3Server::repo_options_host_style`]) and `path` for `site`'s cluster, config in
+/// `<dir>/<name>`.
+fn pgbackrest_on(site: &S3Site, name: &str, repo_options: &str, path: &str) -> PgBackrest {
     let dir = site.dir.mkdir(name);
     // process-max 4: pgBackRest sends one request at a time per process, and ~1000 files
     // at its pace over TLS make minutes otherwise.
-    let global = format!(
-        "{}archive-timeout=60\nprocess-max=4",
-        site.s3.repo_options(1, bucket)
-    );
+    let global = format!("{repo_options}archive-timeout=60\nprocess-max=4");
     PgBackrest::new(
         PgBackrestPaths {
             dir: &dir,
@@ -1160,19 +1220,40 @@ fn pgbackrest_on(site: &S3Site, name: &str, bucket: &str, path: &str) -> PgBackr
     )
 }
 
-/// (7) Both ways with pgBackRest 2.45's repo1-type=s3 on one bucket and prefix: pg_backrest's
-/// stanza and backup are listed, verified and restored by pgBackRest; pgBackRest's stanza,
-/// WAL and backup are listed, verified, fetched and restored by pg_backrest.
+/// (7) Both ways with pgBackRest 2.45's repo1-type=s3, and virtual-hosted addressing.
+/// pg_backrest writes with repo1-s3-uri-style=host through repo1-storage-host=127.0.0.1
+/// (endpoint `localhost`, TLS verified): stanza-create, archive-push, a full backup, and
+/// archive-get returns the segment byte-identical; pgBackRest, with the same settings, lists,
+/// verifies and restores that backup (its restore_command fetching the WAL). The proxy's log
+/// shows every one of those requests virtual-hosted from both tools (Host
+/// `compat-ours.localhost`, the path without the bucket). Then path style on another bucket:
+/// pgBackRest's stanza, WAL and backup are listed, verified, fetched and restored by
+/// pg_backrest.
 #[test]
 fn s3_repositories_are_shared_with_pgbackrest_2_45_both_ways() {
-    let site = S3Site::new("compat-ours", "/compat", Options::default());
-    site.cluster.pgbench(&["-i", "-q", "-s", "1"]);
+    // process-max 4 on both sides: ~1,000 files, one request each.
+    let site = S3Site::new_host_style(
+        "compat-ours",
+        "/compat",
+        Options {
+            global: "process-max=4\n",
+            ..Options::default()
+        },
+    );
 
-    // pg_backrest writes, pgBackRest reads.
+    // pg_backrest writes, pgBackRest reads: virtual-hosted, both.
     let rows = add_rows(&site, 300);
     let ours = site.backup("full", &[]);
-    site.one_segment();
-    let theirs_reader = pgbackrest_on(&site, "pgbackrest-ours", "compat-ours", "/compat");
+    let seg = site.one_segment();
+    let fetched = site.dir.join("fetched-host-style");
+    site.pgbr(&["archive-get", &seg, p(&fetched)])
+        .expect_ok("archive-get with repo1-s3-uri-style=host");
+    assert!(
+        fs::read(&fetched).unwrap() == fs::read(site.originals.join(&seg)).unwrap(),
+        "archive-get of {seg} (virtual-hosted) returns what PostgreSQL archived"
+    );
+    let host_style = site.s3.repo_options_host_style(1, "compat-ours");
+    let theirs_reader = pgbackrest_on(&site, "pgbackrest-ours", &host_style, "/compat");
     let info = theirs_reader.run(&["info"]);
     assert!(
         info.success() && info.stdout.contains(&ours),
@@ -1202,10 +1283,20 @@ fn s3_repositories_are_shared_with_pgbackrest_2_45_both_ways() {
     assert_eq!(r.psql(ROWS), rows, "pgBackRest's restore of our backup");
     r.stop();
     drop(r);
+    let hosts = assert_virtual_hosted(&site);
+    assert_eq!(
+        hosts,
+        [
+            "compat-ours.localhost".to_owned(),
+            format!("compat-ours.localhost:{}", site.s3.port())
+        ],
+        "virtual-hosted requests from pgBackRest (no port) and pg_backrest (port)"
+    );
 
-    // pgBackRest writes (stanza-create, archive-push, backup), pg_backrest reads.
+    // pgBackRest writes (stanza-create, archive-push, backup), pg_backrest reads: path style.
     site.s3.create_bucket("compat-theirs");
-    let theirs = pgbackrest_on(&site, "pgbackrest-theirs", "compat-theirs", "/compat");
+    let path_style = site.s3.repo_options(1, "compat-theirs");
+    let theirs = pgbackrest_on(&site, "pgbackrest-theirs", &path_style, "/compat");
     let out = theirs.run(&["stanza-create"]);
     assert!(out.success(), "pgBackRest stanza-create on S3:\n{out}");
     let o = p(&site.originals);
@@ -1225,10 +1316,7 @@ fn s3_repositories_are_shared_with_pgbackrest_2_45_both_ways() {
     );
     let seg = site.one_segment();
     let our_conf = site.config_variant("ours-on-theirs.conf", |t| {
-        t.replace(
-            "repo1-s3-bucket=compat-ours",
-            "repo1-s3-bucket=compat-theirs",
-        )
+        t.replace(&host_style, &path_style)
     });
     let info = site
         .pgbr_with(&our_conf, &[], &["info", "--output=json"])
@@ -1356,7 +1444,10 @@ fn s3_repository_host_serves_the_database_host_over_ssh() {
     let repo_log = || all_files_text(&site.dir.join("repo-log"));
     let db_conf = fs::read_to_string(&site.conf).unwrap();
     assert!(
-        db_conf.contains("repo1-host=") && !db_conf.contains("s3") && !db_conf.contains("type="),
+        db_conf.contains("repo1-host=")
+            && !db_conf
+                .lines()
+                .any(|l| l.contains("-s3-") || l.contains("-type=") || l.contains("storage-")),
         "the database host's config has repo1-host and no S3 option:\n{db_conf}"
     );
     let repo_conf = fs::read_to_string(&site.repo_conf).unwrap();

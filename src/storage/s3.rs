@@ -106,7 +106,9 @@ pub struct S3Options {
     pub bucket: String,
     /// repo1-s3-endpoint: `host` or `host:port`.
     pub endpoint: String,
-    /// repo1-storage-host: connect here instead of the endpoint.
+    /// repo1-storage-host: connect here instead of the endpoint, and check the server's
+    /// certificate against this name, as pgBackRest does; the Host header and the signature
+    /// stay the endpoint's (`bucket.endpoint` in host style).
     pub storage_host: Option<String>,
     /// repo1-storage-port when set; otherwise the endpoint's port or 443.
     pub port: Option<u16>,

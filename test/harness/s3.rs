@@ -21,8 +21,14 @@
 //! 40 s whatever the client did. The shim only sets the socket option; the server is s3s-fs.
 //!
 //! Endpoint: use `host()` ("localhost"), not the IP: pgBackRest 2.45 matches only DNS names in
-//! the certificate's subjectAltName. Path-style URIs (`repo1-s3-uri-style=path`): the server
-//! has no wildcard DNS name for virtual-hosted buckets.
+//! the certificate's subjectAltName. [`S3Server::repo_options`] is path style
+//! (`localhost:PORT/bucket/key`); [`S3Server::repo_options_host_style`] is virtual-hosted
+//! (`bucket.localhost:PORT/key`), which s3s-fs serves as it runs with `--domain localhost`
+//! and `--domain localhost:PORT` (pgBackRest's Host header has no port, ours has).
+//! `bucket.localhost` does not resolve here, so those options add
+//! `repo1-storage-host=127.0.0.1`; both tools then check the certificate against 127.0.0.1,
+//! which is in it as an IP address (for rustls) and as a DNS name (pgBackRest 2.45 matches
+//! DNS names only).
 
 use super::s3_fault::{FaultProxy, PROBE_HEADER};
 use super::{chmod, free_port, mkdir_postgres, run, tail, wait_until, Out};
@@ -177,7 +183,10 @@ impl S3Server {
     }
 
     /// A CA (ca.crt, ca.key) and a server certificate signed by it (server.crt, server.key)
-    /// for DNS:localhost and IP:127.0.0.1. P-256 keys: generated instantly.
+    /// for DNS:localhost, DNS:*.localhost (virtual-hosted buckets, for clients that accept a
+    /// wildcard over one label: pgBackRest does, rustls and OpenSSL do not), DNS:127.0.0.1
+    /// (pgBackRest 2.45 checks repo1-storage-host=127.0.0.1 against DNS names only) and
+    /// IP:127.0.0.1. P-256 keys: generated instantly.
     fn make_certificates(&self) {
         let d = &self.dir;
         openssl(
@@ -226,7 +235,7 @@ impl S3Server {
         );
         write(
             &d.join("server.ext"),
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+            "subjectAltName = DNS:localhost, DNS:*.localhost, DNS:127.0.0.1, IP:127.0.0.1\n\
              basicConstraints = critical, CA:FALSE\n\
              keyUsage = critical, digitalSignature, keyEncipherment\n\
              extendedKeyUsage = serverAuth\n",
@@ -328,6 +337,16 @@ impl S3Server {
         )
     }
 
+    /// As [`S3Server::repo_options`], virtual-hosted: `repo{repo}-s3-uri-style=host` and
+    /// `repo{repo}-storage-host=127.0.0.1` (`bucket.localhost` resolves nowhere; the
+    /// connection goes to 127.0.0.1, the Host header says `bucket.localhost`).
+    pub fn repo_options_host_style(&self, repo: u32, bucket: &str) -> String {
+        self.repo_options(repo, bucket).replace(
+            &format!("repo{repo}-s3-uri-style=path\n"),
+            &format!("repo{repo}-s3-uri-style=host\nrepo{repo}-storage-host=127.0.0.1\n"),
+        )
+    }
+
     /// `curl -sS --aws-sigv4 aws:amz:us-east-1:s3 --user KEY:SECRET --cacert ca.crt <args>`,
     /// not yet run (add the method, URL, `-w`, ...). Write query values percent-encoded as
     /// SigV4 canonicalizes them (`prefix=dir%2F`): curl 7.88 signs the query as written.
@@ -405,6 +424,10 @@ impl S3Server {
             .env("LD_PRELOAD", nodelay_shim())
             .args(["--host", "127.0.0.1", "--port", &self.s3_port.to_string()])
             .args(["--access-key", &self.key, "--secret-key", &self.secret])
+            // Virtual-hosted requests: `bucket.localhost[:PORT]`. Both forms are needed: with
+            // a domain set, s3s-fs takes any other Host name for a bucket name.
+            .args(["--domain", "localhost", "--domain"])
+            .arg(format!("localhost:{}", self.tls_port))
             .arg(self.data_dir())
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")

@@ -6,7 +6,8 @@
 //! s3s-fs quirk: GET/HEAD of a key that is only a prefix of other keys gets S3's 404 NoSuchKey
 //! instead of s3s-fs's 500 (see `is_directory_key`).
 //!
-//! Plain std threads, one per connection, one upstream connection per client connection.
+//! Plain std threads, one per connection, one upstream connection per client connection, no
+//! Nagle on either (see `serve`).
 //! Message framing follows RFC 9112 as far as S3 clients need it: request bodies by
 //! Content-Length or chunked transfer coding, `Expect: 100-continue`, responses by
 //! Content-Length, chunked, or (without either) until the server closes; no body for HEAD, 1xx,
@@ -120,6 +121,9 @@ impl Fault {
 pub struct Seen {
     pub method: String,
     pub target: String,
+    /// The Host header as sent (`localhost:PORT` path-style, `bucket.localhost:PORT`
+    /// virtual-hosted; pgBackRest sends no port).
+    pub host: String,
     pub fault: Option<FaultKind>,
 }
 
@@ -264,6 +268,7 @@ struct Head {
     close: bool,
     expect_continue: bool,
     probe: bool,
+    host: String,
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -318,6 +323,7 @@ fn parse_head(raw: &[u8]) -> io::Result<Head> {
         close: start.ends_with(" HTTP/1.0") || start.starts_with("HTTP/1.0 "),
         expect_continue: false,
         probe: false,
+        host: String::new(),
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -337,6 +343,7 @@ fn parse_head(raw: &[u8]) -> io::Result<Head> {
             }
             "connection" if lower.split(',').any(|t| t.trim() == "close") => head.close = true,
             "expect" => head.expect_continue = lower == "100-continue",
+            "host" => head.host = lower,
             _ if name == PROBE_HEADER => head.probe = true,
             _ => {}
         }
@@ -474,17 +481,34 @@ fn percent_decode(path: &str) -> Vec<u8> {
     out
 }
 
+/// The bucket a virtual-hosted request names in its Host header (`bucket.localhost[:port]`,
+/// the harness's domain), or None for a path-style one (`localhost`, an IP address).
+fn virtual_host_bucket(host: &str) -> Option<&str> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.strip_suffix(".localhost").filter(|b| !b.is_empty())
+}
+
 /// Whether a GET or HEAD of `target` names an object key that s3s-fs stores as a directory
 /// (a prefix of other keys: `repo` when `repo/x` exists). s3s-fs 0.14.1 answers those with
 /// 500 InternalError ("Is a directory"); S3 answers 404 NoSuchKey, and clients such as
-/// pgBackRest HEAD a path before listing it.
-fn is_directory_key(data_dir: &std::path::Path, method: &str, target: &str) -> bool {
+/// pgBackRest HEAD a path before listing it. Path-style targets start with the bucket;
+/// virtual-hosted ones (see [`virtual_host_bucket`]) are the key alone.
+fn is_directory_key(data_dir: &std::path::Path, method: &str, target: &str, host: &str) -> bool {
     use std::os::unix::ffi::OsStrExt;
     if method != "GET" && method != "HEAD" {
         return false;
     }
     let path = target.split('?').next().unwrap_or_default();
-    let decoded = percent_decode(path.trim_start_matches('/'));
+    let mut decoded = percent_decode(path.trim_start_matches('/'));
+    if let Some(bucket) = virtual_host_bucket(host) {
+        if decoded.is_empty() {
+            return false; // bucket-level request
+        }
+        decoded = [bucket.as_bytes(), b"/", &decoded].concat();
+    }
     let Some(slash) = decoded.iter().position(|&c| c == b'/') else {
         return false; // bucket-level request (ListObjects, ...)
     };
@@ -498,7 +522,7 @@ fn is_directory_key(data_dir: &std::path::Path, method: &str, target: &str) -> b
 }
 
 /// The fault for this request, if a rule matches (and uses up one of its count); logs it.
-fn choose(state: &Mutex<State>, method: &str, target: &str) -> Option<FaultKind> {
+fn choose(state: &Mutex<State>, method: &str, target: &str, host: &str) -> Option<FaultKind> {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     let kind = st
         .faults
@@ -512,6 +536,7 @@ fn choose(state: &Mutex<State>, method: &str, target: &str) -> Option<FaultKind>
     st.seen.push(Seen {
         method: method.to_owned(),
         target: target.to_owned(),
+        host: host.to_owned(),
         fault: kind,
     });
     kind
@@ -521,6 +546,10 @@ type Upstream = (BufReader<TcpStream>, TcpStream);
 
 /// Serves one client connection until either side closes or a fault drops it.
 fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> io::Result<()> {
+    // No Nagle on either side: a message goes out as a head and then a body, two writes, and
+    // the second would wait for the ACK of the first (up to 40 ms of delayed ACK) on every
+    // request and every answer: a stall of the harness, not of the client under test.
+    client.set_nodelay(true)?;
     let mut client_r = BufReader::new(client.try_clone()?);
     let mut client_w = client;
     let mut upstream: Option<Upstream> = None;
@@ -534,7 +563,7 @@ fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> io::Res
         let fault = if req.probe {
             None
         } else {
-            choose(state, method, target)
+            choose(state, method, target, &req.host)
         };
         match fault {
             Some(FaultKind::Drop) => {
@@ -566,7 +595,7 @@ fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> io::Res
             .unwrap_or_else(|e| e.into_inner())
             .data_dir
             .clone();
-        if data_dir.is_some_and(|d| is_directory_key(&d, method, target)) {
+        if data_dir.is_some_and(|d| is_directory_key(&d, method, target, &req.host)) {
             copy_body(&mut client_r, &mut io::sink(), body)?;
             let answer = s3_error(
                 404,
@@ -588,6 +617,7 @@ fn serve(client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> io::Res
         if upstream.is_none() {
             // Server down: close the client's connection, as an unreachable backend would.
             let conn = TcpStream::connect(("127.0.0.1", upstream_port))?;
+            conn.set_nodelay(true)?;
             upstream = Some((BufReader::new(conn.try_clone()?), conn));
         }
         let (up_r, up_w) = upstream.as_mut().expect("upstream connected");

@@ -2,6 +2,11 @@
 //! TLS (rustls, with the CA the options name), retries with backoff, and the one typed error
 //! a request that failed for good becomes.
 //!
+//! repo1-storage-host means what it means to pgBackRest: the connection, SNI and certificate
+//! check are the storage host's, while the URL's host (the endpoint, or `bucket.endpoint` in
+//! host style) is sent as the signed Host header. A certificate made for the storage host
+//! thus works with either tool.
+//!
 //! io-timeout bounds the whole request, its retries included: pgBackRest nests connect, TLS
 //! and HTTP retries, each with its own io-timeout, so one call to a dead server took 16.7 s at
 //! io-timeout=2. Here each attempt gets what is left of one io-timeout, and once a response
@@ -14,8 +19,6 @@ use std::time::{Duration, Instant};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use ureq::http::{self, Response};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Body;
 
 use super::credentials::CredentialSource;
@@ -38,6 +41,9 @@ pub struct Client {
     credentials: CredentialSource,
     io_timeout: Duration,
     kms_key_id: Option<String>,
+    /// repo1-storage-host, as a URL host (an IPv6 address in brackets): every request
+    /// connects there instead of to its URL's host.
+    storage_host: Option<String>,
 }
 
 /// One request: what to send, and what to say when it fails.
@@ -90,21 +96,17 @@ impl Client {
             .max_idle_connections_per_host(64)
             .user_agent(concat!("pg_backrest/", env!("CARGO_PKG_VERSION")))
             .build();
-        let agent = match &opts.storage_host {
-            // repo1-storage-host: connect there, while URL, Host header and SNI stay the
-            // endpoint's, as pgBackRest does.
-            Some(storage_host) => {
-                let target = format!("{}:{port}", split_endpoint(storage_host, None).0);
-                ureq::Agent::with_parts(config, DefaultConnector::new(), FixedResolver { target })
-            }
-            None => ureq::Agent::new_with_config(config),
+        let storage_host = match &opts.storage_host {
+            Some(h) => Some(storage_host_of(h)?),
+            None => None,
         };
         Ok(Client {
-            agent,
+            agent: ureq::Agent::new_with_config(config),
             bucket,
             credentials: CredentialSource::new(&opts.credentials, opts.io_timeout)?,
             io_timeout: opts.io_timeout,
             kms_key_id: opts.kms_key_id.clone(),
+            storage_host,
         })
     }
 
@@ -191,10 +193,13 @@ impl Client {
             .credentials
             .current()
             .map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
-        let url = (req.sign)(&self.bucket, &credentials);
-        let mut builder = http::Request::builder()
-            .method(req.method.clone())
-            .uri(url.as_str());
+        let mut url = (req.sign)(&self.bucket, &credentials);
+        let mut builder = http::Request::builder();
+        if let Some(storage_host) = &self.storage_host {
+            let host = connect_elsewhere(&mut url, storage_host)?;
+            builder = builder.header(http::header::HOST, host);
+        }
+        let mut builder = builder.method(req.method.clone()).uri(url.as_str());
         for (name, value) in &req.headers {
             builder = builder.header(*name, value);
         }
@@ -440,24 +445,41 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
     Ok(certs)
 }
 
-/// Resolves every host to repo1-storage-host.
-#[derive(Debug)]
-struct FixedResolver {
-    target: String,
+/// repo1-storage-host as a URL host: `host`, `host:port` (the port is repo1-storage-port's
+/// business and dropped here) or an IPv6 address, bracketed.
+fn storage_host_of(value: &str) -> Result<String> {
+    let (host, _) = split_endpoint(value, None);
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let mut probe: url::Url = "https://endpoint/".parse().expect("constant URL");
+    probe.set_host(Some(&host)).map_err(|e| {
+        Error::new(
+            Kind::OptionInvalidValue,
+            format!("invalid repo1-storage-host '{value}': {e}"),
+        )
+    })?;
+    Ok(host)
 }
 
-impl Resolver for FixedResolver {
-    fn resolve(
-        &self,
-        _uri: &http::Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
-        let uri: http::Uri = format!("https://{}", self.target)
-            .parse()
-            .map_err(|_| ureq::Error::BadUri(self.target.clone()))?;
-        DefaultResolver::default().resolve(&uri, config, timeout)
-    }
+/// Points `url` at `storage_host` (same port) and returns the Host header the request was
+/// signed for: the URL's host, with its port unless the scheme's default (as rusty-s3 signs).
+fn connect_elsewhere(
+    url: &mut url::Url,
+    storage_host: &str,
+) -> std::result::Result<String, ureq::Error> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| ureq::Error::BadUri(url.to_string()))?;
+    let header = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    url.set_host(Some(storage_host))
+        .map_err(|_| ureq::Error::BadUri(storage_host.to_owned()))?;
+    Ok(header)
 }
 
 #[cfg(test)]
@@ -480,5 +502,29 @@ mod tests {
             ("minio".into(), 9443)
         );
         assert_eq!(split_endpoint("[::1]:9000", None), ("[::1]".into(), 9000));
+    }
+
+    #[test]
+    fn a_storage_host_takes_the_connection_and_the_url_host_goes_to_the_host_header() {
+        assert_eq!(storage_host_of("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(storage_host_of("minio:9000").unwrap(), "minio");
+        assert_eq!(storage_host_of("::1").unwrap(), "[::1]");
+        assert_eq!(storage_host_of("[::1]").unwrap(), "[::1]");
+        assert!(storage_host_of("bad host").is_err());
+
+        let mut url: url::Url = "https://b.s3.example:9443/k?X-Amz-Signature=1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            connect_elsewhere(&mut url, "127.0.0.1").unwrap(),
+            "b.s3.example:9443"
+        );
+        assert_eq!(url.as_str(), "https://127.0.0.1:9443/k?X-Amz-Signature=1");
+        let mut url: url::Url = "https://b.s3.example/k".parse().unwrap();
+        assert_eq!(
+            connect_elsewhere(&mut url, "[::1]").unwrap(),
+            "b.s3.example"
+        );
+        assert_eq!(url.as_str(), "https://[::1]/k");
     }
 }
