@@ -6,6 +6,10 @@
 //! archive-push, archive-get, and later backup and restore all copy through here, local or
 //! remote: a bug in copying is fixed here and nowhere else.
 //!
+//! A backup stores through [`store_indexed`], which also records a large file's block index
+//! (where each [`INDEX_BLOCK`] of it starts in the stored file, and its SHA-1): restore can
+//! then decode the blocks of one file on several threads (issue 17).
+//!
 //! Errors keep their origin: a failure of the source or destination stream is reported as
 //! such (with the [`Error`] a remote stream carried, if any), while bytes that do not
 //! decompress are an integrity error about the stored file.

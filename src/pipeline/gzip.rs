@@ -19,6 +19,14 @@
 //! the CRC-32 combined from the blocks' own, so the file is one gzip member that any gunzip,
 //! and this crate's restore, reads as before: the storage format does not change.
 //!
+//! A backup's copy of a large file also carries a block index (issue 17; pipeline::store_indexed):
+//! at every [`INDEX_BLOCK`] of input the stream restarts without history, on a byte boundary
+//! (`Z_FULL_FLUSH` on the calling thread; on the parallel path the block starting there is
+//! not primed), and the output offset of each restart is recorded, so restore can inflate the
+//! blocks of one file on several threads. Block 0 starts right after the 10-byte header. The
+//! file is still one gzip member; forgetting 32 KiB of history every 8 MiB costs about
+//! 0.14 % of the stored size of a pgbench relation. Without an index (WAL) nothing changes.
+//!
 //! flate2 has no way to tune a stream or prime it with a dictionary, so this speaks to
 //! zlib-rs through libz-rs-sys, its zlib-compatible interface, with `unsafe` (as only
 //! storage/scan.rs does besides). Decompression needs neither and stays with flate2.
