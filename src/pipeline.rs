@@ -479,6 +479,23 @@ mod tests {
         }
     }
 
+    /// Block SHA-1s do not depend on how the stream is cut into pieces: one per INDEX_BLOCK,
+    /// the last for what remains, none for an empty stream.
+    #[test]
+    fn block_sums_are_per_index_block_whatever_the_pieces() {
+        let data = sample(2 * INDEX_BLOCK + 5);
+        let expected: Vec<[u8; 20]> = data
+            .chunks(INDEX_BLOCK)
+            .map(|b| Sha1::digest(b).into())
+            .collect();
+        for piece in [1000, CHUNK, 3 * INDEX_BLOCK] {
+            let mut sums = BlockSums::new();
+            data.chunks(piece).for_each(|p| sums.update(p));
+            assert_eq!(sums.finish(), expected, "pieces of {piece}");
+        }
+        assert!(BlockSums::new().finish().is_empty());
+    }
+
     #[test]
     fn corrupt_or_truncated_gzip_and_wrong_checksum_are_integrity_errors() {
         let data = sample(200_000);
