@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 
 use crate::error::{Error, Kind, Result};
 
+pub mod block;
 mod codec;
 mod digest;
 mod frames;
