@@ -502,6 +502,30 @@ impl Write for PosixWriter {
 /// safe-to-call form of `sync_file_range(SYNC_FILE_RANGE_WRITE)`. Purely a hint: the fsync
 /// at commit is what makes the data durable and reports any error.
 fn start_writeback(file: &File, offset: u64, len: u64) {
+    match write_hint() {
+        WriteHint::DropBehind => drop_cached(file, offset, len),
+        WriteHint::None => {}
+    }
+}
+
+/// Which hint writers give the kernel about the bytes they wrote (measurement only).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteHint {
+    DropBehind,
+    None,
+}
+
+pub fn write_hint() -> WriteHint {
+    static HINT: std::sync::OnceLock<WriteHint> = std::sync::OnceLock::new();
+    *HINT.get_or_init(|| match std::env::var("PGBR_WRITE_HINT").as_deref() {
+        Ok("none") => WriteHint::None,
+        _ => WriteHint::DropBehind,
+    })
+}
+
+/// `POSIX_FADV_DONTNEED` on a range of `file`: drops its clean pages from the page cache and
+/// starts writeback of its dirty ones. Purely a hint; errors are of no consequence.
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     let _ = posix_fadvise(
         file,
@@ -562,7 +586,12 @@ impl<'a> DropBehindReader<'a> {
 impl Read for DropBehindReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read(buf)?;
-        self.dropped.advance(self.file, n, n == 0);
+        self.dropped.done += n as u64;
+        let pending = self.dropped.done - self.dropped.hinted_to;
+        if pending >= WRITEBACK_EVERY || (n == 0 && pending > 0) {
+            drop_cached(self.file, self.dropped.hinted_to, pending);
+            self.dropped.hinted_to = self.dropped.done;
+        }
         Ok(n)
     }
 }
