@@ -112,6 +112,29 @@ pub fn restore_block(
     Ok(done)
 }
 
+/// The first `n` original bytes of `block` (fewer when the block is shorter), decoded from
+/// the start of its stored bytes `src`; `None` when they do not decode. Delta restore
+/// compares them with the local file before hashing a block that likely differs whole;
+/// nothing is checked here, so a stored block that does not decode only means "restore it",
+/// which then reports what is wrong.
+pub fn block_prefix(
+    src: &mut dyn Read,
+    kind: CompressType,
+    block: &Block,
+    size: u64,
+    n: usize,
+) -> Option<Vec<u8>> {
+    let last = block.start + block.len == size;
+    let mut source: Box<dyn Read + '_> = match kind {
+        CompressType::Gz => Box::new(BlockInflate::new(src, last.then_some(size))),
+        CompressType::Lz4 | CompressType::Zst | CompressType::None => decoder(src, kind).ok()?,
+        CompressType::Bz2 => return None,
+    };
+    let mut out = vec![0u8; n.min(block.len as usize)];
+    source.read_exact(&mut out).ok()?;
+    Some(out)
+}
+
 /// The integrity error of a block: which stored file, which block, what is wrong, and what
 /// to do.
 pub fn block_error(block: &Block, ends: &Ends, why: &str) -> Error {
