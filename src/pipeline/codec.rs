@@ -199,11 +199,22 @@ pub trait Encoder: Write {
     /// Writes what is still held back and the stream's end; dropping an encoder instead
     /// would hide the errors of that last write.
     fn finish(&mut self) -> io::Result<()>;
+
+    /// After [`Encoder::finish`]: where each [`super::INDEX_BLOCK`] of input begun starts in
+    /// the stored stream, a block decoding alone from there; `None` for a type that has no
+    /// such places (bz2) or an encoder not asked to make them (gz without an index).
+    fn block_starts(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 impl<W: Write> Encoder for GzipWriter<W> {
     fn finish(&mut self) -> io::Result<()> {
         GzipWriter::finish(self)
+    }
+
+    fn block_starts(&self) -> Option<Vec<u64>> {
+        GzipWriter::block_starts(self).map(<[u64]>::to_vec)
     }
 }
 
@@ -217,18 +228,27 @@ impl<W: Write> Encoder for FrameWriter<W> {
     fn finish(&mut self) -> io::Result<()> {
         FrameWriter::finish(self)
     }
+
+    fn block_starts(&self) -> Option<Vec<u64>> {
+        Some(FrameWriter::block_starts(self).to_vec())
+    }
 }
 
 /// Stores as is.
-struct Plain<W>(W);
+struct Plain<W> {
+    inner: W,
+    size: u64,
+}
 
 impl<W: Write> Write for Plain<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        let n = self.inner.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.inner.flush()
     }
 }
 
@@ -236,18 +256,25 @@ impl<W: Write> Encoder for Plain<W> {
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    fn block_starts(&self) -> Option<Vec<u64>> {
+        let block = super::INDEX_BLOCK as u64;
+        Some((0..self.size.div_ceil(block)).map(|i| i * block).collect())
+    }
 }
 
 /// The encoder for `compress` writing into `inner`, with up to `threads` threads for a large
-/// file (gz, lz4, zst).
+/// file (gz, lz4, zst). With `index`, gz restarts without history at each
+/// [`super::INDEX_BLOCK`] of input, so that [`Encoder::block_starts`] has places to give.
 pub fn encoder<'a, W: Write + 'a>(
     inner: W,
     compress: Compress,
     threads: usize,
+    index: bool,
 ) -> io::Result<Box<dyn Encoder + 'a>> {
     Ok(match compress {
-        Compress::None => Box::new(Plain(inner)),
-        Compress::Gz(level) => Box::new(GzipWriter::new(inner, level, threads)?),
+        Compress::None => Box::new(Plain { inner, size: 0 }),
+        Compress::Gz(level) => Box::new(GzipWriter::new(inner, level, threads, index)?),
         Compress::Bz2(level) => Box::new(bzip2::write::BzEncoder::new(
             inner,
             bzip2::Compression::new(level.clamp(1, 9)),
@@ -480,6 +507,74 @@ mod tests {
                 "{compress:?}: {frames} frames"
             );
         }
+    }
+
+    /// A backup's copy of a large file (store_indexed) records one block per INDEX_BLOCK,
+    /// for gz, lz4, zst and none, with one thread or several: each block decodes alone from
+    /// its offset to exactly its bytes, which hash to its SHA-1, while the whole file is
+    /// still one stream that our restore and the format's own tool read. Files of one
+    /// block or less, bz2 files and plain `store` get none.
+    #[test]
+    fn indexed_files_have_blocks_that_decode_alone_and_a_whole_that_decodes_as_before() {
+        use crate::pipeline::test_data::decode_block;
+        use crate::pipeline::{store_indexed, INDEX_BLOCK};
+        use sha1::{Digest as _, Sha1};
+        let data = sample(3 * INDEX_BLOCK + 12_345);
+        for compress in [
+            Compress::Gz(6),
+            Compress::Lz4(1),
+            Compress::Zst(3),
+            Compress::None,
+        ] {
+            for threads in [1, 3] {
+                let what = format!("{compress:?}, {threads} threads");
+                let mut bytes = Vec::new();
+                let r =
+                    store_indexed(&mut &data[..], &mut bytes, compress, threads, &ENDS).unwrap();
+                assert_eq!(r.stored_size, bytes.len() as u64, "{what}");
+                let index = r.block_index.as_ref().expect(&what);
+                assert_eq!(index.block_size, INDEX_BLOCK as u64);
+                index.check(r.size, r.stored_size).expect(&what);
+                let first = match compress {
+                    Compress::Gz(_) => 10,
+                    _ => 0,
+                };
+                assert_eq!(index.offsets[0], first, "{what}");
+                if compress == Compress::None {
+                    assert_eq!(index.offsets, [0, 1, 2, 3].map(|i| i * INDEX_BLOCK as u64));
+                }
+                let blocks: Vec<_> = index.blocks(r.size, r.stored_size).collect();
+                assert_eq!(blocks.len(), 4, "{what}");
+                for block in &blocks {
+                    let range = block.start as usize..(block.start + block.len) as usize;
+                    let alone = decode_block(compress.kind(), &bytes, block);
+                    assert!(
+                        alone == data[range.clone()],
+                        "{what}: block {}",
+                        block.number
+                    );
+                    let sha1: [u8; 20] = Sha1::digest(&alone).into();
+                    assert_eq!(sha1, block.sha1, "{what}: block {}", block.number);
+                }
+                let mut back = Vec::new();
+                let kind = compress.kind();
+                restore(&mut &bytes[..], &mut back, kind, Some(&r.sha1), &ENDS).unwrap();
+                assert!(back == data, "{what}: whole");
+                assert!(cli_decode(kind, &bytes) == data, "{what}: reference tool");
+            }
+        }
+        for (len, compress) in [
+            (INDEX_BLOCK, Compress::Gz(6)),
+            (INDEX_BLOCK, Compress::None),
+            (2 * INDEX_BLOCK, Compress::Bz2(1)),
+        ] {
+            let mut bytes = Vec::new();
+            let r = store_indexed(&mut &sample(len)[..], &mut bytes, compress, 2, &ENDS).unwrap();
+            assert_eq!(r.block_index, None, "{len} bytes of {compress:?}");
+        }
+        let mut bytes = Vec::new();
+        let r = store(&mut &data[..], &mut bytes, Compress::Gz(6), 1, &ENDS).unwrap();
+        assert_eq!(r.block_index, None, "store records no index");
     }
 
     /// Cutting a file into independent zst frames costs little in size: 2.4 % on this

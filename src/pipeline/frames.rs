@@ -16,13 +16,39 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::gzip::{BLOCK, PARALLEL_AFTER};
+use super::INDEX_BLOCK;
 
 /// Compresses one block of input into one complete, independent frame.
 pub type FrameFn = fn(&[u8], i32) -> io::Result<Vec<u8>>;
 
+/// Frames per block of the block index: frames are cut every [`BLOCK`] bytes of input from the
+/// file's start, whatever the threads, so every [`INDEX_BLOCK`] starts with a frame.
+const FRAMES_PER_INDEX_BLOCK: u64 = (INDEX_BLOCK / BLOCK) as u64;
+
+/// Where frames go, in order: counts them and their bytes, and notes where each index block's
+/// first frame starts.
+struct Out<W> {
+    inner: W,
+    written: u64,
+    frames: u64,
+    starts: Vec<u64>,
+}
+
+impl<W: Write> Out<W> {
+    fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.frames.is_multiple_of(FRAMES_PER_INDEX_BLOCK) {
+            self.starts.push(self.written);
+        }
+        self.inner.write_all(frame)?;
+        self.written += frame.len() as u64;
+        self.frames += 1;
+        Ok(())
+    }
+}
+
 /// A writer cutting its input into frames of [`BLOCK`] bytes.
 pub struct FrameWriter<W: Write> {
-    inner: W,
+    out: Out<W>,
     compress: FrameFn,
     level: i32,
     threads: usize,
@@ -36,7 +62,12 @@ pub struct FrameWriter<W: Write> {
 impl<W: Write> FrameWriter<W> {
     pub fn new(inner: W, compress: FrameFn, level: i32, threads: usize) -> FrameWriter<W> {
         FrameWriter {
-            inner,
+            out: Out {
+                inner,
+                written: 0,
+                frames: 0,
+                starts: Vec::new(),
+            },
             compress,
             level,
             threads,
@@ -54,9 +85,17 @@ impl<W: Write> FrameWriter<W> {
             self.emit()?;
         }
         if let Some(pool) = &mut self.pool {
-            pool.drain(&mut self.inner)?;
+            pool.drain(&mut self.out)?;
         }
-        self.inner.flush()
+        self.out.inner.flush()
+    }
+
+    /// After [`FrameWriter::finish`]: where the frame starting each [`INDEX_BLOCK`] of input
+    /// begun starts in the output (the first at 0).
+    pub fn block_starts(&self) -> &[u64] {
+        // An empty input's one empty frame starts no block.
+        let blocks = self.size.div_ceil(INDEX_BLOCK as u64) as usize;
+        &self.out.starts[..blocks.min(self.out.starts.len())]
     }
 
     fn emit(&mut self) -> io::Result<()> {
@@ -66,10 +105,10 @@ impl<W: Write> FrameWriter<W> {
             self.pool = Some(Pool::start(self.compress, self.level, self.threads)?);
         }
         match &mut self.pool {
-            Some(pool) => pool.send(input, &mut self.inner),
+            Some(pool) => pool.send(input, &mut self.out),
             None => {
                 let frame = (self.compress)(&input, self.level)?;
-                self.inner.write_all(&frame)
+                self.out.frame(&frame)
             }
         }
     }
@@ -94,7 +133,7 @@ impl<W: Write> Write for FrameWriter<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.out.inner.flush()
     }
 }
 
@@ -139,7 +178,7 @@ impl Pool {
         })
     }
 
-    fn send(&mut self, input: Vec<u8>, out: &mut dyn Write) -> io::Result<()> {
+    fn send<W: Write>(&mut self, input: Vec<u8>, out: &mut Out<W>) -> io::Result<()> {
         while self.next_seq - self.next_to_write >= self.max_in_flight {
             self.receive(out)?;
         }
@@ -154,21 +193,21 @@ impl Pool {
         Ok(())
     }
 
-    fn receive(&mut self, out: &mut dyn Write) -> io::Result<()> {
+    fn receive<W: Write>(&mut self, out: &mut Out<W>) -> io::Result<()> {
         let done = self.done.recv().map_err(|_| threads_gone())?;
         self.accept(done, out)
     }
 
-    fn accept(&mut self, (seq, frame): Done, out: &mut dyn Write) -> io::Result<()> {
+    fn accept<W: Write>(&mut self, (seq, frame): Done, out: &mut Out<W>) -> io::Result<()> {
         self.waiting.insert(seq, frame?);
         while let Some(frame) = self.waiting.remove(&self.next_to_write) {
-            out.write_all(&frame)?;
+            out.frame(&frame)?;
             self.next_to_write += 1;
         }
         Ok(())
     }
 
-    fn drain(&mut self, out: &mut dyn Write) -> io::Result<()> {
+    fn drain<W: Write>(&mut self, out: &mut Out<W>) -> io::Result<()> {
         while self.next_to_write < self.next_seq {
             self.receive(out)?;
         }

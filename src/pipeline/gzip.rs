@@ -31,6 +31,8 @@ use std::thread::JoinHandle;
 
 use libz_rs_sys as z;
 
+use super::INDEX_BLOCK;
+
 /// zlib's parameters per level (deflate.c, `configuration_table`): the zlib-rs level whose
 /// algorithm zlib uses at that level, then good_length, max_lazy, nice_length, max_chain.
 /// Levels 0 and 7–9 are the same in both libraries.
@@ -233,14 +235,39 @@ fn crc32_combine(first: u32, second: u32, second_len: usize) -> u32 {
     ) as u32
 }
 
+/// A writer that counts the bytes it passed on: the offsets of the block index.
+struct Counted<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A streaming gzip encoder; [`GzipWriter::finish`] writes the trailer.
 pub struct GzipWriter<W: Write> {
     /// The stream of the input before any parallel blocks. Taken only by Drop, to hand it
     /// back to [`SPARE`].
     stream: Option<Stream>,
-    inner: W,
+    inner: Counted<W>,
     level: u32,
     threads: usize,
+    /// Restart without history at each [`INDEX_BLOCK`] of input, recording where (the block
+    /// index of issue 17).
+    index: bool,
+    /// With `index`: where each index block begun starts in the output (its raw deflate data).
+    starts: Vec<u64>,
+    /// Input taken so far, on this thread or handed to the parallel part.
+    taken: u64,
     /// CRC-32 and length of the input taken so far (blocks handed to the threads count
     /// once written).
     crc: u32,
@@ -251,20 +278,35 @@ pub struct GzipWriter<W: Write> {
 
 impl<W: Write> GzipWriter<W> {
     /// A writer that may spread input past [`PARALLEL_AFTER`] over `threads` threads; with
-    /// one, all of it is compressed on the calling thread.
-    pub fn new(mut inner: W, level: u32, threads: usize) -> io::Result<GzipWriter<W>> {
+    /// one, all of it is compressed on the calling thread. With `index`, at every multiple of
+    /// [`INDEX_BLOCK`] of input the deflate stream restarts without history, on a byte
+    /// boundary, whatever the threads: a block of the output then inflates alone from the
+    /// place [`GzipWriter::block_starts`] gives for it, while the whole is still one gzip
+    /// member.
+    pub fn new(inner: W, level: u32, threads: usize, index: bool) -> io::Result<GzipWriter<W>> {
         let stream = Stream::take(level)?;
+        let mut inner = Counted { inner, count: 0 };
         inner.write_all(&gzip_header(level))?;
         Ok(GzipWriter {
             stream: Some(stream),
             inner,
             level,
             threads,
+            index,
+            starts: Vec::new(),
+            taken: 0,
             crc: 0,
             size: 0,
             parallel: None,
             finished: false,
         })
+    }
+
+    /// After [`GzipWriter::finish`], with `index`: where each [`INDEX_BLOCK`] of input begun
+    /// starts in the output, the first right after the 10-byte header. Each ends where the
+    /// next starts, on a byte boundary, and refers to nothing before its start.
+    pub fn block_starts(&self) -> Option<&[u64]> {
+        (self.index && self.finished).then_some(&self.starts[..])
     }
 
     /// Writes what is buffered and the gzip trailer. Errors are returned here, where a drop
@@ -277,6 +319,7 @@ impl<W: Write> GzipWriter<W> {
             let (crc, size) = parallel.finish(&mut self.inner)?;
             self.crc = crc32_combine(self.crc, crc, size as usize);
             self.size += size;
+            self.starts.append(&mut parallel.starts);
             self.inner.write_all(&FINAL_EMPTY_BLOCK)?;
         } else {
             let Self { stream, inner, .. } = self;
@@ -311,26 +354,60 @@ impl<W: Write> Write for GzipWriter<W> {
         if self.finished {
             return Err(io::Error::other("gzip: write after finish"));
         }
-        if let Some(parallel) = self.parallel.as_mut() {
-            parallel.write(buf, &mut self.inner)?;
-            return Ok(buf.len());
-        }
-        self.crc = crc32(self.crc, buf);
-        self.size += buf.len() as u64;
-        let Self { stream, inner, .. } = self;
-        let stream = stream.as_mut().ok_or_else(released)?;
-        stream.deflate(buf, z::Z_NO_FLUSH, inner)?;
-        // The blocks that follow are primed with the end of this input, so it must hold a
-        // whole window: the pipeline writes whole chunks, far larger.
-        if self.threads > 1 && self.size >= PARALLEL_AFTER && buf.len() >= WINDOW {
-            // Ends what this stream has on a byte boundary, where the first block's output
-            // can follow.
-            stream.deflate(&[], z::Z_SYNC_FLUSH, inner)?;
-            self.parallel = Some(Parallel::start(
-                self.level,
-                self.threads,
-                &buf[buf.len() - WINDOW..],
-            )?);
+        let index_block = INDEX_BLOCK as u64;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if let Some(parallel) = self.parallel.as_mut() {
+                parallel.write(rest, &mut self.inner)?;
+                self.taken += rest.len() as u64;
+                break;
+            }
+            let stream = self.stream.as_mut().ok_or_else(released)?;
+            // An index block begins: the stream restarts here, lazily, so that a file ending
+            // on a block boundary gets no flush it does not need.
+            if self.index && self.taken.is_multiple_of(index_block) {
+                if self.taken > 0 {
+                    // zlib's "restart from this point": the output ends on a byte boundary
+                    // and what follows refers to nothing before it.
+                    stream.deflate(&[], z::Z_FULL_FLUSH, &mut self.inner)?;
+                }
+                self.starts.push(self.inner.count);
+            }
+            let take = match self.index {
+                true => rest
+                    .len()
+                    .min((index_block - self.taken % index_block) as usize),
+                false => rest.len(),
+            };
+            let piece = &rest[..take];
+            rest = &rest[take..];
+            self.crc = crc32(self.crc, piece);
+            self.size += take as u64;
+            self.taken += take as u64;
+            stream.deflate(piece, z::Z_NO_FLUSH, &mut self.inner)?;
+            if self.threads == 1 || self.taken < PARALLEL_AFTER {
+                continue;
+            }
+            // Going parallel. With an index, at a block boundary, the first parallel block
+            // unprimed as every block that starts an index block; without, anywhere the
+            // input just taken holds a whole window to prime the first block with (the
+            // pipeline writes whole chunks, far larger).
+            let window = match self.index {
+                true => self.taken.is_multiple_of(index_block).then_some(&[][..]),
+                false => (piece.len() >= WINDOW).then(|| &piece[piece.len() - WINDOW..]),
+            };
+            if let Some(window) = window {
+                // Ends what this stream has on a byte boundary, where the first block's
+                // output can follow.
+                stream.deflate(&[], z::Z_SYNC_FLUSH, &mut self.inner)?;
+                self.parallel = Some(Parallel::start(
+                    self.level,
+                    self.threads,
+                    window,
+                    self.taken,
+                    self.index,
+                )?);
+            }
         }
         Ok(buf.len())
     }
@@ -383,10 +460,23 @@ struct Parallel {
     /// CRC-32 and length of the input written out so far.
     crc: u32,
     size: u64,
+    /// Input offset of the first block in the file: a multiple of [`INDEX_BLOCK`] with
+    /// `index`, so that blocks are cut on every index block's start.
+    start: u64,
+    /// Start the blocks that begin an index block unprimed, and record where they went.
+    index: bool,
+    /// With `index`: where each index block begun in the parallel part starts in the output.
+    starts: Vec<u64>,
 }
 
 impl Parallel {
-    fn start(level: u32, threads: usize, window: &[u8]) -> io::Result<Parallel> {
+    fn start(
+        level: u32,
+        threads: usize,
+        window: &[u8],
+        start: u64,
+        index: bool,
+    ) -> io::Result<Parallel> {
         let max_in_flight = threads + 1;
         let (jobs, job_queue) = sync_channel::<Job>(max_in_flight);
         let job_queue = Arc::new(Mutex::new(job_queue));
@@ -414,10 +504,19 @@ impl Parallel {
             max_in_flight: max_in_flight as u64,
             crc: 0,
             size: 0,
+            start,
+            index,
+            starts: Vec::new(),
         })
     }
 
-    fn write(&mut self, mut buf: &[u8], out: &mut dyn Write) -> io::Result<()> {
+    /// Whether block `seq` is the first of an index block: one that refers to nothing
+    /// before it. Every block but the last is [`BLOCK`] long.
+    fn starts_index_block(&self, seq: u64) -> bool {
+        self.index && (self.start + seq * BLOCK as u64).is_multiple_of(INDEX_BLOCK as u64)
+    }
+
+    fn write<W: Write>(&mut self, mut buf: &[u8], out: &mut Counted<W>) -> io::Result<()> {
         while !buf.is_empty() {
             let take = (BLOCK - self.block.len()).min(buf.len());
             self.block.extend_from_slice(&buf[..take]);
@@ -431,7 +530,7 @@ impl Parallel {
 
     /// Hands the filled block to the threads, first waiting for (and writing) finished
     /// blocks while too many are in flight.
-    fn send_block(&mut self, out: &mut dyn Write) -> io::Result<()> {
+    fn send_block<W: Write>(&mut self, out: &mut Counted<W>) -> io::Result<()> {
         while self.next_seq - self.next_to_write >= self.max_in_flight {
             self.receive(out)?;
         }
@@ -440,10 +539,13 @@ impl Parallel {
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(BLOCK));
         let input = std::mem::replace(&mut self.block, next_block);
-        let dict = std::mem::replace(
+        let mut dict = std::mem::replace(
             &mut self.dict,
             input[input.len() - WINDOW.min(input.len())..].to_vec(),
         );
+        if self.starts_index_block(self.next_seq) {
+            dict.clear();
+        }
         let job = Job {
             seq: self.next_seq,
             dict,
@@ -462,14 +564,17 @@ impl Parallel {
     }
 
     /// Waits for one deflated block and writes every block whose turn has come.
-    fn receive(&mut self, out: &mut dyn Write) -> io::Result<()> {
+    fn receive<W: Write>(&mut self, out: &mut Counted<W>) -> io::Result<()> {
         let result = self.done.recv().map_err(|_| threads_gone())?;
         self.accept(result?, out)
     }
 
-    fn accept(&mut self, block: Deflated, out: &mut dyn Write) -> io::Result<()> {
+    fn accept<W: Write>(&mut self, block: Deflated, out: &mut Counted<W>) -> io::Result<()> {
         self.waiting.insert(block.seq, block);
         while let Some(mut block) = self.waiting.remove(&self.next_to_write) {
+            if self.starts_index_block(block.seq) {
+                self.starts.push(out.count);
+            }
             out.write_all(&block.output)?;
             self.crc = crc32_combine(self.crc, block.crc, block.input.len());
             self.size += block.input.len() as u64;
@@ -482,7 +587,7 @@ impl Parallel {
 
     /// Sends the last, partial block, writes every block, and returns the CRC-32 and length
     /// of the input they held.
-    fn finish(&mut self, out: &mut dyn Write) -> io::Result<(u32, u64)> {
+    fn finish<W: Write>(&mut self, out: &mut Counted<W>) -> io::Result<(u32, u64)> {
         if !self.block.is_empty() {
             self.send_block(out)?;
         }
@@ -543,7 +648,10 @@ fn deflate_blocks(
 
 fn deflate_block(level: u32, job: &Job) -> io::Result<(Vec<u8>, u32)> {
     let mut stream = Stream::take(level)?;
-    stream.set_dictionary(&job.dict)?;
+    // An unprimed block (the start of an index block) refers to nothing before it.
+    if !job.dict.is_empty() {
+        stream.set_dictionary(&job.dict)?;
+    }
     // Compressed PostgreSQL data is a small fraction of its size; the Vec grows if not.
     let mut output = Vec::with_capacity(job.input.len() / 4);
     stream.deflate(&job.input, z::Z_SYNC_FLUSH, &mut output)?;
@@ -566,7 +674,7 @@ mod tests {
 
     fn gzip_threads(data: &[u8], level: u32, piece: usize, threads: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut w = GzipWriter::new(&mut out, level, threads).unwrap();
+        let mut w = GzipWriter::new(&mut out, level, threads, false).unwrap();
         for part in data.chunks(piece) {
             w.write_all(part).unwrap();
         }
@@ -609,7 +717,7 @@ mod tests {
             "second use of the same stream"
         );
         let mut abandoned = Vec::new();
-        let mut w = GzipWriter::new(&mut abandoned, 6, 1).unwrap();
+        let mut w = GzipWriter::new(&mut abandoned, 6, 1, false).unwrap();
         w.write_all(&data[..100_000]).unwrap();
         drop(w);
         assert_eq!(
@@ -685,7 +793,7 @@ mod tests {
         let data = sample(PARALLEL_AFTER as usize + 6 * BLOCK);
         // Room for the one-stream part but not for all the blocks.
         let room = gzip(&data[..PARALLEL_AFTER as usize], 6, 512 * 1024).len() + 1000;
-        let mut w = GzipWriter::new(FullAfter(room), 6, 2).unwrap();
+        let mut w = GzipWriter::new(FullAfter(room), 6, 2, false).unwrap();
         let result = data
             .chunks(512 * 1024)
             .try_for_each(|part| w.write_all(part))

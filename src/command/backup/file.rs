@@ -95,7 +95,8 @@ pub fn copy_source(
     let (copied, bad_blocks) = match (p.verify_pages, src.first_block) {
         (true, Some(first)) => {
             let mut checker = PageChecker::new(scan, first, p.start_lsn);
-            let copied = pipeline::store(&mut checker, dest, p.compress, p.threads(), &ends)?;
+            let copied =
+                pipeline::store_indexed(&mut checker, dest, p.compress, p.threads(), &ends)?;
             let suspects = std::mem::take(&mut checker.bad_blocks);
             // The scan's reader gives the descriptor back to plain reads.
             drop(checker);
@@ -105,7 +106,7 @@ pub fn copy_source(
             )
         }
         _ => (
-            pipeline::store(&mut scan, dest, p.compress, p.threads(), &ends)?,
+            pipeline::store_indexed(&mut scan, dest, p.compress, p.threads(), &ends)?,
             Vec::new(),
         ),
     };
@@ -134,8 +135,9 @@ pub fn copy_source(
             .then_some(bad_blocks.is_empty()),
         checksum_page_error: bad_blocks,
         copied_at: Some(copied_at),
-        // Recorded by the write side of issue 17 (pipeline's block index).
-        block_index: None,
+        // A large file's blocks, for restore to spread it over several threads (issue 17).
+        // On a database host's remote this entry goes back over the protocol whole.
+        block_index: copied.block_index,
     })
 }
 
@@ -504,6 +506,40 @@ mod tests {
         assert!(e.message.contains("out of step"), "{e:?}");
 
         // The server was still sending the second batch: it stops when the client goes.
+        drop(files);
+        let _ = server.join().unwrap();
+    }
+
+    /// A large file copied by the database host's remote comes back with the block index
+    /// its pipeline recorded (over the protocol, in the file's entry), the same as a copy
+    /// on this host records.
+    #[test]
+    fn the_block_index_of_a_large_file_comes_back_from_the_remote() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = crate::pipeline::test_data::pages(2 * pipeline::INDEX_BLOCK + 5, 8192);
+        std::fs::write(tmp.path().join("big"), &data).unwrap();
+        let (client, server) = test_pair::serve(tmp.path(), Duration::from_secs(10));
+        let files = RemoteFiles::new(vec![client]);
+        let big = source(tmp.path(), "big");
+        let params = CopyParams {
+            compress: Compress::Gz(1),
+            compress_threads: 2,
+            ..PLAIN
+        };
+        let mut remote_bytes = Vec::new();
+        let remote = files
+            .copy(&big, &mut remote_bytes, "memory", &params)
+            .unwrap()
+            .unwrap();
+        let mut local_bytes = Vec::new();
+        let local = LocalFiles
+            .copy(&big, &mut local_bytes, "memory", &params)
+            .unwrap()
+            .unwrap();
+        let index = remote.block_index.as_ref().expect("an index from pg1-host");
+        assert_eq!(index.offsets.len(), 3);
+        assert_eq!(remote.block_index, local.block_index);
+        assert!(remote_bytes == local_bytes);
         drop(files);
         let _ = server.join().unwrap();
     }
