@@ -577,3 +577,59 @@ pub(crate) mod tests {
         }
     }
 }
+
+/// What the write side stores ([`super::store_indexed`]) restores block by block here, for
+/// every type, with one compression thread and with several (gz cuts its blocks differently).
+#[cfg(test)]
+mod with_the_write_side {
+    use super::*;
+    use crate::pipeline::test_data::pages;
+    use crate::pipeline::{store_indexed, Compress, INDEX_BLOCK};
+
+    #[test]
+    fn every_type_stored_with_an_index_restores_block_by_block() {
+        let data = pages(2 * INDEX_BLOCK + 123_457, 8192);
+        let ends = Ends {
+            source: "s",
+            dest: "d",
+        };
+        for compress in [
+            Compress::Gz(6),
+            Compress::Zst(3),
+            Compress::Lz4(1),
+            Compress::None,
+        ] {
+            for threads in [1, 2] {
+                let mut stored = Vec::new();
+                let r =
+                    store_indexed(&mut &data[..], &mut stored, compress, threads, &ends).unwrap();
+                let index = r.block_index.expect("an index");
+                let tmp = tempfile::tempfile().unwrap();
+                let blocks: Vec<Block> = index
+                    .blocks(data.len() as u64, stored.len() as u64)
+                    .collect();
+                assert_eq!(blocks.len(), 3);
+                for b in blocks.iter().rev() {
+                    let mut range = &stored[b.stored_start as usize..b.stored_end as usize];
+                    restore_block(
+                        &mut range,
+                        compress.kind(),
+                        b,
+                        data.len() as u64,
+                        &tmp,
+                        &ends,
+                    )
+                    .unwrap_or_else(|e| panic!("{compress:?} {threads}: {e:?}"));
+                    let mut range = &stored[b.stored_start as usize..b.stored_end as usize];
+                    let prefix =
+                        block_prefix(&mut range, compress.kind(), b, data.len() as u64, 1000)
+                            .unwrap();
+                    assert!(prefix[..] == data[b.start as usize..b.start as usize + 1000]);
+                }
+                let mut back = Vec::new();
+                (&tmp).read_to_end(&mut back).unwrap();
+                assert!(back == data, "{compress:?} {threads}");
+            }
+        }
+    }
+}

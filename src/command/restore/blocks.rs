@@ -118,8 +118,9 @@ impl<'a> BlockFile<'a> {
         let target = self.target()?;
         match target.as_ref() {
             Target::New(writer) => {
-                let (file, temp) = writer.temp_file()?;
-                self.restore(repo, block, file, temp)?;
+                // Messages name the file being restored, not its temp name.
+                let (file, _) = writer.temp_file()?;
+                self.restore(repo, block, file, &self.local)?;
                 drop_written(file, block);
             }
             Target::InPlace { file, .. } => {
@@ -264,11 +265,16 @@ impl<'a> BlockFile<'a> {
             Target::New(writer) => {
                 let (_, name) = split_path(&self.local)?;
                 commit_restored(writer, name, self.entry)?;
+                crate::detail!(
+                    "restored '{}' in {} blocks",
+                    self.local.display(),
+                    self.block_count()
+                );
                 Ok(Finished::Restored(self.entry.size))
             }
             Target::InPlace { file, found } => {
                 let rewritten = self.rewritten.load(Ordering::Relaxed);
-                let blocks = self.remaining_total();
+                let blocks = self.block_count();
                 if rewritten == 0 && found.len() == self.entry.size {
                     drop(file);
                     correct_attributes(&self.local, self.entry, &found)?;
@@ -295,7 +301,7 @@ impl<'a> BlockFile<'a> {
         }
     }
 
-    fn remaining_total(&self) -> usize {
+    fn block_count(&self) -> usize {
         self.entry
             .block_index
             .as_ref()
