@@ -21,6 +21,7 @@ use sha1::{Digest as _, Sha1};
 use crate::error::{Error, Kind, Result};
 use crate::manifest::BlockIndex;
 
+pub mod block;
 mod codec;
 mod digest;
 mod frames;

@@ -18,7 +18,7 @@ pub mod s3;
 #[allow(unsafe_code)]
 pub mod scan;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use crate::error::Result;
 
@@ -37,6 +37,20 @@ pub trait Storage: Send + Sync {
 
     /// Opens `path` for streaming; `None` when it does not exist.
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>>;
+
+    /// Opens bytes `start..end` of `path` for streaming; `None` when the file does not exist.
+    /// A file that ends before `end` gives fewer bytes (reading past its end gives none), so
+    /// a caller that needs exactly `end - start` bytes checks the count. Restore reads the
+    /// blocks of one large stored file this way on several workers at once. This default
+    /// reads and discards the bytes before `start`: only for drivers that cannot seek.
+    fn open_read_range(
+        &self,
+        path: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        read_range_by_skipping(self.open_read(path)?, start, end, &self.describe(path))
+    }
 
     /// Starts an atomic write of a new file in `dir` (created, with parents, when missing).
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>>;
@@ -156,6 +170,27 @@ pub trait AtomicWrite: Write + Send {
     fn commit_unsynced(self: Box<Self>, name: &str) -> Result<()> {
         self.commit(name)
     }
+}
+
+/// Bytes `start..end` of the stream `reader` of `what`: those before `start` read and
+/// discarded. [`Storage::open_read_range`] for a driver (or a peer) that cannot seek.
+pub fn read_range_by_skipping<'a>(
+    reader: Option<Box<dyn Read + Send + 'a>>,
+    start: u64,
+    end: u64,
+    what: &str,
+) -> Result<Option<Box<dyn Read + Send + 'a>>> {
+    let Some(mut reader) = reader else {
+        return Ok(None);
+    };
+    let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())
+        .map_err(|e| crate::pipeline::io_error("read", what, e))?;
+    let len = if skipped < start {
+        0
+    } else {
+        end.saturating_sub(start)
+    };
+    Ok(Some(Box::new(reader.take(len))))
 }
 
 /// Reads a whole small file (info files); `None` when missing.

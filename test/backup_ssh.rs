@@ -54,9 +54,22 @@ fn backup_from_the_repository_host_through_pg1_host_restores_exactly() {
     let out = site.pgbr(&[
         &format!("--pg1-path={}", target.display()),
         "--process-max=2",
+        "--log-level-file=detail",
         "restore",
     ]);
     assert_eq!(out.status, 0, "{out}");
+    // pgbench_accounts (39 MiB), stored with a block index by the database host's remote,
+    // came back block by block: each block a ranged read through repo1-host.
+    let accounts = site
+        .cluster
+        .psql("select pg_relation_filepath('pgbench_accounts')");
+    let log = fs::read_to_string(site.dir.join("log/main-restore.log")).unwrap();
+    let restored = format!("restored '{}' in ", target.join(&accounts).display());
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&restored) && l.ends_with(" blocks")),
+        "{log}"
+    );
     let socket = site.dir.mkdir("restored-socket");
     let port = free_port().to_string();
     let auto = target.join("postgresql.auto.conf");

@@ -357,4 +357,32 @@ fn a_read_cut_short_resumes_where_it_was() {
         .filter(|q| q.method == "GET" && q.target.contains("big/file"))
         .count();
     assert!(gets >= 2, "the read was resumed with a second GET ({gets})");
+
+    // A ranged read (restore's blocks of a large file): exactly the range, resumed within
+    // it after the server comes back; fewer bytes where the object ends, none past it.
+    let (a, b) = (5 << 20, 40 << 20);
+    let mut r = s.open_read_range("big/file", a, b).unwrap().unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    r.read_exact(&mut got).unwrap();
+    s3.stop();
+    s3.start_again();
+    r.read_to_end(&mut got).unwrap();
+    assert!(
+        got[..] == data[a as usize..b as usize],
+        "resumed ranged read returned other bytes ({} bytes)",
+        got.len()
+    );
+    let range = |a: u64, b: u64| {
+        let mut out = Vec::new();
+        s.open_read_range("big/file", a, b)
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    assert!(range(47 << 20, 50 << 20)[..] == data[47 << 20..]);
+    assert!(range(50 << 20, 51 << 20).is_empty());
+    assert!(range(7, 7).is_empty());
+    assert!(s.open_read_range("big/none", 0, 10).unwrap().is_none());
 }

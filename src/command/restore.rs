@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::archive_push::missing_info;
+mod blocks;
 pub mod target;
 
 use target::RecoveryTarget;
@@ -23,7 +24,7 @@ use target::RecoveryTarget;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::backup::BackupInfo;
-use crate::manifest::{FileEntry, Manifest, Owner};
+use crate::manifest::{Block, FileEntry, Manifest, Owner};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
 use crate::storage::posix::{
@@ -616,6 +617,13 @@ struct FileJob<'a> {
     progress: &'a crate::progress::Progress,
 }
 
+/// One job of the restore's worker queue: a whole file, or one block of a file restored
+/// block by block ([`blocks`]).
+enum Job<'a> {
+    File(&'a String, &'a FileEntry),
+    Block(usize, Block),
+}
+
 fn restore_files(
     workers: &crate::parallel::Workers,
     job: &FileJob,
@@ -632,43 +640,87 @@ fn restore_files(
         zeroed,
         progress,
     } = *job;
+    // Largest first; a file with a block index gives its blocks in its place, so that
+    // process-max workers share it.
     files.sort_by_key(|f| std::cmp::Reverse(f.1.size));
+    let stored_of = |key: &str, entry: &FileEntry| {
+        let holder = entry.reference.as_deref().unwrap_or(label);
+        let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
+        let stored = layout.backup_file(holder, &format!("{key}{}", compress.extension()));
+        (stored, compress)
+    };
+    let mut split = Vec::new();
+    let mut jobs = Vec::with_capacity(files.len());
+    for (key, entry) in files {
+        let (stored, compress) = stored_of(key, entry);
+        let by_blocks = if is_zeroed(key, zeroed) {
+            None
+        } else {
+            let local = local_path(manifest, pg_path, key)?;
+            blocks::BlockFile::new(entry, local, stored, compress.kind(), delta)
+        };
+        match by_blocks {
+            Some(file) => {
+                jobs.extend(
+                    file.blocks()
+                        .into_iter()
+                        .map(|b| Job::Block(split.len(), b)),
+                );
+                split.push(file);
+            }
+            None => jobs.push(Job::File(key, entry)),
+        }
+    }
     let kept = AtomicU64::new(0);
     let restored = AtomicU64::new(0);
     let restored_bytes = AtomicU64::new(0);
     let zeroed_count = AtomicU64::new(0);
-    // The first error stops the other workers from starting files.
-    workers.try_each_in_order(&files, |(key, entry)| -> Result<()> {
+    let count = |finished: blocks::Finished| match finished {
+        blocks::Finished::Pending => {}
+        blocks::Finished::Kept => {
+            kept.fetch_add(1, Ordering::Relaxed);
+        }
+        blocks::Finished::Restored(bytes) => {
+            restored.fetch_add(1, Ordering::Relaxed);
+            restored_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    };
+    // The first error stops the other workers from starting jobs; the temp files of files
+    // restored block by block go with `split` when this returns.
+    workers.try_each_in_order(&jobs, |job| -> Result<()> {
         crate::signal::check()?;
         let worker_repo = workers.repo(repo);
-        let holder = entry.reference.as_deref().unwrap_or(label);
-        let compress = compress_of.get(holder).copied().unwrap_or(Compress::None);
-        let stored = format!("{key}{}", compress.extension());
+        let (key, entry) = match job {
+            Job::Block(file, block) => {
+                count(split[*file].run(worker_repo, block)?);
+                progress.add(block.len);
+                return Ok(());
+            }
+            Job::File(key, entry) => (*key, *entry),
+        };
+        let (stored_path, compress) = stored_of(key, entry);
         let local = local_path(manifest, pg_path, key)?;
         if is_zeroed(key, zeroed) {
             zeroed_count.fetch_add(1, Ordering::Relaxed);
             progress.add(entry.size);
             return restore_zeroed(&local, entry);
         }
-        let stored_path = layout.backup_file(holder, &stored);
         if delta {
             if let Some(found) =
                 matches_manifest(&local, entry, worker_repo, &stored_path, compress)?
             {
-                kept.fetch_add(1, Ordering::Relaxed);
+                count(blocks::Finished::Kept);
                 progress.add(entry.size);
                 return correct_attributes(&local, entry, &found);
             }
-        }
-        restored.fetch_add(1, Ordering::Relaxed);
-        restored_bytes.fetch_add(entry.size, Ordering::Relaxed);
-        if delta {
             remove_outdated(&local)?;
         }
         restore_file(worker_repo, &stored_path, compress, entry, &local)?;
+        count(blocks::Finished::Restored(entry.size));
         progress.add(entry.size);
         Ok(())
     })?;
+    drop(split);
     Ok(Counts {
         kept: kept.into_inner(),
         restored: restored.into_inner(),
@@ -1038,12 +1090,9 @@ fn restore_file(
     local: &Path,
 ) -> Result<()> {
     let source = repo.describe(stored);
-    let mut reader = repo.open_read(stored)?.ok_or_else(|| {
-        Error::new(
-            Kind::FileMissing,
-            format!("backup file '{source}' is missing from the repository"),
-        )
-    })?;
+    let mut reader = repo
+        .open_read(stored)?
+        .ok_or_else(|| missing_stored(&source))?;
     let (dir, name) = split_path(local)?;
     let mode = parse_mode(&entry.mode).unwrap_or(0o600);
     let mut writer = PosixWriter::create_with_mode(dir.to_path_buf(), mode)?;
@@ -1060,6 +1109,14 @@ fn restore_file(
     )?;
     drop(reader);
     commit_restored(writer, name, entry)
+}
+
+/// The error of a stored file the manifest lists and the repository lacks.
+fn missing_stored(source: &str) -> Error {
+    Error::new(
+        Kind::FileMissing,
+        format!("backup file '{source}' is missing from the repository"),
+    )
 }
 
 /// The restore_command that fetches WAL from this repository: this executable with this

@@ -42,8 +42,15 @@ impl Payloads for NoPayloads {
 pub enum Request<P: Payloads> {
     /// → [`Names`]
     List { path: String },
-    /// → [`Found`], then the file's `D` frames and `E` when found.
-    Read { path: String },
+    /// → [`Found`], then the file's `D` frames and `E` when found. With `range`
+    /// (`[start, end]`), only those bytes: the server seeks. Only sent to a server whose
+    /// greeting says it reads ranges; an older one would ignore the field and send the whole
+    /// file.
+    Read {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<[u64; 2]>,
+    },
     /// No reply: `D` frames and a [`Commit`] (or `A`) follow, the commit is answered.
     /// `name`, when known at open, is the one the commit will give (object storage needs it).
     Write {
@@ -221,7 +228,10 @@ mod tests {
     fn op_names_match_the_wire() {
         let all: Vec<Request<Test>> = vec![
             Request::List { path: "".into() },
-            Request::Read { path: "".into() },
+            Request::Read {
+                path: "".into(),
+                range: Some([1, 2]),
+            },
             Request::Write {
                 dir: "".into(),
                 name: None,

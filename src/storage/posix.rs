@@ -131,6 +131,26 @@ impl Storage for PosixStorage {
         }
     }
 
+    fn open_read_range(
+        &self,
+        path: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.resolve(path)?;
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path, e)),
+        };
+        // Seeking past the end is allowed; reading there gives no bytes, which the caller
+        // counts.
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io("seek in", &path, e))?;
+        Ok(Some(Box::new(file.take(end.saturating_sub(start)))))
+    }
+
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
         let dir = self.resolve(dir)?;
         self.check_writer(&dir)?;
@@ -482,6 +502,30 @@ impl Write for PosixWriter {
 /// safe-to-call form of `sync_file_range(SYNC_FILE_RANGE_WRITE)`. Purely a hint: the fsync
 /// at commit is what makes the data durable and reports any error.
 fn start_writeback(file: &File, offset: u64, len: u64) {
+    match write_hint() {
+        WriteHint::DropBehind => drop_cached(file, offset, len),
+        WriteHint::None => {}
+    }
+}
+
+/// Which hint writers give the kernel about the bytes they wrote (measurement only).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteHint {
+    DropBehind,
+    None,
+}
+
+pub fn write_hint() -> WriteHint {
+    static HINT: std::sync::OnceLock<WriteHint> = std::sync::OnceLock::new();
+    *HINT.get_or_init(|| match std::env::var("PGBR_WRITE_HINT").as_deref() {
+        Ok("none") => WriteHint::None,
+        _ => WriteHint::DropBehind,
+    })
+}
+
+/// `POSIX_FADV_DONTNEED` on a range of `file`: drops its clean pages from the page cache and
+/// starts writeback of its dirty ones. Purely a hint; errors are of no consequence.
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     let _ = posix_fadvise(
         file,
@@ -542,7 +586,12 @@ impl<'a> DropBehindReader<'a> {
 impl Read for DropBehindReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read(buf)?;
-        self.dropped.advance(self.file, n, n == 0);
+        self.dropped.done += n as u64;
+        let pending = self.dropped.done - self.dropped.hinted_to;
+        if pending >= WRITEBACK_EVERY || (n == 0 && pending > 0) {
+            drop_cached(self.file, self.dropped.hinted_to, pending);
+            self.dropped.hinted_to = self.dropped.done;
+        }
         Ok(n)
     }
 }
@@ -648,6 +697,68 @@ mod tests {
 
     /// The pages it lets go of are only a cache: every byte still comes through, in order,
     /// across the drop points and at the end of the file.
+    /// A ranged read gives exactly the bytes asked for, fewer where the file ends, none past
+    /// its end; the trait's read-and-discard default, for drivers that cannot seek, agrees.
+    #[test]
+    fn ranged_reads_give_the_range_and_stop_at_the_end() {
+        struct Unseekable<'a>(&'a PosixStorage);
+        impl Storage for Unseekable<'_> {
+            fn list(&self, d: &str) -> Result<Vec<String>> {
+                self.0.list(d)
+            }
+            fn temp_files(&self, d: &str) -> Result<Vec<String>> {
+                self.0.temp_files(d)
+            }
+            fn open_read(&self, p: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
+                self.0.open_read(p)
+            }
+            fn open_write(&self, d: &str) -> Result<Box<dyn AtomicWrite + '_>> {
+                self.0.open_write(d)
+            }
+            fn create_path(&self, p: &str) -> Result<()> {
+                self.0.create_path(p)
+            }
+            fn create_link(&self, t: &str, l: &str) -> Result<()> {
+                self.0.create_link(t, l)
+            }
+            fn remove(&self, p: &str) -> Result<()> {
+                self.0.remove(p)
+            }
+            fn remove_tree(&self, p: &str) -> Result<()> {
+                self.0.remove_tree(p)
+            }
+            fn describe(&self, p: &str) -> String {
+                self.0.describe(p)
+            }
+            fn info(&self, p: &str) -> Result<Option<crate::storage::EntryInfo>> {
+                self.0.info(p)
+            }
+            fn list_info(&self, d: &str) -> Result<Vec<crate::storage::EntryInfo>> {
+                self.0.list_info(d)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let s = PosixStorage::new(tmp.path());
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(tmp.path().join("f"), &data).unwrap();
+        let range = |st: &dyn Storage, a: u64, b: u64| {
+            let mut out = Vec::new();
+            st.open_read_range("f", a, b)
+                .unwrap()
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        };
+        for st in [&s as &dyn Storage, &Unseekable(&s)] {
+            assert_eq!(range(st, 10, 20), data[10..20]);
+            assert_eq!(range(st, 0, 100_000), data);
+            assert_eq!(range(st, 99_990, 200_000), data[99_990..], "cut at the end");
+            assert!(range(st, 150_000, 160_000).is_empty(), "past the end");
+            assert!(st.open_read_range("missing", 0, 1).unwrap().is_none());
+        }
+    }
+
     #[test]
     fn a_drop_behind_reader_reads_the_whole_file() {
         let tmp = tempfile::tempdir().unwrap();

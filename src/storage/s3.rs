@@ -236,14 +236,25 @@ impl S3Storage {
             })
     }
 
-    /// Opens `key` at `offset` (a resumed read: only if it is still `etag`).
-    fn get(&self, key: &str, offset: u64, etag: Option<&str>) -> Result<Option<Response<Body>>> {
+    /// Opens `key` at `offset`, up to `end` when given (a ranged read), and only if it is
+    /// still `etag` (a resumed read). `Ok(Some(None))`: the range starts past the object's
+    /// end, so there is nothing to read.
+    fn get(
+        &self,
+        key: &str,
+        offset: u64,
+        end: Option<u64>,
+        etag: Option<&str>,
+    ) -> Result<Option<Option<Response<Body>>>> {
         let sign = |bucket: &rusty_s3::Bucket, c: &rusty_s3::Credentials| {
             GetObject::new(bucket, Some(c), key).sign(SIGNATURE_TTL)
         };
         let mut headers = Vec::new();
-        if offset > 0 {
-            headers.push(("range", format!("bytes={offset}-")));
+        match end {
+            // HTTP ranges name their last byte, not the one after it.
+            Some(end) => headers.push(("range", format!("bytes={offset}-{}", end - 1))),
+            None if offset > 0 => headers.push(("range", format!("bytes={offset}-"))),
+            None => {}
         }
         if let Some(etag) = etag {
             headers.push(("if-match", etag.to_string()));
@@ -254,10 +265,11 @@ impl S3Storage {
             sign: &sign,
             headers,
             body: &[],
-            accept: &[404, 412],
+            accept: &[404, 412, 416],
         })?;
         match response.status().as_u16() {
             404 => Ok(None),
+            416 => Ok(Some(None)),
             412 => Err(Error::new(
                 Kind::FileRead,
                 format!(
@@ -266,7 +278,7 @@ impl S3Storage {
                 ),
             )),
             // A server that ignores Range sends the object from its start: reading on would
-            // repeat what was read.
+            // repeat what was read. (From offset 0 the reader stops at `end` itself.)
             200 if offset > 0 => Err(Error::new(
                 Kind::FileRead,
                 format!(
@@ -274,7 +286,7 @@ impl S3Storage {
                     self.client.describe(key)
                 ),
             )),
-            _ => Ok(Some(response)),
+            _ => Ok(Some(Some(response))),
         }
     }
 
@@ -415,27 +427,23 @@ impl Storage for S3Storage {
     }
 
     fn open_read(&self, path: &str) -> Result<Option<Box<dyn Read + Send + '_>>> {
-        let key = self.key(path)?;
-        let Some(response) = self.get(&key, 0, None)? else {
-            return Ok(None);
-        };
-        let size = header(response.headers(), "content-length").and_then(|v| v.parse().ok());
-        let etag = header(response.headers(), "etag");
-        Ok(Some(Box::new(S3Reader {
-            storage: self,
-            key,
-            etag,
-            size,
-            offset: 0,
-            body: Some(Box::new(
-                response
-                    .into_body()
-                    .into_with_config()
-                    .limit(u64::MAX)
-                    .reader(),
-            )),
-            resumes: 0,
-        })))
+        self.read_from(path, 0, None)
+    }
+
+    fn open_read_range(
+        &self,
+        path: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        if end <= start {
+            // No bytes: an HTTP range cannot say so; the object must still exist.
+            return match self.head(&self.key(path)?)? {
+                Some(_) => Ok(Some(Box::new(io::empty()))),
+                None => Ok(None),
+            };
+        }
+        self.read_from(path, start, Some(end))
     }
 
     fn open_write(&self, dir: &str) -> Result<Box<dyn AtomicWrite + '_>> {
@@ -590,14 +598,59 @@ impl Storage for S3Storage {
     }
 }
 
+impl S3Storage {
+    /// A reader of `path` from `start`, up to `end` when given.
+    fn read_from(
+        &self,
+        path: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>> {
+        let key = self.key(path)?;
+        let response = match self.get(&key, start, end, None)? {
+            None => return Ok(None),
+            Some(None) => return Ok(Some(Box::new(io::empty()))),
+            Some(Some(response)) => response,
+        };
+        let length: Option<u64> =
+            header(response.headers(), "content-length").and_then(|v| v.parse().ok());
+        let etag = header(response.headers(), "etag");
+        // A 206 answer's length is that of the range; a 200 (from 0) is the whole object's,
+        // of which the reader takes up to `end`.
+        let size = length.map(|n| match end {
+            Some(end) => (start + n).min(end),
+            None => start + n,
+        });
+        Ok(Some(Box::new(S3Reader {
+            storage: self,
+            key,
+            etag,
+            size,
+            end,
+            offset: start,
+            body: Some(Box::new(
+                response
+                    .into_body()
+                    .into_with_config()
+                    .limit(u64::MAX)
+                    .reader(),
+            )),
+            resumes: 0,
+        })))
+    }
+}
+
 /// A streamed GET that survives a dropped connection: it asks again from where it was, for
 /// the same object (If-Match on its ETag), so a restore outlives a restart of the server.
 struct S3Reader<'a> {
     storage: &'a S3Storage,
     key: String,
     etag: Option<String>,
-    /// Content-Length of the first answer: a body that ends before it was cut short.
+    /// Where the first answer's body ends in the object (its Content-Length past the
+    /// start): a body that ends before it was cut short.
     size: Option<u64>,
+    /// The end of a ranged read: resumed reads ask up to it, and reading stops there.
+    end: Option<u64>,
     offset: u64,
     body: Option<Box<dyn Read + Send>>,
     resumes: u32,
@@ -624,9 +677,14 @@ impl S3Reader<'_> {
         self.body = None;
         match self
             .storage
-            .get(&self.key, self.offset, self.etag.as_deref())
+            .get(&self.key, self.offset, self.end, self.etag.as_deref())
         {
-            Ok(Some(response)) => {
+            // The object shrank under the same ETag: cannot be; stop, the count tells.
+            Ok(Some(None)) => {
+                self.body = None;
+                Ok(())
+            }
+            Ok(Some(Some(response))) => {
                 self.body = Some(Box::new(
                     response
                         .into_body()
@@ -650,6 +708,14 @@ impl S3Reader<'_> {
 
 impl Read for S3Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let buf = match self.end {
+            Some(end) => {
+                let left = end.saturating_sub(self.offset);
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                &mut buf[..n]
+            }
+            None => buf,
+        };
         if buf.is_empty() {
             return Ok(0);
         }

@@ -4,7 +4,8 @@
 # repository host reaching the database over SSH (pg1-host, a private sshd on 127.0.0.1), a
 # no-change incr, a restore, a delta restore of the same full onto its unchanged restored copy,
 # an incr after updating 1 % of the rows and a delta restore of it onto a copy restored from the
-# full (every restored copy started and checked), and pg_basebackup as a third reference for the
+# full (every restored copy started and checked), each restore cold (page cache dropped) and
+# warm (repository and target files cached), and pg_basebackup as a third reference for the
 # full backup; then a pg_backrest drill of the full, whose own report shows its overhead.
 #
 #   bash test/bench/backup.sh             run as root on Debian 12 (installs what is missing)
@@ -19,6 +20,11 @@
 #                    full backup of a scale-100 cluster varied from 2.7 to 5.6 s between runs
 #                    on the benchmark VM, so one run decides nothing)
 #   KEEP=1           keep the work directory (/tmp/pgbr-bbench.XXXX) for inspection
+#   WARM=0           measure the restores cold only (default 1: each also warm, right after
+#                    its files were read into the page cache)
+#   RESTORE_ONLY=1   back up only what the restores need (the process-max 2 local fulls and
+#                    the incr after the update): no process-max 1 or SSH fulls, no
+#                    pg_basebackup, no no-change incr, no drill
 #   PREFAULT=1       before each measurement, write to (and free) 6 GiB of memory, so that
 #                    every free page the tools get is backed by the host (see "Measures" in
 #                    docs/benchmarks.md: on a VM with free page reporting, a page the guest
@@ -37,6 +43,8 @@ SCALES=${SCALES:-"50 100"}
 COMPRESS=${COMPRESS:-gz}
 KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-5}
+WARM=${WARM:-1}
+RESTORE_ONLY=${RESTORE_ONLY:-0}
 FULL_ROUNDS=${FULL_ROUNDS:-1}
 PREFAULT=${PREFAULT:-0}
 OUT=${OUT:-}
@@ -55,6 +63,7 @@ for s in $SCALES; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || die "SCALES must be positive
 case $COMPRESS in none | gz | bz2 | lz4 | zst) ;; *) die "COMPRESS must be none, gz, bz2, lz4 or zst" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$FULL_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "FULL_ROUNDS must be a positive integer"
+case $WARM$RESTORE_ONLY in [01][01]) ;; *) die "WARM and RESTORE_ONLY must be 0 or 1" ;; esac
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 fi
@@ -121,20 +130,36 @@ as_pg ssh -F "$S/ssh_config" 127.0.0.1 true || die "ssh as postgres to 127.0.0.1
 
 # ---------------------------------------------------------------------------------------------
 # 2. Per scale: cluster, repositories, measurements.
+WARM_NOW=0
 measure() { # TAG CMD... (runs as postgres; dies on error)
     local tag=$1
     shift
     # Every measurement starts alike: no dirty pages left by the previous step (a restored
     # copy, cp -a, rm -rf) to be written back during it and charged to whichever tool runs
     # next, and a cold page cache, so that the repository and the data directory are read
-    # from disk as after a night of other work (root only; skipped otherwise).
+    # from disk as after a night of other work (root only; skipped otherwise) — unless the
+    # measurement is a warm one (WARM_NOW=1, after warm_up).
     [ "$PREFAULT" != 1 ] || python3 -c "b = b'\x01' * (6 << 30)"
     sync
-    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    [ "$WARM_NOW" = 1 ] || echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     python3 "$HELPER" run "$RES" "$tag" "$SSHD_PID" postgres -- "$@" || die "$tag failed (see above)"
     close_masters
 }
 note() { python3 "$HELPER" note "$RES" "$@"; }
+
+# warm_up DIR...: every file under DIR read once, so that it is in the page cache (what a
+# drill on a machine that just wrote the backup, or a restore right after another, finds)
+warm_up() {
+    sync
+    find "$@" -type f -print0 | xargs -0 -r cat >/dev/null
+}
+
+# warm TAG-PREFIX... : runs restore_into with the page cache left as warm_up made it
+warm_restore_into() {
+    WARM_NOW=1
+    restore_into "$@"
+    WARM_NOW=0
+}
 
 common() { # NAME -> [global] lines shared by every config of both tools
     cat <<EOF
@@ -267,19 +292,35 @@ verify_or_remove() {
 # restore of the same LABEL onto the unchanged, never started copy (measured), verified too.
 # Before pg_backrest's delta, the floor of that check is measured on the same copy: reading
 # and hashing its files and nothing else (test/bench/read_hash.py, 2 processes).
+# With WARM=1, the same restore again into another empty directory and the same delta restore
+# onto a second copy, each right after its repository (and copy) were read into the cache.
 restore_and_delta() {
     local round=$1 tool=$2 name=$3 conf=$4 label=$5 dir=$SD/restore-$3 copy=$SD/delta-same-$3
-    rm -rf "$dir" "$copy"
+    local wdir=$SD/restore-warm-$3 wcopy=$SD/delta-same-warm-$3 repo=$SD/repo/$3/backup/bench
+    rm -rf "$dir" "$copy" "$wdir" "$wcopy"
     pgdir "$dir"
     chmod 0700 "$dir"
     restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
     cp -a "$dir" "$copy"
+    [ "$WARM" != 1 ] || cp -a "$dir" "$wcopy"
     verify_or_remove "$round" "$tool" "$dir" restore-p2-local "$EXPECTED"
+    if [ "$WARM" = 1 ]; then
+        pgdir "$wdir"
+        chmod 0700 "$wdir"
+        warm_up "$repo/$label"
+        warm_restore_into "$tool" "$conf" "$label" "$wdir" restore-warm-p2-local
+        rm -rf "$wdir"
+    fi
     if [ "$tool" = pg_backrest ]; then
         measure "s$SCALE/delta-same-p2-local/read+SHA-1 only" python3 "$ROOT/test/bench/read_hash.py" 2 "$copy"
     fi
     restore_into "$tool" "$conf" "$label" "$copy" delta-same-p2-local --delta
     verify_or_remove "$round" "$tool" "$copy" delta-same-p2-local "$EXPECTED"
+    if [ "$WARM" = 1 ]; then
+        warm_up "$repo/$label" "$wcopy"
+        warm_restore_into "$tool" "$conf" "$label" "$wcopy" delta-same-warm-p2-local --delta
+        rm -rf "$wcopy"
+    fi
 }
 
 # delta_incr ROUND TOOL NAME CONF FULL INCR: plain restore of FULL (not measured), then a delta
@@ -289,6 +330,12 @@ delta_incr() {
     restore_plain "$tool" "$conf" "$full" "$dir"
     restore_into "$tool" "$conf" "$incr" "$dir" delta-1pct-p2-local --delta
     verify_or_remove "$round" "$tool" "$dir" delta-1pct-p2-local "$EXPECTED2"
+    if [ "$WARM" = 1 ]; then
+        restore_plain "$tool" "$conf" "$full" "$dir"
+        warm_up "$SD/repo/$3/backup/bench/$full" "$SD/repo/$3/backup/bench/$incr" "$dir"
+        warm_restore_into "$tool" "$conf" "$incr" "$dir" delta-1pct-warm-p2-local --delta
+        rm -rf "$dir"
+    fi
 }
 
 CHECK_SQL='select sum(abalance), count(*) from pgbench_accounts'
@@ -426,6 +473,7 @@ EOF
         for p in 1 2; do
             for where in local ssh; do
                 local key="full-p$p-$where" order=(ours theirs)
+                if [ "$RESTORE_ONLY" = 1 ] && [ "$key" != full-p2-local ]; then continue; fi
                 [ $(((idx + j) % 2)) = 0 ] || order=(theirs ours)
                 log "scale $SCALE: $key, round $round (${order[*]})"
                 if [ "$key" = full-p1-local ] && [ "$round" = 1 ] && [ "${order[0]}" = theirs ]; then basebackup; fi
@@ -447,8 +495,9 @@ EOF
 
     local order=(ours theirs)
     [ $((idx % 2)) = 0 ] || order=(theirs ours)
-    log "scale $SCALE: incr with no changes (${order[*]})"
+    [ "$RESTORE_ONLY" = 1 ] || log "scale $SCALE: incr with no changes (${order[*]})"
     for first in "${order[@]}"; do
+        [ "$RESTORE_ONLY" != 1 ] || break
         if [ "$first" = ours ]; then
             backup ours-local pg_backrest incr-p2-local "$SD/conf/ours-local.conf" --type=incr --start-fast --process-max=2
         else
@@ -480,10 +529,12 @@ EOF
 
     # A drill of the same full (pg_backrest only: pgBackRest has none). Its report splits
     # restore, recovery and the checks, so what a drill costs beyond a restore shows apart.
-    log "scale $SCALE: drill of the process-max 2 local full"
-    pgdir "$SD/drill"
-    measure "s$SCALE/drill-p2-local/pg_backrest" "$BIN" --config="$SD/conf/ours-local.conf" \
-        --stanza=bench --set="$FULL_OURS" --process-max=2 --drill-path="$SD/drill" drill
+    if [ "$RESTORE_ONLY" != 1 ]; then
+        log "scale $SCALE: drill of the process-max 2 local full"
+        pgdir "$SD/drill"
+        measure "s$SCALE/drill-p2-local/pg_backrest" "$BIN" --config="$SD/conf/ours-local.conf" \
+            --stanza=bench --set="$FULL_OURS" --process-max=2 --drill-path="$SD/drill" drill
+    fi
 
     # About 1 % of the rows change (every 100th account), then an incr of each tool (its prior:
     # the no-change incr above). The update's WAL goes to both local archives first.
@@ -547,7 +598,8 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
            "pgbackrest_version": "$(pgbackrest version | awk '{print $2}')",
            "ours_version": "$("$BIN" version | awk '{print $2}')", "commit": "$COMMIT",
            "total": $(($(date +%s) - T0)), "prefault": "$PREFAULT" == "1",
-           "compress": "$COMPRESS"}, open(sys.argv[1], "w"))
+           "compress": "$COMPRESS", "warm": "$WARM" == "1",
+           "restore_only": "$RESTORE_ONLY" == "1"}, open(sys.argv[1], "w"))
 EOF
 log "done; report:"
 echo

@@ -211,13 +211,19 @@ VARIANTS = [
     ("full-p1-ssh", "full backup, process-max 1, over SSH (pg1-host)", None),
     ("full-p2-ssh", "full backup, process-max 2, over SSH (pg1-host)", "≤ 0.6× pgBackRest"),
     ("incr-p2-local", "incr backup, no changes, process-max 2, local", "< 3 s"),
-    ("restore-p2-local", "restore of the process-max 2 local full, process-max 2", "≤ 0.7× pgBackRest"),
+    ("restore-p2-local", "restore of the process-max 2 local full, process-max 2, cold",
+     "≤ 0.5× pgBackRest"),
+    ("restore-warm-p2-local", "the same restore, warm (repository cached)", "≤ 0.5× pgBackRest"),
     ("delta-same-p2-local", "delta restore of the same full onto its unchanged restored copy, "
-     "process-max 2", "≤ 0.7× pgBackRest"),
+     "process-max 2, cold", "≤ 0.6× pgBackRest"),
+    ("delta-same-warm-p2-local", "the same delta restore, warm (repository and copy cached)",
+     "≤ 0.6× pgBackRest"),
     ("incr-1pct-p2-local", "incr backup after updating 1 % of pgbench_accounts rows, "
      "process-max 2, local", None),
     ("delta-1pct-p2-local", "delta restore of that incr onto a copy restored from the full, "
-     "process-max 2", "≤ 0.7× pgBackRest"),
+     "process-max 2, cold", "≤ 0.5× pgBackRest"),
+    ("delta-1pct-warm-p2-local", "the same delta restore, warm (repository and copy cached)",
+     "≤ 0.5× pgBackRest"),
 ]
 # what each verified copy is compared with (key of the "db" record)
 VERIFIED = [("restore-p2-local", "restore", "expected"),
@@ -262,7 +268,11 @@ def cmd_report(results, meta_path, out_path=None):
          else f"compress-type={meta['compress']} at its default level")
       + f"; total run time {meta.get('total', '?')} s; "
       + ("PREFAULT=1 (6 GiB of memory written and freed before each measurement)."
-         if meta.get("prefault") else "page cache dropped before each measurement, no prefault."))
+         if meta.get("prefault") else "page cache dropped before each measurement, no prefault")
+      + ("; warm variants: nothing dropped, the repository (and the delta's copy) read into "
+         "the cache just before." if meta.get("warm") else ".")
+      + (" RESTORE_ONLY=1: only the backups the restores need." if meta.get("restore_only")
+         else ""))
     w("")
     w("CPU = user+sys of the command and the children it waited for, plus (pg_backrest over "
       "SSH) its detached ssh master; **remote CPU** = everything run under the sshd (remote "

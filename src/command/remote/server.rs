@@ -9,8 +9,9 @@
 //!
 //! Requests and what follows them:
 //! - `list {path}` → `{ok: {names}}`
-//! - `read {path}` → `{ok: {found}}`, then, when found, `D`* and `E` (or an error `J` frame
-//!   if reading fails midway)
+//! - `read {path, range?}` → `{ok: {found}}`, then, when found, `D`* and `E` (or an error
+//!   `J` frame if reading fails midway); with `range: [start, end]` only those bytes (the
+//!   greeting's `storage.ranges` says the server reads ranges)
 //! - `write {dir}`, then `D`* from the client, then `{commit: name}` or `A` (abandon) →
 //!   one reply after the commit. The reply comes only at the end so that a write costs a
 //!   single round trip; if opening or writing fails, the rest of the stream is discarded and
@@ -85,7 +86,11 @@ pub fn serve(
         "hello": "pg_backrest",
         "version": crate::VERSION,
         "protocol": PROTOCOL_VERSION,
-        "storage": {"links": storage.supports_links(), "name-at-open": storage.needs_name_at_open()},
+        "storage": {
+            "links": storage.supports_links(),
+            "name-at-open": storage.needs_name_at_open(),
+            "ranges": true,
+        },
     });
     frame::write_json(output, &hello)
         .and_then(|_| output.flush())
@@ -151,8 +156,8 @@ pub fn serve(
                 .and_then(|_| ok(Done {})),
             Request::Remove { path } => storage.remove(&path).and_then(|_| ok(Done {})),
             Request::RemoveTree { path } => storage.remove_tree(&path).and_then(|_| ok(Done {})),
-            Request::Read { path } => {
-                serve_read(storage, &path, output)?;
+            Request::Read { path, range } => {
+                serve_read(storage, &path, range, output)?;
                 continue;
             }
             Request::DbQuery { sql } => {
@@ -258,8 +263,17 @@ fn serve_backup_file(src: &SourceFile, params: &CopyParams, output: &mut dyn Wri
     reply(output, &last)
 }
 
-fn serve_read(storage: &dyn Storage, path: &str, output: &mut dyn Write) -> Result<()> {
-    let mut reader = match storage.open_read(path) {
+fn serve_read(
+    storage: &dyn Storage,
+    path: &str,
+    range: Option<[u64; 2]>,
+    output: &mut dyn Write,
+) -> Result<()> {
+    let opened = match range {
+        Some([start, end]) => storage.open_read_range(path, start, end),
+        None => storage.open_read(path),
+    };
+    let mut reader = match opened {
         Ok(Some(r)) => r,
         Ok(None) => return reply(output, &ok(Found { found: false })?),
         Err(e) => {

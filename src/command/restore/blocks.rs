@@ -1,0 +1,573 @@
+//! Restore and delta restore of one large file on several workers (issue 17). A file whose
+//! manifest entry has a block index ([`crate::manifest::BlockIndex`]) is split into one job
+//! per block, and those jobs enter the restore's worker queue in the file's place, so the
+//! process-max workers share a 1 GiB segment instead of one of them inflating, hashing and
+//! writing it alone while the others idle.
+//!
+//! The first block job of a file to start opens its [`Target`]; every block job writes its
+//! bytes at its own offset (pwrite), and the last one to finish commits the file:
+//!
+//! - a new file: a temp file in the file's directory, given its full size first, renamed to
+//!   the file's name after an fsync and its mtime and owner, as a whole-file restore does.
+//!   A failed block fails the restore; the temp file goes with the [`BlockFile`]s when the
+//!   restore returns.
+//! - delta over an existing regular file: each block's local bytes are hashed and compared
+//!   with the block's SHA-1; a block that matches is left alone, one that differs is
+//!   restored in place. Then the file is cut to its size, fsynced, and given its attributes.
+//!   A file whose blocks all match is kept without being read a second time (no whole-file
+//!   SHA-1 after the block ones) and is not written at all. Writing in place is as safe as
+//!   the remove-then-rewrite of other files: the data directory has no pg_control until the
+//!   restore ends.
+//!
+//! Every block's bytes are checked against its SHA-1 as they are restored
+//! ([`pipeline::block`]); the whole-file SHA-1 is not computed again: the block SHA-1s were
+//! computed from the same bytes when the file was stored.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha1::{Digest as _, Sha1};
+
+use super::{commit_restored, correct_attributes, parse_mode, remove_outdated, split_path};
+use crate::error::{Error, Result};
+use crate::manifest::{Block, FileEntry};
+use crate::pipeline::{self, CompressType, Ends};
+use crate::storage::posix::{drop_cached, PosixWriter};
+use crate::storage::Storage;
+
+/// A file restored block by block: what its block jobs share.
+pub(super) struct BlockFile<'a> {
+    pub entry: &'a FileEntry,
+    pub local: PathBuf,
+    /// Its path in the repository, and its compression type.
+    pub stored: String,
+    pub compress: CompressType,
+    /// Delta: an existing regular file may be kept or mended in place.
+    pub delta: bool,
+    /// Block jobs not yet finished; the one that brings it to 0 commits the file.
+    remaining: AtomicUsize,
+    target: Mutex<Option<Arc<Target>>>,
+    /// Delta: blocks restored, and their bytes.
+    rewritten: AtomicUsize,
+    rewritten_bytes: AtomicU64,
+}
+
+/// Where a file's blocks are written.
+enum Target {
+    /// A temp file of the file's size, renamed at the end.
+    New(PosixWriter),
+    /// Delta: the existing file, opened for reading and writing; what `stat` said of it.
+    InPlace { file: File, found: fs::Metadata },
+}
+
+/// How a file restored block by block ended, for the restore's counts.
+#[derive(Debug)]
+pub(super) enum Finished {
+    /// Not yet: other blocks of the file are still running.
+    Pending,
+    /// Written whole (a new file), or mended in place: this many bytes rewritten.
+    Restored(u64),
+    /// Delta: every block matched.
+    Kept,
+}
+
+impl<'a> BlockFile<'a> {
+    /// A file of `entry` to restore at `local` from `stored`, when its entry has an index
+    /// and its type can be cut into blocks; `None` otherwise (it is restored whole).
+    pub fn new(
+        entry: &'a FileEntry,
+        local: PathBuf,
+        stored: String,
+        compress: CompressType,
+        delta: bool,
+    ) -> Option<BlockFile<'a>> {
+        let index = entry.block_index.as_ref()?;
+        if compress == CompressType::Bz2 || index.offsets.is_empty() {
+            return None;
+        }
+        Some(BlockFile {
+            entry,
+            local,
+            stored,
+            compress,
+            delta,
+            remaining: AtomicUsize::new(index.offsets.len()),
+            target: Mutex::new(None),
+            rewritten: AtomicUsize::new(0),
+            rewritten_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The file's blocks (its manifest entry's index was checked against its size when the
+    /// manifest was loaded).
+    pub fn blocks(&self) -> Vec<Block> {
+        match &self.entry.block_index {
+            Some(index) => index
+                .blocks(self.entry.size, self.entry.repo_size)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs one block job: restores `block` (delta: unless the local bytes already match),
+    /// and commits the file when it is the last of its blocks to finish.
+    pub fn run(&self, repo: &dyn Storage, block: &Block) -> Result<Finished> {
+        let target = self.target()?;
+        match target.as_ref() {
+            Target::New(writer) => {
+                // Messages name the file being restored, not its temp name.
+                let (file, _) = writer.temp_file()?;
+                self.restore(repo, block, file, &self.local)?;
+                drop_written(file, block);
+            }
+            Target::InPlace { file, .. } => {
+                if !(self.prefix_matches(repo, file, block)? && self.local_matches(file, block)?) {
+                    self.restore(repo, block, file, &self.local)?;
+                    drop_written(file, block);
+                    self.rewritten.fetch_add(1, Ordering::Relaxed);
+                    self.rewritten_bytes.fetch_add(block.len, Ordering::Relaxed);
+                }
+            }
+        }
+        // Released before counting down, so that the last block holds the only reference.
+        drop(target);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(Finished::Pending);
+        }
+        self.commit()
+    }
+
+    /// The file's target, opened by the first block to ask.
+    fn target(&self) -> Result<Arc<Target>> {
+        let mut slot = self
+            .target
+            .lock()
+            .map_err(|_| Error::internal("block restore lock poisoned"))?;
+        if let Some(target) = slot.as_ref() {
+            return Ok(Arc::clone(target));
+        }
+        let target = Arc::new(self.open()?);
+        *slot = Some(Arc::clone(&target));
+        Ok(target)
+    }
+
+    fn open(&self) -> Result<Target> {
+        if self.delta {
+            match fs::symlink_metadata(&self.local) {
+                // A file with other hard links is not mended in place: that would change
+                // the other names' content too.
+                Ok(found) if found.is_file() && found.nlink() == 1 => {
+                    match File::options().read(true).write(true).open(&self.local) {
+                        Ok(file) => return Ok(Target::InPlace { file, found }),
+                        // Not writable here (a read-only mode, not running as root): it is
+                        // replaced instead, as a file without an index is.
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                        Err(e) => return Err(Error::io("open", &self.local, e)),
+                    }
+                }
+                _ => {}
+            }
+            remove_outdated(&self.local)?;
+        }
+        let (dir, _) = split_path(&self.local)?;
+        let mode = parse_mode(&self.entry.mode).unwrap_or(0o600);
+        let mut writer = PosixWriter::create_with_mode(dir.to_path_buf(), mode)?;
+        writer.set_len(self.entry.size)?;
+        Ok(Target::New(writer))
+    }
+
+    fn restore(&self, repo: &dyn Storage, block: &Block, file: &File, dest: &Path) -> Result<()> {
+        let source = repo.describe(&self.stored);
+        let mut reader = repo
+            .open_read_range(&self.stored, block.stored_start, block.stored_end)?
+            .ok_or_else(|| super::missing_stored(&source))?;
+        let dest = dest.display().to_string();
+        pipeline::block::restore_block(
+            &mut reader,
+            self.compress,
+            block,
+            self.entry.size,
+            file,
+            &Ends {
+                source: &source,
+                dest: &dest,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Delta: whether the first [`PREFIX`] bytes of `block` in the local file equal those of
+    /// its stored copy. Updates spread over a table change most of its pages, so a block
+    /// that differs usually differs in its first pages already, and is then restored without
+    /// being hashed first; a block that matches there is hashed whole
+    /// ([`BlockFile::local_matches`]), so what is kept is exactly what the SHA-1 says.
+    fn prefix_matches(&self, repo: &dyn Storage, file: &File, block: &Block) -> Result<bool> {
+        // Enough stored bytes for the prefix in any format: a deflate or LZ4 block of
+        // incompressible data, a zstd block of up to 128 KiB.
+        let end = block.stored_end.min(block.stored_start + PREFIX_STORED);
+        let Some(mut reader) = repo.open_read_range(&self.stored, block.stored_start, end)? else {
+            return Ok(false);
+        };
+        let Some(theirs) = pipeline::block::block_prefix(
+            &mut reader,
+            self.compress,
+            block,
+            self.entry.size,
+            PREFIX,
+        ) else {
+            return Ok(false);
+        };
+        let mut ours = vec![0u8; theirs.len()];
+        match file.read_exact_at(&mut ours, block.start) {
+            Ok(()) => Ok(ours == theirs),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(Error::io("read", &self.local, e)),
+        }
+    }
+
+    /// Delta: whether the local bytes of `block` hash to its SHA-1. A file shorter than the
+    /// block's end does not match. The pages read are let go behind the read, as for the
+    /// whole files delta hashes (storage::posix::DropBehindReader says why).
+    fn local_matches(&self, file: &File, block: &Block) -> Result<bool> {
+        let mut sha = Sha1::new();
+        let mut buf = vec![0u8; pipeline::CHUNK.min(block.len as usize)];
+        let mut done = 0u64;
+        while done < block.len {
+            crate::signal::check()?;
+            let want = (block.len - done).min(buf.len() as u64) as usize;
+            let n = match file.read_at(&mut buf[..want], block.start + done) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", &self.local, e)),
+            };
+            sha.update(&buf[..n]);
+            done += n as u64;
+        }
+        drop_cached(file, block.start, done);
+        Ok(done == block.len && sha.finalize()[..] == block.sha1)
+    }
+
+    /// After the last block: the file's size, durability, attributes and name.
+    fn commit(&self) -> Result<Finished> {
+        let target = self
+            .target
+            .lock()
+            .map_err(|_| Error::internal("block restore lock poisoned"))?
+            .take()
+            .ok_or_else(|| Error::internal("block restore committed twice"))?;
+        let target = Arc::try_unwrap(target)
+            .map_err(|_| Error::internal("a block of the file is still being restored"))?;
+        match target {
+            Target::New(writer) => {
+                let (_, name) = split_path(&self.local)?;
+                commit_restored(writer, name, self.entry)?;
+                crate::detail!(
+                    "restored '{}' in {} blocks",
+                    self.local.display(),
+                    self.block_count()
+                );
+                Ok(Finished::Restored(self.entry.size))
+            }
+            Target::InPlace { file, found } => {
+                let rewritten = self.rewritten.load(Ordering::Relaxed);
+                let blocks = self.block_count();
+                if rewritten == 0 && found.len() == self.entry.size {
+                    drop(file);
+                    correct_attributes(&self.local, self.entry, &found)?;
+                    return Ok(Finished::Kept);
+                }
+                if found.len() != self.entry.size {
+                    file.set_len(self.entry.size)
+                        .map_err(|e| Error::io("truncate", &self.local, e))?;
+                }
+                file.sync_all()
+                    .map_err(|e| Error::io("sync", &self.local, e))?;
+                drop(file);
+                let bytes = self.rewritten_bytes.load(Ordering::Relaxed);
+                crate::detail!(
+                    "delta restore rewrote {rewritten} of {blocks} blocks ({bytes} bytes) of '{}'",
+                    self.local.display()
+                );
+                // Writing changed the mtime: put back the recorded one (and mode, owner).
+                let now = fs::symlink_metadata(&self.local)
+                    .map_err(|e| Error::io("stat", &self.local, e))?;
+                correct_attributes(&self.local, self.entry, &now)?;
+                Ok(Finished::Restored(bytes))
+            }
+        }
+    }
+
+    fn block_count(&self) -> usize {
+        self.entry
+            .block_index
+            .as_ref()
+            .map_or(0, |index| index.offsets.len())
+    }
+}
+
+/// Original bytes of a block compared with the stored copy before it is hashed (delta).
+const PREFIX: usize = 64 * 1024;
+/// Stored bytes read for them at most.
+const PREFIX_STORED: u64 = 256 * 1024;
+
+/// Hints the kernel about a block just written, as the writers of whole files do every
+/// 8 MiB.
+fn drop_written(file: &File, block: &Block) {
+    use crate::storage::posix::{write_hint, WriteHint};
+    match write_hint() {
+        WriteHint::DropBehind => drop_cached(file, block.start, block.len),
+        WriteHint::None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::BlockIndex;
+    use crate::parallel::Workers;
+    use crate::pipeline::block::tests::stored_with_index;
+    use crate::pipeline::test_data::pages;
+    use crate::storage::posix::PosixStorage;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Two prefixes ([`PREFIX`]) long, so that a change past the prefix is found by the
+    /// block's SHA-1 only.
+    const BLOCK: usize = 2 * PREFIX;
+
+    fn entry(data: &[u8], stored: &[u8], index: BlockIndex) -> FileEntry {
+        FileEntry {
+            size: data.len() as u64,
+            timestamp: 1_700_000_000,
+            checksum: hex::encode(Sha1::digest(data)),
+            checksum_repo: None,
+            repo_size: stored.len() as u64,
+            mode: "0600".into(),
+            user: "postgres".into(),
+            group: "postgres".into(),
+            reference: None,
+            checksum_page: None,
+            checksum_page_error: Vec::new(),
+            copied_at: None,
+            block_index: Some(index),
+        }
+    }
+
+    /// A repository holding `stored` as `f.<ext>`, and a data directory.
+    struct Setup {
+        tmp: tempfile::TempDir,
+        repo: PosixStorage,
+    }
+
+    impl Setup {
+        fn new(stored: &[u8], kind: CompressType) -> Setup {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::create_dir(tmp.path().join("repo")).unwrap();
+            fs::create_dir(tmp.path().join("pg")).unwrap();
+            fs::write(
+                tmp.path().join(format!("repo/f{}", kind.extension())),
+                stored,
+            )
+            .unwrap();
+            let repo = PosixStorage::new(tmp.path().join("repo"));
+            Setup { tmp, repo }
+        }
+
+        fn local(&self) -> PathBuf {
+            self.tmp.path().join("pg/f")
+        }
+
+        /// Runs every block of the file on two workers, as restore does; the outcome of the
+        /// last block, and what was left in the data directory.
+        fn run(&self, entry: &FileEntry, kind: CompressType, delta: bool) -> Result<Finished> {
+            let file = BlockFile::new(
+                entry,
+                self.local(),
+                format!("f{}", kind.extension()),
+                kind,
+                delta,
+            )
+            .unwrap();
+            let blocks = file.blocks();
+            let outcome = Mutex::new(None);
+            let workers = Workers::new(2, Vec::new()).unwrap();
+            let result = workers.try_each_in_order(&blocks, |b| {
+                let finished = file.run(&self.repo, b)?;
+                if !matches!(finished, Finished::Pending) {
+                    *outcome.lock().unwrap() = Some(finished);
+                }
+                Ok(())
+            });
+            drop(file);
+            result.map(|()| outcome.into_inner().unwrap().expect("a last block"))
+        }
+
+        fn entries(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(self.tmp.path().join("pg"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    const KINDS: [CompressType; 4] = [
+        CompressType::Gz,
+        CompressType::Zst,
+        CompressType::Lz4,
+        CompressType::None,
+    ];
+
+    #[test]
+    fn a_file_restored_block_by_block_on_two_workers_is_whole_with_its_attributes() {
+        let data = pages(7 * BLOCK + 4321, 8192);
+        for kind in KINDS {
+            let (stored, index) = stored_with_index(&data, kind, BLOCK);
+            let setup = Setup::new(&stored, kind);
+            let e = entry(&data, &stored, index);
+            let finished = setup.run(&e, kind, false).unwrap();
+            assert!(matches!(finished, Finished::Restored(n) if n == data.len() as u64));
+            assert!(fs::read(setup.local()).unwrap() == data, "{kind:?}");
+            let m = fs::metadata(setup.local()).unwrap();
+            assert_eq!((m.mtime(), m.mode() & 0o777), (1_700_000_000, 0o600));
+            assert_eq!(setup.entries(), vec!["f"], "{kind:?}: no temp file left");
+        }
+    }
+
+    /// A tampered index or stored file fails the restore with the integrity error of the
+    /// block, and leaves nothing: no file under the real name, no temp file.
+    #[test]
+    fn a_bad_block_fails_the_file_and_leaves_nothing_behind() {
+        let data = pages(5 * BLOCK + 10, 8192);
+        let other = pages(5 * BLOCK + 10, 2048);
+        for kind in KINDS {
+            let (stored, index) = stored_with_index(&data, kind, BLOCK);
+            let (swapped, _) = stored_with_index(&other, kind, BLOCK);
+            let mut moved = index.clone();
+            moved.offsets[3] += 1;
+            let mut wrong_sum = index.clone();
+            wrong_sum.checksums[2][0] ^= 0x80;
+            let cases: [(&str, &[u8], BlockIndex); 4] = [
+                ("offset moved", &stored, moved),
+                ("checksum changed", &stored, wrong_sum),
+                (
+                    "stored file truncated",
+                    &stored[..stored.len() * 2 / 3],
+                    index.clone(),
+                ),
+                ("stored file swapped", &swapped, index.clone()),
+            ];
+            for (what, bytes, index) in cases {
+                let setup = Setup::new(bytes, kind);
+                let e = entry(&data, &stored, index);
+                let err = setup.run(&e, kind, false).unwrap_err();
+                assert_eq!(
+                    err.kind,
+                    crate::error::Kind::Format,
+                    "{kind:?} {what}: {err:?}"
+                );
+                assert!(
+                    err.message.contains(&format!(
+                        "of stored file '{}",
+                        setup.tmp.path().join("repo/f").display()
+                    )),
+                    "{kind:?} {what}: {}",
+                    err.message
+                );
+                assert!(
+                    setup.entries().is_empty(),
+                    "{kind:?} {what}: {:?}",
+                    setup.entries()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_stored_file_is_named() {
+        let data = pages(3 * BLOCK, 8192);
+        let (stored, index) = stored_with_index(&data, CompressType::Gz, BLOCK);
+        let setup = Setup::new(&stored, CompressType::Gz);
+        fs::remove_file(setup.tmp.path().join("repo/f.gz")).unwrap();
+        let err = setup
+            .run(&entry(&data, &stored, index), CompressType::Gz, false)
+            .unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::FileMissing, "{err:?}");
+        assert!(setup.entries().is_empty());
+    }
+
+    /// Delta: blocks that differ are rewritten in place (the count of bytes says only
+    /// those), the length, mode and mtime put right; a file whose blocks all match is kept
+    /// untouched (its ctime stays); a short file gets its missing blocks.
+    #[test]
+    fn delta_rewrites_only_the_blocks_that_differ_and_keeps_a_matching_file_untouched() {
+        let data = pages(6 * BLOCK + 99, 8192);
+        for kind in KINDS {
+            let (stored, index) = stored_with_index(&data, kind, BLOCK);
+            let setup = Setup::new(&stored, kind);
+            let e = entry(&data, &stored, index);
+            let local = setup.local();
+
+            // Two blocks changed (one in its prefix, one past it), and the file longer than
+            // the backup's.
+            let mut changed = data.clone();
+            changed[BLOCK + 5] ^= 1;
+            changed[5 * BLOCK - 7] ^= 1;
+            changed.extend_from_slice(b"tail");
+            fs::write(&local, &changed).unwrap();
+            fs::set_permissions(&local, fs::Permissions::from_mode(0o640)).unwrap();
+            let inode = fs::metadata(&local).unwrap().ino();
+            let finished = setup.run(&e, kind, true).unwrap();
+            assert!(
+                matches!(finished, Finished::Restored(n) if n == 2 * BLOCK as u64),
+                "{kind:?}"
+            );
+            assert!(fs::read(&local).unwrap() == data, "{kind:?}");
+            let m = fs::metadata(&local).unwrap();
+            assert_eq!(m.ino(), inode, "{kind:?}: mended in place");
+            assert_eq!((m.mtime(), m.mode() & 0o777), (1_700_000_000, 0o600));
+
+            // All blocks match: kept, not even its inode written.
+            let ctime = (m.ctime(), m.ctime_nsec());
+            let finished = setup.run(&e, kind, true).unwrap();
+            assert!(matches!(finished, Finished::Kept), "{kind:?}");
+            let m = fs::metadata(&local).unwrap();
+            assert_eq!(
+                (m.ctime(), m.ctime_nsec()),
+                ctime,
+                "{kind:?}: kept file written"
+            );
+
+            // Shorter than the backup's: the missing blocks are written.
+            fs::write(&local, &data[..2 * BLOCK + 3]).unwrap();
+            let finished = setup.run(&e, kind, true).unwrap();
+            assert!(matches!(finished, Finished::Restored(n) if n == 4 * BLOCK as u64 + 99));
+            assert!(fs::read(&local).unwrap() == data, "{kind:?}");
+            assert_eq!(setup.entries(), vec!["f"]);
+        }
+    }
+
+    /// Delta over a file with another hard link, or no file: a new file, the link's other
+    /// name untouched.
+    #[test]
+    fn delta_replaces_a_hard_linked_file_instead_of_writing_through_the_link() {
+        let data = pages(3 * BLOCK + 1, 8192);
+        let (stored, index) = stored_with_index(&data, CompressType::Zst, BLOCK);
+        let setup = Setup::new(&stored, CompressType::Zst);
+        let e = entry(&data, &stored, index);
+        let other = setup.tmp.path().join("other-name");
+        let old = vec![7u8; data.len()];
+        fs::write(setup.local(), &old).unwrap();
+        fs::hard_link(setup.local(), &other).unwrap();
+        setup.run(&e, CompressType::Zst, true).unwrap();
+        assert!(fs::read(setup.local()).unwrap() == data);
+        assert!(fs::read(&other).unwrap() == old, "written through the link");
+        fs::remove_file(setup.local()).unwrap();
+        setup.run(&e, CompressType::Zst, true).unwrap();
+        assert!(fs::read(setup.local()).unwrap() == data);
+    }
+}
