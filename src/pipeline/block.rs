@@ -46,6 +46,27 @@ pub fn restore_block(
     dst: &File,
     ends: &Ends,
 ) -> Result<u64> {
+    let mut written = 0u64;
+    decode_block(src, kind, block, size, ends, &mut |bytes| {
+        dst.write_all_at(bytes, block.start + written)
+            .map_err(|e| super::io_error("write", ends.dest, e))?;
+        written += bytes.len() as u64;
+        Ok(())
+    })
+}
+
+/// Decodes `block` from its stored bytes `src` as [`restore_block`] does, with every check,
+/// handing the original bytes in order to `out` (verify hashes them into the whole file's
+/// SHA-1). Bytes are handed on before the block's SHA-1 is known: an error afterwards means
+/// they were wrong.
+pub fn decode_block(
+    src: &mut dyn Read,
+    kind: CompressType,
+    block: &Block,
+    size: u64,
+    ends: &Ends,
+    out: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     let last = block.start + block.len == size;
     let damaged = |why: String| block_error(block, ends, &why);
     let mut counted = CountingReader {
@@ -89,8 +110,7 @@ pub fn restore_block(
                 block.len
             )));
         }
-        dst.write_all_at(&buf[..n], block.start + done)
-            .map_err(|e| super::io_error("write", ends.dest, e))?;
+        out(&buf[..n])?;
         sha.update(&buf[..n]);
         done += n as u64;
     }
