@@ -503,7 +503,7 @@ impl Write for PosixWriter {
 /// at commit is what makes the data durable and reports any error.
 fn start_writeback(file: &File, offset: u64, len: u64) {
     match write_hint() {
-        WriteHint::DropBehind => drop_cached(file, offset, len),
+        WriteHint::DropBehind | WriteHint::Lag => drop_cached(file, offset, len),
         WriteHint::None => {}
     }
 }
@@ -512,6 +512,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WriteHint {
     DropBehind,
+    Lag,
     None,
 }
 
@@ -519,6 +520,7 @@ pub fn write_hint() -> WriteHint {
     static HINT: std::sync::OnceLock<WriteHint> = std::sync::OnceLock::new();
     *HINT.get_or_init(|| match std::env::var("PGBR_WRITE_HINT").as_deref() {
         Ok("none") => WriteHint::None,
+        Ok("lag") => WriteHint::Lag,
         _ => WriteHint::DropBehind,
     })
 }
@@ -550,6 +552,10 @@ impl HintMark {
         let pending = self.done - self.hinted_to;
         if pending >= WRITEBACK_EVERY || (at_end && pending > 0) {
             start_writeback(file, self.hinted_to, pending);
+            if write_hint() == WriteHint::Lag && self.hinted_to >= 2 * WRITEBACK_EVERY {
+                // Two steps back: written out by now, so clean, so dropped.
+                drop_cached(file, 0, self.hinted_to - WRITEBACK_EVERY);
+            }
             self.hinted_to = self.done;
         }
     }

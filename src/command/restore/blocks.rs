@@ -101,15 +101,26 @@ impl<'a> BlockFile<'a> {
         })
     }
 
-    /// The file's blocks (its manifest entry's index was checked against its size when the
-    /// manifest was loaded).
-    pub fn blocks(&self) -> Vec<Block> {
-        match &self.entry.block_index {
-            Some(index) => index
-                .blocks(self.entry.size, self.entry.repo_size)
-                .collect(),
-            None => Vec::new(),
-        }
+    /// Block `number` of the file (its manifest entry's index was checked against its size
+    /// when the manifest was loaded).
+    pub fn block(&self, number: u32) -> Result<Block> {
+        self.entry
+            .block_index
+            .as_ref()
+            .and_then(|index| {
+                index
+                    .blocks(self.entry.size, self.entry.repo_size)
+                    .nth(number as usize)
+            })
+            .ok_or_else(|| Error::internal(format!("no block {number} in the block index")))
+    }
+
+    /// How many blocks the file has.
+    pub fn block_count(&self) -> u32 {
+        self.entry
+            .block_index
+            .as_ref()
+            .map_or(0, |index| index.offsets.len() as u32)
     }
 
     /// Runs one block job: restores `block` (delta: unless the local bytes already match),
@@ -300,13 +311,6 @@ impl<'a> BlockFile<'a> {
             }
         }
     }
-
-    fn block_count(&self) -> usize {
-        self.entry
-            .block_index
-            .as_ref()
-            .map_or(0, |index| index.offsets.len())
-    }
 }
 
 /// Original bytes of a block compared with the stored copy before it is hashed (delta).
@@ -320,6 +324,13 @@ fn drop_written(file: &File, block: &Block) {
     use crate::storage::posix::{write_hint, WriteHint};
     match write_hint() {
         WriteHint::DropBehind => drop_cached(file, block.start, block.len),
+        WriteHint::Lag => {
+            drop_cached(file, block.start, block.len);
+            if block.number >= 2 {
+                let back = 2 * block.len.max(1 << 23);
+                drop_cached(file, block.start.saturating_sub(back), block.len);
+            }
+        }
         WriteHint::None => {}
     }
 }
@@ -391,7 +402,9 @@ mod tests {
                 delta,
             )
             .unwrap();
-            let blocks = file.blocks();
+            let blocks: Vec<Block> = (0..file.block_count())
+                .map(|n| file.block(n).unwrap())
+                .collect();
             let outcome = Mutex::new(None);
             let workers = Workers::new(2, Vec::new()).unwrap();
             let result = workers.try_each_in_order(&blocks, |b| {
