@@ -617,8 +617,8 @@ struct FileJob<'a> {
     progress: &'a crate::progress::Progress,
 }
 
-/// One job of the restore's worker queue: a whole file, or one block (by number) of a file
-/// restored block by block ([`blocks`]). Small, as a large cluster has a job per 8 MiB.
+/// One job of the restore's worker queue: a whole file, or one run of blocks (by number) of a
+/// file restored block by block ([`blocks`]). Small, as a large cluster has many.
 enum Job<'a> {
     File(&'a String, &'a FileEntry),
     Block(u32, u32),
@@ -663,7 +663,7 @@ fn restore_files(
             Some(file) => {
                 let n =
                     u32::try_from(split.len()).map_err(|_| Error::internal("too many files"))?;
-                jobs.extend((0..file.block_count()).map(|b| Job::Block(n, b)));
+                jobs.extend((0..file.run_count()).map(|run| Job::Block(n, run)));
                 split.push(file);
             }
             None => jobs.push(Job::File(key, entry)),
@@ -689,11 +689,9 @@ fn restore_files(
         crate::signal::check()?;
         let worker_repo = workers.repo(repo);
         let (key, entry) = match job {
-            Job::Block(file, number) => {
-                let file = &split[*file as usize];
-                let block = file.block(*number)?;
-                count(file.run(worker_repo, &block)?);
-                progress.add(block.len);
+            Job::Block(file, run) => {
+                let done = |bytes| progress.add(bytes);
+                count(split[*file as usize].run(worker_repo, *run, &done)?);
                 return Ok(());
             }
             Job::File(key, entry) => (*key, *entry),
