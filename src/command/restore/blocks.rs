@@ -1,11 +1,11 @@
 //! Restore and delta restore of one large file on several workers (issue 17). A file whose
-//! manifest entry has a block index ([`crate::manifest::BlockIndex`]) is split into one job
-//! per block, and those jobs enter the restore's worker queue in the file's place, so the
-//! process-max workers share a 1 GiB segment instead of one of them inflating, hashing and
-//! writing it alone while the others idle.
+//! manifest entry has a block index ([`crate::manifest::BlockIndex`]) is split into jobs of
+//! [`RUN_BLOCKS`] consecutive blocks, and those jobs enter the restore's worker queue in the
+//! file's place, so the process-max workers share a 1 GiB segment instead of one of them
+//! inflating, hashing and writing it alone.
 //!
-//! The first block job of a file to start opens its [`Target`]; every block job writes its
-//! bytes at its own offset (pwrite), and the last one to finish commits the file:
+//! The first job of a file to start opens its [`Target`]; every job writes its blocks at
+//! their offsets (pwrite), and the last one to finish commits the file:
 //!
 //! - a new file: a temp file in the file's directory, given its full size first, renamed to
 //!   the file's name after an fsync and its mtime and owner, as a whole-file restore does.
@@ -164,7 +164,7 @@ impl<'a> BlockFile<'a> {
                 // A file descriptor of the run's own for reading: the kernel keeps the
                 // readahead state per open file, and two workers reading different runs
                 // through one would make each other's reads look random, so that readahead
-                // stays small (a delta restore of an unchanged copy took 40 % longer).
+                // stays small (docs/benchmarks.md, "restore by blocks").
                 let local =
                     File::open(&self.local).map_err(|e| Error::io("open", &self.local, e))?;
                 let mut prefetched = false;
@@ -396,11 +396,11 @@ const PREFIX_STORED: u64 = 256 * 1024;
 
 /// Delta: asks the kernel to read the first [`PREFIX`] bytes of each of `blocks` now, when
 /// they are likely to differ (see [`BlockFile::prefix_matches`]). Read one at a time as the
-/// worker reaches them, each was a disk round trip (8 ms on the benchmark VM, queued behind
-/// the writes of the blocks restored meanwhile), which doubled the time of a delta restore
-/// that rewrites a whole 1 GiB segment. Not for blocks likely to match, which are read whole
-/// anyway: the reads the hint starts (page by page, and out of order) slowed the readahead
-/// of the unchanged copy's delta restore by a third.
+/// worker reaches them, each is a disk round trip queued behind the writes of the blocks
+/// restored meanwhile, which doubled the time of a delta restore that rewrites a whole
+/// 1 GiB segment. Not for blocks likely to match, which are read whole anyway: the reads
+/// the hint starts (page by page, and out of order) slow their readahead
+/// (docs/benchmarks.md, "restore by blocks").
 fn prefetch_prefixes(file: &File, blocks: &[Block]) {
     for b in blocks {
         will_need(file, b.start, (PREFIX as u64).min(b.len));
@@ -412,13 +412,13 @@ fn prefetch_prefixes(file: &File, blocks: &[Block]) {
 /// that the disk works while the next blocks are decoded rather than all at the file's
 /// fsync.
 ///
-/// Measured against the alternatives on the scale-100 benchmark cluster (cold restores at
-/// process-max 2, five interleaved rounds, docs/benchmarks.md): no hint at all was slower
-/// and less steady (1.8–3.0 s against 1.5–2.3 s; the fsync at the end then writes the
-/// whole 1 GiB segment at once), and also dropping the clean pages of the blocks written
-/// two blocks before, so that the restore recycles a few MiB of page cache instead of
-/// taking fresh pages that this VM must first fault in from its host, gained nothing
-/// (1.5–2.4 s). The kernel time of a restore is mostly the copy into page-cache pages.
+/// Measured against the alternatives on the scale-100 benchmark cluster (docs/benchmarks.md,
+/// "restore by blocks": the CPU swings of issue 17): no hint at all was slower and less
+/// steady (the fsync at the end then writes the whole 1 GiB segment at once), and also
+/// dropping the clean pages of the blocks written two blocks before, so that the restore
+/// recycles a few MiB of page cache instead of taking fresh pages that this VM must first
+/// fault in from its host, gained nothing: the kernel time of a restore is mostly the copy
+/// into page-cache pages, whichever they are.
 fn drop_written(file: &File, block: &Block) {
     drop_cached(file, block.start, block.len);
 }
