@@ -6,6 +6,10 @@
 //! archive-push, archive-get, and later backup and restore all copy through here, local or
 //! remote: a bug in copying is fixed here and nowhere else.
 //!
+//! A backup stores through [`store_indexed`], which also records a large file's block index
+//! (where each [`INDEX_BLOCK`] of it starts in the stored file, and its SHA-1): restore can
+//! then decode the blocks of one file on several threads (issue 17).
+//!
 //! Errors keep their origin: a failure of the source or destination stream is reported as
 //! such (with the [`Error`] a remote stream carried, if any), while bytes that do not
 //! decompress are an integrity error about the stored file.
@@ -474,6 +478,23 @@ mod tests {
             assert!(back == data, "restored bytes differ");
             assert_eq!(digest(&mut &data[..], "d").unwrap().sha1, expected);
         }
+    }
+
+    /// Block SHA-1s do not depend on how the stream is cut into pieces: one per INDEX_BLOCK,
+    /// the last for what remains, none for an empty stream.
+    #[test]
+    fn block_sums_are_per_index_block_whatever_the_pieces() {
+        let data = sample(2 * INDEX_BLOCK + 5);
+        let expected: Vec<[u8; 20]> = data
+            .chunks(INDEX_BLOCK)
+            .map(|b| Sha1::digest(b).into())
+            .collect();
+        for piece in [1000, CHUNK, 3 * INDEX_BLOCK] {
+            let mut sums = BlockSums::new();
+            data.chunks(piece).for_each(|p| sums.update(p));
+            assert_eq!(sums.finish(), expected, "pieces of {piece}");
+        }
+        assert!(BlockSums::new().finish().is_empty());
     }
 
     #[test]

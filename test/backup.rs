@@ -188,6 +188,101 @@ fn assert_stored_like_gzip_6(site: &Site, label: &str) {
     );
 }
 
+/// The original bytes of one block of a block index, decoded alone from the stored file's
+/// bytes `stored[start..end]`, as a restore on several threads reads it: raw inflate for gz
+/// (a fresh inflater: a reference to anything before the block fails), the frames of the
+/// range for lz4 and zst, the bytes themselves for none.
+fn decode_block(compress: &str, range: &[u8], len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(len + 1);
+    if compress == "gz" {
+        // With a sync flush: a block before the last ends on one, without a stream end.
+        let mut inflate = flate2::Decompress::new(false);
+        loop {
+            let before = (inflate.total_in(), inflate.total_out());
+            let status = inflate
+                .decompress_vec(
+                    &range[inflate.total_in() as usize..],
+                    &mut out,
+                    flate2::FlushDecompress::Sync,
+                )
+                .unwrap_or_else(|e| panic!("inflating a gz block: {e}"));
+            let stalled = (inflate.total_in(), inflate.total_out()) == before;
+            if status == flate2::Status::StreamEnd || out.len() == out.capacity() || stalled {
+                return out;
+            }
+        }
+    }
+    let kind = pipeline::CompressType::parse(compress).expect("a compress type");
+    pipeline::decoder(range, kind)
+        .unwrap()
+        .take(len as u64 + 1)
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("decoding a {compress} block: {e}"));
+    out
+}
+
+/// Checks the block index (issue 17) of every file of backup `label` larger than one index
+/// block: present unless the backup is bz2, one block per 8 MiB; each block of the stored file
+/// (in this backup or the one it references) decodes alone from its offset to bytes with its
+/// SHA-1, and the blocks together have the file's SHA-1 and size. Returns the keys of the
+/// files with an index.
+pub fn check_block_indexes(site: &Site, label: &str) -> Vec<String> {
+    use sha1::{Digest, Sha1};
+    let manifest = read_ini(&manifest_path(site, label));
+    let compress = manifest["backup:option"]["option-compress-type"].trim_matches('"');
+    let ext = pipeline::CompressType::parse(compress)
+        .expect("a compress type")
+        .extension();
+    let block_size = pipeline::INDEX_BLOCK as u64;
+    let mut indexed = Vec::new();
+    for (key, value) in &manifest["target:file"] {
+        let entry: serde_json::Value = serde_json::from_str(value).unwrap();
+        let size = entry["size"].as_u64().unwrap();
+        let index = &entry["block-index"];
+        if size <= block_size || compress == "bz2" {
+            assert!(index.is_null(), "{label} {key}: {size} bytes of {compress}");
+            continue;
+        }
+        assert!(index.is_object(), "{label} {key}: no block-index: {value}");
+        assert_eq!(index["block-size"], block_size, "{key}");
+        let offsets: Vec<u64> = index["offset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_u64().unwrap())
+            .collect();
+        let sums = hex::decode(index["checksum"].as_str().unwrap()).unwrap();
+        let blocks = size.div_ceil(block_size) as usize;
+        assert_eq!((offsets.len(), sums.len()), (blocks, 20 * blocks), "{key}");
+        let holder = entry["reference"].as_str().unwrap_or(label);
+        let stored = fs::read(backup_dir(site).join(holder).join(format!("{key}{ext}"))).unwrap();
+        let mut whole = Sha1::new();
+        let mut total = 0u64;
+        for (i, &start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).map_or(stored.len(), |&e| e as usize);
+            let len = block_size.min(size - i as u64 * block_size) as usize;
+            let bytes = decode_block(compress, &stored[start as usize..end], len);
+            assert_eq!(bytes.len(), len, "{label} {key}: block {i} decoded alone");
+            assert_eq!(
+                Sha1::digest(&bytes)[..],
+                sums[20 * i..20 * (i + 1)],
+                "{label} {key}: SHA-1 of block {i}"
+            );
+            whole.update(&bytes);
+            total += len as u64;
+        }
+        assert_eq!(total, size, "{key}");
+        assert_eq!(
+            Some(hex::encode(whole.finalize()).as_str()),
+            entry["checksum"].as_str(),
+            "{label} {key}: the blocks make the file"
+        );
+        indexed.push(key.clone());
+    }
+    indexed
+}
+
 fn backup_dir(site: &Site) -> PathBuf {
     site.repo.join("backup").join(STANZA)
 }
@@ -564,6 +659,18 @@ fn full_diff_incr_under_load_each_restore_to_the_recorded_state() {
     site.one_segment();
 
     assert_stored_like_gzip_6(&site, &incr);
+    // pgbench_accounts (64 MB) and its index: a block index in the full, kept by the diff and
+    // incr whether they copy the file again or reference the full's copy.
+    let accounts = site
+        .cluster
+        .psql("select pg_relation_filepath('pgbench_accounts')");
+    for label in [&full, &diff, &incr] {
+        let indexed = check_block_indexes(&site, label);
+        assert!(
+            indexed.contains(&format!("pg_data/{accounts}")) && indexed.len() >= 2,
+            "{label}: {indexed:?}"
+        );
+    }
     verify_restore(&site, "r-full", &full, &expected);
     verify_restore(&site, "r-diff", &diff, &expected);
     verify_restore(&site, "r-incr", &incr, &expected);
@@ -592,6 +699,11 @@ fn full_backup_over_ssh_under_load_restores_to_the_recorded_state() {
     assert!(
         manifest_path(&site, &full).exists(),
         "manifest in the repository on the repo host"
+    );
+    // Copied by pg1-host's remote, the large files come back with their block index.
+    assert!(
+        check_block_indexes(&site, &full).len() >= 2,
+        "pgbench_accounts and its index have a block index"
     );
     let expected = pgbench_state(|sql| site.cluster.psql(sql));
     site.one_segment();
@@ -741,6 +853,11 @@ fn killed_backup_resumes_copying_only_what_was_missing() {
     assert!(
         notify.is_dir(),
         "empty directories kept by the resumed backup"
+    );
+    // Resumed files keep the block index they were copied with.
+    assert!(
+        check_block_indexes(&site, &label).len() >= TABLES,
+        "every big table's file has a block index"
     );
 
     site.one_segment();

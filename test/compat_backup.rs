@@ -14,7 +14,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::backup::Restored;
+use crate::backup::{check_block_indexes, Restored};
 use crate::fixture::{label_of, Options, Site, STANZA};
 use crate::harness::{self, Out, PgBackrest, PgBackrestPaths};
 
@@ -97,6 +97,18 @@ fn start_cluster_with_data(site: &Site) {
 /// Restores `label` with pgBackRest into `<site dir>/<name>`, recovery stopping where the
 /// backup became consistent, and starts it.
 fn pgbackrest_restore(site: &Site, pgbr: &PgBackrest, name: &str, label: &str) -> Restored {
+    let r = pgbackrest_restore_unstarted(site, pgbr, name, label);
+    r.start_and_wait_promoted();
+    r
+}
+
+/// [`pgbackrest_restore`] without starting the copy: its files are the backup's.
+fn pgbackrest_restore_unstarted(
+    site: &Site,
+    pgbr: &PgBackrest,
+    name: &str,
+    label: &str,
+) -> Restored {
     let r = Restored::at(site, name);
     harness::mkdir_postgres(&r.data);
     harness::chmod(&r.data, 0o700);
@@ -110,7 +122,6 @@ fn pgbackrest_restore(site: &Site, pgbr: &PgBackrest, name: &str, label: &str) -
         ]),
         &format!("pgbackrest restore --set={label}"),
     );
-    r.start_and_wait_promoted();
     r
 }
 
@@ -251,6 +262,41 @@ fn a_pgbackrest_repository_is_read_restored_extended_and_expired_by_pg_backrest(
     );
 }
 
+/// The files `keys` of backup `label` (gz), as restored into `r` before it starts, are the
+/// stored files as GNU gzip reads them, byte for byte.
+fn assert_restored_as_stored(site: &Site, label: &str, r: &Restored, keys: &[String]) {
+    let manifest = fs::read_to_string(
+        site.repo
+            .join(format!("backup/{STANZA}/{label}/backup.manifest")),
+    )
+    .unwrap();
+    for key in keys {
+        let line = manifest
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}=")))
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line[key.len() + 1..]).unwrap();
+        let holder = entry["reference"].as_str().unwrap_or(label);
+        let stored = site.repo.join(format!("backup/{STANZA}/{holder}/{key}.gz"));
+        let out = std::process::Command::new("gzip")
+            .args(["-dc", p(&stored)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gzip -dc {}: {out:?}",
+            stored.display()
+        );
+        let restored = fs::read(r.data.join(key.strip_prefix("pg_data/").unwrap())).unwrap();
+        assert!(
+            restored == out.stdout,
+            "{key}: pgBackRest restored {} bytes, not the {} stored",
+            restored.len(),
+            out.stdout.len()
+        );
+    }
+}
+
 /// Points archive_command at pg_backrest under the name `pgbackrest` (a symlink), as a
 /// pgBackRest user who switched has it: pgBackRest's backup refuses an archive_command that
 /// does not name pgbackrest.
@@ -301,7 +347,14 @@ fn a_pg_backrest_repository_is_read_restored_extended_and_expired_by_pgbackrest(
         (&diff, &diff_state, "diff"),
         (&incr, &incr_state, "incr"),
     ] {
-        let r = pgbackrest_restore(&site, &pgbr, name, label);
+        // pgbench_accounts (13 MB) is stored with a block index (issue 17), which pgBackRest
+        // skips: its info and verify above accepted the manifests, and the file it restores
+        // is the one backed up, byte for byte.
+        let indexed = check_block_indexes(&site, label);
+        assert!(!indexed.is_empty(), "{name}: a file with a block index");
+        let r = pgbackrest_restore_unstarted(&site, &pgbr, name, label);
+        assert_restored_as_stored(&site, label, &r, &indexed);
+        r.start_and_wait_promoted();
         assert_state(
             &r,
             state,

@@ -577,6 +577,70 @@ mod tests {
         assert_eq!(r.block_index, None, "store records no index");
     }
 
+    /// Measurement, not a test (ignored): what the block index costs on a real file, e.g. the
+    /// first segment of a pgbench scale-20+ pgbench_accounts. Prints, per type and threads,
+    /// the stored size and time without and with the index, and the SHA-1 throughput that
+    /// the block checksums cost. Run with
+    /// `PGBR_MEASURE_FILE=<file> cargo test --release --lib measure_block_index -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_block_index_cost_on_a_real_file() {
+        use crate::pipeline::{store_indexed, BlockSums};
+        use std::time::Instant;
+        let path = std::env::var("PGBR_MEASURE_FILE").expect("PGBR_MEASURE_FILE");
+        let data = std::fs::read(&path).unwrap();
+        println!("{path}: {} bytes", data.len());
+        for (compress, threads) in [
+            (Compress::Gz(6), 1),
+            (Compress::Gz(6), 2),
+            (Compress::Lz4(1), 2),
+            (Compress::Zst(3), 2),
+        ] {
+            let mut sizes = [0u64; 2];
+            let mut times = [f64::MAX; 2];
+            // Interleaved, best of three: the machine is shared.
+            for round in 0..3 {
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for indexed in order {
+                    let mut out = std::io::sink();
+                    let t = Instant::now();
+                    let r = match indexed {
+                        true => store_indexed(&mut &data[..], &mut out, compress, threads, &ENDS),
+                        false => store(&mut &data[..], &mut out, compress, threads, &ENDS),
+                    }
+                    .unwrap();
+                    let i = usize::from(indexed);
+                    times[i] = times[i].min(t.elapsed().as_secs_f64());
+                    sizes[i] = r.stored_size;
+                    assert_eq!(r.block_index.is_some(), indexed);
+                }
+            }
+            println!(
+                "{compress:?}, {threads} threads: {} -> {} bytes with the index ({:.5}x), {:.3} -> {:.3} s",
+                sizes[0],
+                sizes[1],
+                sizes[1] as f64 / sizes[0] as f64,
+                times[0],
+                times[1]
+            );
+        }
+        let t = Instant::now();
+        let mut sums = BlockSums::new();
+        for chunk in data.chunks(crate::pipeline::CHUNK) {
+            sums.update(chunk);
+        }
+        let blocks = sums.finish().len();
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "block SHA-1s: {blocks} blocks in {secs:.3} s ({:.0} MB/s)",
+            data.len() as f64 / secs / 1e6
+        );
+    }
+
     /// Cutting a file into independent zst frames costs little in size: 2.4 % on this
     /// synthetic data, where real relation data came out smaller than in one stream (see
     /// zst_frame).

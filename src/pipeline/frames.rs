@@ -8,6 +8,10 @@
 //! frame header per MiB and nothing measurable in ratio, and it lets a large file
 //! (a 1 GiB relation segment) spread over `threads` threads instead of ending a backup on
 //! one busy core (see pipeline::gzip for the same reasoning about gzip).
+//!
+//! Frames are cut every [`BLOCK`] bytes of input counted from the file's start, whatever the
+//! threads, so every [`INDEX_BLOCK`] of a file starts a frame: the writer records where, the
+//! offsets of a backup's block index (issue 17), at no cost in size.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

@@ -19,6 +19,14 @@
 //! the CRC-32 combined from the blocks' own, so the file is one gzip member that any gunzip,
 //! and this crate's restore, reads as before: the storage format does not change.
 //!
+//! A backup's copy of a large file also carries a block index (issue 17; pipeline::store_indexed):
+//! at every [`INDEX_BLOCK`] of input the stream restarts without history, on a byte boundary
+//! (`Z_FULL_FLUSH` on the calling thread; on the parallel path the block starting there is
+//! not primed), and the output offset of each restart is recorded, so restore can inflate the
+//! blocks of one file on several threads. Block 0 starts right after the 10-byte header. The
+//! file is still one gzip member; forgetting 32 KiB of history every 8 MiB costs about
+//! 0.14 % of the stored size of a pgbench relation. Without an index (WAL) nothing changes.
+//!
 //! flate2 has no way to tune a stream or prime it with a dictionary, so this speaks to
 //! zlib-rs through libz-rs-sys, its zlib-compatible interface, with `unsafe` (as only
 //! storage/scan.rs does besides). Decompression needs neither and stays with flate2.
@@ -771,6 +779,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn gzip_indexed(data: &[u8], level: u32, piece: usize, threads: usize) -> (Vec<u8>, Vec<u64>) {
+        let mut out = Vec::new();
+        let mut w = GzipWriter::new(&mut out, level, threads, true).unwrap();
+        for part in data.chunks(piece) {
+            w.write_all(part).unwrap();
+        }
+        assert_eq!(w.block_starts(), None, "no block starts before finish");
+        w.finish().unwrap();
+        let starts = w.block_starts().unwrap().to_vec();
+        drop(w);
+        (out, starts)
+    }
+
+    /// With an index, the stream restarts at every INDEX_BLOCK of input, whatever the threads
+    /// and however the input is cut into writes (pieces that straddle a block boundary, end
+    /// right on one, or are smaller than a window): each block inflates alone, from its
+    /// start, with a fresh inflater, to exactly its bytes; the whole is still one member.
+    /// A file ending right on a boundary gets no block (and no flush) after it. (With a
+    /// sync flush instead of the full flush, block 1 fails here: the data has matches that
+    /// reach back across the boundary.)
+    #[test]
+    fn indexed_blocks_inflate_alone_whatever_the_threads_and_the_writes() {
+        use crate::manifest::BlockIndex;
+        use crate::pipeline::test_data::decode_block;
+        use crate::pipeline::CompressType;
+        let ib = INDEX_BLOCK;
+        for (len, piece, threads) in [
+            (2 * ib + 3 * BLOCK + 5, 512 * 1024, 1),
+            (2 * ib + 3 * BLOCK + 5, 3 * BLOCK + 7, 1),
+            (2 * ib + 3 * BLOCK + 5, 3 * BLOCK + 7, 2),
+            (2 * ib, 512 * 1024, 3),
+            (ib + 1, 1000, 2),
+            (ib + WINDOW / 2, 10_000, 1),
+        ] {
+            let what = format!("{len} bytes in pieces of {piece}, {threads} threads");
+            let data = sample(len);
+            let (gz, starts) = gzip_indexed(&data, 6, piece, threads);
+            assert!(gunzip(&gz) == data, "{what}: whole");
+            assert_eq!(starts.len(), len.div_ceil(ib), "{what}: {starts:?}");
+            assert_eq!(starts[0], 10, "{what}: after the header");
+            let index = BlockIndex {
+                block_size: ib as u64,
+                offsets: starts,
+                checksums: vec![[0; 20]; len.div_ceil(ib)],
+            };
+            for block in index.blocks(len as u64, gz.len() as u64) {
+                let range = block.start as usize..(block.start + block.len) as usize;
+                let alone = decode_block(CompressType::Gz, &gz, &block);
+                assert!(alone == data[range], "{what}: block {}", block.number);
+            }
+        }
+        // Up to the first boundary the output is what it is without an index.
+        let data = sample(ib + 5);
+        assert_eq!(
+            gzip_indexed(&data[..ib], 6, 4096, 1).0,
+            gzip(&data[..ib], 6, 4096)
+        );
+        assert_ne!(gzip_indexed(&data, 6, 4096, 1).0, gzip(&data, 6, 4096));
     }
 
     /// A destination that fails (disk full) while blocks are in flight: the error comes back
