@@ -24,7 +24,7 @@ use target::RecoveryTarget;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::info::backup::BackupInfo;
-use crate::manifest::{Block, FileEntry, Manifest, Owner};
+use crate::manifest::{FileEntry, Manifest, Owner};
 use crate::pipeline::{self, Compress, Ends};
 use crate::repo::RepoLayout;
 use crate::storage::posix::{
@@ -617,11 +617,11 @@ struct FileJob<'a> {
     progress: &'a crate::progress::Progress,
 }
 
-/// One job of the restore's worker queue: a whole file, or one block of a file restored
-/// block by block ([`blocks`]).
+/// One job of the restore's worker queue: a whole file, or one run of blocks (by number) of a
+/// file restored block by block ([`blocks`]). Small, as a large cluster has many.
 enum Job<'a> {
     File(&'a String, &'a FileEntry),
-    Block(usize, Block),
+    Block(u32, u32),
 }
 
 fn restore_files(
@@ -661,11 +661,9 @@ fn restore_files(
         };
         match by_blocks {
             Some(file) => {
-                jobs.extend(
-                    file.blocks()
-                        .into_iter()
-                        .map(|b| Job::Block(split.len(), b)),
-                );
+                let n =
+                    u32::try_from(split.len()).map_err(|_| Error::internal("too many files"))?;
+                jobs.extend((0..file.run_count()).map(|run| Job::Block(n, run)));
                 split.push(file);
             }
             None => jobs.push(Job::File(key, entry)),
@@ -691,9 +689,9 @@ fn restore_files(
         crate::signal::check()?;
         let worker_repo = workers.repo(repo);
         let (key, entry) = match job {
-            Job::Block(file, block) => {
-                count(split[*file].run(worker_repo, block)?);
-                progress.add(block.len);
+            Job::Block(file, run) => {
+                let done = |bytes| progress.add(bytes);
+                count(split[*file as usize].run(worker_repo, *run, &done)?);
                 return Ok(());
             }
             Job::File(key, entry) => (*key, *entry),

@@ -502,25 +502,19 @@ impl Write for PosixWriter {
 /// safe-to-call form of `sync_file_range(SYNC_FILE_RANGE_WRITE)`. Purely a hint: the fsync
 /// at commit is what makes the data durable and reports any error.
 fn start_writeback(file: &File, offset: u64, len: u64) {
-    match write_hint() {
-        WriteHint::DropBehind => drop_cached(file, offset, len),
-        WriteHint::None => {}
-    }
+    drop_cached(file, offset, len);
 }
 
-/// Which hint writers give the kernel about the bytes they wrote (measurement only).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum WriteHint {
-    DropBehind,
-    None,
-}
-
-pub fn write_hint() -> WriteHint {
-    static HINT: std::sync::OnceLock<WriteHint> = std::sync::OnceLock::new();
-    *HINT.get_or_init(|| match std::env::var("PGBR_WRITE_HINT").as_deref() {
-        Ok("none") => WriteHint::None,
-        _ => WriteHint::DropBehind,
-    })
+/// `POSIX_FADV_WILLNEED` on a range of `file`: the kernel starts reading it into the page
+/// cache now, without waiting. Purely a hint.
+pub fn will_need(file: &File, offset: u64, len: u64) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let _ = posix_fadvise(
+        file,
+        offset as i64,
+        len as i64,
+        PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    );
 }
 
 /// `POSIX_FADV_DONTNEED` on a range of `file`: drops its clean pages from the page cache and

@@ -1,11 +1,11 @@
 //! Restore and delta restore of one large file on several workers (issue 17). A file whose
-//! manifest entry has a block index ([`crate::manifest::BlockIndex`]) is split into one job
-//! per block, and those jobs enter the restore's worker queue in the file's place, so the
-//! process-max workers share a 1 GiB segment instead of one of them inflating, hashing and
-//! writing it alone while the others idle.
+//! manifest entry has a block index ([`crate::manifest::BlockIndex`]) is split into jobs of
+//! [`RUN_BLOCKS`] consecutive blocks, and those jobs enter the restore's worker queue in the
+//! file's place, so the process-max workers share a 1 GiB segment instead of one of them
+//! inflating, hashing and writing it alone.
 //!
-//! The first block job of a file to start opens its [`Target`]; every block job writes its
-//! bytes at its own offset (pwrite), and the last one to finish commits the file:
+//! The first job of a file to start opens its [`Target`]; every job writes its blocks at
+//! their offsets (pwrite), and the last one to finish commits the file:
 //!
 //! - a new file: a temp file in the file's directory, given its full size first, renamed to
 //!   the file's name after an fsync and its mtime and owner, as a whole-file restore does.
@@ -24,9 +24,10 @@
 //! computed from the same bytes when the file was stored.
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha1::{Digest as _, Sha1};
@@ -35,7 +36,7 @@ use super::{commit_restored, correct_attributes, parse_mode, remove_outdated, sp
 use crate::error::{Error, Result};
 use crate::manifest::{Block, FileEntry};
 use crate::pipeline::{self, CompressType, Ends};
-use crate::storage::posix::{drop_cached, PosixWriter};
+use crate::storage::posix::{drop_cached, will_need, PosixWriter};
 use crate::storage::Storage;
 
 /// A file restored block by block: what its block jobs share.
@@ -53,6 +54,11 @@ pub(super) struct BlockFile<'a> {
     /// Delta: blocks restored, and their bytes.
     rewritten: AtomicUsize,
     rewritten_bytes: AtomicU64,
+    /// Delta: whether the last block compared differed, so that the next one likely does
+    /// too (see [`BlockFile::prefix_matches`]).
+    differing: AtomicBool,
+    /// Blocks per job ([`RUN_BLOCKS`]).
+    run_blocks: u32,
 }
 
 /// Where a file's blocks are written.
@@ -98,43 +104,97 @@ impl<'a> BlockFile<'a> {
             target: Mutex::new(None),
             rewritten: AtomicUsize::new(0),
             rewritten_bytes: AtomicU64::new(0),
+            differing: AtomicBool::new(true),
+            run_blocks: RUN_BLOCKS,
         })
     }
 
-    /// The file's blocks (its manifest entry's index was checked against its size when the
-    /// manifest was loaded).
-    pub fn blocks(&self) -> Vec<Block> {
+    /// How many blocks the file has.
+    pub fn block_count(&self) -> u32 {
+        self.entry
+            .block_index
+            .as_ref()
+            .map_or(0, |index| index.offsets.len() as u32)
+    }
+
+    /// How many jobs the file is split into: runs of consecutive blocks.
+    pub fn run_count(&self) -> u32 {
+        self.block_count().div_ceil(self.run_blocks)
+    }
+
+    /// The blocks of run `run` (the manifest entry's index was checked against the file's
+    /// size when the manifest was loaded).
+    fn blocks_of_run(&self, run: u32) -> Vec<Block> {
+        let first = (run * self.run_blocks) as usize;
         match &self.entry.block_index {
             Some(index) => index
                 .blocks(self.entry.size, self.entry.repo_size)
+                .skip(first)
+                .take(self.run_blocks as usize)
                 .collect(),
             None => Vec::new(),
         }
     }
 
-    /// Runs one block job: restores `block` (delta: unless the local bytes already match),
-    /// and commits the file when it is the last of its blocks to finish.
-    pub fn run(&self, repo: &dyn Storage, block: &Block) -> Result<Finished> {
+    /// Runs job `run`: restores its blocks (delta: those whose local bytes differ), telling
+    /// `done` the original bytes of each block as it is finished, and commits the file when
+    /// it is the last of its jobs to finish.
+    pub fn run(&self, repo: &dyn Storage, run: u32, done: &dyn Fn(u64)) -> Result<Finished> {
+        let blocks = self.blocks_of_run(run);
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return Err(Error::internal(format!("no run {run} in the block index")));
+        };
         let target = self.target()?;
         match target.as_ref() {
             Target::New(writer) => {
+                // One read of the run's stored bytes, consumed block by block.
+                let source = repo.describe(&self.stored);
+                let mut reader = repo
+                    .open_read_range(&self.stored, first.stored_start, last.stored_end)?
+                    .ok_or_else(|| super::missing_stored(&source))?;
                 // Messages name the file being restored, not its temp name.
                 let (file, _) = writer.temp_file()?;
-                self.restore(repo, block, file, &self.local)?;
-                drop_written(file, block);
+                for block in &blocks {
+                    self.restore(&mut reader, &source, block, file)?;
+                    drop_written(file, block);
+                    done(block.len);
+                }
             }
             Target::InPlace { file, .. } => {
-                if !(self.prefix_matches(repo, file, block)? && self.local_matches(file, block)?) {
-                    self.restore(repo, block, file, &self.local)?;
-                    drop_written(file, block);
-                    self.rewritten.fetch_add(1, Ordering::Relaxed);
-                    self.rewritten_bytes.fetch_add(block.len, Ordering::Relaxed);
+                // A file descriptor of the run's own for reading: the kernel keeps the
+                // readahead state per open file, and two workers reading different runs
+                // through one would make each other's reads look random, so that readahead
+                // stays small (docs/benchmarks.md, "restore by blocks").
+                let local =
+                    File::open(&self.local).map_err(|e| Error::io("open", &self.local, e))?;
+                let mut prefetched = false;
+                for (i, block) in blocks.iter().enumerate() {
+                    let likely_differs = self.differing.load(Ordering::Relaxed);
+                    if likely_differs && !prefetched {
+                        prefetch_prefixes(&local, &blocks[i..]);
+                        prefetched = true;
+                    }
+                    let matches = (!likely_differs || self.prefix_matches(repo, &local, block)?)
+                        && self.local_matches(&local, block)?;
+                    self.differing.store(!matches, Ordering::Relaxed);
+                    if !matches {
+                        let source = repo.describe(&self.stored);
+                        let mut reader = repo
+                            .open_read_range(&self.stored, block.stored_start, block.stored_end)?
+                            .ok_or_else(|| super::missing_stored(&source))?;
+                        self.restore(&mut reader, &source, block, file)?;
+                        drop_written(file, block);
+                        self.rewritten.fetch_add(1, Ordering::Relaxed);
+                        self.rewritten_bytes.fetch_add(block.len, Ordering::Relaxed);
+                    }
+                    done(block.len);
                 }
             }
         }
-        // Released before counting down, so that the last block holds the only reference.
+        // Released before counting down, so that the last job holds the only reference.
         drop(target);
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+        let count = blocks.len();
+        if self.remaining.fetch_sub(count, Ordering::AcqRel) != count {
             return Ok(Finished::Pending);
         }
         self.commit()
@@ -179,23 +239,40 @@ impl<'a> BlockFile<'a> {
         Ok(Target::New(writer))
     }
 
-    fn restore(&self, repo: &dyn Storage, block: &Block, file: &File, dest: &Path) -> Result<()> {
-        let source = repo.describe(&self.stored);
-        let mut reader = repo
-            .open_read_range(&self.stored, block.stored_start, block.stored_end)?
-            .ok_or_else(|| super::missing_stored(&source))?;
-        let dest = dest.display().to_string();
+    /// Restores `block` from `reader`, which is at the block's stored start, into `file`,
+    /// taking exactly the block's stored bytes from it.
+    fn restore(
+        &self,
+        reader: &mut dyn Read,
+        source: &str,
+        block: &Block,
+        file: &File,
+    ) -> Result<()> {
+        let dest = self.local.display().to_string();
+        let ends = Ends {
+            source,
+            dest: &dest,
+        };
+        let mut range = reader.take(block.stored_end - block.stored_start);
         pipeline::block::restore_block(
-            &mut reader,
+            &mut range,
             self.compress,
             block,
             self.entry.size,
             file,
-            &Ends {
-                source: &source,
-                dest: &dest,
-            },
+            &ends,
         )?;
+        // Every decoder reads its input to the end; bytes left over were not part of the
+        // block's stream.
+        let left = std::io::copy(&mut range, &mut std::io::sink())
+            .map_err(|e| pipeline::io_error("read", source, e))?;
+        if left > 0 {
+            return Err(pipeline::block::block_error(
+                block,
+                &ends,
+                &format!("ends {left} bytes before the next block begins"),
+            ));
+        }
         Ok(())
     }
 
@@ -204,6 +281,10 @@ impl<'a> BlockFile<'a> {
     /// that differs usually differs in its first pages already, and is then restored without
     /// being hashed first; a block that matches there is hashed whole
     /// ([`BlockFile::local_matches`]), so what is kept is exactly what the SHA-1 says.
+    ///
+    /// Only asked for the first block of a file and after a block that differed: in a file
+    /// that is unchanged, the blocks are hashed without it, so that it costs one more
+    /// (ranged) read of the repository per file, not per block (which on S3 is a request).
     fn prefix_matches(&self, repo: &dyn Storage, file: &File, block: &Block) -> Result<bool> {
         // Enough stored bytes for the prefix in any format: a deflate or LZ4 block of
         // incompressible data, a zstd block of up to 128 KiB.
@@ -300,28 +381,46 @@ impl<'a> BlockFile<'a> {
             }
         }
     }
-
-    fn block_count(&self) -> usize {
-        self.entry
-            .block_index
-            .as_ref()
-            .map_or(0, |index| index.offsets.len())
-    }
 }
+
+/// Blocks per job: a worker restores (or compares) this many consecutive blocks of a file
+/// with one read of their stored bytes (one request on S3 or through repo1-host) and reads
+/// the local file sequentially, while the workers still share a 1 GiB segment in 16 jobs.
+/// Jobs of single blocks kept the workers' reads short: each began a new readahead.
+pub const RUN_BLOCKS: u32 = 8;
 
 /// Original bytes of a block compared with the stored copy before it is hashed (delta).
 const PREFIX: usize = 64 * 1024;
 /// Stored bytes read for them at most.
 const PREFIX_STORED: u64 = 256 * 1024;
 
-/// Hints the kernel about a block just written, as the writers of whole files do every
-/// 8 MiB.
-fn drop_written(file: &File, block: &Block) {
-    use crate::storage::posix::{write_hint, WriteHint};
-    match write_hint() {
-        WriteHint::DropBehind => drop_cached(file, block.start, block.len),
-        WriteHint::None => {}
+/// Delta: asks the kernel to read the first [`PREFIX`] bytes of each of `blocks` now, when
+/// they are likely to differ (see [`BlockFile::prefix_matches`]). Read one at a time as the
+/// worker reaches them, each is a disk round trip queued behind the writes of the blocks
+/// restored meanwhile, which doubled the time of a delta restore that rewrites a whole
+/// 1 GiB segment. Not for blocks likely to match, which are read whole anyway: the reads
+/// the hint starts (page by page, and out of order) slow their readahead
+/// (docs/benchmarks.md, "restore by blocks").
+fn prefetch_prefixes(file: &File, blocks: &[Block]) {
+    for b in blocks {
+        will_need(file, b.start, (PREFIX as u64).min(b.len));
     }
+}
+
+/// Starts writing a block just written out to disk (`POSIX_FADV_DONTNEED` on its dirty
+/// pages), as the writers of whole files do every 8 MiB (storage::posix::PosixWriter), so
+/// that the disk works while the next blocks are decoded rather than all at the file's
+/// fsync.
+///
+/// Measured against the alternatives on the scale-100 benchmark cluster (docs/benchmarks.md,
+/// "restore by blocks": the CPU swings of issue 17): no hint at all was slower and less
+/// steady (the fsync at the end then writes the whole 1 GiB segment at once), and also
+/// dropping the clean pages of the blocks written two blocks before, so that the restore
+/// recycles a few MiB of page cache instead of taking fresh pages that this VM must first
+/// fault in from its host, gained nothing: the kernel time of a restore is mostly the copy
+/// into page-cache pages, whichever they are.
+fn drop_written(file: &File, block: &Block) {
+    drop_cached(file, block.start, block.len);
 }
 
 #[cfg(test)]
@@ -391,18 +490,29 @@ mod tests {
                 delta,
             )
             .unwrap();
-            let blocks = file.blocks();
+            // Runs of two blocks, so that the few blocks of a test file make several jobs.
+            let file = BlockFile {
+                run_blocks: 2,
+                ..file
+            };
+            let runs: Vec<u32> = (0..file.run_count()).collect();
             let outcome = Mutex::new(None);
+            let done = AtomicU64::new(0);
             let workers = Workers::new(2, Vec::new()).unwrap();
-            let result = workers.try_each_in_order(&blocks, |b| {
-                let finished = file.run(&self.repo, b)?;
+            let result = workers.try_each_in_order(&runs, |&run| {
+                let finished = file.run(&self.repo, run, &|n| {
+                    done.fetch_add(n, Ordering::Relaxed);
+                })?;
                 if !matches!(finished, Finished::Pending) {
                     *outcome.lock().unwrap() = Some(finished);
                 }
                 Ok(())
             });
             drop(file);
-            result.map(|()| outcome.into_inner().unwrap().expect("a last block"))
+            result.map(|()| {
+                assert_eq!(done.into_inner(), entry.size, "progress of every block");
+                outcome.into_inner().unwrap().expect("a last block")
+            })
         }
 
         fn entries(&self) -> Vec<String> {
