@@ -154,9 +154,9 @@ impl<'a> BlockFile<'a> {
                     .ok_or_else(|| super::missing_stored(&source))?;
                 // Messages name the file being restored, not its temp name.
                 let (file, _) = writer.temp_file()?;
-                for block in &blocks {
+                for (i, block) in blocks.iter().enumerate() {
                     self.restore(&mut reader, &source, block, file)?;
-                    drop_written(file, block);
+                    drop_written(file, &blocks[..=i]);
                     done(block.len);
                 }
             }
@@ -183,7 +183,7 @@ impl<'a> BlockFile<'a> {
                             .open_read_range(&self.stored, block.stored_start, block.stored_end)?
                             .ok_or_else(|| super::missing_stored(&source))?;
                         self.restore(&mut reader, &source, block, file)?;
-                        drop_written(file, block);
+                        drop_written(file, &blocks[..=i]);
                         self.rewritten.fetch_add(1, Ordering::Relaxed);
                         self.rewritten_bytes.fetch_add(block.len, Ordering::Relaxed);
                     }
@@ -407,20 +407,23 @@ fn prefetch_prefixes(file: &File, blocks: &[Block]) {
     }
 }
 
-/// Starts writing a block just written out to disk (`POSIX_FADV_DONTNEED` on its dirty
-/// pages), as the writers of whole files do every 8 MiB (storage::posix::PosixWriter), so
-/// that the disk works while the next blocks are decoded rather than all at the file's
-/// fsync.
+/// Starts writing the last of `written` (the blocks of a job written so far) out to disk
+/// (`POSIX_FADV_DONTNEED` on its dirty pages), as the writers of whole files do every 8 MiB
+/// (storage::posix::PosixWriter), so that the disk works while the next blocks are decoded
+/// rather than all at the file's fsync; and drops the pages of the block written two before
+/// it, clean by then, so that the restore recycles page cache
+/// ([`crate::storage::posix::RECYCLE_BEHIND`] says why and what it was worth).
 ///
-/// Measured against the alternatives on the scale-100 benchmark cluster (docs/benchmarks.md,
-/// "restore by blocks": the CPU swings of issue 17): no hint at all was slower and less
-/// steady (the fsync at the end then writes the whole 1 GiB segment at once), and also
-/// dropping the clean pages of the blocks written two blocks before, so that the restore
-/// recycles a few MiB of page cache instead of taking fresh pages that this VM must first
-/// fault in from its host, gained nothing: the kernel time of a restore is mostly the copy
-/// into page-cache pages, whichever they are.
-fn drop_written(file: &File, block: &Block) {
-    drop_cached(file, block.start, block.len);
+/// No hint at all was slower and less steady on the scale-100 benchmark cluster
+/// (docs/benchmarks.md, "restore by blocks"): the fsync at the end then writes a whole 1 GiB
+/// segment at once.
+fn drop_written(file: &File, written: &[Block]) {
+    if let Some(block) = written.last() {
+        drop_cached(file, block.start, block.len);
+    }
+    if let Some(clean) = written.len().checked_sub(3).map(|i| &written[i]) {
+        drop_cached(file, clean.start, clean.len);
+    }
 }
 
 #[cfg(test)]
