@@ -536,8 +536,8 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
 /// to its host (free page reporting), each fresh page is a host fault charged to us as
 /// kernel time. Measured on the scale-100 benchmark cluster (docs/benchmarks.md, "pages
 /// recycled behind the write"): a restore right after a copy was removed took 1.4–1.7 s
-/// with it and 1.9–2.9 s without (kernel time 1.0 s against 1.9–3.2 s); cold restores
-/// became steady (1.5–1.7 s against 1.5–2.9 s). Files smaller than this are left cached
+/// with it and 1.9–2.9 s without (kernel time 0.9–1.2 s against 1.8–3.2 s); cold restores
+/// became steady (1.4–1.7 s against 1.5–2.9 s). Files smaller than this are left cached
 /// as they were written (a WAL segment PostgreSQL is about to replay).
 pub const RECYCLE_BEHIND: u64 = 3 * WRITEBACK_EVERY;
 
