@@ -55,7 +55,9 @@ pub fn restore_block(
     })
 }
 
-/// Decodes `block` from its stored bytes `src` as [`restore_block`] does, with every check,
+/// Decodes `block` from its stored bytes `src` (exactly those: callers bound a reader of the
+/// stored file to the block's range; every decoder reads it to the end, and bytes after the
+/// block's stream do not decode) as [`restore_block`] does, with every check,
 /// handing the original bytes in order to `out` (verify hashes them into the whole file's
 /// SHA-1). Bytes are handed on before the block's SHA-1 is known: an error afterwards means
 /// they were wrong.
@@ -522,6 +524,35 @@ pub(crate) mod tests {
             let cut = &stored[..index.offsets[3] as usize + 10];
             fails(cut, &index, "stored file truncated in the middle", 3);
             fails(&swapped, &index, "stored file swapped", 0);
+        }
+    }
+
+    /// A block's stored range that runs into the next block (its end offset wrong) is an
+    /// integrity error naming the block, whatever the type: no decoder stops at the end of
+    /// its stream and leaves the rest unread, so callers need no check of their own.
+    #[test]
+    fn bytes_after_a_blocks_stream_are_an_integrity_error_in_every_type() {
+        let data = pages(3 * 65536 + 5, 700);
+        for kind in [
+            CompressType::Gz,
+            CompressType::Lz4,
+            CompressType::Zst,
+            CompressType::None,
+        ] {
+            let (stored, index) = stored_with_index(&data, kind, 65536);
+            let b = index
+                .blocks(data.len() as u64, stored.len() as u64)
+                .next()
+                .unwrap();
+            let tmp = tempfile::tempfile().unwrap();
+            let mut range = &stored[b.stored_start as usize..b.stored_end as usize + 1];
+            let e = restore_block(&mut range, kind, &b, data.len() as u64, &tmp, &ENDS)
+                .expect_err(&format!("{kind:?}: one byte of the next block accepted"));
+            assert_eq!(e.kind, crate::error::Kind::Format, "{kind:?}: {e:?}");
+            assert!(
+                e.message.starts_with("block 0 of stored file"),
+                "{kind:?}: {e:?}"
+            );
         }
     }
 
