@@ -153,7 +153,8 @@ pub struct FileEntry {
     /// file's JSON, a key pgBackRest's reader skips.
     pub copied_at: Option<i64>,
     /// Where the independently decompressible blocks of the stored copy start, with each
-    /// block's SHA-1, when the backup recorded them (large files of gz, lz4 and zst backups).
+    /// block's checksum, when the backup recorded them (large files of gz, lz4, zst and
+    /// uncompressed backups).
     pub block_index: Option<BlockIndex>,
 }
 
@@ -167,7 +168,7 @@ pub struct FileEntry {
 /// Stored as `block-index` in the file's JSON, a key pgBackRest's reader skips (it reads
 /// keys in sorted order and passes over ones it does not know); a file without one restores
 /// as one stream, as before. The whole-file SHA-1 stays the manifest's `checksum`: the block
-/// SHA-1s were computed from the same bytes when the file was stored.
+/// checksums were computed from the same bytes when the file was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockIndex {
     /// Original bytes per block; the last block holds what remains.
@@ -175,8 +176,92 @@ pub struct BlockIndex {
     /// Where each block's compressed bytes start in the stored file; a block ends where the
     /// next one starts, the last one at the stored file's end.
     pub offsets: Vec<u64>,
-    /// SHA-1 of each block's original bytes.
-    pub checksums: Vec<[u8; 20]>,
+    /// The checksum of each block's original bytes, all of one [`BlockHash`].
+    pub checksums: Vec<BlockSum>,
+}
+
+/// How the blocks of a [`BlockIndex`] are hashed: `checksum-type` in the index's JSON,
+/// absent for SHA-1 (what the first indexes, before BLAKE3, recorded).
+///
+/// Backups record BLAKE3: delta restore of an unchanged copy is hashing and nothing else,
+/// and BLAKE3 hashes about four times as fast as SHA-1 on one core (0.14 s per GiB against
+/// 0.54 s with SHA-NI on the benchmark machine), with a longer, unbroken digest. What
+/// pgBackRest reads, the whole file's SHA-1, is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockHash {
+    Sha1,
+    Blake3,
+}
+
+impl BlockHash {
+    /// The value of `checksum-type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockHash::Sha1 => "sha1",
+            BlockHash::Blake3 => "blake3",
+        }
+    }
+
+    /// Bytes in one digest.
+    pub fn digest_len(self) -> usize {
+        match self {
+            BlockHash::Sha1 => 20,
+            BlockHash::Blake3 => 32,
+        }
+    }
+
+    fn named(name: &str) -> Option<BlockHash> {
+        [BlockHash::Sha1, BlockHash::Blake3]
+            .into_iter()
+            .find(|h| h.name() == name)
+    }
+}
+
+/// One block's checksum, of the [`BlockHash`] its index records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockSum {
+    Sha1([u8; 20]),
+    Blake3([u8; 32]),
+}
+
+impl BlockSum {
+    pub fn hash(&self) -> BlockHash {
+        match self {
+            BlockSum::Sha1(_) => BlockHash::Sha1,
+            BlockSum::Blake3(_) => BlockHash::Blake3,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            BlockSum::Sha1(b) => b,
+            BlockSum::Blake3(b) => b,
+        }
+    }
+
+    /// The digest `bytes` of a `hash` (of its length; any other is a bug).
+    fn of(hash: BlockHash, bytes: &[u8]) -> BlockSum {
+        match hash {
+            BlockHash::Sha1 => BlockSum::Sha1(bytes.try_into().expect("SHA-1 length")),
+            BlockHash::Blake3 => BlockSum::Blake3(bytes.try_into().expect("BLAKE3 length")),
+        }
+    }
+}
+
+#[cfg(test)]
+impl BlockSum {
+    /// This checksum with one bit changed: a tampered index, for tests.
+    pub fn flipped(&self) -> BlockSum {
+        let mut bytes = self.as_bytes().to_vec();
+        bytes[7] ^= 1;
+        BlockSum::of(self.hash(), &bytes)
+    }
+}
+
+impl std::fmt::Display for BlockSum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(self.as_bytes()))
+    }
 }
 
 /// One block of a [`BlockIndex`], placed in the original file and in the stored one.
@@ -190,7 +275,7 @@ pub struct Block {
     /// Its compressed bytes in the stored file: `stored_start..stored_end`.
     pub stored_start: u64,
     pub stored_end: u64,
-    pub sha1: [u8; 20],
+    pub checksum: BlockSum,
 }
 
 impl BlockIndex {
@@ -205,7 +290,7 @@ impl BlockIndex {
                 len: self.block_size.min(size - start),
                 stored_start: self.offsets[number],
                 stored_end: self.offsets.get(number + 1).copied().unwrap_or(repo_size),
-                sha1: self.checksums[number],
+                checksum: self.checksums[number],
             }
         })
     }
@@ -225,6 +310,11 @@ impl BlockIndex {
                 self.checksums.len()
             ));
         }
+        if let Some(first) = self.checksums.first() {
+            if self.checksums.iter().any(|c| c.hash() != first.hash()) {
+                return Err("block-index mixes checksum types".into());
+            }
+        }
         let in_order = self.offsets.windows(2).all(|w| w[0] < w[1]);
         if !in_order || self.offsets.last().is_some_and(|&o| o >= repo_size) {
             return Err("block-index offsets are not in order inside the stored file".into());
@@ -235,15 +325,37 @@ impl BlockIndex {
     fn to_value(&self) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("block-size".into(), self.block_size.into());
-        m.insert(
-            "checksum".into(),
-            hex::encode(self.checksums.concat()).into(),
-        );
+        let bytes: Vec<u8> = self
+            .checksums
+            .iter()
+            .flat_map(|c| c.as_bytes().iter().copied())
+            .collect();
+        m.insert("checksum".into(), hex::encode(bytes).into());
+        match self.checksums.first().map(BlockSum::hash) {
+            Some(BlockHash::Sha1) | None => {}
+            Some(hash) => {
+                m.insert("checksum-type".into(), hash.name().into());
+            }
+        }
         m.insert("offset".into(), self.offsets.clone().into());
         Value::Object(m)
     }
 
-    fn from_value(v: &Value) -> Option<BlockIndex> {
+    /// `Ok(None)` for an index whose `checksum-type` this version does not know (a later
+    /// one's): the file is then restored as one stream and checked by its whole SHA-1, as
+    /// a file without an index; `Err` for one that is malformed.
+    fn from_value(v: &Value) -> std::result::Result<Option<BlockIndex>, ()> {
+        let hash = match v.get("checksum-type") {
+            None => BlockHash::Sha1,
+            Some(name) => match BlockHash::named(name.as_str().ok_or(())?) {
+                Some(hash) => hash,
+                None => return Ok(None),
+            },
+        };
+        Self::parse(v, hash).map(Some).ok_or(())
+    }
+
+    fn parse(v: &Value, hash: BlockHash) -> Option<BlockIndex> {
         let block_size = v.get("block-size")?.as_u64()?;
         let offsets = v
             .get("offset")?
@@ -252,12 +364,12 @@ impl BlockIndex {
             .map(Value::as_u64)
             .collect::<Option<Vec<u64>>>()?;
         let bytes = hex::decode(v.get("checksum")?.as_str()?).ok()?;
-        if bytes.len() % 20 != 0 {
+        if bytes.len() % hash.digest_len() != 0 {
             return None;
         }
         let checksums = bytes
-            .chunks_exact(20)
-            .map(|c| c.try_into().expect("20-byte chunk"))
+            .chunks_exact(hash.digest_len())
+            .map(|c| BlockSum::of(hash, c))
             .collect();
         Some(BlockIndex {
             block_size,
@@ -746,11 +858,13 @@ impl Manifest {
                 None => None,
                 Some(v) => {
                     let index = BlockIndex::from_value(v)
-                        .ok_or_else(|| bad(format!("'{key}' has an invalid block-index")))?;
+                        .map_err(|()| bad(format!("'{key}' has an invalid block-index")))?;
+                    if let Some(index) = &index {
+                        index
+                            .check(size, repo_size)
+                            .map_err(|why| bad(format!("'{key}': {why}")))?;
+                    }
                     index
-                        .check(size, repo_size)
-                        .map_err(|why| bad(format!("'{key}': {why}")))?;
-                    Some(index)
                 }
             };
             let entry = FileEntry {
@@ -1348,13 +1462,14 @@ user="postgres"
     /// A file's block index is written under `block-index`, sorted before `checksum` (where
     /// pgBackRest's reader passes over it), read back whole, and refused when it cannot
     /// describe the file: wrong count, offsets out of order or past the stored file, bad hex.
+    /// This index has SHA-1 block checksums and no `checksum-type`, as the first ones did.
     #[test]
     fn block_index_round_trips_and_malformed_ones_are_refused() {
         let mut m = sample();
         let index = BlockIndex {
             block_size: 4096,
             offsets: vec![10, 900],
-            checksums: vec![[0xab; 20], [0x01; 20]],
+            checksums: vec![BlockSum::Sha1([0xab; 20]), BlockSum::Sha1([0x01; 20])],
         };
         {
             let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
@@ -1390,6 +1505,16 @@ user="postgres"
             ),
             ("\"block-size\":4096", "\"block-size\":0", "block size of 0"),
             (hex.as_str(), "zz", "invalid block-index"),
+            (
+                "\"checksum\":\"",
+                "\"checksum-type\":\"blake3\",\"checksum\":\"",
+                "invalid block-index",
+            ),
+            (
+                "\"offset\"",
+                "\"checksum-type\":7,\"offset\"",
+                "invalid block-index",
+            ),
         ];
         for (from, to, why) in broken {
             let doc = doc_of(&text.replace(from, to));
@@ -1400,6 +1525,61 @@ user="postgres"
                 err.message
             );
         }
+    }
+
+    /// BLAKE3 block checksums (what backups record) are written with `checksum-type` and read
+    /// back; an index of a checksum type this version does not know is passed over, so the
+    /// file restores as one stream checked by its whole SHA-1.
+    #[test]
+    fn blake3_block_indexes_round_trip_and_unknown_checksum_types_are_passed_over() {
+        let mut m = sample();
+        let index = BlockIndex {
+            block_size: 4096,
+            offsets: vec![10, 900],
+            checksums: vec![BlockSum::Blake3([0xcd; 32]), BlockSum::Blake3([0x02; 32])],
+        };
+        {
+            let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
+            f.block_index = Some(index.clone());
+            f.repo_size = 1500;
+        }
+        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        let hex = format!("{}{}", "cd".repeat(32), "02".repeat(32));
+        let json = format!(
+            "{{\"block-index\":{{\"block-size\":4096,\"checksum\":\"{hex}\",\"checksum-type\":\"blake3\",\"offset\":[10,900]}},"
+        );
+        assert!(text.contains(&json), "{text}");
+        assert_eq!(Manifest::from_doc(&m.to_doc().unwrap(), "m").unwrap(), m);
+
+        let later = text.replace("\"blake3\"", "\"sha3-512\"");
+        let back = Manifest::from_doc(&doc_of(&later), "m").unwrap();
+        let f = &back.files["pg_data/base/1/1259"];
+        assert_eq!((f.block_index.as_ref(), f.repo_size), (None, 1500));
+    }
+
+    /// The longest manifest line pgBackRest must read, a 1 GiB file of 128 blocks with
+    /// offsets of ten digits under a key of PostgreSQL's longest path, stays under its
+    /// smallest `buffer-size` (16 KiB), past which its line reader fails.
+    #[test]
+    fn the_line_of_the_largest_indexed_file_fits_pgbackrests_smallest_buffer() {
+        use crate::pipeline::{INDEX_BLOCK, INDEX_BLOCKS_MAX};
+        let mut m = sample();
+        let size = INDEX_BLOCKS_MAX as u64 * INDEX_BLOCK as u64;
+        let key = format!("pg_data/{}", "d".repeat(4096 - 9));
+        let mut f = m.files["pg_data/base/1/1259"].clone();
+        f.size = size;
+        f.repo_size = 9_999_999_999;
+        f.block_index = Some(BlockIndex {
+            block_size: INDEX_BLOCK as u64,
+            offsets: (0..INDEX_BLOCKS_MAX as u64)
+                .map(|i| 1_000_000_000 + i)
+                .collect(),
+            checksums: vec![BlockSum::Blake3([0xff; 32]); INDEX_BLOCKS_MAX],
+        });
+        m.files.insert(key.clone(), f);
+        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        let line = text.lines().find(|l| l.starts_with(&key)).unwrap();
+        assert!(line.len() < 16 * 1024, "{} bytes", line.len());
     }
 
     #[test]

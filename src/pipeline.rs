@@ -7,7 +7,7 @@
 //! remote: a bug in copying is fixed here and nowhere else.
 //!
 //! A backup stores through [`store_indexed`], which also records a large file's block index
-//! (where each [`INDEX_BLOCK`] of it starts in the stored file, and its SHA-1): restore can
+//! (where each [`INDEX_BLOCK`] of it starts in the stored file, and its checksum): restore can
 //! then decode the blocks of one file on several threads (issue 17).
 //!
 //! Errors keep their origin: a failure of the source or destination stream is reported as
@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use sha1::{Digest as _, Sha1};
 
 use crate::error::{Error, Kind, Result};
-use crate::manifest::BlockIndex;
+use crate::manifest::{BlockHash, BlockIndex, BlockSum};
 
 pub mod block;
 mod codec;
@@ -40,9 +40,14 @@ pub const CHUNK: usize = 512 * 1024;
 /// stream restarts without history, where an LZ4 or zstd frame starts, that restore may
 /// inflate on a thread of its own and delta restore may compare on its own. 8 MiB: a 1 GiB
 /// segment is 128 blocks, plenty for a few threads, while the 32 KiB of history each restart
-/// forgets costs gz about 0.1 % of a block's compressed size, and the manifest line (41 hex
-/// digits and an offset per block) stays under pgBackRest's smallest buffer-size.
+/// forgets costs gz about 0.1 % of a block's compressed size.
 pub const INDEX_BLOCK: usize = 8 << 20;
+/// The most blocks an index lists: a file of more than this many [`INDEX_BLOCK`]s (1 GiB,
+/// PostgreSQL's segment size, so never a relation file) is stored without an index and
+/// restored as one stream. pgBackRest reads a manifest line by line in a buffer of its
+/// `buffer-size`, at least 16 KiB, and fails on a longer line; 128 blocks of 64 hex digits
+/// and an offset each are 9.6 KB, which leaves room for the longest path.
+pub const INDEX_BLOCKS_MAX: usize = 128;
 // Frames and parallel gzip blocks are cut every PARALLEL_BLOCK bytes of input from the file's
 // start: every index block must begin on one of those cuts.
 const _: () = assert!(INDEX_BLOCK.is_multiple_of(PARALLEL_BLOCK) && CHUNK <= INDEX_BLOCK);
@@ -57,7 +62,7 @@ pub struct CopyResult {
     /// Bytes as stored in the repository (compressed size when compressed).
     pub stored_size: u64,
     /// Where the stored file's independently decodable blocks start, with each block's
-    /// SHA-1: from [`store_indexed`], for a file of more than one [`INDEX_BLOCK`] stored as
+    /// checksum: from [`store_indexed`], for a file of more than one [`INDEX_BLOCK`] stored as
     /// gz, lz4, zst or none.
     pub block_index: Option<BlockIndex>,
 }
@@ -109,9 +114,9 @@ fn store_with(
         count: 0,
     };
     let mut size = 0u64;
-    // The block SHA-1s are taken on this thread, the whole file's beside it (digest.rs) once
-    // the file is large: the two then run side by side instead of doubling one thread's work,
-    // and this thread, which only reads and hands chunks on, has the time.
+    // The block checksums are taken on this thread, the whole file's SHA-1 beside it
+    // (digest.rs) once the file is large: the two then run side by side instead of adding up
+    // on one thread, and this thread, which only reads and hands chunks on, has the time.
     let mut blocks = (index && compress.kind() != CompressType::Bz2).then(BlockSums::new);
     let (sha1, starts) = std::thread::scope(|scope| -> Result<(String, Option<Vec<u64>>)> {
         let mut sha = Digester::new(scope, CHUNK);
@@ -140,7 +145,9 @@ fn store_with(
         Ok((sha.finish()?, starts))
     })?;
     let block_index = match (blocks, starts) {
-        (Some(blocks), Some(offsets)) if size > INDEX_BLOCK as u64 => {
+        (Some(blocks), Some(offsets))
+            if size > INDEX_BLOCK as u64 && offsets.len() <= INDEX_BLOCKS_MAX =>
+        {
             let index = BlockIndex {
                 block_size: INDEX_BLOCK as u64,
                 offsets,
@@ -165,17 +172,54 @@ fn store_with(
     })
 }
 
-/// The SHA-1 of each [`INDEX_BLOCK`] of a stream, the last block holding what remains.
+/// Hashes one block of a [`BlockIndex`] with the index's [`BlockHash`].
+pub enum BlockHasher {
+    Sha1(Sha1),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl BlockHasher {
+    pub fn new(hash: BlockHash) -> BlockHasher {
+        match hash {
+            BlockHash::Sha1 => BlockHasher::Sha1(Sha1::new()),
+            BlockHash::Blake3 => BlockHasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            BlockHasher::Sha1(h) => h.update(data),
+            BlockHasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// The checksum of what was hashed; the hasher starts again empty.
+    pub fn finalize_reset(&mut self) -> BlockSum {
+        match self {
+            BlockHasher::Sha1(h) => BlockSum::Sha1(h.finalize_reset().into()),
+            BlockHasher::Blake3(h) => {
+                let sum = BlockSum::Blake3(*h.finalize().as_bytes());
+                h.reset();
+                sum
+            }
+        }
+    }
+}
+
+/// The checksum of each [`INDEX_BLOCK`] of a stream, the last block holding what remains:
+/// BLAKE3, what backups record (manifest::BlockHash says why).
 pub struct BlockSums {
-    current: Sha1,
+    current: BlockHasher,
     in_current: usize,
-    done: Vec<[u8; 20]>,
+    done: Vec<BlockSum>,
 }
 
 impl BlockSums {
     pub fn new() -> BlockSums {
         BlockSums {
-            current: Sha1::new(),
+            current: BlockHasher::new(BlockHash::Blake3),
             in_current: 0,
             done: Vec::new(),
         }
@@ -188,16 +232,16 @@ impl BlockSums {
             self.in_current += take;
             data = &data[take..];
             if self.in_current == INDEX_BLOCK {
-                self.done.push(self.current.finalize_reset().into());
+                self.done.push(self.current.finalize_reset());
                 self.in_current = 0;
             }
         }
     }
 
-    /// One SHA-1 per block begun: none for an empty stream.
-    pub fn finish(mut self) -> Vec<[u8; 20]> {
+    /// One checksum per block begun: none for an empty stream.
+    pub fn finish(mut self) -> Vec<BlockSum> {
         if self.in_current > 0 {
-            self.done.push(self.current.finalize().into());
+            self.done.push(self.current.finalize_reset());
         }
         self.done
     }
@@ -480,14 +524,25 @@ mod tests {
         }
     }
 
-    /// Block SHA-1s do not depend on how the stream is cut into pieces: one per INDEX_BLOCK,
-    /// the last for what remains, none for an empty stream.
+    /// A file of more than INDEX_BLOCKS_MAX blocks is stored without an index (its manifest
+    /// line would outgrow pgBackRest's line buffer), and still stored whole and right.
+    #[test]
+    fn a_file_past_the_largest_index_is_stored_without_one() {
+        let size = (INDEX_BLOCKS_MAX * INDEX_BLOCK + 1) as u64;
+        let mut src = io::repeat(7).take(size);
+        let r = store_indexed(&mut src, &mut io::sink(), Compress::None, 1, &ENDS).unwrap();
+        assert_eq!((r.size, r.stored_size), (size, size));
+        assert!(r.block_index.is_none());
+    }
+
+    /// Block checksums (BLAKE3) do not depend on how the stream is cut into pieces: one per
+    /// INDEX_BLOCK, the last for what remains, none for an empty stream.
     #[test]
     fn block_sums_are_per_index_block_whatever_the_pieces() {
         let data = sample(2 * INDEX_BLOCK + 5);
-        let expected: Vec<[u8; 20]> = data
+        let expected: Vec<BlockSum> = data
             .chunks(INDEX_BLOCK)
-            .map(|b| Sha1::digest(b).into())
+            .map(|b| BlockSum::Blake3(*blake3::hash(b).as_bytes()))
             .collect();
         for piece in [1000, CHUNK, 3 * INDEX_BLOCK] {
             let mut sums = BlockSums::new();

@@ -937,7 +937,7 @@ mod tests {
             );
 
             let mut wrong_block = index.clone();
-            wrong_block.checksums[3][0] ^= 1;
+            wrong_block.checksums[3] = wrong_block.checksums[3].flipped();
             let why = check(&stored, &wrong_block, &whole);
             assert!(
                 why.contains("block 3") && why.contains("checksum"),

@@ -1,6 +1,6 @@
 //! Restore of one block of a large stored file ([`crate::manifest::BlockIndex`]): its stored
 //! bytes decoded on their own, exactly the block's length of original bytes, checked against
-//! the block's SHA-1 and written at the block's place in the destination file. Restore runs
+//! the block's checksum and written at the block's place in the destination file. Restore runs
 //! the blocks of one file on several workers at once (issue 17); this is the only code that
 //! trusts an index, so every way an index and the stored file can disagree ends here, as an
 //! integrity error naming the stored file and the block, never as a wrong restore:
@@ -8,7 +8,7 @@
 //! - fewer original bytes than the block holds (a truncated stored file, an offset moved
 //!   back), more than it holds (an offset moved on), bytes that do not decode (an offset
 //!   that is not a block start, damaged data);
-//! - a SHA-1 other than the block's (a stored file swapped for another, a changed checksum);
+//! - a checksum other than the block's (a stored file swapped for another, a changed checksum);
 //! - for gz, the last block must end the deflate stream and leave exactly the gzip trailer,
 //!   whose length field must be the file's size.
 //!
@@ -25,17 +25,15 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use flate2::{Decompress, FlushDecompress, Status};
-use sha1::{Digest as _, Sha1};
-
 use super::codec::{decoder, CompressType};
-use super::{read_some, CountingReader, Ends, CHUNK};
+use super::{read_some, BlockHasher, CountingReader, Ends, CHUNK};
 use crate::error::{Error, Result};
 use crate::manifest::Block;
+use flate2::{Decompress, FlushDecompress, Status};
 
 /// Restores `block` of a file of `size` original bytes: decodes `src` (the block's stored
 /// bytes, `block.stored_start..block.stored_end` of the stored file) as `kind`, checks the
-/// count and the SHA-1 and writes the bytes at `block.start` in `dst`. Returns the bytes
+/// count and the checksum and writes the bytes at `block.start` in `dst`. Returns the bytes
 /// written (the block's length). `ends.source` names the stored file, `ends.dest` the file
 /// written.
 pub fn restore_block(
@@ -59,7 +57,7 @@ pub fn restore_block(
 /// stored file to the block's range; every decoder reads it to the end, and bytes after the
 /// block's stream do not decode) as [`restore_block`] does, with every check,
 /// handing the original bytes in order to `out` (verify hashes them into the whole file's
-/// SHA-1). Bytes are handed on before the block's SHA-1 is known: an error afterwards means
+/// checksum). Bytes are handed on before the block's checksum is known: an error afterwards means
 /// they were wrong.
 pub fn decode_block(
     src: &mut dyn Read,
@@ -87,7 +85,7 @@ pub fn decode_block(
             ))
         }
     };
-    let mut sha = Sha1::new();
+    let mut sum = BlockHasher::new(block.checksum.hash());
     let mut buf = vec![0u8; CHUNK.min(block.len as usize + 1)];
     let mut done = 0u64;
     loop {
@@ -113,7 +111,7 @@ pub fn decode_block(
             )));
         }
         out(&buf[..n])?;
-        sha.update(&buf[..n]);
+        sum.update(&buf[..n]);
         done += n as u64;
     }
     if done < block.len {
@@ -123,12 +121,11 @@ pub fn decode_block(
             block.len
         )));
     }
-    let got = sha.finalize();
-    if got[..] != block.sha1 {
+    let got = sum.finalize_reset();
+    if got != block.checksum {
         return Err(damaged(format!(
-            "does not match the block's checksum: expected {}, got {}",
-            hex::encode(block.sha1),
-            hex::encode(got)
+            "does not match the block's checksum: expected {}, got {got}",
+            block.checksum
         )));
     }
     Ok(done)
@@ -179,7 +176,7 @@ pub fn block_error(block: &Block, ends: &Ends, why: &str) -> Error {
 /// Raw inflate of one gz block. A block before the last ends on a flush without ending the
 /// deflate stream; the last one ends it (`last_of` is then the file's size), followed by
 /// exactly the 8-byte gzip trailer whose length field is that size modulo 2^32. (Its CRC-32
-/// covers the whole file and cannot be checked from one block: the block's SHA-1 is.)
+/// covers the whole file and cannot be checked from one block: the block's checksum is.)
 struct BlockInflate<'a> {
     inner: &'a mut dyn Read,
     z: Decompress,
@@ -324,7 +321,7 @@ impl Read for BlockInflate<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::manifest::BlockIndex;
+    use crate::manifest::{BlockHash, BlockIndex, BlockSum};
     use crate::pipeline::test_data::pages;
     use flate2::{Compress, Compression, FlushCompress};
     use std::io::Write;
@@ -333,11 +330,22 @@ pub(crate) mod tests {
     /// here independently of it: gz, a 10-byte header, then raw deflate with a full flush at
     /// each block's start (the last block finishing the stream) and the gzip trailer; lz4,
     /// zst, frames compressed one block (or part of one) at a time and concatenated; none,
-    /// the bytes. Returns the stored bytes and the index.
+    /// the bytes. Returns the stored bytes and the index, whose block checksums are BLAKE3 as
+    /// a backup records them.
     pub fn stored_with_index(
         data: &[u8],
         kind: CompressType,
         block_size: usize,
+    ) -> (Vec<u8>, BlockIndex) {
+        stored_with_index_hashed(data, kind, block_size, BlockHash::Blake3)
+    }
+
+    /// [`stored_with_index`] with block checksums of `hash`.
+    pub fn stored_with_index_hashed(
+        data: &[u8],
+        kind: CompressType,
+        block_size: usize,
+        hash: BlockHash,
     ) -> (Vec<u8>, BlockIndex) {
         let mut stored = Vec::new();
         let mut offsets = Vec::new();
@@ -349,7 +357,9 @@ pub(crate) mod tests {
         }
         for (i, block) in blocks.iter().enumerate() {
             offsets.push(stored.len() as u64);
-            checksums.push(Sha1::digest(block).into());
+            let mut sum = BlockHasher::new(hash);
+            sum.update(block);
+            checksums.push(sum.finalize_reset());
             match kind {
                 CompressType::Gz => {
                     let flush = if i + 1 == blocks.len() {
@@ -477,6 +487,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// An index with SHA-1 block checksums (what backups recorded before BLAKE3) restores
+    /// block by block as before, and a changed SHA-1 is still caught.
+    #[test]
+    fn indexes_with_sha1_block_checksums_still_restore_and_are_still_checked() {
+        let block = 64 * 1024;
+        let data = pages(3 * block + 5, 8192);
+        let size = data.len() as u64;
+        for kind in KINDS {
+            let (stored, index) = stored_with_index_hashed(&data, kind, block, BlockHash::Sha1);
+            assert!(index.checksums.iter().all(|c| c.hash() == BlockHash::Sha1));
+            let repo_size = stored.len() as u64;
+            let tmp = tempfile::tempfile().unwrap();
+            restore_all(&stored, repo_size, &index, kind, size, &[2, 0, 3, 1], &tmp).unwrap();
+            let mut back = Vec::new();
+            (&tmp).read_to_end(&mut back).unwrap();
+            assert!(
+                back == data,
+                "{kind:?}: SHA-1 indexed blocks restored wrong"
+            );
+            let mut wrong = index.clone();
+            wrong.checksums[1] = wrong.checksums[1].flipped();
+            let e = restore_all(&stored, repo_size, &wrong, kind, size, &[0, 1], &tmp)
+                .expect_err("a changed SHA-1 restored");
+            assert!(
+                e.message.contains("block 1 of") && e.message.contains("checksum"),
+                "{kind:?}: {}",
+                e.message
+            );
+        }
+    }
+
     /// Every way an index and a stored file can disagree is an integrity error naming the
     /// stored file and the block; none restores wrong bytes silently.
     #[test]
@@ -517,7 +558,7 @@ pub(crate) mod tests {
             shifted.offsets[4] = index.offsets[4] + (stored.len() as u64 - index.offsets[4]) / 2;
             fails(&stored, &shifted, "offsets shifted", 1);
             let mut wrong = index.clone();
-            wrong.checksums[3][7] ^= 1;
+            wrong.checksums[3] = wrong.checksums[3].flipped();
             fails(&stored, &wrong, "checksum changed", 3);
             let cut = &stored[..(index.offsets[4] as usize + stored.len()) / 2];
             fails(cut, &index, "stored file truncated", 4);
@@ -619,7 +660,7 @@ pub(crate) mod tests {
             len: 10,
             stored_start: 0,
             stored_end: 10,
-            sha1: [0; 20],
+            checksum: BlockSum::Blake3([0; 32]),
         };
         let tmp = tempfile::tempfile().unwrap();
         for kind in KINDS {

@@ -518,7 +518,6 @@ mod tests {
     fn indexed_files_have_blocks_that_decode_alone_and_a_whole_that_decodes_as_before() {
         use crate::pipeline::test_data::decode_block;
         use crate::pipeline::{store_indexed, INDEX_BLOCK};
-        use sha1::{Digest as _, Sha1};
         let data = sample(3 * INDEX_BLOCK + 12_345);
         for compress in [
             Compress::Gz(6),
@@ -553,8 +552,8 @@ mod tests {
                         "{what}: block {}",
                         block.number
                     );
-                    let sha1: [u8; 20] = Sha1::digest(&alone).into();
-                    assert_eq!(sha1, block.sha1, "{what}: block {}", block.number);
+                    let sum = crate::manifest::BlockSum::Blake3(*blake3::hash(&alone).as_bytes());
+                    assert_eq!(sum, block.checksum, "{what}: block {}", block.number);
                 }
                 let mut back = Vec::new();
                 let kind = compress.kind();
@@ -636,7 +635,7 @@ mod tests {
         let blocks = sums.finish().len();
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "block SHA-1s: {blocks} blocks in {secs:.3} s ({:.0} MB/s)",
+            "block checksums: {blocks} blocks in {secs:.3} s ({:.0} MB/s)",
             data.len() as f64 / secs / 1e6
         );
     }

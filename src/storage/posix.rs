@@ -478,6 +478,35 @@ impl PosixWriter {
             None => Err(Error::internal("set_len after commit")),
         }
     }
+
+    /// Gives the empty temp file its length `len` with its disk space reserved
+    /// (`fallocate`), for a file that several workers then fill at different offsets.
+    ///
+    /// Why: a sparse file written in 64 MiB runs by two workers at once got its extents in
+    /// the order the runs were written back, a 1 GiB segment in 117 extents instead of 9
+    /// (ext4), and every later sequential read of it (a delta restore, PostgreSQL's own
+    /// scans) was slower for it: a cold delta of the scale-100 copy took 1.4–2.2 s instead
+    /// of 1.0–1.3 s. Reserved first, the file is laid out as a file written in order. No
+    /// space left is then found before any byte is written. Where the file system cannot
+    /// reserve (EOPNOTSUPP), the file is only extended, as before.
+    pub fn allocate(&mut self, len: u64) -> Result<()> {
+        use nix::errno::Errno;
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let Some(f) = self.file.as_ref() else {
+            return Err(Error::internal("allocate after commit"));
+        };
+        let Ok(signed) = i64::try_from(len) else {
+            return self.set_len(len);
+        };
+        if signed == 0 {
+            return self.set_len(0);
+        }
+        match fallocate(f, FallocateFlags::empty(), 0, signed) {
+            Ok(()) => Ok(()),
+            Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => self.set_len(len),
+            Err(e) => Err(Error::io("allocate", &self.temp, io::Error::from(e))),
+        }
+    }
 }
 
 impl Write for PosixWriter {
@@ -790,6 +819,43 @@ mod tests {
         );
         Box::new(writer).commit("f").unwrap();
         assert!(fs::read(tmp.path().join("f")).unwrap() == data);
+    }
+
+    /// An allocated temp file has its length with the space reserved (blocks counted, not
+    /// a sparse file), reads as zeros where nothing was written, and keeps what workers
+    /// wrote at their offsets in any order. (The test directory's file system must support
+    /// `fallocate`, as ext4, xfs and tmpfs do.)
+    #[test]
+    fn an_allocated_file_has_its_space_reserved_and_takes_writes_at_any_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let len = 3 * WRITEBACK_EVERY + 4096;
+        let mut writer = PosixWriter::create(tmp.path().to_path_buf()).unwrap();
+        writer.allocate(len).unwrap();
+        let (file, temp) = writer.temp_file().unwrap();
+        let meta = fs::metadata(temp).unwrap();
+        assert_eq!(meta.len(), len);
+        assert!(
+            meta.blocks() * 512 >= len,
+            "{} blocks reserved",
+            meta.blocks()
+        );
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(b"second", 2 * WRITEBACK_EVERY).unwrap();
+            file.write_all_at(b"first", 10).unwrap();
+        }
+        Box::new(writer).commit("f").unwrap();
+        let back = fs::read(tmp.path().join("f")).unwrap();
+        assert_eq!(back.len() as u64, len);
+        assert_eq!(&back[10..15], b"first");
+        let at = 2 * WRITEBACK_EVERY as usize;
+        assert_eq!(&back[at..at + 6], b"second");
+        assert!(back[..10].iter().chain(&back[at + 6..]).all(|&b| b == 0));
+
+        let mut empty = PosixWriter::create(tmp.path().to_path_buf()).unwrap();
+        empty.allocate(0).unwrap();
+        Box::new(empty).commit("empty").unwrap();
+        assert_eq!(fs::metadata(tmp.path().join("empty")).unwrap().len(), 0);
     }
 
     #[test]

@@ -7,21 +7,23 @@
 //! The first job of a file to start opens its [`Target`]; every job writes its blocks at
 //! their offsets (pwrite), and the last one to finish commits the file:
 //!
-//! - a new file: a temp file in the file's directory, given its full size first, renamed to
-//!   the file's name after an fsync and its mtime and owner, as a whole-file restore does.
+//! - a new file: a temp file in the file's directory, given its full size with its space
+//!   reserved first (PosixWriter::allocate says why), renamed to the file's name after an
+//!   fsync and its mtime and owner, as a whole-file restore does.
 //!   A failed block fails the restore; the temp file goes with the [`BlockFile`]s when the
 //!   restore returns.
 //! - delta over an existing regular file: each block's local bytes are hashed and compared
-//!   with the block's SHA-1; a block that matches is left alone, one that differs is
-//!   restored in place. Then the file is cut to its size, fsynced, and given its attributes.
+//!   with the block's checksum (BLAKE3, manifest::BlockHash says why); a block that matches
+//!   is left alone, one that differs is restored in place. Then the file is cut to its size,
+//!   fsynced, and given its attributes.
 //!   A file whose blocks all match is kept without being read a second time (no whole-file
 //!   SHA-1 after the block ones) and is not written at all. Writing in place is as safe as
 //!   the remove-then-rewrite of other files: the data directory has no pg_control until the
 //!   restore ends.
 //!
-//! Every block's bytes are checked against its SHA-1 as they are restored
-//! ([`pipeline::block`]); the whole-file SHA-1 is not computed again: the block SHA-1s were
-//! computed from the same bytes when the file was stored.
+//! Every block's bytes are checked against its checksum as they are restored
+//! ([`pipeline::block`]); the whole-file SHA-1 is not computed again: the block checksums
+//! were computed from the same bytes when the file was stored.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -29,8 +31,6 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use sha1::{Digest as _, Sha1};
 
 use super::{commit_restored, correct_attributes, parse_mode, remove_outdated, split_path};
 use crate::error::{Error, Result};
@@ -235,7 +235,7 @@ impl<'a> BlockFile<'a> {
         let (dir, _) = split_path(&self.local)?;
         let mode = parse_mode(&self.entry.mode).unwrap_or(0o600);
         let mut writer = PosixWriter::create_with_mode(dir.to_path_buf(), mode)?;
-        writer.set_len(self.entry.size)?;
+        writer.allocate(self.entry.size)?;
         Ok(Target::New(writer))
     }
 
@@ -269,7 +269,7 @@ impl<'a> BlockFile<'a> {
     /// its stored copy. Updates spread over a table change most of its pages, so a block
     /// that differs usually differs in its first pages already, and is then restored without
     /// being hashed first; a block that matches there is hashed whole
-    /// ([`BlockFile::local_matches`]), so what is kept is exactly what the SHA-1 says.
+    /// ([`BlockFile::local_matches`]), so what is kept is exactly what the checksum says.
     ///
     /// Only asked for the first block of a file and after a block that differed: in a file
     /// that is unchanged, the blocks are hashed without it, so that it costs one more
@@ -298,11 +298,11 @@ impl<'a> BlockFile<'a> {
         }
     }
 
-    /// Delta: whether the local bytes of `block` hash to its SHA-1. A file shorter than the
+    /// Delta: whether the local bytes of `block` hash to its checksum. A file shorter than the
     /// block's end does not match. The pages read are let go behind the read, as for the
     /// whole files delta hashes (storage::posix::DropBehindReader says why).
     fn local_matches(&self, file: &File, block: &Block) -> Result<bool> {
-        let mut sha = Sha1::new();
+        let mut sum = pipeline::BlockHasher::new(block.checksum.hash());
         let mut buf = vec![0u8; pipeline::CHUNK.min(block.len as usize)];
         let mut done = 0u64;
         while done < block.len {
@@ -314,11 +314,11 @@ impl<'a> BlockFile<'a> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io("read", &self.local, e)),
             };
-            sha.update(&buf[..n]);
+            sum.update(&buf[..n]);
             done += n as u64;
         }
         drop_cached(file, block.start, done);
-        Ok(done == block.len && sha.finalize()[..] == block.sha1)
+        Ok(done == block.len && sum.finalize_reset() == block.checksum)
     }
 
     /// After the last block: the file's size, durability, attributes and name.
@@ -423,10 +423,11 @@ mod tests {
     use crate::pipeline::block::tests::stored_with_index;
     use crate::pipeline::test_data::pages;
     use crate::storage::posix::PosixStorage;
+    use sha1::{Digest as _, Sha1};
     use std::os::unix::fs::PermissionsExt;
 
     /// Two prefixes ([`PREFIX`]) long, so that a change past the prefix is found by the
-    /// block's SHA-1 only.
+    /// block's checksum only.
     const BLOCK: usize = 2 * PREFIX;
 
     fn entry(data: &[u8], stored: &[u8], index: BlockIndex) -> FileEntry {
@@ -552,7 +553,7 @@ mod tests {
             let mut moved = index.clone();
             moved.offsets[3] += 1;
             let mut wrong_sum = index.clone();
-            wrong_sum.checksums[2][0] ^= 0x80;
+            wrong_sum.checksums[2] = wrong_sum.checksums[2].flipped();
             let cases: [(&str, &[u8], BlockIndex); 4] = [
                 ("offset moved", &stored, moved),
                 ("checksum changed", &stored, wrong_sum),
