@@ -10,7 +10,7 @@
 //! and reason, whether or not a later backup covers them, unless no backup starts before
 //! them). Files stream through the copy pipeline's restore direction, in parallel; nothing
 //! is held whole. A file with a block index is read block by block, each block decoded on its
-//! own from where the index says it starts, as restore reads it: its block SHA-1s and the
+//! own from where the index says it starts, as restore reads it: its block checksums and the
 //! whole file's SHA-1 are both checked in that one pass, so an index restore could not use
 //! fails verify too. Any problem fails the command with the integrity exit code, after the
 //! full report.
