@@ -1,14 +1,14 @@
 //! Restore of one block of a large stored file ([`crate::manifest::BlockIndex`]): its stored
 //! bytes decoded on their own, exactly the block's length of original bytes, checked against
-//! the block's checksum and written at the block's place in the destination file. Restore runs
-//! the blocks of one file on several workers at once (issue 17); this is the only code that
+//! the block's checksum and written at the block's place in the destination file. Restore
+//! runs the blocks of one file on several workers at once (issue 17); this is the only code that
 //! trusts an index, so every way an index and the stored file can disagree ends here, as an
 //! integrity error naming the stored file and the block, never as a wrong restore:
 //!
 //! - fewer original bytes than the block holds (a truncated stored file, an offset moved
 //!   back), more than it holds (an offset moved on), bytes that do not decode (an offset
 //!   that is not a block start, damaged data);
-//! - a checksum other than the block's (a stored file swapped for another, a changed checksum);
+//! - a checksum other than the block's (a stored file swapped for another, a changed one);
 //! - for gz, the last block must end the deflate stream and leave exactly the gzip trailer,
 //!   whose length field must be the file's size.
 //!
@@ -25,11 +25,12 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
+use flate2::{Decompress, FlushDecompress, Status};
+
 use super::codec::{decoder, CompressType};
 use super::{read_some, BlockHasher, CountingReader, Ends, CHUNK};
 use crate::error::{Error, Result};
 use crate::manifest::Block;
-use flate2::{Decompress, FlushDecompress, Status};
 
 /// Restores `block` of a file of `size` original bytes: decodes `src` (the block's stored
 /// bytes, `block.stored_start..block.stored_end` of the stored file) as `kind`, checks the
@@ -57,8 +58,8 @@ pub fn restore_block(
 /// stored file to the block's range; every decoder reads it to the end, and bytes after the
 /// block's stream do not decode) as [`restore_block`] does, with every check,
 /// handing the original bytes in order to `out` (verify hashes them into the whole file's
-/// checksum). Bytes are handed on before the block's checksum is known: an error afterwards means
-/// they were wrong.
+/// SHA-1). Bytes are handed on before the block's checksum is known: an error afterwards
+/// means they were wrong.
 pub fn decode_block(
     src: &mut dyn Read,
     kind: CompressType,
