@@ -187,7 +187,7 @@ pub struct BlockIndex {
 /// and BLAKE3 hashes about four times as fast as SHA-1 on one core (0.14 s per GiB against
 /// 0.54 s with SHA-NI on the benchmark machine), with a longer, unbroken digest. What
 /// pgBackRest reads, the whole file's SHA-1, is unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockHash {
     Sha1,
     Blake3,
@@ -1459,24 +1459,29 @@ user="postgres"
         );
     }
 
+    /// The sample manifest with `index` on `pg_data/base/1/1259` (stored in 1500 bytes), and
+    /// its rendered text.
+    fn with_block_index(index: &BlockIndex) -> (Manifest, String) {
+        let mut m = sample();
+        let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
+        f.block_index = Some(index.clone());
+        f.repo_size = 1500;
+        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        (m, text)
+    }
+
     /// A file's block index is written under `block-index`, sorted before `checksum` (where
     /// pgBackRest's reader passes over it), read back whole, and refused when it cannot
     /// describe the file: wrong count, offsets out of order or past the stored file, bad hex.
     /// This index has SHA-1 block checksums and no `checksum-type`, as the first ones did.
     #[test]
     fn block_index_round_trips_and_malformed_ones_are_refused() {
-        let mut m = sample();
         let index = BlockIndex {
             block_size: 4096,
             offsets: vec![10, 900],
             checksums: vec![BlockSum::Sha1([0xab; 20]), BlockSum::Sha1([0x01; 20])],
         };
-        {
-            let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
-            f.block_index = Some(index.clone());
-            f.repo_size = 1500;
-        }
-        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        let (m, text) = with_block_index(&index);
         let hex = format!("{}{}", "ab".repeat(20), "01".repeat(20));
         let json = format!(
             "pg_data/base/1/1259={{\"block-index\":{{\"block-size\":4096,\"checksum\":\"{hex}\",\"offset\":[10,900]}},\"checksum\":"
@@ -1532,18 +1537,12 @@ user="postgres"
     /// file restores as one stream checked by its whole SHA-1.
     #[test]
     fn blake3_block_indexes_round_trip_and_unknown_checksum_types_are_passed_over() {
-        let mut m = sample();
         let index = BlockIndex {
             block_size: 4096,
             offsets: vec![10, 900],
             checksums: vec![BlockSum::Blake3([0xcd; 32]), BlockSum::Blake3([0x02; 32])],
         };
-        {
-            let f = m.files.get_mut("pg_data/base/1/1259").unwrap();
-            f.block_index = Some(index.clone());
-            f.repo_size = 1500;
-        }
-        let text = String::from_utf8(m.to_doc().unwrap().render()).unwrap();
+        let (m, text) = with_block_index(&index);
         let hex = format!("{}{}", "cd".repeat(32), "02".repeat(32));
         let json = format!(
             "{{\"block-index\":{{\"block-size\":4096,\"checksum\":\"{hex}\",\"checksum-type\":\"blake3\",\"offset\":[10,900]}},"

@@ -495,13 +495,12 @@ impl PosixWriter {
         let Some(f) = self.file.as_ref() else {
             return Err(Error::internal("allocate after commit"));
         };
-        let Ok(signed) = i64::try_from(len) else {
-            return self.set_len(len);
-        };
-        if signed == 0 {
+        // fallocate refuses a length of 0; a length past i64 fails as EFBIG would.
+        if len == 0 {
             return self.set_len(0);
         }
-        match fallocate(f, FallocateFlags::empty(), 0, signed) {
+        let len_signed = i64::try_from(len).unwrap_or(i64::MAX);
+        match fallocate(f, FallocateFlags::empty(), 0, len_signed) {
             Ok(()) => Ok(()),
             Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => self.set_len(len),
             Err(e) => Err(Error::io("allocate", &self.temp, io::Error::from(e))),
@@ -856,6 +855,40 @@ mod tests {
         empty.allocate(0).unwrap();
         Box::new(empty).commit("empty").unwrap();
         assert_eq!(fs::metadata(tmp.path().join("empty")).unwrap().len(), 0);
+    }
+
+    /// A file larger than the file system has room for fails at `allocate`, before any byte
+    /// is written: the error names the temp file and the cause, and the temp file goes with
+    /// the writer. On a 1 MiB tmpfs (mounting it takes root, as the test suite runs).
+    #[test]
+    fn allocating_more_than_the_file_system_holds_fails_before_any_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = tmp.path().join("small");
+        fs::create_dir(&small).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs (needs root)");
+        let result = (|| {
+            let mut writer = PosixWriter::create(small.clone())?;
+            writer.allocate(8 << 20)
+        })();
+        let left: Vec<_> = fs::read_dir(&small).unwrap().collect();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&small)
+            .status();
+        let e = result.expect_err("8 MiB allocated on a 1 MiB file system");
+        assert!(
+            e.message.contains("unable to allocate")
+                && e.message.contains(small.to_str().unwrap())
+                && e.message.contains("No space left"),
+            "{}",
+            e.message
+        );
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
