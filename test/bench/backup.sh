@@ -290,8 +290,10 @@ verify_or_remove() {
 # restore_and_delta ROUND TOOL NAME CONF LABEL: plain restore of LABEL into an empty directory
 # (measured), a copy of it taken before it is started, the restore verified; then a delta
 # restore of the same LABEL onto the unchanged, never started copy (measured), verified too.
-# Before pg_backrest's delta, the floor of that check is measured on the same copy: reading
-# and hashing its files and nothing else (test/bench/read_hash.py, 2 processes).
+# Floors, measured just before pg_backrest's measurement in the same conditions, each with 2
+# processes and nothing else: before the restore, writing the data directory's bytes durably
+# (test/bench/write_floor.py); before the delta, reading the copy and hashing it with SHA-1
+# (test/bench/read_hash.py), and reading it only (read_hash.py none).
 # With WARM=1, the same restore again into another empty directory and the same delta restore
 # onto a second copy, each right after its repository (and copy) were read into the cache.
 restore_and_delta() {
@@ -300,6 +302,10 @@ restore_and_delta() {
     rm -rf "$dir" "$copy" "$wdir" "$wcopy"
     pgdir "$dir"
     chmod 0700 "$dir"
+    if [ "$tool" = pg_backrest ]; then
+        measure "s$SCALE/restore-p2-local/write only" python3 "$ROOT/test/bench/write_floor.py" 2 "$PGDATA" "$SD/write-floor"
+        rm -rf "$SD/write-floor"
+    fi
     restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
     cp -a "$dir" "$copy"
     [ "$WARM" != 1 ] || cp -a "$dir" "$wcopy"
@@ -313,6 +319,7 @@ restore_and_delta() {
     fi
     if [ "$tool" = pg_backrest ]; then
         measure "s$SCALE/delta-same-p2-local/read+SHA-1 only" python3 "$ROOT/test/bench/read_hash.py" 2 "$copy"
+        measure "s$SCALE/delta-same-p2-local/read only" python3 "$ROOT/test/bench/read_hash.py" 2 "$copy" none
     fi
     restore_into "$tool" "$conf" "$label" "$copy" delta-same-p2-local --delta
     verify_or_remove "$round" "$tool" "$copy" delta-same-p2-local "$EXPECTED"

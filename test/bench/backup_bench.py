@@ -229,7 +229,12 @@ VARIANTS = [
 VERIFIED = [("restore-p2-local", "restore", "expected"),
             ("delta-same-p2-local", "delta restore onto the unchanged copy", "expected"),
             ("delta-1pct-p2-local", "delta restore of the incr after the update", "expected2")]
-TOOLS = ["pg_backrest", "pgBackRest", "pg_basebackup", "read+SHA-1 only"]
+TOOLS = ["pg_backrest", "pgBackRest", "pg_basebackup", "write only", "read+SHA-1 only",
+         "read only"]
+# the floors (test/bench/write_floor.py, read_hash.py): what each is
+FLOORS = {"write only": "floor: writing the data directory's bytes durably, nothing else",
+          "read+SHA-1 only": "floor: reading and hashing the copy (SHA-1), nothing else",
+          "read only": "floor: reading the copy, nothing else"}
 # pgBackRest 2.45 at scale 100 measured earlier on this kind of machine (from the issue)
 REFERENCE = {
     "full-p1-local": "39.1 s", "full-p2-local": "21.2 s", "full-p1-ssh": "40.9 s",
@@ -318,12 +323,11 @@ def cmd_report(results, meta_path, out_path=None):
                     tgt = f"earlier: {REFERENCE[key]}"
                 if tool == "pg_basebackup" and scale == 100:
                     tgt = "earlier: 29.6 s"
-                if tool == "read+SHA-1 only":
-                    # the floor of the check (test/bench/read_hash.py): what each tool takes
-                    # compared with it
+                if tool in FLOORS:
+                    # what each tool takes compared with the floor
                     ratio = "; ".join(f"{name} {t['wall'] / r['wall']:.2f}×" for name, t in
                                       (("ours", ours), ("pgBackRest", theirs)) if t)
-                    tgt = "floor: reading and hashing the copy, nothing else"
+                    tgt = FLOORS[tool]
                 wall = f"{r['wall']:.1f}"
                 if "walls" in r:
                     wall += (f" (median of {len(r['walls'])}: {min(r['walls']):.1f}–"

@@ -57,6 +57,8 @@ pub(super) struct BlockFile<'a> {
     /// Delta: whether the last block compared differed, so that the next one likely does
     /// too (see [`BlockFile::prefix_matches`]).
     differing: AtomicBool,
+    /// Delta: whether a block of the file was found to differ, not only presumed to.
+    differed: AtomicBool,
     /// Blocks per job ([`RUN_BLOCKS`]).
     run_blocks: u32,
 }
@@ -105,6 +107,7 @@ impl<'a> BlockFile<'a> {
             rewritten: AtomicUsize::new(0),
             rewritten_bytes: AtomicU64::new(0),
             differing: AtomicBool::new(true),
+            differed: AtomicBool::new(false),
             run_blocks: RUN_BLOCKS,
         })
     }
@@ -170,14 +173,19 @@ impl<'a> BlockFile<'a> {
                 let mut prefetched = false;
                 for (i, block) in blocks.iter().enumerate() {
                     let likely_differs = self.differing.load(Ordering::Relaxed);
-                    if likely_differs && !prefetched {
+                    // Not before a block was seen to differ: in an unchanged file, the
+                    // prefixes read ahead would be the only pages of the next blocks in
+                    // cache, and reaching them does not start the kernel's readahead, so
+                    // that every block of the run began with a wait on the disk.
+                    if likely_differs && !prefetched && self.differed.load(Ordering::Relaxed) {
                         prefetch_prefixes(&local, &blocks[i..]);
                         prefetched = true;
                     }
                     let matches = (!likely_differs || self.prefix_matches(repo, &local, block)?)
-                        && self.local_matches(&local, block)?;
+                        && self.local_matches(&local, block, keep_cached(run, i))?;
                     self.differing.store(!matches, Ordering::Relaxed);
                     if !matches {
+                        self.differed.store(true, Ordering::Relaxed);
                         let source = repo.describe(&self.stored);
                         let mut reader = repo
                             .open_read_range(&self.stored, block.stored_start, block.stored_end)?
@@ -300,8 +308,9 @@ impl<'a> BlockFile<'a> {
 
     /// Delta: whether the local bytes of `block` hash to its checksum. A file shorter than the
     /// block's end does not match. The pages read are let go behind the read, as for the
-    /// whole files delta hashes (storage::posix::DropBehindReader says why).
-    fn local_matches(&self, file: &File, block: &Block) -> Result<bool> {
+    /// whole files delta hashes (storage::posix::DropBehindReader says why), unless
+    /// `keep_cached` ([`keep_cached`] says why).
+    fn local_matches(&self, file: &File, block: &Block, keep_cached: bool) -> Result<bool> {
         let mut sum = pipeline::BlockHasher::new(block.checksum.hash());
         let mut buf = vec![0u8; pipeline::CHUNK.min(block.len as usize)];
         let mut done = 0u64;
@@ -317,7 +326,9 @@ impl<'a> BlockFile<'a> {
             sum.update(&buf[..n]);
             done += n as u64;
         }
-        drop_cached(file, block.start, done);
+        if !keep_cached {
+            drop_cached(file, block.start, done);
+        }
         Ok(done == block.len && sum.finalize_reset() == block.checksum)
     }
 
@@ -343,6 +354,8 @@ impl<'a> BlockFile<'a> {
                 Ok(Finished::Restored(self.entry.size))
             }
             Target::InPlace { file, found } => {
+                // The first blocks of runs that hashing kept cached.
+                drop_cached(&file, 0, 0);
                 let rewritten = self.rewritten.load(Ordering::Relaxed);
                 let blocks = self.block_count();
                 if rewritten == 0 && found.len() == self.entry.size {
@@ -377,6 +390,16 @@ impl<'a> BlockFile<'a> {
 /// the local file sequentially, while the workers still share a 1 GiB segment in 16 jobs.
 /// Jobs of single blocks kept the workers' reads short: each began a new readahead.
 pub const RUN_BLOCKS: u32 = 8;
+
+/// Delta: whether hashing block `index` of run `run` leaves its pages cached (until the file is
+/// committed) rather than dropping them. The first block of every run but the first: the
+/// worker on the run before reaches it last, and the kernel's readahead past the end of that
+/// run reads it again from disk if the pages are gone by then, which they were, since both
+/// runs start together: ~90 MiB read twice in a delta of the scale-100 benchmark cluster's
+/// unchanged copy (1.5 GB).
+fn keep_cached(run: u32, index: usize) -> bool {
+    run > 0 && index == 0
+}
 
 /// Original bytes of a block compared with the stored copy before it is hashed (delta).
 const PREFIX: usize = 64 * 1024;
