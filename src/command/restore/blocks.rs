@@ -57,8 +57,6 @@ pub(super) struct BlockFile<'a> {
     /// Delta: whether the last block compared differed, so that the next one likely does
     /// too (see [`BlockFile::prefix_matches`]).
     differing: AtomicBool,
-    /// Delta: whether a block of the file was found to differ, not only presumed to.
-    differed: AtomicBool,
     /// Blocks per job ([`RUN_BLOCKS`]).
     run_blocks: u32,
 }
@@ -107,7 +105,6 @@ impl<'a> BlockFile<'a> {
             rewritten: AtomicUsize::new(0),
             rewritten_bytes: AtomicU64::new(0),
             differing: AtomicBool::new(true),
-            differed: AtomicBool::new(false),
             run_blocks: RUN_BLOCKS,
         })
     }
@@ -173,11 +170,12 @@ impl<'a> BlockFile<'a> {
                 let mut prefetched = false;
                 for (i, block) in blocks.iter().enumerate() {
                     let likely_differs = self.differing.load(Ordering::Relaxed);
-                    // Not before a block was seen to differ: in an unchanged file, the
-                    // prefixes read ahead would be the only pages of the next blocks in
-                    // cache, and reaching them does not start the kernel's readahead, so
-                    // that every block of the run began with a wait on the disk.
-                    if likely_differs && !prefetched && self.differed.load(Ordering::Relaxed) {
+                    // Not before a block was found to differ (and rewritten): in an
+                    // unchanged file, the prefixes read ahead would be the only pages of the
+                    // next blocks in cache, and reaching them does not start the kernel's
+                    // readahead, so that every block of the run began with a wait on the disk.
+                    let found_different = self.rewritten.load(Ordering::Relaxed) > 0;
+                    if likely_differs && !prefetched && found_different {
                         prefetch_prefixes(&local, &blocks[i..]);
                         prefetched = true;
                     }
@@ -185,7 +183,6 @@ impl<'a> BlockFile<'a> {
                         && self.local_matches(&local, block, keep_cached(run, i))?;
                     self.differing.store(!matches, Ordering::Relaxed);
                     if !matches {
-                        self.differed.store(true, Ordering::Relaxed);
                         let source = repo.describe(&self.stored);
                         let mut reader = repo
                             .open_read_range(&self.stored, block.stored_start, block.stored_end)?
