@@ -332,7 +332,13 @@ fn recovery_replays_from_the_spool(site: &Site, delete_spool: bool) {
     r.stop();
     let log = site.log("archive-get");
     let handed = log.matches("in the spool (prefetched").count();
-    eprintln!("recovery of {replayed} segments took {took:?}; {handed} handed over from the spool");
+    let vanished = log
+        .matches("left the spool before it was handed over")
+        .count();
+    eprintln!(
+        "recovery of {replayed} segments took {took:?}; {handed} handed over from the spool, \
+         {vanished} removed with the spool between listing and hand-over"
+    );
     if !delete_spool {
         assert!(
             handed >= replayed / 2,

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::prefetch::{self, Prefetched, Run};
+use super::prefetch::{self, Prefetched, Run, Verdict};
 use super::split_dest;
 use crate::command::Outcome;
 use crate::config::{Cmd, Config, LockType};
@@ -84,16 +84,19 @@ fn from_spool(
         let files = prefetch::list(dir)?;
         let mine: Vec<&Prefetched> = files.iter().filter(|p| p.wal == wal.name).collect();
         for p in &mine {
-            match prefetch::invalid_because(p, wal, run.system_id)? {
-                None => {
-                    prefetch::hand_over(p, dest_dir, dest_name)?;
+            match prefetch::check(p, wal, run.system_id)? {
+                Verdict::Valid => {
+                    if !prefetch::hand_over(p, dest_dir, dest_name)? {
+                        return Ok(vanished(wal));
+                    }
                     crate::info!(
                         "found WAL file '{}' in the spool (prefetched by the archive-get:async worker)",
                         wal.name
                     );
                     return Ok(Some(Outcome::Done));
                 }
-                Some(why) => {
+                Verdict::Vanished => return Ok(vanished(wal)),
+                Verdict::Invalid(why) => {
                     crate::warn!(
                         "prefetched file '{}' is not handed over and is removed: {why}",
                         p.path.display()
@@ -130,6 +133,17 @@ fn from_spool(
         std::thread::sleep(Duration::from_millis(5));
         crate::signal::check()?;
     }
+}
+
+/// A prefetched copy of `wal` went away between listing and handing over: the spool was
+/// removed under us, which is allowed at any time. The repository answers instead.
+fn vanished(wal: &WalName) -> Option<Outcome> {
+    crate::info!(
+        "WAL file '{}' left the spool before it was handed over (the spool was removed): \
+         fetching it from the repository",
+        wal.name
+    );
+    None
 }
 
 fn being_fetched(dir: &Path, wal: &str) -> bool {

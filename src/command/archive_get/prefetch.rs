@@ -168,14 +168,25 @@ pub fn missing_path(dir: &Path, wal: &str) -> PathBuf {
     dir.join(format!("{wal}{MISSING_SUFFIX}"))
 }
 
-/// Why a prefetched file may not be handed over, or `None` when it may: the page header
-/// names this cluster and exactly this segment, and the content hashes to the name's SHA-1.
-pub fn invalid_because(p: &Prefetched, wal: &WalName, system_id: u64) -> Result<Option<String>> {
+/// Whether a prefetched file may be handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The page header names this cluster and exactly this segment, and the content hashes
+    /// to the name's SHA-1.
+    Valid,
+    /// The file is gone since the spool was listed: someone removed the spool (or the run's
+    /// directory). Nothing is wrong with the archive; the segment is fetched from the
+    /// repository.
+    Vanished,
+    /// Why the file must not be handed over.
+    Invalid(String),
+}
+
+/// Checks a prefetched file before it is handed over.
+pub fn check(p: &Prefetched, wal: &WalName, system_id: u64) -> Result<Verdict> {
     let mut f = match File::open(&p.path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Some("it vanished".into()));
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Vanished),
         Err(e) => return Err(Error::io("open", &p.path, e)),
     };
     let source = p.path.display().to_string();
@@ -185,20 +196,22 @@ pub fn invalid_because(p: &Prefetched, wal: &WalName, system_id: u64) -> Result<
         .len();
     let mut page = [0u8; LONG_HEADER_SIZE];
     if f.read_exact(&mut page).is_err() {
-        return Ok(Some(format!("{size} bytes, shorter than a page header")));
+        return Ok(Verdict::Invalid(format!(
+            "{size} bytes, shorter than a page header"
+        )));
     }
     let header = match WalHeader::parse(&page, &source) {
         Ok(h) => h,
-        Err(e) => return Ok(Some(e.message)),
+        Err(e) => return Ok(Verdict::Invalid(e.message)),
     };
     if header.system_id != system_id {
-        return Ok(Some(format!(
+        return Ok(Verdict::Invalid(format!(
             "its page header gives system identifier {}, this cluster's is {system_id}",
             header.system_id
         )));
     }
     if let Err(e) = header.check_matches_name(wal, size, &source) {
-        return Ok(Some(e.message));
+        return Ok(Verdict::Invalid(e.message));
     }
     let mut h = Sha1::new();
     h.update(page);
@@ -214,29 +227,40 @@ pub fn invalid_because(p: &Prefetched, wal: &WalName, system_id: u64) -> Result<
     }
     let sha1 = hex::encode(h.finalize());
     if sha1 != p.sha1 {
-        return Ok(Some(format!(
+        return Ok(Verdict::Invalid(format!(
             "its content has SHA-1 {sha1}, not the archived {}",
             p.sha1
         )));
     }
-    Ok(None)
+    Ok(Verdict::Valid)
 }
 
 /// Moves a checked prefetched file to `dest_dir/dest_name`: a rename when both are on one
 /// filesystem, else a copy into a temp file, fsync and rename. Either way the destination
-/// appears only complete, and its directory is synced.
-pub fn hand_over(p: &Prefetched, dest_dir: &Path, dest_name: &str) -> Result<()> {
+/// appears only complete, and its directory is synced. `false` when the prefetched file
+/// vanished after it was checked (the spool was removed): nothing was written.
+pub fn hand_over(p: &Prefetched, dest_dir: &Path, dest_name: &str) -> Result<bool> {
     let dest = dest_dir.join(dest_name);
     match fs::rename(&p.path, &dest) {
-        Ok(()) => return sync_dir(dest_dir),
+        Ok(()) => {
+            sync_dir(dest_dir)?;
+            return Ok(true);
+        }
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+        // ENOENT names no side: only a missing source is the spool's removal.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !p.path.exists() => return Ok(false),
         Err(e) => return Err(Error::io("move prefetched WAL file to", &dest, e)),
     }
-    let mut src = File::open(&p.path).map_err(|e| Error::io("open", &p.path, e))?;
+    let mut src = match File::open(&p.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("open", &p.path, e)),
+    };
     let mut w = crate::storage::posix::PosixWriter::create(dest_dir.to_path_buf())?;
     io::copy(&mut src, &mut w).map_err(|e| Error::io("copy to", &dest, e))?;
     crate::storage::AtomicWrite::commit(Box::new(w), dest_name)?;
-    spool::remove_file(&p.path)
+    spool::remove_file(&p.path)?;
+    Ok(true)
 }
 
 /// The name of the segment after `wal` (a 24-hex-digit segment name) with `segment_size`
@@ -294,5 +318,34 @@ mod tests {
         assert!(parse_name(FETCHING).is_none());
         assert!(parse_name(&format!("00000001.history-{sha}")).is_none());
         assert!(parse_name(&format!("000000010000000000000003-{}", &sha[1..])).is_none());
+    }
+
+    /// The spool may be removed at any time (a DBA clearing it, a tmpfs remounted): a file
+    /// listed a moment ago and gone now is not a damaged file, and nothing is written for it.
+    #[test]
+    fn a_prefetched_file_removed_after_listing_is_vanished_not_invalid() {
+        let spool = tempfile::tempdir().unwrap();
+        let pg_wal = tempfile::tempdir().unwrap();
+        let wal = WalName::parse("000000010000000000000003").unwrap();
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let path = spool.path().join(file_name(&wal.name, sha));
+        fs::write(&path, b"short").unwrap();
+        let p = list(spool.path()).unwrap().pop().unwrap();
+        assert!(matches!(check(&p, &wal, 7).unwrap(), Verdict::Invalid(_)));
+
+        fs::remove_file(&path).unwrap();
+        assert_eq!(check(&p, &wal, 7).unwrap(), Verdict::Vanished);
+        assert!(!hand_over(&p, pg_wal.path(), "RECOVERYXLOG").unwrap());
+        assert_eq!(fs::read_dir(pg_wal.path()).unwrap().count(), 0);
+
+        // A missing destination directory is an error, not a vanished file.
+        fs::write(&path, b"short").unwrap();
+        let err = hand_over(&p, &pg_wal.path().join("gone"), "RECOVERYXLOG").unwrap_err();
+        assert!(
+            err.message.contains("move prefetched WAL file"),
+            "{}",
+            err.message
+        );
+        assert!(path.exists());
     }
 }
