@@ -176,6 +176,7 @@ fn store_with(
 pub enum BlockHasher {
     Sha1(Sha1),
     Blake3(Box<blake3::Hasher>),
+    Xxh3(Box<twox_hash::XxHash3_128>),
 }
 
 impl BlockHasher {
@@ -183,6 +184,7 @@ impl BlockHasher {
         match hash {
             BlockHash::Sha1 => BlockHasher::Sha1(Sha1::new()),
             BlockHash::Blake3 => BlockHasher::Blake3(Box::new(blake3::Hasher::new())),
+            BlockHash::Xxh3 => BlockHasher::Xxh3(Box::new(twox_hash::XxHash3_128::new())),
         }
     }
 
@@ -192,6 +194,7 @@ impl BlockHasher {
             BlockHasher::Blake3(h) => {
                 h.update(data);
             }
+            BlockHasher::Xxh3(h) => h.write(data),
         }
     }
 
@@ -204,12 +207,17 @@ impl BlockHasher {
                 h.reset();
                 sum
             }
+            BlockHasher::Xxh3(h) => {
+                let sum = BlockSum::Xxh3(h.finish_128().to_be_bytes());
+                **h = twox_hash::XxHash3_128::new();
+                sum
+            }
         }
     }
 }
 
 /// The checksum of each [`INDEX_BLOCK`] of a stream, the last block holding what remains:
-/// BLAKE3, what backups record (manifest::BlockHash says why).
+/// XXH3-128, what backups record (manifest::BlockHash says why).
 pub struct BlockSums {
     current: BlockHasher,
     in_current: usize,
@@ -219,7 +227,7 @@ pub struct BlockSums {
 impl BlockSums {
     pub fn new() -> BlockSums {
         BlockSums {
-            current: BlockHasher::new(BlockHash::Blake3),
+            current: BlockHasher::new(BlockHash::Xxh3),
             in_current: 0,
             done: Vec::new(),
         }
@@ -535,14 +543,14 @@ mod tests {
         assert!(r.block_index.is_none());
     }
 
-    /// Block checksums (BLAKE3) do not depend on how the stream is cut into pieces: one per
+    /// Block checksums (XXH3-128) do not depend on how the stream is cut into pieces: one per
     /// INDEX_BLOCK, the last for what remains, none for an empty stream.
     #[test]
     fn block_sums_are_per_index_block_whatever_the_pieces() {
         let data = sample(2 * INDEX_BLOCK + 5);
         let expected: Vec<BlockSum> = data
             .chunks(INDEX_BLOCK)
-            .map(|b| BlockSum::Blake3(*blake3::hash(b).as_bytes()))
+            .map(|b| BlockSum::Xxh3(twox_hash::XxHash3_128::oneshot(b).to_be_bytes()))
             .collect();
         for piece in [1000, CHUNK, 3 * INDEX_BLOCK] {
             let mut sums = BlockSums::new();

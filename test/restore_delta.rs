@@ -376,10 +376,10 @@ fn an_unfinished_restore_leaves_no_pg_control_and_delta_finishes_it() {
     let v: serde_json::Value = serde_json::from_str(value).unwrap();
     let sums = v["block-index"]["checksum"].as_str().unwrap().to_string();
     let offset2 = v["block-index"]["offset"][2].as_u64().unwrap();
-    // Block 1's first hex digit: BLAKE3 sums are 64 hex digits each.
-    assert_eq!(v["block-index"]["checksum-type"], "blake3");
+    // Block 1's first hex digit: XXH3-128 sums are 32 hex digits each.
+    assert_eq!(v["block-index"]["checksum-type"], "xxh3-128");
     let mut other_sums = sums.clone().into_bytes();
-    other_sums[64] = if other_sums[64] == b'0' { b'1' } else { b'0' };
+    other_sums[32] = if other_sums[32] == b'0' { b'1' } else { b'0' };
     let tampered = [
         (
             "checksum",

@@ -331,14 +331,14 @@ pub(crate) mod tests {
     /// here independently of it: gz, a 10-byte header, then raw deflate with a full flush at
     /// each block's start (the last block finishing the stream) and the gzip trailer; lz4,
     /// zst, frames compressed one block (or part of one) at a time and concatenated; none,
-    /// the bytes. Returns the stored bytes and the index, whose block checksums are BLAKE3 as
-    /// a backup records them.
+    /// the bytes. Returns the stored bytes and the index, whose block checksums are XXH3-128
+    /// as a backup records them.
     pub fn stored_with_index(
         data: &[u8],
         kind: CompressType,
         block_size: usize,
     ) -> (Vec<u8>, BlockIndex) {
-        stored_with_index_hashed(data, kind, block_size, BlockHash::Blake3)
+        stored_with_index_hashed(data, kind, block_size, BlockHash::Xxh3)
     }
 
     /// [`stored_with_index`] with block checksums of `hash`.
@@ -488,16 +488,19 @@ pub(crate) mod tests {
         }
     }
 
-    /// An index with SHA-1 block checksums (what backups recorded before BLAKE3) restores
-    /// block by block as before, and a changed SHA-1 is still caught.
+    /// Indexes with SHA-1 or BLAKE3 block checksums (what backups recorded before XXH3-128)
+    /// restore block by block as before, and a changed checksum is still caught.
     #[test]
-    fn indexes_with_sha1_block_checksums_still_restore_and_are_still_checked() {
+    fn indexes_with_earlier_block_checksums_still_restore_and_are_still_checked() {
         let block = 64 * 1024;
         let data = pages(3 * block + 5, 8192);
         let size = data.len() as u64;
-        for kind in KINDS {
-            let (stored, index) = stored_with_index_hashed(&data, kind, block, BlockHash::Sha1);
-            assert!(index.checksums.iter().all(|c| c.hash() == BlockHash::Sha1));
+        for (kind, hash) in KINDS
+            .into_iter()
+            .flat_map(|k| [(k, BlockHash::Sha1), (k, BlockHash::Blake3)])
+        {
+            let (stored, index) = stored_with_index_hashed(&data, kind, block, hash);
+            assert!(index.checksums.iter().all(|c| c.hash() == hash));
             let repo_size = stored.len() as u64;
             let tmp = tempfile::tempfile().unwrap();
             restore_all(&stored, repo_size, &index, kind, size, &[2, 0, 3, 1], &tmp).unwrap();
@@ -505,15 +508,15 @@ pub(crate) mod tests {
             (&tmp).read_to_end(&mut back).unwrap();
             assert!(
                 back == data,
-                "{kind:?}: SHA-1 indexed blocks restored wrong"
+                "{kind:?} {hash:?}: indexed blocks restored wrong"
             );
             let mut wrong = index.clone();
             wrong.checksums[1] = wrong.checksums[1].flipped();
             let e = restore_all(&stored, repo_size, &wrong, kind, size, &[0, 1], &tmp)
-                .expect_err("a changed SHA-1 restored");
+                .expect_err("a changed checksum restored");
             assert!(
                 e.message.contains("block 1 of") && e.message.contains("checksum"),
-                "{kind:?}: {}",
+                "{kind:?} {hash:?}: {}",
                 e.message
             );
         }
@@ -661,7 +664,7 @@ pub(crate) mod tests {
             len: 10,
             stored_start: 0,
             stored_end: 10,
-            checksum: BlockSum::Blake3([0; 32]),
+            checksum: BlockSum::Xxh3([0; 16]),
         };
         let tmp = tempfile::tempfile().unwrap();
         for kind in KINDS {

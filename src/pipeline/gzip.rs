@@ -824,7 +824,7 @@ mod tests {
             let index = BlockIndex {
                 block_size: ib as u64,
                 offsets: starts,
-                checksums: vec![crate::manifest::BlockSum::Blake3([0; 32]); len.div_ceil(ib)],
+                checksums: vec![crate::manifest::BlockSum::Xxh3([0; 16]); len.div_ceil(ib)],
             };
             for block in index.blocks(len as u64, gz.len() as u64) {
                 let range = block.start as usize..(block.start + block.len) as usize;

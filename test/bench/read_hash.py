@@ -7,7 +7,7 @@ Reads every regular file under DIR once and computes its SHA-1 (with `none`: onl
 and does nothing else: no manifest, no repository, no comparison, no attributes. This is the
 work a delta restore of an unchanged copy cannot avoid (it keeps a file only when its
 checksum matches the manifest: pgBackRest's is the whole file's SHA-1; pg_backrest checks a
-large file's blocks with BLAKE3, which costs less than the read here, so its floor is the
+large file's blocks with XXH3-128, which costs a fraction of the read here, so its floor is the
 read alone), done the fastest way we know on this machine, so that the benchmark can show
 how close each tool comes to it:
   - WORKERS processes take files largest first, as both tools do;

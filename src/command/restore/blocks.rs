@@ -13,7 +13,7 @@
 //!   A failed block fails the restore; the temp file goes with the [`BlockFile`]s when the
 //!   restore returns.
 //! - delta over an existing regular file: each block's local bytes are hashed and compared
-//!   with the block's checksum (BLAKE3, manifest::BlockHash says why); a block that matches
+//!   with the block's checksum (XXH3-128, manifest::BlockHash says why); a block that matches
 //!   is left alone, one that differs is restored in place. Then the file is cut to its size,
 //!   fsynced, and given its attributes.
 //!   A file whose blocks all match is kept without being read a second time (no whole-file
