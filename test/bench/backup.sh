@@ -29,6 +29,11 @@
 #                    every free page the tools get is backed by the host (see "Measures" in
 #                    docs/benchmarks.md: on a VM with free page reporting, a page the guest
 #                    freed a while ago faults on the host when used again)
+#   RESTORE_ON=DIR   restore (and run the write floor) under a fresh directory in DIR instead
+#                    of the work directory; RESTORE_ON=/dev/shm restores into memory, where
+#                    writing and fsync cost no disk time, to show what each tool costs where
+#                    the disk is not the bound (the restored copies are then never "cold":
+#                    only the repository is read from disk)
 #   PGBIN=...        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
 # See docs/benchmarks.md ("Backup and restore") for what is measured and how.
@@ -47,6 +52,7 @@ WARM=${WARM:-1}
 RESTORE_ONLY=${RESTORE_ONLY:-0}
 FULL_ROUNDS=${FULL_ROUNDS:-1}
 PREFAULT=${PREFAULT:-0}
+RESTORE_ON=${RESTORE_ON:-}
 OUT=${OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -64,6 +70,8 @@ case $COMPRESS in none | gz | bz2 | lz4 | zst) ;; *) die "COMPRESS must be none,
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$FULL_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "FULL_ROUNDS must be a positive integer"
 case $WARM$RESTORE_ONLY in [01][01]) ;; *) die "WARM and RESTORE_ONLY must be 0 or 1" ;; esac
+case $RESTORE_ON in "" | /*) ;; *) die "RESTORE_ON must be an absolute path" ;; esac
+[ -z "$RESTORE_ON" ] || [ -d "$RESTORE_ON" ] || die "RESTORE_ON=$RESTORE_ON is not a directory"
 if [ -n "$OUT" ]; then
     case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 fi
@@ -85,6 +93,13 @@ as_pg "$BIN" version >/dev/null || die "postgres cannot run $BIN (directory perm
 W=$(mktemp -d /tmp/pgbr-bbench.XXXX)
 chown postgres:postgres "$W"
 chmod 0755 "$W"
+# Where the restored data directories live: RT/s<scale>/... (the work directory by default)
+RT=$W
+if [ -n "$RESTORE_ON" ]; then
+    RT=$(mktemp -d "$RESTORE_ON/pgbr-bbench-restores.XXXX")
+    chown postgres:postgres "$RT"
+    chmod 0755 "$RT"
+fi
 SSHD_PID=
 S=$W/ssh
 
@@ -94,9 +109,12 @@ cleanup() {
     local rc=$? pidfile
     set +e
     trap - EXIT INT TERM
-    for pidfile in $(find "$W" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
+    for pidfile in $(find "$W" "$RT" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
         as_pg "$PGBIN/pg_ctl" -D "$(dirname "$pidfile")" -m immediate -w stop >/dev/null 2>&1
     done
+    if [ "$RT" != "$W" ]; then
+        if [ "$KEEP" = 1 ]; then echo "restores kept: $RT" >&2; else rm -rf "$RT"; fi
+    fi
     finish_cleanup "$rc" "$S/ssh_config"
 }
 trap cleanup EXIT
@@ -297,14 +315,14 @@ verify_or_remove() {
 # With WARM=1, the same restore again into another empty directory and the same delta restore
 # onto a second copy, each right after its repository (and copy) were read into the cache.
 restore_and_delta() {
-    local round=$1 tool=$2 name=$3 conf=$4 label=$5 dir=$SD/restore-$3 copy=$SD/delta-same-$3
-    local wdir=$SD/restore-warm-$3 wcopy=$SD/delta-same-warm-$3 repo=$SD/repo/$3/backup/bench
+    local round=$1 tool=$2 name=$3 conf=$4 label=$5 dir=$RD/restore-$3 copy=$RD/delta-same-$3
+    local wdir=$RD/restore-warm-$3 wcopy=$RD/delta-same-warm-$3 repo=$SD/repo/$3/backup/bench
     rm -rf "$dir" "$copy" "$wdir" "$wcopy"
     pgdir "$dir"
     chmod 0700 "$dir"
     if [ "$tool" = pg_backrest ]; then
-        measure "s$SCALE/restore-p2-local/write only" python3 "$ROOT/test/bench/write_floor.py" 2 "$PGDATA" "$SD/write-floor"
-        rm -rf "$SD/write-floor"
+        measure "s$SCALE/restore-p2-local/write only" python3 "$ROOT/test/bench/write_floor.py" 2 "$PGDATA" "$RD/write-floor"
+        rm -rf "$RD/write-floor"
     fi
     restore_into "$tool" "$conf" "$label" "$dir" restore-p2-local
     cp -a "$dir" "$copy"
@@ -333,7 +351,7 @@ restore_and_delta() {
 # delta_incr ROUND TOOL NAME CONF FULL INCR: plain restore of FULL (not measured), then a delta
 # restore of INCR onto it (measured), verified against the original after the update
 delta_incr() {
-    local round=$1 tool=$2 name=$3 conf=$4 full=$5 incr=$6 dir=$SD/delta-1pct-$3
+    local round=$1 tool=$2 name=$3 conf=$4 full=$5 incr=$6 dir=$RD/delta-1pct-$3
     restore_plain "$tool" "$conf" "$full" "$dir"
     restore_into "$tool" "$conf" "$incr" "$dir" delta-1pct-p2-local --delta
     verify_or_remove "$round" "$tool" "$dir" delta-1pct-p2-local "$EXPECTED2"
@@ -351,8 +369,9 @@ run_scale() { # SCALE INDEX
     SCALE=$1
     local idx=$2
     SD=$W/s$SCALE
+    RD=$RT/s$SCALE
     PGDATA=$SD/pg
-    pgdir "$SD" "$SD/sock" "$SD/conf" "$SD/repo" "$SD/lock" "$SD/log"
+    pgdir "$SD" "$SD/sock" "$SD/conf" "$SD/repo" "$SD/lock" "$SD/log" "$RD"
     : >"$SD/archive-to"
     chmod 0644 "$SD/archive-to"
 
@@ -606,7 +625,7 @@ json.dump({"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "machine": "$MACHINE",
            "ours_version": "$("$BIN" version | awk '{print $2}')", "commit": "$COMMIT",
            "total": $(($(date +%s) - T0)), "prefault": "$PREFAULT" == "1",
            "compress": "$COMPRESS", "warm": "$WARM" == "1",
-           "restore_only": "$RESTORE_ONLY" == "1"}, open(sys.argv[1], "w"))
+           "restore_only": "$RESTORE_ONLY" == "1", "restore_on": "$RESTORE_ON"}, open(sys.argv[1], "w"))
 EOF
 log "done; report:"
 echo

@@ -277,7 +277,10 @@ def cmd_report(results, meta_path, out_path=None):
       + ("; warm variants: nothing dropped, the repository (and the delta's copy) read into "
          "the cache just before." if meta.get("warm") else ".")
       + (" RESTORE_ONLY=1: only the backups the restores need." if meta.get("restore_only")
-         else ""))
+         else "")
+      + (f" RESTORE_ON={meta['restore_on']}: the restored copies (and the write floor) live "
+         "there, not on the work directory's disk; a \"cold\" restore reads a cold "
+         "repository, but a copy in memory is never cold." if meta.get("restore_on") else ""))
     w("")
     w("CPU = user+sys of the command and the children it waited for, plus (pg_backrest over "
       "SSH) its detached ssh master; **remote CPU** = everything run under the sshd (remote "
