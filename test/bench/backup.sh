@@ -93,12 +93,15 @@ as_pg "$BIN" version >/dev/null || die "postgres cannot run $BIN (directory perm
 W=$(mktemp -d /tmp/pgbr-bbench.XXXX)
 chown postgres:postgres "$W"
 chmod 0755 "$W"
-# Where the restored data directories live: RT/s<scale>/... (the work directory by default)
+# Where the restored data directories live: RT/s<scale>/... (the work directory by default);
+# WORK_DIRS: every directory the clean-up stops clusters in and removes
 RT=$W
+WORK_DIRS=("$W")
 if [ -n "$RESTORE_ON" ]; then
     RT=$(mktemp -d "$RESTORE_ON/pgbr-bbench-restores.XXXX")
     chown postgres:postgres "$RT"
     chmod 0755 "$RT"
+    WORK_DIRS+=("$RT")
 fi
 SSHD_PID=
 S=$W/ssh
@@ -109,13 +112,10 @@ cleanup() {
     local rc=$? pidfile
     set +e
     trap - EXIT INT TERM
-    for pidfile in $(find "$W" "$RT" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
+    for pidfile in $(find "${WORK_DIRS[@]}" -maxdepth 3 -name postmaster.pid 2>/dev/null); do
         as_pg "$PGBIN/pg_ctl" -D "$(dirname "$pidfile")" -m immediate -w stop >/dev/null 2>&1
     done
-    if [ "$RT" != "$W" ]; then
-        if [ "$KEEP" = 1 ]; then echo "restores kept: $RT" >&2; else rm -rf "$RT"; fi
-    fi
-    finish_cleanup "$rc" "$S/ssh_config"
+    finish_cleanup "$rc" "$S/ssh_config" "${WORK_DIRS[@]:1}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -89,20 +89,25 @@ close_ssh_masters() {
     done
 }
 
-# finish_cleanup RC SSH_CONFIG: the end of every benchmark's EXIT trap, once its clusters are
-# stopped: SSH masters closed, the private sshd killed, $W kept (KEEP=1) or removed, exit RC.
+# finish_cleanup RC SSH_CONFIG [DIR...]: the end of every benchmark's EXIT trap, once its
+# clusters are stopped: SSH masters closed, the private sshd killed, $W and every DIR kept
+# (KEEP=1) or removed, exit RC.
 finish_cleanup() {
-    close_ssh_masters "$2"
+    local rc=$1 ssh_config=$2 dir
+    shift 2
+    close_ssh_masters "$ssh_config"
     if [ -n "$SSHD_PID" ]; then
         kill_tree "$SSHD_PID"
         wait "$SSHD_PID" 2>/dev/null
     fi
-    if [ "$KEEP" = 1 ]; then
-        echo "work directory kept: $W" >&2
-    else
-        rm -rf "$W"
-    fi
-    exit "$1"
+    for dir in "$W" "$@"; do
+        if [ "$KEEP" = 1 ]; then
+            echo "work directory kept: $dir" >&2
+        else
+            rm -rf "$dir"
+        fi
+    done
+    exit "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
